@@ -1,0 +1,30 @@
+// Runtime choice of the instruction-set level for the CPU kernels (see kernels.h).
+#pragma once
+
+#include <string>
+
+#include "kernels.h"
+
+namespace fastconv {
+namespace cpu {
+
+struct KernelTable {
+  const char* isa;
+  decltype(&baseline::conv2d_fwd) conv2d_fwd;
+  decltype(&baseline::conv2d_dgrad) conv2d_dgrad;
+  decltype(&baseline::conv2d_wgrad) conv2d_wgrad;
+  decltype(&baseline::max_pool2d_fwd) max_pool2d_fwd;
+  decltype(&baseline::max_pool2d_bwd) max_pool2d_bwd;
+  decltype(&baseline::avg_pool2d_fwd) avg_pool2d_fwd;
+  decltype(&baseline::avg_pool2d_bwd) avg_pool2d_bwd;
+};
+
+// The best level this CPU and OS support: "avx512", "avx2" or "baseline".
+std::string detected_isa();
+// The table in use (initially the detected level, or FASTCONV_CPU_ISA if set and supported).
+const KernelTable& kernels();
+// Select a level by name; throws std::invalid_argument for an unknown level or one the CPU lacks.
+void set_isa(const std::string& isa);
+
+}  // namespace cpu
+}  // namespace fastconv

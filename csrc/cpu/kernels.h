@@ -1,0 +1,97 @@
+// fastconv CPU kernel interface.
+//
+// The C++ side never links libtorch: Python hands over raw data pointers, logical sizes and strides
+// (in elements) and a dtype code. Every 4-d tensor is described in logical NCHW order, so a
+// channels_last tensor is only another stride pattern (stride[1] == 1); kernels choose their loop
+// order from the strides of the tensor they write.
+//
+// Kernels are compiled once per instruction-set level (see setup.py): each `*_isa.cpp` file is built
+// three times with -DFC_ISA=baseline|avx2|avx512 and the matching -m flags, and defines its functions
+// inside `namespace fastconv::cpu::FC_ISA`. dispatch.cpp picks the best level the running CPU supports,
+// so the module never executes an instruction the CPU lacks.
+#pragma once
+
+#include <array>
+#include <cstdint>
+
+namespace fastconv {
+namespace cpu {
+
+enum DType : int { kFloat32 = 0, kFloat64 = 1 };
+
+// A strided 4-d view. Logical dims are N, C, H, W (for a weight: K, C/groups, R, S).
+struct Tensor4 {
+  void* data = nullptr;
+  std::array<int64_t, 4> size{};
+  std::array<int64_t, 4> stride{};
+  bool channels_last() const { return stride[1] == 1 && size[1] > 1; }
+};
+
+// Convolution problem in CUTLASS letters. Input N x C x H x W, weight K x (C/groups) x R x S,
+// output N x K x P x Q with P = (H + 2*pad_h - dil_h*(R-1) - 1) / stride_h + 1 (Q likewise).
+// Asymmetric 'same' padding is resolved in Python (it pads the input view), so pads are symmetric.
+struct ConvDesc {
+  int64_t N = 0, C = 0, H = 0, W = 0;
+  int64_t K = 0, R = 0, S = 0;
+  int64_t P = 0, Q = 0;
+  int64_t stride_h = 1, stride_w = 1;
+  int64_t pad_h = 0, pad_w = 0;
+  int64_t dil_h = 1, dil_w = 1;
+  int64_t groups = 1;
+};
+
+// Pooling window description; P, Q computed in Python with torch's ceil_mode rule.
+struct PoolDesc {
+  int64_t N = 0, C = 0, H = 0, W = 0;
+  int64_t P = 0, Q = 0;
+  int64_t kernel_h = 1, kernel_w = 1;
+  int64_t stride_h = 1, stride_w = 1;
+  int64_t pad_h = 0, pad_w = 0;
+  int64_t dil_h = 1, dil_w = 1;       // max pool only (avg pool has no dilation)
+  bool count_include_pad = true;      // avg pool only
+  int64_t divisor_override = 0;       // avg pool only; 0 = none
+};
+
+}  // namespace cpu
+}  // namespace fastconv
+
+// The kernel entry points, declared once per ISA namespace. All of them:
+//  - read inputs through their strides (any layout, non-contiguous views),
+//  - write outputs through their strides, overwriting (never accumulating into) the output,
+//  - are deterministic: the same inputs give bitwise-identical outputs for a given thread count
+//    and ISA level (no floating-point atomics, fixed reduction order),
+//  - use at most `nthreads` OpenMP threads.
+//
+// conv2d_fwd:   y = conv(x, w) [+ bias] [then ReLU when relu]; bias is contiguous length K or null.
+// conv2d_dgrad: dx = d/dx; when relu_y is non-null, dy is multiplied by (relu_y > 0) on the fly
+//               (the fused conv+ReLU backward: relu_y is the fused op's output).
+// conv2d_wgrad: dw (if non-null) and dbias (contiguous length K, if non-null), with the same mask.
+// max_pool2d_fwd: y and indices (int64, flat h*W+w within the input plane, as torch).
+// max_pool2d_bwd: dx = scatter-add of dy at indices.
+// avg_pool2d_fwd / avg_pool2d_bwd: torch's divisor rules (count_include_pad, divisor_override,
+//               windows clipped at the padded border in ceil_mode).
+#define FASTCONV_DECLARE_CPU_KERNELS(ISA)                                                         \
+  namespace fastconv {                                                                            \
+  namespace cpu {                                                                                 \
+  namespace ISA {                                                                                 \
+  void conv2d_fwd(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& w,                \
+                  const void* bias, const Tensor4& y, bool relu, int nthreads);                   \
+  void conv2d_dgrad(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& w,             \
+                    const Tensor4* relu_y, const Tensor4& dx, int nthreads);                      \
+  void conv2d_wgrad(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& x,             \
+                    const Tensor4* relu_y, const Tensor4* dw, void* dbias, int nthreads);         \
+  void max_pool2d_fwd(const PoolDesc& d, DType dt, const Tensor4& x, const Tensor4& y,            \
+                      const Tensor4* indices, int nthreads);                                      \
+  void max_pool2d_bwd(const PoolDesc& d, DType dt, const Tensor4& dy, const Tensor4& indices,     \
+                      const Tensor4& dx, int nthreads);                                           \
+  void avg_pool2d_fwd(const PoolDesc& d, DType dt, const Tensor4& x, const Tensor4& y,            \
+                      int nthreads);                                                              \
+  void avg_pool2d_bwd(const PoolDesc& d, DType dt, const Tensor4& dy, const Tensor4& dx,          \
+                      int nthreads);                                                              \
+  }                                                                                               \
+  }                                                                                               \
+  }
+
+FASTCONV_DECLARE_CPU_KERNELS(baseline)
+FASTCONV_DECLARE_CPU_KERNELS(avx2)
+FASTCONV_DECLARE_CPU_KERNELS(avx512)

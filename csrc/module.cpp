@@ -1,0 +1,231 @@
+// pybind11 module fastconv._C: the CPU backend's boundary.
+//
+// Tensors arrive as (data_ptr, sizes, strides) tuples and a dtype code; nothing here links libtorch.
+// Python (fastconv/backends/cpu.py) has already validated the arguments with torch's rules; this layer
+// re-checks only what the kernels rely on for memory safety (shapes agree with the descriptor,
+// pointers present), then releases the GIL and runs the kernel.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "cpu/dispatch.h"
+#include "cpu/kernels.h"
+
+namespace py = pybind11;
+using namespace fastconv::cpu;
+
+namespace {
+
+using PyTensor = std::tuple<uintptr_t, std::array<int64_t, 4>, std::array<int64_t, 4>>;
+
+Tensor4 as_tensor(const PyTensor& t, const char* name, const std::array<int64_t, 4>& expected) {
+  Tensor4 out;
+  out.data = reinterpret_cast<void*>(std::get<0>(t));
+  out.size = std::get<1>(t);
+  out.stride = std::get<2>(t);
+  int64_t numel = 1;
+  for (int i = 0; i < 4; ++i) {
+    if (out.size[i] != expected[i]) {
+      std::ostringstream msg;
+      msg << "fastconv._C: " << name << " has size (" << out.size[0] << ", " << out.size[1] << ", "
+          << out.size[2] << ", " << out.size[3] << "), expected (" << expected[0] << ", "
+          << expected[1] << ", " << expected[2] << ", " << expected[3] << ")";
+      throw std::invalid_argument(msg.str());
+    }
+    if (out.stride[i] < 0) throw std::invalid_argument(std::string("fastconv._C: ") + name + " has a negative stride");
+    numel *= out.size[i];
+  }
+  if (numel > 0 && out.data == nullptr)
+    throw std::invalid_argument(std::string("fastconv._C: ") + name + " has a null data pointer");
+  return out;
+}
+
+DType as_dtype(int code) {
+  if (code != kFloat32 && code != kFloat64)
+    throw std::invalid_argument("fastconv._C: dtype code must be 0 (float32) or 1 (float64), got " +
+                                std::to_string(code));
+  return static_cast<DType>(code);
+}
+
+void check_conv(const ConvDesc& d) {
+  if (d.N < 0 || d.C <= 0 || d.H <= 0 || d.W <= 0 || d.K <= 0 || d.R <= 0 || d.S <= 0 || d.P <= 0 ||
+      d.Q <= 0 || d.stride_h <= 0 || d.stride_w <= 0 || d.pad_h < 0 || d.pad_w < 0 || d.dil_h <= 0 ||
+      d.dil_w <= 0 || d.groups <= 0 || d.C % d.groups != 0 || d.K % d.groups != 0)
+    throw std::invalid_argument("fastconv._C: inconsistent ConvDesc");
+  if ((d.P - 1) * d.stride_h + (d.R - 1) * d.dil_h + 1 > d.H + 2 * d.pad_h ||
+      (d.Q - 1) * d.stride_w + (d.S - 1) * d.dil_w + 1 > d.W + 2 * d.pad_w)
+    throw std::invalid_argument("fastconv._C: ConvDesc output size does not fit the padded input");
+}
+
+void check_pool(const PoolDesc& d) {
+  if (d.N < 0 || d.C <= 0 || d.H <= 0 || d.W <= 0 || d.P <= 0 || d.Q <= 0 || d.kernel_h <= 0 ||
+      d.kernel_w <= 0 || d.stride_h <= 0 || d.stride_w <= 0 || d.pad_h < 0 || d.pad_w < 0 ||
+      d.dil_h <= 0 || d.dil_w <= 0 || d.divisor_override < 0)
+    throw std::invalid_argument("fastconv._C: inconsistent PoolDesc");
+}
+
+int threads(int nthreads) { return nthreads > 0 ? nthreads : 1; }
+
+std::array<int64_t, 4> xshape(const ConvDesc& d) { return {d.N, d.C, d.H, d.W}; }
+std::array<int64_t, 4> wshape(const ConvDesc& d) { return {d.K, d.C / d.groups, d.R, d.S}; }
+std::array<int64_t, 4> yshape(const ConvDesc& d) { return {d.N, d.K, d.P, d.Q}; }
+std::array<int64_t, 4> pool_in(const PoolDesc& d) { return {d.N, d.C, d.H, d.W}; }
+std::array<int64_t, 4> pool_out(const PoolDesc& d) { return {d.N, d.C, d.P, d.Q}; }
+
+std::string build_isas() { return "baseline,avx2,avx512"; }
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fastconv CPU kernels (C++17, OpenMP, runtime ISA dispatch); no libtorch dependency";
+
+  py::class_<ConvDesc>(m, "ConvDesc")
+      .def(py::init<>())
+      .def_readwrite("N", &ConvDesc::N).def_readwrite("C", &ConvDesc::C)
+      .def_readwrite("H", &ConvDesc::H).def_readwrite("W", &ConvDesc::W)
+      .def_readwrite("K", &ConvDesc::K).def_readwrite("R", &ConvDesc::R)
+      .def_readwrite("S", &ConvDesc::S).def_readwrite("P", &ConvDesc::P)
+      .def_readwrite("Q", &ConvDesc::Q)
+      .def_readwrite("stride_h", &ConvDesc::stride_h).def_readwrite("stride_w", &ConvDesc::stride_w)
+      .def_readwrite("pad_h", &ConvDesc::pad_h).def_readwrite("pad_w", &ConvDesc::pad_w)
+      .def_readwrite("dil_h", &ConvDesc::dil_h).def_readwrite("dil_w", &ConvDesc::dil_w)
+      .def_readwrite("groups", &ConvDesc::groups);
+
+  py::class_<PoolDesc>(m, "PoolDesc")
+      .def(py::init<>())
+      .def_readwrite("N", &PoolDesc::N).def_readwrite("C", &PoolDesc::C)
+      .def_readwrite("H", &PoolDesc::H).def_readwrite("W", &PoolDesc::W)
+      .def_readwrite("P", &PoolDesc::P).def_readwrite("Q", &PoolDesc::Q)
+      .def_readwrite("kernel_h", &PoolDesc::kernel_h).def_readwrite("kernel_w", &PoolDesc::kernel_w)
+      .def_readwrite("stride_h", &PoolDesc::stride_h).def_readwrite("stride_w", &PoolDesc::stride_w)
+      .def_readwrite("pad_h", &PoolDesc::pad_h).def_readwrite("pad_w", &PoolDesc::pad_w)
+      .def_readwrite("dil_h", &PoolDesc::dil_h).def_readwrite("dil_w", &PoolDesc::dil_w)
+      .def_readwrite("count_include_pad", &PoolDesc::count_include_pad)
+      .def_readwrite("divisor_override", &PoolDesc::divisor_override);
+
+  m.def(
+      "conv2d_fwd",
+      [](const ConvDesc& d, int dtype, const PyTensor& x, const PyTensor& w, uintptr_t bias,
+         const PyTensor& y, bool relu, int nthreads) {
+        check_conv(d);
+        DType dt = as_dtype(dtype);
+        Tensor4 tx = as_tensor(x, "input", xshape(d)), tw = as_tensor(w, "weight", wshape(d)),
+                ty = as_tensor(y, "output", yshape(d));
+        py::gil_scoped_release release;
+        kernels().conv2d_fwd(d, dt, tx, tw, reinterpret_cast<const void*>(bias), ty, relu, threads(nthreads));
+      },
+      py::arg("desc"), py::arg("dtype"), py::arg("input"), py::arg("weight"), py::arg("bias"),
+      py::arg("output"), py::arg("relu"), py::arg("nthreads"));
+
+  m.def(
+      "conv2d_dgrad",
+      [](const ConvDesc& d, int dtype, const PyTensor& dy, const PyTensor& w,
+         std::optional<PyTensor> relu_y, const PyTensor& dx, int nthreads) {
+        check_conv(d);
+        DType dt = as_dtype(dtype);
+        Tensor4 tdy = as_tensor(dy, "grad_output", yshape(d)), tw = as_tensor(w, "weight", wshape(d)),
+                tdx = as_tensor(dx, "grad_input", xshape(d));
+        Tensor4 ty;
+        if (relu_y) ty = as_tensor(*relu_y, "output (ReLU mask)", yshape(d));
+        py::gil_scoped_release release;
+        kernels().conv2d_dgrad(d, dt, tdy, tw, relu_y ? &ty : nullptr, tdx, threads(nthreads));
+      },
+      py::arg("desc"), py::arg("dtype"), py::arg("grad_output"), py::arg("weight"), py::arg("relu_output"),
+      py::arg("grad_input"), py::arg("nthreads"));
+
+  m.def(
+      "conv2d_wgrad",
+      [](const ConvDesc& d, int dtype, const PyTensor& dy, const PyTensor& x,
+         std::optional<PyTensor> relu_y, std::optional<PyTensor> dw, uintptr_t dbias, int nthreads) {
+        check_conv(d);
+        DType dt = as_dtype(dtype);
+        Tensor4 tdy = as_tensor(dy, "grad_output", yshape(d)), tx = as_tensor(x, "input", xshape(d));
+        Tensor4 ty, tdw;
+        if (relu_y) ty = as_tensor(*relu_y, "output (ReLU mask)", yshape(d));
+        if (dw) tdw = as_tensor(*dw, "grad_weight", wshape(d));
+        py::gil_scoped_release release;
+        kernels().conv2d_wgrad(d, dt, tdy, tx, relu_y ? &ty : nullptr, dw ? &tdw : nullptr,
+                               reinterpret_cast<void*>(dbias), threads(nthreads));
+      },
+      py::arg("desc"), py::arg("dtype"), py::arg("grad_output"), py::arg("input"), py::arg("relu_output"),
+      py::arg("grad_weight"), py::arg("grad_bias"), py::arg("nthreads"));
+
+  m.def(
+      "max_pool2d_fwd",
+      [](const PoolDesc& d, int dtype, const PyTensor& x, const PyTensor& y,
+         std::optional<PyTensor> indices, int nthreads) {
+        check_pool(d);
+        DType dt = as_dtype(dtype);
+        Tensor4 tx = as_tensor(x, "input", pool_in(d)), ty = as_tensor(y, "output", pool_out(d));
+        Tensor4 ti;
+        if (indices) ti = as_tensor(*indices, "indices", pool_out(d));
+        py::gil_scoped_release release;
+        kernels().max_pool2d_fwd(d, dt, tx, ty, indices ? &ti : nullptr, threads(nthreads));
+      },
+      py::arg("desc"), py::arg("dtype"), py::arg("input"), py::arg("output"), py::arg("indices"),
+      py::arg("nthreads"));
+
+  m.def(
+      "max_pool2d_bwd",
+      [](const PoolDesc& d, int dtype, const PyTensor& dy, const PyTensor& indices, const PyTensor& dx,
+         int nthreads) {
+        check_pool(d);
+        DType dt = as_dtype(dtype);
+        Tensor4 tdy = as_tensor(dy, "grad_output", pool_out(d)), ti = as_tensor(indices, "indices", pool_out(d)),
+                tdx = as_tensor(dx, "grad_input", pool_in(d));
+        py::gil_scoped_release release;
+        kernels().max_pool2d_bwd(d, dt, tdy, ti, tdx, threads(nthreads));
+      },
+      py::arg("desc"), py::arg("dtype"), py::arg("grad_output"), py::arg("indices"), py::arg("grad_input"),
+      py::arg("nthreads"));
+
+  m.def(
+      "avg_pool2d_fwd",
+      [](const PoolDesc& d, int dtype, const PyTensor& x, const PyTensor& y, int nthreads) {
+        check_pool(d);
+        DType dt = as_dtype(dtype);
+        Tensor4 tx = as_tensor(x, "input", pool_in(d)), ty = as_tensor(y, "output", pool_out(d));
+        py::gil_scoped_release release;
+        kernels().avg_pool2d_fwd(d, dt, tx, ty, threads(nthreads));
+      },
+      py::arg("desc"), py::arg("dtype"), py::arg("input"), py::arg("output"), py::arg("nthreads"));
+
+  m.def(
+      "avg_pool2d_bwd",
+      [](const PoolDesc& d, int dtype, const PyTensor& dy, const PyTensor& dx, int nthreads) {
+        check_pool(d);
+        DType dt = as_dtype(dtype);
+        Tensor4 tdy = as_tensor(dy, "grad_output", pool_out(d)), tdx = as_tensor(dx, "grad_input", pool_in(d));
+        py::gil_scoped_release release;
+        kernels().avg_pool2d_bwd(d, dt, tdy, tdx, threads(nthreads));
+      },
+      py::arg("desc"), py::arg("dtype"), py::arg("grad_output"), py::arg("grad_input"), py::arg("nthreads"));
+
+  m.def("cpu_isa", []() { return std::string(kernels().isa); }, "ISA level of the kernels in use");
+  m.def("detected_cpu_isa", &detected_isa, "best ISA level this CPU supports");
+  m.def("set_cpu_isa", &set_isa, py::arg("isa"),
+        "use the kernels of another ISA level ('baseline', 'avx2', 'avx512'); for tests and benchmarks");
+  m.def("build_info", []() {
+    py::dict info;
+    info["isa_variants"] = build_isas();
+#ifdef _OPENMP
+    info["openmp"] = true;
+    info["openmp_max_threads"] = omp_get_max_threads();
+#else
+    info["openmp"] = false;
+#endif
+    info["compiler"] = std::string(__VERSION__);
+    info["cplusplus"] = static_cast<long>(__cplusplus);
+    return info;
+  });
+}
