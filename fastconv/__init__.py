@@ -1,0 +1,19 @@
+"""fastconv: hand-written convolution, pooling and fused conv+bias+ReLU kernels for PyTorch.
+
+    import fastconv
+    y = fastconv.functional.conv2d(x, w, b, padding="same")      # like F.conv2d
+    layer = fastconv.nn.Conv2dReLU(64, 64, 3, padding=1)          # like nn.Conv2d + nn.ReLU, fused
+    fastconv.convert(model)                                       # switch an existing model, in place
+    fastconv.info()                                               # what is built and available
+"""
+from . import backends, functional, nn, ops  # noqa: F401
+from .backends import get_backend, set_backend, use_backend
+from .convert import convert
+from .errors import ArgumentError, ArgumentTypeError
+from .info import info
+from .version import __version__
+
+__all__ = [
+    "functional", "nn", "ops", "backends", "convert", "info", "set_backend", "get_backend", "use_backend",
+    "ArgumentError", "ArgumentTypeError", "__version__",
+]

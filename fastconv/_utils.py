@@ -1,0 +1,107 @@
+"""Small helpers shared by the functional layer, the ops and the backends."""
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple, Union
+
+import torch
+
+from .errors import ArgumentError, ArgumentTypeError
+
+IntOrPair = Union[int, Sequence[int]]
+
+
+def pair(value: IntOrPair, name: str, op: str = "conv2d") -> Tuple[int, int]:
+    """Normalizes an int or a 1/2-sequence to a pair, with torch's error for other lengths."""
+    if isinstance(value, bool):
+        raise ArgumentTypeError(f"{op}: {name} must be an int or a tuple of 2 ints, got bool {value}")
+    if isinstance(value, int) or (isinstance(value, torch.SymInt)):
+        return (value, value)
+    if isinstance(value, torch.Tensor):
+        raise ArgumentTypeError(f"{op}: {name} must be an int or a tuple of 2 ints, got a Tensor")
+    try:
+        items = list(value)
+    except TypeError:
+        raise ArgumentTypeError(f"{op}: {name} must be an int or a tuple of 2 ints, got {type(value).__name__}") from None
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (int, torch.SymInt)):
+            raise ArgumentTypeError(f"{op}: {name} must contain ints, got {value!r}")
+    if len(items) == 1:
+        return (items[0], items[0])
+    if len(items) != 2:
+        raise ArgumentError(
+            f"{op}: expected {name} to be a single integer value or a list of 2 values to match the "
+            f"convolution dimensions, but got {name}={items}"
+        )
+    return (items[0], items[1])
+
+
+def strides_like_channels_last(t: torch.Tensor) -> bool:
+    """torch's memory-format heuristic (c10 is_channels_last_strides_2d) for a 4-d tensor.
+
+    Outputs follow it the way torch's CPU kernels do: an op writes channels_last output when its
+    input "suggests" channels_last, which is decided from the stride order, not from density.
+    """
+    if t.dim() != 4:
+        return False
+    sizes, strides = t.shape, t.stride()
+    if strides[1] == 0:
+        return False
+    minimum = 0
+    for d in (1, 3, 2, 0):
+        if sizes[d] == 0:
+            return False
+        if strides[d] < minimum:
+            return False
+        if d == 0 and minimum == strides[1]:
+            return False
+        minimum = strides[d]
+        if sizes[d] > 1:
+            minimum *= sizes[d]
+    return True
+
+
+def memory_format_of(t: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if strides_like_channels_last(t) else torch.contiguous_format
+
+
+def empty_like_format(shape: Sequence[int], like: torch.Tensor, channels_last: bool,
+                      dtype: torch.dtype | None = None) -> torch.Tensor:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(list(shape), dtype=dtype or like.dtype, device=like.device, memory_format=fmt)
+
+
+def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int) -> int:
+    return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def pool_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil_mode: bool) -> int:
+    """torch's pooling_output_shape: with ceil_mode the last window must start inside the input
+    or the left padding."""
+    numerator = size + 2 * pad - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)
+    out = numerator // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def as_list(values: Sequence[int]) -> List[int]:
+    return [int(v) if not isinstance(v, torch.SymInt) else v for v in values]
+
+
+def conv_output_channels_last(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """torch's CPU rule: channels_last output when the input or the weight suggests it."""
+    return strides_like_channels_last(x) or strides_like_channels_last(w)
+
+
+def conv_out_hw(x, w, stride, padding, dilation) -> Tuple[int, int]:
+    return (
+        conv_output_size(x.shape[2], w.shape[2], stride[0], padding[0], dilation[0]),
+        conv_output_size(x.shape[3], w.shape[3], stride[1], padding[1], dilation[1]),
+    )
+
+
+def pool_out_hw(x, kernel, stride, padding, dilation, ceil_mode) -> Tuple[int, int]:
+    return (
+        pool_output_size(x.shape[2], kernel[0], stride[0], padding[0], dilation[0], ceil_mode),
+        pool_output_size(x.shape[3], kernel[1], stride[1], padding[1], dilation[1], ceil_mode),
+    )

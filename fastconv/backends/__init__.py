@@ -1,0 +1,170 @@
+"""Backend registry: which implementation runs an op on a given tensor.
+
+Backends: 'cpu' (fastconv._C, C++), 'cuda' (fastconv._C_cuda, later), 'triton' (later) and
+'reference' (pure torch, the tests' yardstick). Each backend says which device types it serves and,
+if it is unavailable, why. Selection, in order of precedence:
+  1. `with fastconv.use_backend(name):` (per thread),
+  2. `fastconv.set_backend(name)` (process-wide),
+  3. the environment variable FASTCONV_BACKEND at import time,
+  4. 'auto': the first available backend in AUTO_ORDER for the tensor's device type.
+An explicitly chosen backend that cannot serve a tensor raises; auto never silently picks a backend
+that is not in AUTO_ORDER for that device, and logs (logger 'fastconv') which one it picked.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import torch
+
+log = logging.getLogger("fastconv")
+
+AUTO = "auto"
+# Preference per device type when the choice is 'auto'. 'reference' serves devices that have no
+# native backend (e.g. a GPU without the CUDA module or Triton), and says so in fastconv.info().
+AUTO_ORDER: Dict[str, List[str]] = {
+    "cpu": ["cpu", "reference"],
+    "cuda": ["cuda", "triton", "reference"],
+}
+
+
+class Backend:
+    """Interface every backend implements. Tensors are 4-d, already validated by fastconv.functional."""
+
+    name: str = "?"
+    device_types: Tuple[str, ...] = ()
+
+    def availability(self) -> Tuple[bool, str]:
+        """(available, reason): the reason says why not, or what is in use."""
+        return True, ""
+
+    def serves(self, device: torch.device) -> bool:
+        return device.type in self.device_types
+
+    # Convolution. stride/padding/dilation are pairs; padding is symmetric (fastconv.functional
+    # resolves asymmetric 'same' padding by padding the input first).
+    def conv2d_fwd(self, x, w, bias, stride, padding, dilation, groups, relu):  # -> y
+        raise NotImplementedError
+
+    def conv2d_dgrad(self, dy, x, w, relu_y, stride, padding, dilation, groups):  # -> dx
+        raise NotImplementedError
+
+    def conv2d_wgrad(self, dy, x, w, relu_y, stride, padding, dilation, groups, need_weight, need_bias):
+        raise NotImplementedError  # -> (dw or None, db or None)
+
+    # Pooling. kernel/stride/padding/dilation are pairs.
+    def max_pool2d_fwd(self, x, kernel, stride, padding, dilation, ceil_mode, with_indices):
+        raise NotImplementedError  # -> (y, indices or None)
+
+    def max_pool2d_bwd(self, dy, x, indices, kernel, stride, padding, dilation, ceil_mode):
+        raise NotImplementedError  # -> dx
+
+    def avg_pool2d_fwd(self, x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
+        raise NotImplementedError  # -> y
+
+    def avg_pool2d_bwd(self, dy, x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
+        raise NotImplementedError  # -> dx
+
+
+_REGISTRY: Dict[str, Backend] = {}
+_global_choice: str = AUTO
+_local = threading.local()
+
+
+def register_backend(backend: Backend) -> None:
+    _REGISTRY[backend.name] = backend
+
+
+def registered() -> Dict[str, Backend]:
+    return dict(_REGISTRY)
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"fastconv backend name must be a str, got {type(name).__name__}")
+    name = name.strip().lower()
+    if name != AUTO and name not in _REGISTRY:
+        raise ValueError(f"unknown fastconv backend {name!r}; expected one of {[AUTO] + sorted(_REGISTRY)}")
+    return name
+
+
+def set_backend(name: Optional[str]) -> None:
+    """Chooses the backend process-wide ('auto' or None restores automatic choice)."""
+    global _global_choice
+    name = AUTO if name is None else _check_name(name)
+    if name != AUTO:
+        ok, why = _REGISTRY[name].availability()
+        if not ok:
+            raise RuntimeError(f"fastconv backend {name!r} is not available: {why}")
+    _global_choice = name
+
+
+def get_backend() -> str:
+    """The backend name in force for this thread ('auto' unless one was chosen)."""
+    stack = getattr(_local, "stack", None)
+    return stack[-1] if stack else _global_choice
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Context manager choosing the backend for this thread."""
+    name = _check_name(name)
+    if name != AUTO:
+        ok, why = _REGISTRY[name].availability()
+        if not ok:
+            raise RuntimeError(f"fastconv backend {name!r} is not available: {why}")
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    stack.append(name)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def resolve(device: torch.device) -> Backend:
+    """The backend that runs an op on a tensor of this device under the current choice."""
+    choice = get_backend()
+    if choice != AUTO:
+        backend = _REGISTRY[choice]
+        if not backend.serves(device):
+            raise RuntimeError(
+                f"fastconv backend {choice!r} cannot run on {device.type} tensors "
+                f"(it serves {', '.join(backend.device_types) or 'no device'}); "
+                f"move the tensors or choose another backend with fastconv.set_backend()"
+            )
+        return backend
+    for name in AUTO_ORDER.get(device.type, ["reference"]):
+        backend = _REGISTRY.get(name)
+        if backend is None or not backend.serves(device):
+            continue
+        ok, _ = backend.availability()
+        if ok:
+            if name == "reference" and device.type != "cpu":
+                log.debug("fastconv: no native backend for %s tensors; using the reference backend", device.type)
+            return backend
+    raise RuntimeError(f"fastconv: no backend available for {device.type} tensors")
+
+
+def _choice_from_environment() -> None:
+    env = os.environ.get("FASTCONV_BACKEND", "").strip()
+    if env:
+        try:
+            set_backend(env)
+        except (ValueError, RuntimeError) as exc:
+            raise RuntimeError(f"FASTCONV_BACKEND={env!r}: {exc}") from None
+
+
+def _register_builtin() -> None:
+    from . import cpu, reference
+
+    register_backend(cpu.CpuBackend())
+    register_backend(reference.ReferenceBackend())
+
+
+_register_builtin()
+_choice_from_environment()

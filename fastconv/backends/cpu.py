@@ -1,0 +1,159 @@
+"""The 'cpu' backend: fastconv._C, hand-written C++ kernels (OpenMP, AVX2/AVX-512 dispatch).
+
+Tensors cross into C++ as (data_ptr, sizes, strides) and a dtype code; the kernels read inputs
+through their strides (any layout, non-contiguous views) and write outputs that are allocated here in
+torch's memory format: channels_last when the input (or, for conv, the weight) suggests it.
+The kernels compute in float32 and float64; float16 and bfloat16 tensors are computed in float32 and
+rounded once at the end (torch's CPU kernels also accumulate these in float32).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional, Tuple
+
+import torch
+
+from .. import _utils
+from . import Backend
+
+try:
+    from .. import _C
+    _IMPORT_ERROR: Optional[str] = None
+except ImportError as exc:  # the package was not built (e.g. a source checkout without pip install)
+    _C = None
+    _IMPORT_ERROR = str(exc)
+
+_DTYPE_CODE = {torch.float32: 0, torch.float64: 1}
+_UPCAST = (torch.float16, torch.bfloat16)
+
+
+def _t4(t: torch.Tensor):
+    return (t.data_ptr(), list(t.shape), list(t.stride()))
+
+
+def _threads() -> int:
+    return torch.get_num_threads()
+
+
+def _upcasting(fn):
+    """Runs float16/bfloat16 calls in float32 and casts tensor results back to the input dtype."""
+
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
+        dtype = next(a.dtype for a in args if isinstance(a, torch.Tensor))
+        if dtype not in _UPCAST:
+            return fn(self, *args, **kwargs)
+        up = [a.float() if isinstance(a, torch.Tensor) and a.dtype == dtype else a for a in args]
+        out = fn(self, *up, **kwargs)
+        if isinstance(out, tuple):
+            return tuple(o.to(dtype) if isinstance(o, torch.Tensor) and o.is_floating_point() else o for o in out)
+        return out.to(dtype)
+
+    return wrapper
+
+
+def _dtype_code(t: torch.Tensor) -> int:
+    code = _DTYPE_CODE.get(t.dtype)
+    if code is None:
+        raise TypeError(f"fastconv cpu backend: unsupported dtype {t.dtype}; expected float32, float64, "
+                        f"float16 or bfloat16")
+    return code
+
+
+def conv_desc(x: torch.Tensor, w: torch.Tensor, stride, padding, dilation, groups, out_hw):
+    d = _C.ConvDesc()
+    d.N, d.C, d.H, d.W = x.shape
+    d.K, _, d.R, d.S = w.shape
+    d.P, d.Q = out_hw
+    d.stride_h, d.stride_w = stride
+    d.pad_h, d.pad_w = padding
+    d.dil_h, d.dil_w = dilation
+    d.groups = groups
+    return d
+
+
+def pool_desc(x: torch.Tensor, out_hw, kernel, stride, padding, dilation=(1, 1),
+              count_include_pad=True, divisor_override=None):
+    d = _C.PoolDesc()
+    d.N, d.C, d.H, d.W = x.shape
+    d.P, d.Q = out_hw
+    d.kernel_h, d.kernel_w = kernel
+    d.stride_h, d.stride_w = stride
+    d.pad_h, d.pad_w = padding
+    d.dil_h, d.dil_w = dilation
+    d.count_include_pad = bool(count_include_pad)
+    d.divisor_override = int(divisor_override or 0)
+    return d
+
+
+class CpuBackend(Backend):
+    name = "cpu"
+    device_types = ("cpu",)
+
+    def availability(self):
+        if _C is None:
+            return False, f"fastconv._C is not built ({_IMPORT_ERROR}); run `pip install -e .`"
+        return True, f"C++ kernels, ISA {_C.cpu_isa()} (detected {_C.detected_cpu_isa()})"
+
+    @_upcasting
+    def conv2d_fwd(self, x, w, bias, stride, padding, dilation, groups, relu):
+        out_hw = _utils.conv_out_hw(x, w, stride, padding, dilation)
+        y = _utils.empty_like_format((x.shape[0], w.shape[0], *out_hw), x, _utils.conv_output_channels_last(x, w))
+        if bias is not None:
+            bias = bias.contiguous()
+        d = conv_desc(x, w, stride, padding, dilation, groups, out_hw)
+        _C.conv2d_fwd(d, _dtype_code(x), _t4(x), _t4(w), bias.data_ptr() if bias is not None else 0,
+                      _t4(y), bool(relu), _threads())
+        return y
+
+    @_upcasting
+    def conv2d_dgrad(self, dy, x, w, relu_y, stride, padding, dilation, groups):
+        dx = _utils.empty_like_format(x.shape, x, _utils.strides_like_channels_last(x))
+        d = conv_desc(x, w, stride, padding, dilation, groups, dy.shape[2:])
+        _C.conv2d_dgrad(d, _dtype_code(x), _t4(dy), _t4(w), _t4(relu_y) if relu_y is not None else None,
+                        _t4(dx), _threads())
+        return dx
+
+    @_upcasting
+    def conv2d_wgrad(self, dy, x, w, relu_y, stride, padding, dilation, groups, need_weight, need_bias):
+        dw = torch.empty_like(w, memory_format=_utils.memory_format_of(w)) if need_weight else None
+        db = torch.empty(w.shape[0], dtype=dy.dtype, device=dy.device) if need_bias else None
+        if dw is None and db is None:
+            return None, None
+        d = conv_desc(x, w, stride, padding, dilation, groups, dy.shape[2:])
+        _C.conv2d_wgrad(d, _dtype_code(x), _t4(dy), _t4(x), _t4(relu_y) if relu_y is not None else None,
+                        _t4(dw) if dw is not None else None, db.data_ptr() if db is not None else 0, _threads())
+        return dw, db
+
+    @_upcasting
+    def max_pool2d_fwd(self, x, kernel, stride, padding, dilation, ceil_mode, with_indices):
+        out_hw = _utils.pool_out_hw(x, kernel, stride, padding, dilation, ceil_mode)
+        cl = _utils.strides_like_channels_last(x)
+        shape = (x.shape[0], x.shape[1], *out_hw)
+        y = _utils.empty_like_format(shape, x, cl)
+        idx = _utils.empty_like_format(shape, x, cl, dtype=torch.int64) if with_indices else None
+        d = pool_desc(x, out_hw, kernel, stride, padding, dilation)
+        _C.max_pool2d_fwd(d, _dtype_code(x), _t4(x), _t4(y), _t4(idx) if idx is not None else None, _threads())
+        return y, idx
+
+    @_upcasting
+    def max_pool2d_bwd(self, dy, x, indices, kernel, stride, padding, dilation, ceil_mode):
+        dx = _utils.empty_like_format(x.shape, x, _utils.strides_like_channels_last(x))
+        d = pool_desc(x, dy.shape[2:], kernel, stride, padding, dilation)
+        _C.max_pool2d_bwd(d, _dtype_code(x), _t4(dy), _t4(indices), _t4(dx), _threads())
+        return dx
+
+    @_upcasting
+    def avg_pool2d_fwd(self, x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
+        out_hw = _utils.pool_out_hw(x, kernel, stride, padding, (1, 1), ceil_mode)
+        y = _utils.empty_like_format((x.shape[0], x.shape[1], *out_hw), x, _utils.strides_like_channels_last(x))
+        d = pool_desc(x, out_hw, kernel, stride, padding, (1, 1), count_include_pad, divisor_override)
+        _C.avg_pool2d_fwd(d, _dtype_code(x), _t4(x), _t4(y), _threads())
+        return y
+
+    @_upcasting
+    def avg_pool2d_bwd(self, dy, x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
+        dx = _utils.empty_like_format(x.shape, x, _utils.strides_like_channels_last(x))
+        d = pool_desc(x, dy.shape[2:], kernel, stride, padding, (1, 1), count_include_pad, divisor_override)
+        _C.avg_pool2d_bwd(d, _dtype_code(x), _t4(dy), _t4(dx), _threads())
+        return dx

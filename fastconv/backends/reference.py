@@ -1,0 +1,50 @@
+"""The 'reference' backend: every op in plain torch. The tests' yardstick, and the fallback for a
+device that has no native fastconv backend (fastconv.info() says when that happens)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import Backend
+
+
+class ReferenceBackend(Backend):
+    name = "reference"
+    device_types = ("cpu", "cuda", "mps", "xpu", "meta")
+
+    def serves(self, device: torch.device) -> bool:
+        return True
+
+    def conv2d_fwd(self, x, w, bias, stride, padding, dilation, groups, relu):
+        y = F.conv2d(x, w, bias, stride, padding, dilation, groups)
+        return torch.relu(y) if relu else y
+
+    @staticmethod
+    def _masked(dy, relu_y):
+        return dy if relu_y is None else dy * (relu_y > 0).to(dy.dtype)
+
+    def conv2d_dgrad(self, dy, x, w, relu_y, stride, padding, dilation, groups):
+        return torch.nn.grad.conv2d_input(x.shape, w, self._masked(dy, relu_y), stride, padding, dilation, groups)
+
+    def conv2d_wgrad(self, dy, x, w, relu_y, stride, padding, dilation, groups, need_weight, need_bias):
+        dy = self._masked(dy, relu_y)
+        dw = torch.nn.grad.conv2d_weight(x, w.shape, dy, stride, padding, dilation, groups) if need_weight else None
+        db = dy.sum(dim=(0, 2, 3)) if need_bias else None
+        return dw, db
+
+    def max_pool2d_fwd(self, x, kernel, stride, padding, dilation, ceil_mode, with_indices):
+        y, idx = F.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, return_indices=True)
+        return y, (idx if with_indices else None)
+
+    def max_pool2d_bwd(self, dy, x, indices, kernel, stride, padding, dilation, ceil_mode):
+        return torch.ops.aten.max_pool2d_with_indices_backward(
+            dy, x, list(kernel), list(stride), list(padding), list(dilation), ceil_mode, indices
+        )
+
+    def avg_pool2d_fwd(self, x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
+        return F.avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
+
+    def avg_pool2d_bwd(self, dy, x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
+        return torch.ops.aten.avg_pool2d_backward(
+            dy, x, list(kernel), list(stride), list(padding), ceil_mode, count_include_pad, divisor_override
+        )

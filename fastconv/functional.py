@@ -1,0 +1,215 @@
+"""fastconv's functional API, drop-in for torch.nn.functional.conv2d / max_pool2d / avg_pool2d.
+
+This layer owns torch semantics: it accepts the same arguments (ints or tuples, padding='same' or
+'valid', unbatched (C, H, W) input), applies torch's validation with messages that name the argument
+and the expected form, normalizes everything once, and calls the custom ops in fastconv.ops, which
+dispatch to a backend. Nothing here computes a convolution or a pooling.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import ops  # noqa: F401  (registers torch.ops.fastconv.*)
+from ._utils import pair
+from .errors import ArgumentError, ArgumentTypeError
+
+__all__ = ["conv2d", "conv2d_relu", "max_pool2d", "avg_pool2d"]
+
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _check_tensor(t, name: str, op: str) -> None:
+    if not isinstance(t, Tensor):
+        raise ArgumentTypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+
+
+def _check_float(t: Tensor, name: str, op: str) -> None:
+    if t.dtype not in _FLOAT_DTYPES:
+        raise ArgumentTypeError(f"{op}: {name} must be a floating-point tensor (float32, float64, float16 or "
+                        f"bfloat16), got {t.dtype}")
+
+
+def _batched(input: Tensor, op: str, what: str) -> Tuple[Tensor, bool]:
+    """Adds the batch dim to an unbatched (C, H, W) input; returns (input4d, was_unbatched)."""
+    if input.dim() == 3:
+        return input.unsqueeze(0), True
+    if input.dim() == 4:
+        return input, False
+    raise ArgumentError(f"{op}: expected 3D (unbatched) or 4D (batched) {what}, but got input of size: "
+                     f"{list(input.shape)}")
+
+
+def _positive(values: Tuple[int, int], name: str, op: str) -> None:
+    if any(v <= 0 for v in values):
+        raise ArgumentError(f"{op}: {name} must be positive, got {name}={tuple(values)}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Convolution
+
+
+def _conv_args(input, weight, bias, stride, padding, dilation, groups, op: str):
+    """Validates conv arguments with torch's rules; returns the normalized call."""
+    _check_tensor(input, "input", op)
+    _check_tensor(weight, "weight", op)
+    if bias is not None:
+        _check_tensor(bias, "bias", op)
+    x, unbatched = _batched(input, op, "input to conv2d")
+    if weight.dim() != 4:
+        raise ArgumentError(f"{op}: weight must be 4-dimensional (out_channels, in_channels/groups, kH, kW), "
+                         f"got weight of size {list(weight.shape)}")
+    _check_float(x, "input", op)
+    if weight.dtype != x.dtype:
+        raise ArgumentTypeError(f"{op}: input dtype {x.dtype} and weight dtype {weight.dtype} should be the same")
+    if bias is not None and bias.dtype != x.dtype:
+        raise ArgumentTypeError(f"{op}: input dtype {x.dtype} and bias dtype {bias.dtype} should be the same")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.device != x.device:
+            raise ArgumentError(f"{op}: input is on {x.device} but {name} is on {t.device}; they must be on "
+                             f"the same device")
+    if isinstance(groups, bool) or not isinstance(groups, int):
+        raise ArgumentTypeError(f"{op}: groups must be an int, got {type(groups).__name__}")
+    if groups <= 0:
+        raise ArgumentError(f"{op}: groups must be positive (non-positive groups is not supported), got {groups}")
+    stride = pair(stride, "stride", op)
+    dilation = pair(dilation, "dilation", op)
+    _positive(stride, "stride", op)
+    _positive(dilation, "dilation", op)
+
+    K, Cg, R, S = weight.shape
+    if K % groups != 0:
+        raise ArgumentError(f"{op}: Given groups={groups}, expected weight to be divisible by {groups} at "
+                         f"dimension 0, but got weight of size {list(weight.shape)} instead")
+    if x.shape[1] != Cg * groups:
+        raise ArgumentError(f"{op}: Given groups={groups}, weight of size {list(weight.shape)}, expected input"
+                         f"{list(x.shape)} to have {Cg * groups} channels, but got {x.shape[1]} channels "
+                         f"instead")
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != K):
+        raise ArgumentError(f"{op}: Given weight of size {list(weight.shape)}, expected bias to be 1-dimensional "
+                         f"with {K} elements, but got bias of size {list(bias.shape)} instead")
+
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding = (0, 0)
+        elif padding == "same":
+            if stride != (1, 1):
+                raise ArgumentError(f"{op}: padding='same' is not supported for strided convolutions "
+                                 f"(stride={stride})")
+            # torch: total padding dilation*(k-1), left = total // 2, the odd remainder on the
+            # right/bottom. The remainder is padded onto the input here so kernels see symmetric pads.
+            total = (dilation[0] * (R - 1), dilation[1] * (S - 1))
+            padding = (total[0] // 2, total[1] // 2)
+            extra_h, extra_w = total[0] - 2 * padding[0], total[1] - 2 * padding[1]
+            if extra_h or extra_w:
+                x = F.pad(x, [0, extra_w, 0, extra_h])
+        else:
+            raise ArgumentError(f"{op}: Invalid padding string: {padding!r}; expected 'same', 'valid', an int "
+                             f"or a tuple of 2 ints")
+    else:
+        padding = pair(padding, "padding", op)
+        if any(p < 0 for p in padding):
+            raise ArgumentError(f"{op}: padding must be non-negative (negative padding is not supported), got "
+                             f"padding={tuple(padding)}")
+
+    padded = (x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1])
+    effective = (dilation[0] * (R - 1) + 1, dilation[1] * (S - 1) + 1)
+    if padded[0] < effective[0] or padded[1] < effective[1]:
+        raise ArgumentError(f"{op}: Calculated padded input size per channel: ({padded[0]} x {padded[1]}). "
+                         f"Kernel size: ({effective[0]} x {effective[1]}). Kernel size can't be greater "
+                         f"than actual input size")
+    return x, unbatched, list(stride), list(padding), list(dilation)
+
+
+def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+           stride: Union[int, Sequence[int]] = 1, padding: Union[str, int, Sequence[int]] = 0,
+           dilation: Union[int, Sequence[int]] = 1, groups: int = 1) -> Tensor:
+    """2-d convolution; same arguments, semantics and output memory format as F.conv2d."""
+    x, unbatched, stride, padding, dilation = _conv_args(input, weight, bias, stride, padding, dilation,
+                                                         groups, "conv2d")
+    y = torch.ops.fastconv.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    return y.squeeze(0) if unbatched else y
+
+
+def conv2d_relu(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                stride: Union[int, Sequence[int]] = 1, padding: Union[str, int, Sequence[int]] = 0,
+                dilation: Union[int, Sequence[int]] = 1, groups: int = 1) -> Tensor:
+    """relu(conv2d(...)) computed in one pass: bias and ReLU are applied by the convolution kernel as
+    it stores the output, and the backward applies the ReLU mask while reading grad_output."""
+    x, unbatched, stride, padding, dilation = _conv_args(input, weight, bias, stride, padding, dilation,
+                                                         groups, "conv2d_relu")
+    y = torch.ops.fastconv.conv2d_relu(x, weight, bias, stride, padding, dilation, groups)
+    return y.squeeze(0) if unbatched else y
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pooling
+
+
+def _pool_args(input, kernel_size, stride, padding, dilation, ceil_mode, op: str):
+    _check_tensor(input, "input", op)
+    if input.dim() not in (3, 4) or any(s == 0 for s in input.shape[-3:]):
+        raise ArgumentError(f"{op}: expected a 3D (C, H, W) or 4D (N, C, H, W) input with non-zero C, H, W "
+                         f"(N may be 0), but got input of size {list(input.shape)}")
+    _check_float(input, "input", op)
+    x, unbatched = _batched(input, op, "input")
+    kernel = pair(kernel_size, "kernel_size", op)
+    if stride is None or (not isinstance(stride, int) and len(stride) == 0):
+        stride = kernel
+    stride = pair(stride, "stride", op)
+    padding = pair(padding, "padding", op)
+    dilation = pair(dilation, "dilation", op)
+    _positive(kernel, "kernel_size", op)
+    _positive(stride, "stride", op)
+    _positive(dilation, "dilation", op)
+    if not isinstance(ceil_mode, bool):
+        raise ArgumentTypeError(f"{op}: ceil_mode must be a bool, got {type(ceil_mode).__name__}")
+    for i in range(2):
+        effective = (kernel[i] - 1) * dilation[i] + 1
+        if padding[i] < 0 or padding[i] > effective // 2:
+            raise ArgumentError(f"{op}: pad should be non-negative and at most half of effective kernel size, "
+                             f"but got padding={tuple(padding)}, kernel_size={tuple(kernel)} and "
+                             f"dilation={tuple(dilation)}")
+    from ._utils import pool_out_hw
+
+    out_hw = pool_out_hw(x, kernel, stride, padding, dilation, ceil_mode)
+    if out_hw[0] < 1 or out_hw[1] < 1:
+        raise ArgumentError(f"{op}: Given input size: ({x.shape[1]}x{x.shape[2]}x{x.shape[3]}). Calculated "
+                         f"output size: ({x.shape[1]}x{out_hw[0]}x{out_hw[1]}). Output size is too small")
+    return x, unbatched, list(kernel), list(stride), list(padding), list(dilation)
+
+
+def max_pool2d(input: Tensor, kernel_size: Union[int, Sequence[int]], stride=None,
+               padding: Union[int, Sequence[int]] = 0, dilation: Union[int, Sequence[int]] = 1,
+               ceil_mode: bool = False, return_indices: bool = False):
+    """Same as F.max_pool2d; indices (with return_indices=True) are torch's: h * W + w in the plane."""
+    x, unbatched, kernel, stride, padding, dilation = _pool_args(input, kernel_size, stride, padding, dilation,
+                                                                 ceil_mode, "max_pool2d")
+    if return_indices or (torch.is_grad_enabled() and x.requires_grad):
+        y, idx = torch.ops.fastconv.max_pool2d_with_indices(x, kernel, stride, padding, dilation, ceil_mode)
+    else:
+        y, idx = torch.ops.fastconv.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode), None
+    if unbatched:
+        y = y.squeeze(0)
+        idx = idx.squeeze(0) if idx is not None else None
+    return (y, idx) if return_indices else y
+
+
+def avg_pool2d(input: Tensor, kernel_size: Union[int, Sequence[int]], stride=None,
+               padding: Union[int, Sequence[int]] = 0, ceil_mode: bool = False, count_include_pad: bool = True,
+               divisor_override: Optional[int] = None) -> Tensor:
+    """Same as F.avg_pool2d, including count_include_pad and divisor_override."""
+    x, unbatched, kernel, stride, padding, _ = _pool_args(input, kernel_size, stride, padding, 1, ceil_mode,
+                                                          "avg_pool2d")
+    if divisor_override is not None:
+        if isinstance(divisor_override, bool) or not isinstance(divisor_override, int):
+            raise ArgumentTypeError(f"avg_pool2d: divisor_override must be an int or None, got "
+                            f"{type(divisor_override).__name__}")
+        if divisor_override == 0:
+            raise ArgumentError("avg_pool2d: divisor_override must be not zero")
+    y = torch.ops.fastconv.avg_pool2d(x, kernel, stride, padding, ceil_mode, bool(count_include_pad),
+                                      divisor_override)
+    return y.squeeze(0) if unbatched else y
