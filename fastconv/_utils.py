@@ -84,9 +84,6 @@ def pool_output_size(size: int, kernel: int, stride: int, pad: int, dilation: in
     return out
 
 
-def as_list(values: Sequence[int]) -> List[int]:
-    return [int(v) if not isinstance(v, torch.SymInt) else v for v in values]
-
 
 def conv_output_channels_last(x: torch.Tensor, w: torch.Tensor) -> bool:
     """torch's CPU rule: channels_last output when the input or the weight suggests it."""

@@ -99,6 +99,13 @@ class CpuBackend(Backend):
     def conv2d_fwd(self, x, w, bias, stride, padding, dilation, groups, relu):
         out_hw = _utils.conv_out_hw(x, w, stride, padding, dilation)
         y = _utils.empty_like_format((x.shape[0], w.shape[0], *out_hw), x, _utils.conv_output_channels_last(x, w))
+        if y.numel() == 0:
+            return y
+        if x.numel() == 0 or w.numel() == 0:  # empty reduction (C = 0, or H/W = 0 with padding)
+            y.zero_()
+            if bias is not None:
+                y += bias.view(1, -1, 1, 1)
+            return y.clamp_(min=0) if relu else y
         if bias is not None:
             bias = bias.contiguous()
         d = conv_desc(x, w, stride, padding, dilation, groups, out_hw)
@@ -109,6 +116,10 @@ class CpuBackend(Backend):
     @_upcasting
     def conv2d_dgrad(self, dy, x, w, relu_y, stride, padding, dilation, groups):
         dx = _utils.empty_like_format(x.shape, x, _utils.strides_like_channels_last(x))
+        if dx.numel() == 0:
+            return dx
+        if dy.numel() == 0 or w.numel() == 0:
+            return dx.zero_()
         d = conv_desc(x, w, stride, padding, dilation, groups, dy.shape[2:])
         _C.conv2d_dgrad(d, _dtype_code(x), _t4(dy), _t4(w), _t4(relu_y) if relu_y is not None else None,
                         _t4(dx), _threads())
@@ -120,6 +131,8 @@ class CpuBackend(Backend):
         db = torch.empty(w.shape[0], dtype=dy.dtype, device=dy.device) if need_bias else None
         if dw is None and db is None:
             return None, None
+        if x.numel() == 0 or dy.numel() == 0 or w.numel() == 0:  # empty reduction or empty result
+            return (dw.zero_() if dw is not None else None), (db.zero_() if db is not None else None)
         d = conv_desc(x, w, stride, padding, dilation, groups, dy.shape[2:])
         _C.conv2d_wgrad(d, _dtype_code(x), _t4(dy), _t4(x), _t4(relu_y) if relu_y is not None else None,
                         _t4(dw) if dw is not None else None, db.data_ptr() if db is not None else 0, _threads())
@@ -132,6 +145,8 @@ class CpuBackend(Backend):
         shape = (x.shape[0], x.shape[1], *out_hw)
         y = _utils.empty_like_format(shape, x, cl)
         idx = _utils.empty_like_format(shape, x, cl, dtype=torch.int64) if with_indices else None
+        if y.numel() == 0:
+            return y, idx
         d = pool_desc(x, out_hw, kernel, stride, padding, dilation)
         _C.max_pool2d_fwd(d, _dtype_code(x), _t4(x), _t4(y), _t4(idx) if idx is not None else None, _threads())
         return y, idx
@@ -139,6 +154,8 @@ class CpuBackend(Backend):
     @_upcasting
     def max_pool2d_bwd(self, dy, x, indices, kernel, stride, padding, dilation, ceil_mode):
         dx = _utils.empty_like_format(x.shape, x, _utils.strides_like_channels_last(x))
+        if dx.numel() == 0:
+            return dx
         d = pool_desc(x, dy.shape[2:], kernel, stride, padding, dilation)
         _C.max_pool2d_bwd(d, _dtype_code(x), _t4(dy), _t4(indices), _t4(dx), _threads())
         return dx
@@ -147,6 +164,8 @@ class CpuBackend(Backend):
     def avg_pool2d_fwd(self, x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
         out_hw = _utils.pool_out_hw(x, kernel, stride, padding, (1, 1), ceil_mode)
         y = _utils.empty_like_format((x.shape[0], x.shape[1], *out_hw), x, _utils.strides_like_channels_last(x))
+        if y.numel() == 0:
+            return y
         d = pool_desc(x, out_hw, kernel, stride, padding, (1, 1), count_include_pad, divisor_override)
         _C.avg_pool2d_fwd(d, _dtype_code(x), _t4(x), _t4(y), _threads())
         return y
@@ -154,6 +173,8 @@ class CpuBackend(Backend):
     @_upcasting
     def avg_pool2d_bwd(self, dy, x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
         dx = _utils.empty_like_format(x.shape, x, _utils.strides_like_channels_last(x))
+        if dx.numel() == 0:
+            return dx
         d = pool_desc(x, dy.shape[2:], kernel, stride, padding, (1, 1), count_include_pad, divisor_override)
         _C.avg_pool2d_bwd(d, _dtype_code(x), _t4(dy), _t4(dx), _threads())
         return dx
