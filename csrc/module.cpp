@@ -70,7 +70,7 @@ void check_conv(const ConvDesc& d) {
 void check_pool(const PoolDesc& d) {
   if (d.N < 0 || d.C <= 0 || d.H <= 0 || d.W <= 0 || d.P <= 0 || d.Q <= 0 || d.kernel_h <= 0 ||
       d.kernel_w <= 0 || d.stride_h <= 0 || d.stride_w <= 0 || d.pad_h < 0 || d.pad_w < 0 ||
-      d.dil_h <= 0 || d.dil_w <= 0 || d.divisor_override < 0)
+      d.dil_h <= 0 || d.dil_w <= 0)
     throw std::invalid_argument("fastconv._C: inconsistent PoolDesc");
 }
 

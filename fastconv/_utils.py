@@ -1,7 +1,9 @@
 """Small helpers shared by the functional layer, the ops and the backends."""
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple, Union
+import operator
+from collections.abc import Iterable
+from typing import Sequence, Tuple, Union
 
 import torch
 
@@ -10,21 +12,22 @@ from .errors import ArgumentError, ArgumentTypeError
 IntOrPair = Union[int, Sequence[int]]
 
 
+def as_int(value, name: str, op: str) -> int:
+    """An int argument as torch takes it: int, SymInt or anything with __index__ (numpy ints), not bool."""
+    if isinstance(value, torch.SymInt):
+        return value
+    if isinstance(value, (bool, torch.Tensor)) or not hasattr(type(value), "__index__"):
+        raise ArgumentTypeError(f"{op}: {name} must be an int or a tuple of 2 ints, got "
+                                f"{type(value).__name__} {value!r}")
+    return operator.index(value)
+
+
 def pair(value: IntOrPair, name: str, op: str = "conv2d") -> Tuple[int, int]:
     """Normalizes an int or a 1/2-sequence to a pair, with torch's error for other lengths."""
-    if isinstance(value, bool):
-        raise ArgumentTypeError(f"{op}: {name} must be an int or a tuple of 2 ints, got bool {value}")
-    if isinstance(value, int) or (isinstance(value, torch.SymInt)):
-        return (value, value)
-    if isinstance(value, torch.Tensor):
-        raise ArgumentTypeError(f"{op}: {name} must be an int or a tuple of 2 ints, got a Tensor")
-    try:
-        items = list(value)
-    except TypeError:
-        raise ArgumentTypeError(f"{op}: {name} must be an int or a tuple of 2 ints, got {type(value).__name__}") from None
-    for item in items:
-        if isinstance(item, bool) or not isinstance(item, (int, torch.SymInt)):
-            raise ArgumentTypeError(f"{op}: {name} must contain ints, got {value!r}")
+    if isinstance(value, (str, bytes, torch.Tensor)) or not isinstance(value, Iterable):
+        v = as_int(value, name, op)
+        return (v, v)
+    items = [as_int(item, name, op) for item in value]
     if len(items) == 1:
         return (items[0], items[0])
     if len(items) != 2:
@@ -86,7 +89,10 @@ def pool_output_size(size: int, kernel: int, stride: int, pad: int, dilation: in
 
 
 def conv_output_channels_last(x: torch.Tensor, w: torch.Tensor) -> bool:
-    """torch's CPU rule: channels_last output when the input or the weight suggests it."""
+    """torch's CPU rule: channels_last output when the input or the weight suggests it (an empty
+    input gives a contiguous output whatever the weight's layout, as torch)."""
+    if x.numel() == 0:
+        return False
     return strides_like_channels_last(x) or strides_like_channels_last(w)
 
 

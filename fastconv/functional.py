@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import ops  # noqa: F401  (registers torch.ops.fastconv.*)
-from ._utils import pair
+from ._utils import as_int, pair, pool_out_hw
 from .errors import ArgumentError, ArgumentTypeError
 
 __all__ = ["conv2d", "conv2d_relu", "max_pool2d", "avg_pool2d"]
@@ -30,7 +30,7 @@ def _check_tensor(t, name: str, op: str) -> None:
 def _check_float(t: Tensor, name: str, op: str) -> None:
     if t.dtype not in _FLOAT_DTYPES:
         raise ArgumentTypeError(f"{op}: {name} must be a floating-point tensor (float32, float64, float16 or "
-                        f"bfloat16), got {t.dtype}")
+                                f"bfloat16), got {t.dtype}")
 
 
 def _batched(input: Tensor, op: str, what: str) -> Tuple[Tensor, bool]:
@@ -40,7 +40,7 @@ def _batched(input: Tensor, op: str, what: str) -> Tuple[Tensor, bool]:
     if input.dim() == 4:
         return input, False
     raise ArgumentError(f"{op}: expected 3D (unbatched) or 4D (batched) {what}, but got input of size: "
-                     f"{list(input.shape)}")
+                        f"{list(input.shape)}")
 
 
 def _positive(values: Tuple[int, int], name: str, op: str) -> None:
@@ -61,7 +61,7 @@ def _conv_args(input, weight, bias, stride, padding, dilation, groups, op: str):
     x, unbatched = _batched(input, op, "input to conv2d")
     if weight.dim() != 4:
         raise ArgumentError(f"{op}: weight must be 4-dimensional (out_channels, in_channels/groups, kH, kW), "
-                         f"got weight of size {list(weight.shape)}")
+                            f"got weight of size {list(weight.shape)}")
     _check_float(x, "input", op)
     if weight.dtype != x.dtype:
         raise ArgumentTypeError(f"{op}: input dtype {x.dtype} and weight dtype {weight.dtype} should be the same")
@@ -70,9 +70,8 @@ def _conv_args(input, weight, bias, stride, padding, dilation, groups, op: str):
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and t.device != x.device:
             raise ArgumentError(f"{op}: input is on {x.device} but {name} is on {t.device}; they must be on "
-                             f"the same device")
-    if isinstance(groups, bool) or not isinstance(groups, int):
-        raise ArgumentTypeError(f"{op}: groups must be an int, got {type(groups).__name__}")
+                                f"the same device")
+    groups = as_int(groups, "groups", op)
     if groups <= 0:
         raise ArgumentError(f"{op}: groups must be positive (non-positive groups is not supported), got {groups}")
     stride = pair(stride, "stride", op)
@@ -83,14 +82,14 @@ def _conv_args(input, weight, bias, stride, padding, dilation, groups, op: str):
     K, Cg, R, S = weight.shape
     if K % groups != 0:
         raise ArgumentError(f"{op}: Given groups={groups}, expected weight to be divisible by {groups} at "
-                         f"dimension 0, but got weight of size {list(weight.shape)} instead")
+                            f"dimension 0, but got weight of size {list(weight.shape)} instead")
     if x.shape[1] != Cg * groups:
         raise ArgumentError(f"{op}: Given groups={groups}, weight of size {list(weight.shape)}, expected input"
-                         f"{list(x.shape)} to have {Cg * groups} channels, but got {x.shape[1]} channels "
-                         f"instead")
+                            f"{list(x.shape)} to have {Cg * groups} channels, but got {x.shape[1]} channels "
+                            f"instead")
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != K):
         raise ArgumentError(f"{op}: Given weight of size {list(weight.shape)}, expected bias to be 1-dimensional "
-                         f"with {K} elements, but got bias of size {list(bias.shape)} instead")
+                            f"with {K} elements, but got bias of size {list(bias.shape)} instead")
 
     if isinstance(padding, str):
         if padding == "valid":
@@ -98,7 +97,7 @@ def _conv_args(input, weight, bias, stride, padding, dilation, groups, op: str):
         elif padding == "same":
             if stride != (1, 1):
                 raise ArgumentError(f"{op}: padding='same' is not supported for strided convolutions "
-                                 f"(stride={stride})")
+                                    f"(stride={stride})")
             # torch: total padding dilation*(k-1), left = total // 2, the odd remainder on the
             # right/bottom. The remainder is padded onto the input here so kernels see symmetric pads.
             total = (dilation[0] * (R - 1), dilation[1] * (S - 1))
@@ -108,27 +107,27 @@ def _conv_args(input, weight, bias, stride, padding, dilation, groups, op: str):
                 x = F.pad(x, [0, extra_w, 0, extra_h])
         else:
             raise ArgumentError(f"{op}: Invalid padding string: {padding!r}; expected 'same', 'valid', an int "
-                             f"or a tuple of 2 ints")
+                                f"or a tuple of 2 ints")
     else:
         padding = pair(padding, "padding", op)
         if any(p < 0 for p in padding):
             raise ArgumentError(f"{op}: padding must be non-negative (negative padding is not supported), got "
-                             f"padding={tuple(padding)}")
+                                f"padding={tuple(padding)}")
 
     padded = (x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1])
     effective = (dilation[0] * (R - 1) + 1, dilation[1] * (S - 1) + 1)
     if padded[0] < effective[0] or padded[1] < effective[1]:
         raise ArgumentError(f"{op}: Calculated padded input size per channel: ({padded[0]} x {padded[1]}). "
-                         f"Kernel size: ({effective[0]} x {effective[1]}). Kernel size can't be greater "
-                         f"than actual input size")
-    return x, unbatched, list(stride), list(padding), list(dilation)
+                            f"Kernel size: ({effective[0]} x {effective[1]}). Kernel size can't be greater "
+                            f"than actual input size")
+    return x, unbatched, list(stride), list(padding), list(dilation), groups
 
 
 def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
            stride: Union[int, Sequence[int]] = 1, padding: Union[str, int, Sequence[int]] = 0,
            dilation: Union[int, Sequence[int]] = 1, groups: int = 1) -> Tensor:
     """2-d convolution; same arguments, semantics and output memory format as F.conv2d."""
-    x, unbatched, stride, padding, dilation = _conv_args(input, weight, bias, stride, padding, dilation,
+    x, unbatched, stride, padding, dilation, groups = _conv_args(input, weight, bias, stride, padding, dilation,
                                                          groups, "conv2d")
     y = torch.ops.fastconv.conv2d(x, weight, bias, stride, padding, dilation, groups)
     return y.squeeze(0) if unbatched else y
@@ -139,7 +138,7 @@ def conv2d_relu(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                 dilation: Union[int, Sequence[int]] = 1, groups: int = 1) -> Tensor:
     """relu(conv2d(...)) computed in one pass: bias and ReLU are applied by the convolution kernel as
     it stores the output, and the backward applies the ReLU mask while reading grad_output."""
-    x, unbatched, stride, padding, dilation = _conv_args(input, weight, bias, stride, padding, dilation,
+    x, unbatched, stride, padding, dilation, groups = _conv_args(input, weight, bias, stride, padding, dilation,
                                                          groups, "conv2d_relu")
     y = torch.ops.fastconv.conv2d_relu(x, weight, bias, stride, padding, dilation, groups)
     return y.squeeze(0) if unbatched else y
@@ -153,12 +152,12 @@ def _pool_args(input, kernel_size, stride, padding, dilation, ceil_mode, op: str
     _check_tensor(input, "input", op)
     if input.dim() not in (3, 4) or any(s == 0 for s in input.shape[-3:]):
         raise ArgumentError(f"{op}: expected a 3D (C, H, W) or 4D (N, C, H, W) input with non-zero C, H, W "
-                         f"(N may be 0), but got input of size {list(input.shape)}")
+                            f"(N may be 0), but got input of size {list(input.shape)}")
     _check_float(input, "input", op)
     x, unbatched = _batched(input, op, "input")
     kernel = pair(kernel_size, "kernel_size", op)
-    if stride is None or (not isinstance(stride, int) and len(stride) == 0):
-        stride = kernel
+    if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0):
+        stride = kernel  # torch: stride defaults to kernel_size (None or an empty list)
     stride = pair(stride, "stride", op)
     padding = pair(padding, "padding", op)
     dilation = pair(dilation, "dilation", op)
@@ -167,18 +166,14 @@ def _pool_args(input, kernel_size, stride, padding, dilation, ceil_mode, op: str
     _positive(dilation, "dilation", op)
     if not isinstance(ceil_mode, bool):
         raise ArgumentTypeError(f"{op}: ceil_mode must be a bool, got {type(ceil_mode).__name__}")
-    for i in range(2):
-        effective = (kernel[i] - 1) * dilation[i] + 1
-        if padding[i] < 0 or padding[i] > effective // 2:
-            raise ArgumentError(f"{op}: pad should be non-negative and at most half of effective kernel size, "
-                             f"but got padding={tuple(padding)}, kernel_size={tuple(kernel)} and "
-                             f"dilation={tuple(dilation)}")
-    from ._utils import pool_out_hw
-
+    # torch bounds the padding by half the kernel size, whatever the dilation.
+    if any(p < 0 or p > k // 2 for p, k in zip(padding, kernel)):
+        raise ArgumentError(f"{op}: padding should be non-negative and at most half of kernel_size, but got "
+                            f"padding={tuple(padding)} and kernel_size={tuple(kernel)}")
     out_hw = pool_out_hw(x, kernel, stride, padding, dilation, ceil_mode)
     if out_hw[0] < 1 or out_hw[1] < 1:
         raise ArgumentError(f"{op}: Given input size: ({x.shape[1]}x{x.shape[2]}x{x.shape[3]}). Calculated "
-                         f"output size: ({x.shape[1]}x{out_hw[0]}x{out_hw[1]}). Output size is too small")
+                            f"output size: ({x.shape[1]}x{out_hw[0]}x{out_hw[1]}). Output size is too small")
     return x, unbatched, list(kernel), list(stride), list(padding), list(dilation)
 
 
@@ -204,12 +199,13 @@ def avg_pool2d(input: Tensor, kernel_size: Union[int, Sequence[int]], stride=Non
     """Same as F.avg_pool2d, including count_include_pad and divisor_override."""
     x, unbatched, kernel, stride, padding, _ = _pool_args(input, kernel_size, stride, padding, 1, ceil_mode,
                                                           "avg_pool2d")
+    if not isinstance(count_include_pad, bool):
+        raise ArgumentTypeError(f"avg_pool2d: count_include_pad must be a bool, got "
+                                f"{type(count_include_pad).__name__}")
     if divisor_override is not None:
-        if isinstance(divisor_override, bool) or not isinstance(divisor_override, int):
-            raise ArgumentTypeError(f"avg_pool2d: divisor_override must be an int or None, got "
-                            f"{type(divisor_override).__name__}")
+        divisor_override = as_int(divisor_override, "divisor_override", "avg_pool2d")
         if divisor_override == 0:
             raise ArgumentError("avg_pool2d: divisor_override must be not zero")
-    y = torch.ops.fastconv.avg_pool2d(x, kernel, stride, padding, ceil_mode, bool(count_include_pad),
+    y = torch.ops.fastconv.avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad,
                                       divisor_override)
     return y.squeeze(0) if unbatched else y

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -44,7 +43,8 @@ class Conv2dReLU(Conv2d):
     def from_conv(cls, conv: nn.Conv2d) -> "Conv2dReLU":
         """A Conv2dReLU sharing conv's parameter tensors (conv itself is left unchanged)."""
         fused = cls.__new__(cls)
-        fused.__dict__.update(conv.__dict__)
+        # Own containers (parameters, buffers, hooks), shared tensors.
+        fused.__dict__.update({k: v.copy() if isinstance(v, dict) else v for k, v in conv.__dict__.items()})
         return fused
 
     def extra_repr(self) -> str:

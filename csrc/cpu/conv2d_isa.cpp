@@ -1,8 +1,1395 @@
-// placeholder until the conv kernels land
+// conv2d forward / dgrad / wgrad on the CPU: implicit GEMM with on-the-fly packing (BLIS style),
+// register-blocked microkernels from gemm_microkernel.h, OpenMP over disjoint output tiles.
+//
+// One engine, conv_run(), computes a generalized correlation
+//     y[n, g*Kg+k, p, q] = act( bias + sum_{c<Cg, r<R, s<S} w(g,k,c,r,s) * x~[n, g*Cg+c, p*sh-ph+r*dh, q*sw-pw+s*dw] )
+// where pads and dilations may be negative, w() is a strided weight view and x~ is the input read
+// through its strides, zero outside [0,H)x[0,W), optionally masked (x~ = 0 where mask <= 0).
+// The forward pass is conv_run() on (x, w). dgrad is conv_run() too: for every residue class
+// (a, b) of dx's rows/columns modulo the stride, only the taps r with (a + ph - r*dh) % sh == 0 reach
+// the dx sub-grid h = a + sh*i, and for those taps p = i + (a+ph-r0*dh)/sh - j*lcm(sh,dh)/sh
+// (r = r0 + j*lcm/dh): a stride-1 correlation of dy with negative dilation and swapped K/C weight
+// strides. So dgrad costs the forward's FLOPs (no zero-inserted dy, no col2im scatter, no atomics)
+// and the ReLU mask of the fused op is applied while packing dy.
+//
+// conv_run() picks a path by the output layout:
+//  - NCHW output (conv_pix): C[Kg x pixels] = W_g[Kg x CgRS] * col[CgRS x pixels]; vectors run along
+//    the output pixels so rows of the tile are stored straight into y's planes. A = weights packed
+//    once per call in [MR]-row panels (shared); B = input patches packed per (n, g, pixel block) and
+//    kc-block, as row-segment copies (contiguous when stride_w == 1).
+//  - channels_last output (conv_cl): C[pixels x Kg] = col^T[pixels x RSCg] * W^T[RSCg x Kg]; vectors
+//    run along K. Reduction order (r, s, c): with a channels_last input, row i of A for tap (r,s) is
+//    the contiguous channel run of one input pixel, so the microkernel reads it in place through a
+//    pointer table (indirect convolution; padding taps point at a zero run). Otherwise (mask,
+//    non-channel-contiguous input) the rows are packed per block.
+//  - groups with one input channel per group (depthwise): direct loops (conv_direct_*), vectorized
+//    along W (NCHW) or along C (channels_last).
+// wgrad: C[CgRS x Kg] = col[CgRS x NPQ] * dy^T[NPQ x Kg] (wgrad_gemm, ukr_rows), tasks own
+// disjoint (group, row block, fixed reduction chunk) tiles; chunks are summed in chunk order.
+//
+// Tiling numbers (AVX-512, 2 cores, 48 KiB L1d / 2 MiB L2 per core): microkernel 8x48 (24 zmm
+// accumulators) for NCHW, 6x64 / 8x32 for channels_last; the B micro-panel kc x NR is kept <= 24 KiB
+// so it stays in L1 while the A rows stream from L2 (kc = 128 floats for NR = 48).
+//
+// Determinism: every output element is produced by exactly one task, with a reduction order that
+// depends only on the problem (kc blocking, fixed reduction chunks), never on the thread count or on
+// scheduling; no atomics. Results are therefore bitwise identical for any nthreads (per ISA level).
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <new>
 #include <stdexcept>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "cpu/gemm_microkernel.h"
 #include "cpu/kernels.h"
-namespace fastconv { namespace cpu { namespace FC_ISA {
-void conv2d_fwd(const ConvDesc&, DType, const Tensor4&, const Tensor4&, const void*, const Tensor4&, bool, int) { throw std::runtime_error("not implemented"); }
-void conv2d_dgrad(const ConvDesc&, DType, const Tensor4&, const Tensor4&, const Tensor4*, const Tensor4&, int) { throw std::runtime_error("not implemented"); }
-void conv2d_wgrad(const ConvDesc&, DType, const Tensor4&, const Tensor4&, const Tensor4*, const Tensor4*, void*, int) { throw std::runtime_error("not implemented"); }
-} } }
+
+namespace fastconv {
+namespace cpu {
+namespace FC_ISA {
+namespace {
+
+inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+inline int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+// 64-byte aligned, uninitialized scratch; allocated outside parallel regions so bad_alloc propagates.
+template <typename T>
+struct Buf {
+  T* p = nullptr;
+  explicit Buf(int64_t n) {
+    size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T) + 63) & ~size_t(63);
+    p = static_cast<T*>(std::aligned_alloc(64, bytes));
+    if (p == nullptr) throw std::bad_alloc();
+  }
+  ~Buf() { std::free(p); }
+  Buf(const Buf&) = delete;
+  Buf& operator=(const Buf&) = delete;
+};
+
+// Generalized problem (see the header comment). Cg = Cin/G, Kg = Kout/G.
+struct Geo {
+  int64_t N, Cin, H, W, Kout, P, Q, R, S, G, Cg, Kg;
+  int64_t sh, sw, ph, pw, dh, dw;
+};
+
+template <typename T>
+struct In4 {
+  const T* p = nullptr;
+  int64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+};
+template <typename T>
+struct Out4 {
+  T* p = nullptr;
+  int64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+};
+// w(g, k, c, r, s) = p[g*sg + k*sk + c*sc + r*sr + s*ss]
+template <typename T>
+struct WV {
+  const T* p;
+  int64_t sg, sk, sc, sr, ss;
+  T at(int64_t g, int64_t k, int64_t c, int64_t r, int64_t s) const {
+    return p[g * sg + k * sk + c * sc + r * sr + s * ss];
+  }
+};
+
+// torch's threshold_backward(grad, relu_out, 0): relu_out <= 0 ? 0 : grad.
+template <typename T>
+FC_INLINE T masked(T v, T m) {
+  return m <= T(0) ? T(0) : v;
+}
+
+// ceil(a / b) for b > 0 and any sign of a.
+inline int64_t ceil_div(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
+
+// Output columns q in [lo, hi) read a valid input column for a tap at offset off: 0 <= q*sw + off < W.
+struct QRange {
+  int64_t lo, hi;
+};
+inline QRange valid_cols(int64_t off, int64_t sw, int64_t W, int64_t Q) {
+  const int64_t lo = std::min(Q, std::max<int64_t>(0, ceil_div(-off, sw)));
+  const int64_t hi = std::min(Q, std::max(lo, ceil_div(W - off, sw)));
+  return {lo, hi};
+}
+
+// One row segment: dst[t] = x[row, iw0 + t*sw] for t in [tlo, thi) (the valid columns), else 0.
+// row/mrow point at column 0 of the input row and are only dereferenced at valid columns.
+template <typename T>
+FC_INLINE void copy_run(T* __restrict dst, int64_t len, int64_t tlo, int64_t thi, const T* row, int64_t sx,
+                        const T* mrow, int64_t smx, int64_t iw0, int64_t sw) {
+  zero_n(dst, tlo);
+  if (thi > tlo) {
+    const int64_t i0 = iw0 + tlo * sw;
+    const int64_t n = thi - tlo;
+    const T* src = row + i0 * sx;
+    T* d = dst + tlo;
+    if (mrow != nullptr) {
+      const T* m = mrow + i0 * smx;
+      const int64_t st = sw * sx, sm = sw * smx;
+      for (int64_t t = 0; t < n; ++t) d[t] = masked(src[t * st], m[t * sm]);
+    } else if (sw * sx == 1) {
+      copy_n(d, src, n);
+    } else {
+      const int64_t st = sw * sx;
+      for (int64_t t = 0; t < n; ++t) d[t] = src[t * st];
+    }
+  }
+  zero_n(dst + thi, len - thi);
+}
+
+// ---------------------------------------------------------------------------------------------
+// NCHW output: C[Kg x pixels], vectors along pixels.
+struct PixRun {
+  int64_t pan, lane, len, p, q;  // p < 0: padding lanes (zeros)
+};
+
+// A for the NCHW path: [G][ceil(Kg/MR)][CRS][MR], reduction order (c, r, s); rows past Kg are zero.
+template <typename T, int MR>
+void pack_weight_panels(const Geo& g, const WV<T>& w, T* A, int nth) {
+  const int64_t nIr = cdiv(g.Kg, MR), CRS = g.Cg * g.R * g.S;
+#pragma omp parallel for num_threads(nth) schedule(static)
+  for (int64_t t = 0; t < g.G * nIr; ++t) {
+    const int64_t gi = t / nIr, ir = t % nIr;
+    T* dst = A + t * CRS * MR;
+    for (int64_t c = 0; c < g.Cg; ++c)
+      for (int64_t r = 0; r < g.R; ++r)
+        for (int64_t s = 0; s < g.S; ++s)
+          for (int i = 0; i < MR; ++i) {
+            const int64_t k = ir * MR + i;
+            *dst++ = k < g.Kg ? w.at(gi, k, c, r, s) : T(0);
+          }
+  }
+}
+
+// NCHW output, stride 1: direct convolution on a zero-padded input window, no packing of B.
+// Output pixels live on the padded grid j' = p*Wp + q (q < Wp; columns q >= Q are computed and
+// dropped), so for tap (c, r, s) the B row of NR pixels is NR consecutive elements of the window at
+// offset j' + off(c, r, s). Task = (n, g, block of RB output rows); the window holds the
+// RB + (R-1)*|dh| input rows it needs for all Cg channels (padded copy, ReLU mask applied here).
+template <typename T, int MR, int NV>
+void conv_pix_direct(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, bool relu, int nth) {
+  using Sd = Simd<T>;
+  using V = typename Sd::V;
+  constexpr int L = Sd::L;
+  constexpr int NR = NV * L;
+  const int64_t RS = g.R * g.S, CRS = g.Cg * RS;
+  const int64_t nIr = cdiv(g.Kg, MR);
+  Buf<T> A(g.G * nIr * CRS * MR);
+  pack_weight_panels<T, MR>(g, w, A.p, nth);
+
+  const int64_t hlo = -g.ph + std::min<int64_t>(0, (g.R - 1) * g.dh);
+  const int64_t span_h = std::abs((g.R - 1) * g.dh);
+  const int64_t wlo = -g.pw + std::min<int64_t>(0, (g.S - 1) * g.dw);
+  const int64_t Wp = (g.Q - 1) - g.pw + std::max<int64_t>(0, (g.S - 1) * g.dw) - wlo + 1;
+  const int64_t RB = std::max<int64_t>(1, std::min(g.P, cdiv(384, Wp)));  // output rows per task
+  const int64_t nRb = cdiv(g.P, RB);
+  const int64_t NCt = RB * Wp, npan_max = cdiv(NCt, NR), NC = npan_max * NR;
+  const int64_t rows_win = RB + span_h;
+  const int64_t cs = (rows_win + 1) * Wp + NR;  // channel stride in the window, with zeroed slack
+  const int64_t KC = std::max<int64_t>(32, (24 * 1024) / (NR * (int64_t)sizeof(T)));
+  const int64_t nkb = cdiv(CRS, KC), kc = cdiv(CRS, nkb);
+  std::vector<int64_t> offs(CRS);
+  for (int64_t c = 0, kk = 0; c < g.Cg; ++c)
+    for (int64_t r = 0; r < g.R; ++r)
+      for (int64_t s = 0; s < g.S; ++s) offs[kk++] = c * cs + (r * g.dh - g.ph - hlo) * Wp + (s * g.dw - g.pw - wlo);
+  const QRange qr = valid_cols(wlo, 1, g.W, Wp);
+  const int64_t ntask = g.N * g.G * nRb;
+  const int64_t ldc = NC;
+  const int64_t wsz = g.Cg * cs, csz = nkb > 1 ? nIr * MR * NC : 0;
+  Buf<T> scratch(nth * (wsz + csz));
+
+#pragma omp parallel num_threads(nth)
+  {
+    const int tid = thread_id();
+    T* win = scratch.p + tid * (wsz + csz);
+    T* Cb = win + wsz;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < ntask; ++task) {
+      const int64_t rb = task % nRb, ng = task / nRb, gi = ng % g.G, n = ng / g.G;
+      const int64_t p0 = rb * RB, nrows = std::min(RB, g.P - p0);
+      const int64_t npan = cdiv(nrows * Wp, NR);
+      // window rows u <-> input row ih = p0 + hlo + u
+      const int64_t nu = nrows + span_h;
+      for (int64_t c = 0; c < g.Cg; ++c) {
+        T* wc = win + c * cs;
+        const T* xc = x.p + n * x.s0 + (gi * g.Cg + c) * x.s1;
+        const T* mc = m.p ? m.p + n * m.s0 + (gi * g.Cg + c) * m.s1 : nullptr;
+        for (int64_t u = 0; u < nu; ++u) {
+          const int64_t ih = p0 + hlo + u;
+          if (ih < 0 || ih >= g.H)
+            zero_n(wc + u * Wp, Wp);
+          else
+            copy_run(wc + u * Wp, Wp, qr.lo, qr.hi, xc + ih * x.s2, x.s3, mc ? mc + ih * m.s2 : nullptr, m.s3, wlo,
+                     1);
+        }
+        zero_n(wc + nu * Wp, cs - nu * Wp);
+      }
+      T* ybase = y.p + n * y.s0 + p0 * y.s2;
+      for (int64_t kb = 0; kb < nkb; ++kb) {
+        const int64_t k0 = kb * kc, kl = std::min(kc, CRS - k0);
+        const bool first = kb == 0, last = kb == nkb - 1;
+        for (int64_t jr = 0; jr < npan; ++jr) {
+          // lane 0 of each vector of the panel: padded-grid row and column
+          int64_t vrow[NV], vcol[NV];
+          for (int v = 0; v < NV; ++v) {
+            const int64_t j = jr * NR + v * L;
+            vrow[v] = j / Wp;
+            vcol[v] = j % Wp;
+          }
+          for (int64_t ir = 0; ir < nIr; ++ir) {
+            ukr_offs<T, MR, NV>(kl, A.p + ((gi * nIr + ir) * CRS + k0) * MR, win + jr * NR, offs.data() + k0,
+                                [&](V(&acc)[MR][NV]) {
+              T* ct = Cb + ir * MR * ldc + jr * NR;
+              if (!first) {
+                FC_UNROLL for (int i = 0; i < MR; ++i) FC_UNROLL for (int v = 0; v < NV; ++v) acc[i][v] =
+                    Sd::add(acc[i][v], Sd::load(ct + i * ldc + v * L));
+              }
+              if (!last) {
+                FC_UNROLL for (int i = 0; i < MR; ++i) FC_UNROLL for (int v = 0; v < NV; ++v)
+                    Sd::store(ct + i * ldc + v * L, acc[i][v]);
+                return;
+              }
+              FC_UNROLL for (int i = 0; i < MR; ++i) {
+                const int64_t k = ir * MR + i;
+                if (k >= g.Kg) break;
+                const int64_t kabs = gi * g.Kg + k;
+                T* yk = ybase + kabs * y.s1;
+                const V bv = bias ? Sd::set1(bias[kabs]) : Sd::zero();
+                FC_UNROLL for (int v = 0; v < NV; ++v) {
+                  V val = acc[i][v];
+                  if (bias) val = Sd::add(val, bv);
+                  if (relu) val = Sd::relu(val);
+                  // split the vector at padded-row boundaries; keep columns q < Q of rows < nrows
+                  int64_t pr = vrow[v], qc = vcol[v];
+                  for (int l = 0; l < L && pr < nrows;) {
+                    const int in_row = (int)std::min<int64_t>(L - l, Wp - qc);
+                    const int nval = (int)std::max<int64_t>(0, std::min<int64_t>(in_row, g.Q - qc));
+                    if (nval > 0) {
+                      T* dst = yk + pr * y.s2 + qc * y.s3;
+                      if (y.s3 == 1) {
+                        if (nval == L)
+                          Sd::store(dst, val);
+                        else
+                          Sd::store_lanes(dst, val, l, nval);
+                      } else {
+                        alignas(64) T tmp[L];
+                        Sd::store(tmp, val);
+                        for (int t = 0; t < nval; ++t) dst[t * y.s3] = tmp[l + t];
+                      }
+                    }
+                    l += in_row;
+                    ++pr;
+                    qc = 0;
+                  }
+                }
+              }
+            });
+          }
+        }
+      }
+    }
+  }
+}
+
+template <typename T, int MR, int NV>
+void conv_pix(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, bool relu, int nth) {
+  using Sd = Simd<T>;
+  using V = typename Sd::V;
+  constexpr int L = Sd::L;
+  constexpr int NR = NV * L;
+  const int64_t RS = g.R * g.S, CRS = g.Cg * RS, PQ = g.P * g.Q;
+  const int64_t nIr = cdiv(g.Kg, MR);
+
+  Buf<T> A(g.G * nIr * CRS * MR);
+  pack_weight_panels<T, MR>(g, w, A.p, nth);
+
+  // kc: B micro-panel kc x NR <= 24 KiB (L1-resident while the A panels stream from L2).
+  const int64_t KC = std::max<int64_t>(32, (24 * 1024) / (NR * (int64_t)sizeof(T)));
+  const int64_t nkb = cdiv(CRS, KC), kc = cdiv(CRS, nkb);
+  const int64_t npan_max = std::min<int64_t>(cdiv(PQ, NR), 8);
+  const int64_t NC = npan_max * NR;  // pixels per task
+  const int64_t nJb = cdiv(PQ, NC);
+  const int64_t ntask = g.N * g.G * nJb;
+  const bool plane_contig = (y.s3 == 1 && y.s2 == g.Q);
+  const int64_t ldc = NC;
+  const int64_t bsz = kc * NC, csz = nkb > 1 ? nIr * MR * NC : 0;
+  const int64_t rmax = NC + npan_max + 2;
+  Buf<T> scratch(nth * (bsz + csz));
+  std::vector<PixRun> runs_all(nth * rmax);
+  std::vector<int64_t> yoff_all(nth * NC);
+  std::vector<QRange> qrange(g.S);
+  for (int64_t s = 0; s < g.S; ++s) qrange[s] = valid_cols(s * g.dw - g.pw, g.sw, g.W, g.Q);
+
+#pragma omp parallel num_threads(nth)
+  {
+    const int tid = thread_id();
+    T* Bb = scratch.p + tid * (bsz + csz);
+    T* Cb = Bb + bsz;
+    PixRun* runs = runs_all.data() + tid * rmax;
+    int64_t* yoff = yoff_all.data() + tid * NC;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < ntask; ++task) {
+      const int64_t jb = task % nJb, ng = task / nJb, gi = ng % g.G, n = ng / g.G;
+      const int64_t j0 = jb * NC, nc = std::min(NC, PQ - j0), npan = cdiv(nc, NR);
+      // Row segments of the pixel block, split at output-row and panel boundaries.
+      int64_t nruns = 0;
+      for (int64_t jj = 0; jj < npan * NR;) {
+        const int64_t pan = jj / NR, lane = jj % NR;
+        if (jj >= nc) {
+          runs[nruns++] = {pan, lane, NR - lane, -1, 0};
+          jj += NR - lane;
+          continue;
+        }
+        const int64_t j = j0 + jj, p = j / g.Q, q = j % g.Q;
+        const int64_t len = std::min({g.Q - q, NR - lane, nc - jj});
+        runs[nruns++] = {pan, lane, len, p, q};
+        jj += len;
+      }
+      if (!plane_contig)
+        for (int64_t jj = 0; jj < nc; ++jj) {
+          const int64_t j = j0 + jj;
+          yoff[jj] = (j / g.Q) * y.s2 + (j % g.Q) * y.s3;
+        }
+      const T* xn = x.p + n * x.s0 + gi * g.Cg * x.s1;
+      const T* mn = m.p ? m.p + n * m.s0 + gi * g.Cg * m.s1 : nullptr;
+      for (int64_t kb = 0; kb < nkb; ++kb) {
+        const int64_t k0 = kb * kc, kl = std::min(kc, CRS - k0);
+        // pack B: [pan][kl][NR]; (c, r, s) advanced incrementally from k0.
+        int64_t c = k0 / RS, r = (k0 % RS) / g.S, s = k0 % g.S;
+        for (int64_t kk = k0; kk < k0 + kl; ++kk) {
+          const T* xc = xn + c * x.s1;
+          const T* mc = mn ? mn + c * m.s1 : nullptr;
+          const int64_t offh = r * g.dh - g.ph, offw = s * g.dw - g.pw;
+          const QRange qr = qrange[s];
+          T* bk = Bb + (kk - k0) * NR;
+          for (int64_t ri = 0; ri < nruns; ++ri) {
+            const PixRun& ru = runs[ri];
+            T* dst = bk + ru.pan * kl * NR + ru.lane;
+            const int64_t ih = ru.p * g.sh + offh;
+            if (ru.p < 0 || ih < 0 || ih >= g.H) {
+              zero_n(dst, ru.len);
+              continue;
+            }
+            const int64_t tlo = std::min(ru.len, std::max<int64_t>(0, qr.lo - ru.q));
+            const int64_t thi = std::min(ru.len, std::max(tlo, qr.hi - ru.q));
+            copy_run(dst, ru.len, tlo, thi, xc + ih * x.s2, x.s3, mc ? mc + ih * m.s2 : nullptr, m.s3,
+                     ru.q * g.sw + offw, g.sw);
+          }
+          if (++s == g.S) {
+            s = 0;
+            if (++r == g.R) {
+              r = 0;
+              ++c;
+            }
+          }
+        }
+        const bool first = kb == 0, last = kb == nkb - 1;
+        for (int64_t jr = 0; jr < npan; ++jr) {
+          const T* bp = Bb + jr * kl * NR;
+          for (int64_t ir = 0; ir < nIr; ++ir) {
+            ukr_panel<T, MR, NV>(kl, A.p + ((gi * nIr + ir) * CRS + k0) * MR, bp, [&](V(&acc)[MR][NV]) {
+              T* ct = Cb + ir * MR * ldc + jr * NR;
+              if (!first) {
+                FC_UNROLL for (int i = 0; i < MR; ++i) FC_UNROLL for (int v = 0; v < NV; ++v) acc[i][v] =
+                    Sd::add(acc[i][v], Sd::load(ct + i * ldc + v * L));
+              }
+              if (!last) {
+                FC_UNROLL for (int i = 0; i < MR; ++i) FC_UNROLL for (int v = 0; v < NV; ++v)
+                    Sd::store(ct + i * ldc + v * L, acc[i][v]);
+                return;
+              }
+              const int64_t jbase = jr * NR;
+              const bool full = plane_contig && jbase + NR <= nc;
+              FC_UNROLL for (int i = 0; i < MR; ++i) {
+                const int64_t k = ir * MR + i;
+                if (k >= g.Kg) break;
+                const int64_t kabs = gi * g.Kg + k;
+                T* yrow = y.p + n * y.s0 + kabs * y.s1;
+                const V bv = bias ? Sd::set1(bias[kabs]) : Sd::zero();
+                FC_UNROLL for (int v = 0; v < NV; ++v) {
+                  V val = acc[i][v];
+                  if (bias) val = Sd::add(val, bv);
+                  if (relu) val = Sd::relu(val);
+                  if (full) {
+                    Sd::store(yrow + j0 + jbase + v * L, val);
+                  } else {
+                    alignas(64) T tmp[L];
+                    Sd::store(tmp, val);
+                    for (int l = 0; l < L; ++l) {
+                      const int64_t jj = jbase + v * L + l;
+                      if (jj < nc) yrow[plane_contig ? j0 + jj : yoff[jj]] = tmp[l];
+                    }
+                  }
+                }
+              }
+            });
+          }
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// channels_last output: C[pixels x Kg], vectors along K, reduction order (tap, c).
+struct Seg {
+  int64_t t, c0, len;
+};
+
+// Reduction blocks over (tap, c): whole taps while Cg <= KC, else channel chunks of one tap.
+inline void make_blocks(int64_t RS, int64_t Cg, int64_t KC, std::vector<Seg>& segs, std::vector<int64_t>& bstart) {
+  segs.clear();
+  bstart.clear();
+  if (Cg <= KC) {
+    const int64_t TB = std::max<int64_t>(1, KC / Cg);
+    for (int64_t t0 = 0; t0 < RS; t0 += TB) {
+      bstart.push_back((int64_t)segs.size());
+      for (int64_t t = t0; t < std::min(RS, t0 + TB); ++t) segs.push_back({t, 0, Cg});
+    }
+  } else {
+    const int64_t nch = cdiv(Cg, KC), ch = cdiv(Cg, nch);
+    for (int64_t t = 0; t < RS; ++t)
+      for (int64_t c0 = 0; c0 < Cg; c0 += ch) {
+        bstart.push_back((int64_t)segs.size());
+        segs.push_back({t, c0, std::min(ch, Cg - c0)});
+      }
+  }
+  bstart.push_back((int64_t)segs.size());
+}
+
+template <typename T, int MR, int NV>
+void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, bool relu, int nth) {
+  using Sd = Simd<T>;
+  using V = typename Sd::V;
+  constexpr int L = Sd::L;
+  constexpr int NR = NV * L;
+  const int64_t RS = g.R * g.S, CRS = g.Cg * RS, PQ = g.P * g.Q;
+  const int64_t nJr = cdiv(g.Kg, NR), Npad = nJr * NR;
+
+  // B: [G][nJr][RS*Cg (kk = tap*Cg + c)][NR]
+  Buf<T> B(g.G * nJr * CRS * NR);
+#pragma omp parallel for num_threads(nth) schedule(static)
+  for (int64_t t = 0; t < g.G * nJr; ++t) {
+    const int64_t gi = t / nJr, jr = t % nJr;
+    T* dst = B.p + t * CRS * NR;
+    for (int64_t r = 0; r < g.R; ++r)
+      for (int64_t s = 0; s < g.S; ++s)
+        for (int64_t c = 0; c < g.Cg; ++c)
+          for (int l = 0; l < NR; ++l) {
+            const int64_t k = jr * NR + l;
+            *dst++ = k < g.Kg ? w.at(gi, k, c, r, s) : T(0);
+          }
+  }
+  std::vector<T> biasp(bias ? g.G * Npad : 0, T(0));
+  if (bias)
+    for (int64_t gi = 0; gi < g.G; ++gi)
+      for (int64_t k = 0; k < g.Kg; ++k) biasp[gi * Npad + k] = bias[gi * g.Kg + k];
+
+  const int64_t KC = std::max<int64_t>(32, std::min<int64_t>(256, (24 * 1024) / (NR * (int64_t)sizeof(T))));
+  const bool indirect = (x.s1 == 1 || g.Cg == 1) && m.p == nullptr;
+  // Row merge (small Cg, e.g. RGB input layers): with dense channels_last pixels and dw == 1 the S
+  // taps of one filter row are one contiguous run of S*Cg elements, so a segment covers a whole
+  // filter row; border pixels whose run crosses the padding get a materialized copy.
+  const int64_t SC = g.S * g.Cg;
+  const bool rowmerge = indirect && g.G == 1 && g.Cg > 1 && x.s3 == g.Cg && g.dw == 1 && g.S > 1 && SC <= KC;
+  std::vector<Seg> segs;
+  std::vector<int64_t> bstart;
+  if (rowmerge)
+    make_blocks(g.R, SC, KC, segs, bstart);  // "tap" = filter row r
+  else
+    make_blocks(RS, g.Cg, KC, segs, bstart);
+  const int64_t nblk = (int64_t)bstart.size() - 1;
+  int64_t maxnseg = 0, maxklen = 0;
+  for (int64_t b = 0; b < nblk; ++b) {
+    int64_t kl = 0;
+    for (int64_t si = bstart[b]; si < bstart[b + 1]; ++si) kl += segs[si].len;
+    maxnseg = std::max(maxnseg, bstart[b + 1] - bstart[b]);
+    maxklen = std::max(maxklen, kl);
+  }
+
+  const int64_t nIrb = std::min(cdiv(PQ, MR), cdiv(192, MR));
+  const int64_t MC = nIrb * MR;  // pixels per task
+  const int64_t nIb = cdiv(PQ, MC);
+  const int64_t ntask = g.N * g.G * nIb;
+  const bool out_vec = (y.s1 == 1);
+  const int64_t ldc = Npad;
+
+  const int64_t csz = nblk > 1 ? MC * Npad : 0;
+  const int64_t asz = indirect ? (rowmerge ? MC * g.R * SC : 0) : MC * maxklen;
+  Buf<T> scratch(nth * (csz + asz));
+  const int64_t rows_sz = nIrb * std::max<int64_t>(maxnseg, 1) * MR;
+  std::vector<const T*> rows_all(nth * rows_sz);
+  std::vector<int64_t> lens_all(nth * std::max<int64_t>(maxnseg, 1));
+  std::vector<int64_t> yoff_all(nth * MC), ihb_all(nth * MC), iwb_all(nth * MC);
+  std::vector<T> zeros(std::max(g.Cg, SC), T(0));
+
+#pragma omp parallel num_threads(nth)
+  {
+    const int tid = thread_id();
+    T* Cb = scratch.p + tid * (csz + asz);
+    T* Ab = Cb + csz;
+    const T** rows = rows_all.data() + tid * rows_sz;
+    int64_t* lens = lens_all.data() + tid * std::max<int64_t>(maxnseg, 1);
+    int64_t* yoff = yoff_all.data() + tid * MC;
+    int64_t* ihb = ihb_all.data() + tid * MC;
+    int64_t* iwb = iwb_all.data() + tid * MC;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < ntask; ++task) {
+      const int64_t ib = task % nIb, ng = task / nIb, gi = ng % g.G, n = ng / g.G;
+      const int64_t j0 = ib * MC, mc = std::min(MC, PQ - j0), nir = cdiv(mc, MR);
+      for (int64_t jj = 0; jj < mc; ++jj) {
+        const int64_t j = j0 + jj, p = j / g.Q, q = j % g.Q;
+        yoff[jj] = n * y.s0 + p * y.s2 + q * y.s3;
+        ihb[jj] = p * g.sh - g.ph;
+        iwb[jj] = q * g.sw - g.pw;
+      }
+      const T* xn = x.p + n * x.s0 + gi * g.Cg * x.s1;
+      const T* mn = m.p ? m.p + n * m.s0 + gi * g.Cg * m.s1 : nullptr;
+      int64_t k0 = 0;
+      for (int64_t b = 0; b < nblk; ++b) {
+        const int64_t nseg = bstart[b + 1] - bstart[b];
+        const Seg* bs = segs.data() + bstart[b];
+        int64_t kl = 0;
+        for (int64_t si = 0; si < nseg; ++si) kl += bs[si].len;
+        int64_t nseg_eff;
+        if (indirect) {
+          nseg_eff = nseg;
+          for (int64_t si = 0; si < nseg; ++si) lens[si] = bs[si].len;
+          for (int64_t ir = 0; ir < nir; ++ir)
+            for (int64_t si = 0; si < nseg; ++si) {
+              const T** rp = rows + (ir * nseg + si) * MR;
+              const int64_t tap = bs[si].t;
+              for (int i = 0; i < MR; ++i) {
+                const int64_t jj = ir * MR + i;
+                const T* pt = zeros.data();
+                if (jj < mc) {
+                  if (rowmerge) {
+                    const int64_t ih = ihb[jj] + tap * g.dh, iw0 = iwb[jj];
+                    if (ih >= 0 && ih < g.H) {
+                      const T* xr = xn + ih * x.s2;
+                      if (iw0 >= 0 && iw0 + g.S <= g.W) {
+                        pt = xr + iw0 * x.s3;
+                      } else {
+                        T* dst = Ab + (jj * g.R + tap) * SC;
+                        for (int64_t s = 0; s < g.S; ++s) {
+                          const int64_t iw = iw0 + s;
+                          if (iw >= 0 && iw < g.W)
+                            copy_n(dst + s * g.Cg, xr + iw * x.s3, g.Cg);
+                          else
+                            zero_n(dst + s * g.Cg, g.Cg);
+                        }
+                        pt = dst;
+                      }
+                    }
+                  } else {
+                    const int64_t r = tap / g.S, s = tap - r * g.S;
+                    const int64_t ih = ihb[jj] + r * g.dh, iw = iwb[jj] + s * g.dw;
+                    if (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) pt = xn + ih * x.s2 + iw * x.s3 + bs[si].c0 * x.s1;
+                  }
+                }
+                rp[i] = pt;
+              }
+            }
+        } else {
+          nseg_eff = 1;
+          lens[0] = kl;
+          for (int64_t jj = 0; jj < nir * MR; ++jj) {
+            T* dst = Ab + jj * kl;
+            rows[jj] = dst;
+            if (jj >= mc) {
+              for (int64_t t = 0; t < kl; ++t) dst[t] = T(0);
+              continue;
+            }
+            for (int64_t si = 0; si < nseg; ++si) {
+              const int64_t tap = bs[si].t, r = tap / g.S, s = tap % g.S, len = bs[si].len;
+              const int64_t ih = ihb[jj] + r * g.dh, iw = iwb[jj] + s * g.dw;
+              if (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) {
+                const T* src = xn + ih * x.s2 + iw * x.s3 + bs[si].c0 * x.s1;
+                if (mn) {
+                  const T* ms = mn + ih * m.s2 + iw * m.s3 + bs[si].c0 * m.s1;
+                  for (int64_t c = 0; c < len; ++c) dst[c] = masked(src[c * x.s1], ms[c * m.s1]);
+                } else if (x.s1 == 1) {
+                  for (int64_t c = 0; c < len; ++c) dst[c] = src[c];
+                } else {
+                  for (int64_t c = 0; c < len; ++c) dst[c] = src[c * x.s1];
+                }
+              } else {
+                for (int64_t c = 0; c < len; ++c) dst[c] = T(0);
+              }
+              dst += len;
+            }
+          }
+        }
+        const bool first = b == 0, last = b == nblk - 1;
+        for (int64_t jr = 0; jr < nJr; ++jr) {
+          const T* bp = B.p + ((gi * nJr + jr) * CRS + k0) * NR;
+          const int64_t kb = jr * NR;
+          const bool full = out_vec && kb + NR <= g.Kg;
+          for (int64_t ir = 0; ir < nir; ++ir) {
+            ukr_rows<T, MR, NV>(nseg_eff, rows + ir * nseg_eff * MR, lens, bp, [&](V(&acc)[MR][NV]) {
+              T* ct = Cb + ir * MR * ldc + kb;
+              if (!first) {
+                FC_UNROLL for (int i = 0; i < MR; ++i) FC_UNROLL for (int v = 0; v < NV; ++v) acc[i][v] =
+                    Sd::add(acc[i][v], Sd::load(ct + i * ldc + v * L));
+              }
+              if (!last) {
+                FC_UNROLL for (int i = 0; i < MR; ++i) FC_UNROLL for (int v = 0; v < NV; ++v)
+                    Sd::store(ct + i * ldc + v * L, acc[i][v]);
+                return;
+              }
+              FC_UNROLL for (int i = 0; i < MR; ++i) {
+                const int64_t jj = ir * MR + i;
+                if (jj >= mc) break;
+                T* yp = y.p + yoff[jj] + (gi * g.Kg + kb) * y.s1;
+                FC_UNROLL for (int v = 0; v < NV; ++v) {
+                  V val = acc[i][v];
+                  if (bias) val = Sd::add(val, Sd::load(biasp.data() + gi * Npad + kb + v * L));
+                  if (relu) val = Sd::relu(val);
+                  if (full) {
+                    Sd::store(yp + v * L, val);
+                  } else {
+                    alignas(64) T tmp[L];
+                    Sd::store(tmp, val);
+                    for (int l = 0; l < L; ++l)
+                      if (kb + v * L + l < g.Kg) yp[(v * L + l) * y.s1] = tmp[l];
+                  }
+                }
+              }
+            });
+          }
+        }
+        k0 += kl;
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cg == 1 (depthwise and depthwise-multiplier, also single-channel inputs): direct loops.
+
+// Any layout: per (n, g) a zero-padded copy of the input plane, rows accumulated along Q.
+template <typename T>
+void conv_direct_plane(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, bool relu, int nth) {
+  const int64_t hlo = -g.ph + std::min<int64_t>(0, (g.R - 1) * g.dh);
+  const int64_t hhi = (g.P - 1) * g.sh - g.ph + std::max<int64_t>(0, (g.R - 1) * g.dh);
+  const int64_t wlo = -g.pw + std::min<int64_t>(0, (g.S - 1) * g.dw);
+  const int64_t whi = (g.Q - 1) * g.sw - g.pw + std::max<int64_t>(0, (g.S - 1) * g.dw);
+  const int64_t Hp = hhi - hlo + 1, Wp = whi - wlo + 1;
+  const int64_t per = Hp * Wp + g.Q + g.R * g.S;
+  Buf<T> scratch(nth * per);
+  const int64_t ntask = g.N * g.G;
+#pragma omp parallel num_threads(nth)
+  {
+    T* buf = scratch.p + thread_id() * per;
+    T* acc = buf + Hp * Wp;
+    T* wt = acc + g.Q;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < ntask; ++task) {
+      const int64_t n = task / g.G, gi = task % g.G;
+      for (int64_t hh = 0; hh < Hp; ++hh) {
+        const int64_t ih = hlo + hh;
+        T* row = buf + hh * Wp;
+        if (ih < 0 || ih >= g.H) {
+          for (int64_t t = 0; t < Wp; ++t) row[t] = T(0);
+          continue;
+        }
+        const QRange qr = valid_cols(wlo, 1, g.W, Wp);
+        copy_run(row, Wp, qr.lo, qr.hi, x.p + n * x.s0 + gi * x.s1 + ih * x.s2, x.s3,
+                 m.p ? m.p + n * m.s0 + gi * m.s1 + ih * m.s2 : nullptr, m.s3, wlo, 1);
+      }
+      for (int64_t j = 0; j < g.Kg; ++j) {
+        const int64_t kabs = gi * g.Kg + j;
+        for (int64_t r = 0; r < g.R; ++r)
+          for (int64_t s = 0; s < g.S; ++s) wt[r * g.S + s] = w.at(gi, j, 0, r, s);
+        const T bv = bias ? bias[kabs] : T(0);
+        for (int64_t p = 0; p < g.P; ++p) {
+          for (int64_t q = 0; q < g.Q; ++q) acc[q] = T(0);
+          for (int64_t r = 0; r < g.R; ++r) {
+            const T* srow = buf + (p * g.sh - g.ph + r * g.dh - hlo) * Wp;
+            for (int64_t s = 0; s < g.S; ++s) {
+              const T wv = wt[r * g.S + s];
+              const T* src = srow + (s * g.dw - g.pw - wlo);
+              if (g.sw == 1) {
+                for (int64_t q = 0; q < g.Q; ++q) acc[q] += wv * src[q];
+              } else {
+                for (int64_t q = 0; q < g.Q; ++q) acc[q] += wv * src[q * g.sw];
+              }
+            }
+          }
+          T* out = y.p + n * y.s0 + kabs * y.s1 + p * y.s2;
+          for (int64_t q = 0; q < g.Q; ++q) {
+            T v = acc[q];
+            if (bias) v += bv;
+            if (relu) v = v < T(0) ? T(0) : v;
+            out[q * y.s3] = v;
+          }
+        }
+      }
+    }
+  }
+}
+
+// channels_last input and output, Kg == 1: vectorized along C.
+template <typename T>
+void conv_direct_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, bool relu, int nth) {
+  const int64_t RS = g.R * g.S, C = g.G;
+  std::vector<T> wT(RS * C);
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t r = 0; r < g.R; ++r)
+      for (int64_t s = 0; s < g.S; ++s) wT[(r * g.S + s) * C + c] = w.at(c, 0, 0, r, s);
+  Buf<T> scratch(nth * C);
+  const int64_t ntask = g.N * g.P;
+#pragma omp parallel num_threads(nth)
+  {
+    T* __restrict acc = scratch.p + thread_id() * C;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < ntask; ++task) {
+      const int64_t n = task / g.P, p = task % g.P;
+      for (int64_t q = 0; q < g.Q; ++q) {
+        for (int64_t c = 0; c < C; ++c) acc[c] = T(0);
+        for (int64_t r = 0; r < g.R; ++r) {
+          const int64_t ih = p * g.sh - g.ph + r * g.dh;
+          if (ih < 0 || ih >= g.H) continue;
+          for (int64_t s = 0; s < g.S; ++s) {
+            const int64_t iw = q * g.sw - g.pw + s * g.dw;
+            if (iw < 0 || iw >= g.W) continue;
+            const T* __restrict xp = x.p + n * x.s0 + ih * x.s2 + iw * x.s3;
+            const T* __restrict wp = wT.data() + (r * g.S + s) * C;
+            if (m.p) {
+              const T* __restrict mp = m.p + n * m.s0 + ih * m.s2 + iw * m.s3;
+              for (int64_t c = 0; c < C; ++c) acc[c] += wp[c] * masked(xp[c], mp[c]);
+            } else {
+              for (int64_t c = 0; c < C; ++c) acc[c] += wp[c] * xp[c];
+            }
+          }
+        }
+        T* __restrict yp = y.p + n * y.s0 + p * y.s2 + q * y.s3;
+        for (int64_t c = 0; c < C; ++c) {
+          T v = acc[c];
+          if (bias) v += bias[c];
+          if (relu) v = v < T(0) ? T(0) : v;
+          yp[c] = v;
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Microkernel shapes per ISA level (accumulators + B vectors + one broadcast fit the register file).
+#if defined(__AVX512F__)
+constexpr int kPixMR = 8, kPixNV = 3;  // 24 zmm accumulators, NR = 48 floats
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr int kPixMR = 6, kPixNV = 2;  // 12 ymm accumulators
+#else
+constexpr int kPixMR = 4, kPixNV = 2;  // 8 xmm accumulators (no FMA: one temporary per product)
+#endif
+
+// Calls f.template operator()<MR, NV>() with the row-kernel shape for Kg output columns.
+template <typename T, typename F>
+void with_rows_shape(int64_t Kg, F&& f) {
+  constexpr int L = Simd<T>::L;
+#if defined(__AVX512F__)
+  if (Kg % (4 * L) == 0)
+    f.template operator()<6, 4>();
+  else if (Kg > L)
+    f.template operator()<8, 2>();
+  else
+    f.template operator()<8, 1>();
+#elif defined(__AVX2__) && defined(__FMA__)
+  if (Kg > L)
+    f.template operator()<6, 2>();
+  else
+    f.template operator()<8, 1>();
+#else
+  if (Kg > L)
+    f.template operator()<4, 2>();
+  else
+    f.template operator()<6, 1>();
+#endif
+}
+
+template <typename T>
+struct ClRunner {
+  const Geo& g;
+  In4<T> x, m;
+  WV<T> w;
+  const T* bias;
+  Out4<T> y;
+  bool relu;
+  int nth;
+  template <int MR, int NV>
+  void operator()() const {
+    conv_cl<T, MR, NV>(g, x, m, w, bias, y, relu, nth);
+  }
+};
+
+template <typename T>
+void conv_run(const Geo& g0, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, bool relu, int nth) {
+  if (g0.N == 0 || g0.P <= 0 || g0.Q <= 0 || g0.Kout == 0) return;
+  Geo g = g0;
+  // 1x1, stride 1, no padding, dense planes: one flat row of H*W pixels (longer packing runs).
+  if (g.R == 1 && g.S == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0 && g.P == g.H && g.Q == g.W &&
+      x.s2 == g.W * x.s3 && y.s2 == g.Q * y.s3 && (m.p == nullptr || m.s2 == g.W * m.s3)) {
+    g.W = g.Q = g.H * g.W;
+    g.H = g.P = 1;
+    x.s2 = g.W * x.s3;
+    y.s2 = g.Q * y.s3;
+    m.s2 = g.W * m.s3;
+  }
+  const bool y_cl = (y.s1 == 1 && g.Kout > 1);
+  if (g.Cg == 1) {
+    if (g.Kg == 1 && g.G > 1 && y_cl && x.s1 == 1 && (m.p == nullptr || m.s1 == 1))
+      conv_direct_cl(g, x, m, w, bias, y, relu, nth);
+    else
+      conv_direct_plane(g, x, m, w, bias, y, relu, nth);
+    return;
+  }
+  if (y_cl) {
+    with_rows_shape<T>(g.Kg, ClRunner<T>{g, x, m, w, bias, y, relu, nth});
+  } else {
+    const int64_t Wp = g.Q + std::abs((g.S - 1) * g.dw);  // upper bound of the padded grid width
+    if (g.sh == 1 && g.sw == 1 && Wp <= 1024 && g.Q * 8 >= Wp * 7)
+      conv_pix_direct<T, kPixMR, kPixNV>(g, x, m, w, bias, y, relu, nth);
+    else
+      conv_pix<T, kPixMR, kPixNV>(g, x, m, w, bias, y, relu, nth);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// wgrad: C[CgRS x Kg] = col[CgRS x NPQ] * dy^T[NPQ x Kg] per group, rows (c, r, s), ukr_rows.
+struct WRun {
+  int64_t off, n, p, q, len;
+};
+
+template <typename T, int MR, int NV>
+void wgrad_gemm(const ConvDesc& d, In4<T> x, In4<T> dy, In4<T> m, Out4<T> dw, int nth) {
+  using Sd = Simd<T>;
+  using V = typename Sd::V;
+  constexpr int L = Sd::L;
+  constexpr int NR = NV * L;
+  const int64_t G = d.groups, Cg = d.C / G, Kg = d.K / G, RS = d.R * d.S, CRS = Cg * RS;
+  const int64_t PQ = d.P * d.Q, NPQ = d.N * PQ;
+  const int64_t nJr = cdiv(Kg, NR), Npad = nJr * NR;
+  const int64_t MCw = MR * std::min(cdiv(CRS, MR), cdiv(96, MR));
+  const int64_t nRb = cdiv(CRS, MCw), CRSpad = nRb * MCw;
+  const int64_t KCP = std::max<int64_t>(64, std::min<int64_t>(512, (24 * 1024) / (NR * (int64_t)sizeof(T))));
+  // Fixed reduction chunks (a function of the problem only) so that small dW still feeds every core.
+  const int64_t rowtasks = G * nRb;
+  int64_t nz = std::min<int64_t>(cdiv(32, rowtasks), std::max<int64_t>(1, NPQ / 2048));
+  const int64_t zlen = cdiv(NPQ, std::max<int64_t>(nz, 1));
+  nz = std::max<int64_t>(1, cdiv(NPQ, zlen));
+  Buf<T> part(nz * G * CRSpad * Npad);
+  const int64_t ntask = nz * rowtasks;
+  const int64_t asz = MCw * KCP, bsz = Npad * KCP;
+  Buf<T> scratch(nth * (asz + bsz));
+  std::vector<WRun> runs_all(nth * (KCP + 2));
+  std::vector<const T*> rows_all(nth * MCw);
+  std::vector<QRange> qrange(d.S);
+  for (int64_t s = 0; s < d.S; ++s) qrange[s] = valid_cols(s * d.dil_w - d.pad_w, d.stride_w, d.W, d.Q);
+
+#pragma omp parallel num_threads(nth)
+  {
+    const int tid = thread_id();
+    T* Ab = scratch.p + tid * (asz + bsz);
+    T* Bb = Ab + asz;
+    WRun* runs = runs_all.data() + tid * (KCP + 2);
+    const T** rows = rows_all.data() + tid * MCw;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < ntask; ++task) {
+      const int64_t rb = task % nRb, t2 = task / nRb, gi = t2 % G, z = t2 / G;
+      const int64_t pix0 = z * zlen, pix1 = std::min(NPQ, pix0 + zlen);
+      const int64_t row0 = rb * MCw, mr = std::min(MCw, CRS - row0), nir = cdiv(mr, MR);
+      T* Cz = part.p + ((z * G + gi) * CRSpad + row0) * Npad;
+      if (pix1 <= pix0) {
+        for (int64_t i = 0; i < MCw * Npad; ++i) Cz[i] = T(0);
+        continue;
+      }
+      const int64_t nblk = cdiv(pix1 - pix0, KCP);
+      for (int64_t bi = 0; bi < nblk; ++bi) {
+        const int64_t a0 = pix0 + bi * KCP, kl = std::min(KCP, pix1 - a0);
+        int64_t nruns = 0;
+        for (int64_t kk = 0; kk < kl;) {
+          const int64_t j = a0 + kk, n = j / PQ, pq = j % PQ, p = pq / d.Q, q = pq % d.Q;
+          const int64_t len = std::min(d.Q - q, kl - kk);
+          runs[nruns++] = {kk, n, p, q, len};
+          kk += len;
+        }
+        // B = masked dy^T: [nJr][kl][NR]
+        for (int64_t jr = 0; jr < nJr; ++jr) {
+          T* bj = Bb + jr * kl * NR;
+          for (int l = 0; l < NR; ++l) {
+            const int64_t k = jr * NR + l;
+            if (k >= Kg) {
+              for (int64_t kk = 0; kk < kl; ++kk) bj[kk * NR + l] = T(0);
+              continue;
+            }
+            const int64_t kabs = gi * Kg + k;
+            for (int64_t ri = 0; ri < nruns; ++ri) {
+              const WRun& ru = runs[ri];
+              const T* src = dy.p + ru.n * dy.s0 + kabs * dy.s1 + ru.p * dy.s2 + ru.q * dy.s3;
+              T* dst = bj + ru.off * NR + l;
+              if (m.p) {
+                const T* ms = m.p + ru.n * m.s0 + kabs * m.s1 + ru.p * m.s2 + ru.q * m.s3;
+                for (int64_t t = 0; t < ru.len; ++t) dst[t * NR] = masked(src[t * dy.s3], ms[t * m.s3]);
+              } else {
+                for (int64_t t = 0; t < ru.len; ++t) dst[t * NR] = src[t * dy.s3];
+              }
+            }
+          }
+        }
+        // A = im2col rows: [nir*MR][kl]
+        for (int64_t ri = 0; ri < nir * MR; ++ri) {
+          T* dst = Ab + ri * kl;
+          rows[ri] = dst;
+          const int64_t row = row0 + ri;
+          if (ri >= mr) {
+            for (int64_t kk = 0; kk < kl; ++kk) dst[kk] = T(0);
+            continue;
+          }
+          const int64_t c = row / RS, rs = row % RS, r = rs / d.S, s = rs % d.S;
+          for (int64_t u = 0; u < nruns; ++u) {
+            const WRun& ru = runs[u];
+            const int64_t ih = ru.p * d.stride_h - d.pad_h + r * d.dil_h;
+            if (ih < 0 || ih >= d.H) {
+              for (int64_t t = 0; t < ru.len; ++t) dst[ru.off + t] = T(0);
+              continue;
+            }
+            const QRange qr = qrange[s];
+            const int64_t tlo = std::min(ru.len, std::max<int64_t>(0, qr.lo - ru.q));
+            const int64_t thi = std::min(ru.len, std::max(tlo, qr.hi - ru.q));
+            copy_run(dst + ru.off, ru.len, tlo, thi, x.p + ru.n * x.s0 + (gi * Cg + c) * x.s1 + ih * x.s2, x.s3,
+                     (const T*)nullptr, 0, ru.q * d.stride_w - d.pad_w + s * d.dil_w, d.stride_w);
+          }
+        }
+        const bool first = bi == 0;
+        for (int64_t jr = 0; jr < nJr; ++jr) {
+          const T* bp = Bb + jr * kl * NR;
+          for (int64_t ir = 0; ir < nir; ++ir) {
+            ukr_rows<T, MR, NV>(1, rows + ir * MR, &kl, bp, [&](V(&acc)[MR][NV]) {
+              T* ct = Cz + ir * MR * Npad + jr * NR;
+              FC_UNROLL for (int i = 0; i < MR; ++i) FC_UNROLL for (int v = 0; v < NV; ++v) {
+                V val = acc[i][v];
+                if (!first) val = Sd::add(val, Sd::load(ct + i * Npad + v * L));
+                Sd::store(ct + i * Npad + v * L, val);
+              }
+            });
+          }
+        }
+      }
+    }
+  }
+  // dw[g*Kg + k][c][r][s] = sum_z part[z][g][crs][k], z ascending.
+#pragma omp parallel for num_threads(nth) schedule(static)
+  for (int64_t t = 0; t < G * CRS; ++t) {
+    const int64_t gi = t / CRS, row = t % CRS, c = row / RS, rs = row % RS, r = rs / d.S, s = rs % d.S;
+    for (int64_t k = 0; k < Kg; ++k) {
+      T acc = part.p[((0 * G + gi) * CRSpad + row) * Npad + k];
+      for (int64_t z = 1; z < nz; ++z) acc += part.p[((z * G + gi) * CRSpad + row) * Npad + k];
+      dw.p[(gi * Kg + k) * dw.s0 + c * dw.s1 + r * dw.s2 + s * dw.s3] = acc;
+    }
+  }
+}
+
+// wgrad for a channels_last input: C[Kg x RS*Cg] = dy^T[Kg x NPQ] * col[NPQ x RS*Cg] per group,
+// columns in (tap, c) order so B rows are contiguous channel runs of x; ukr_panel (vectors along
+// the columns). Tasks own (group, column block, fixed reduction chunk); chunks summed in order.
+template <typename T, int MR, int NV>
+void wgrad_gemm_cl(const ConvDesc& d, In4<T> x, In4<T> dy, In4<T> m, Out4<T> dw, int nth) {
+  using Sd = Simd<T>;
+  using V = typename Sd::V;
+  constexpr int L = Sd::L;
+  constexpr int NR = NV * L;
+  const int64_t G = d.groups, Cg = d.C / G, Kg = d.K / G, RS = d.R * d.S, NCOL = RS * Cg;
+  const int64_t PQ = d.P * d.Q, NPQ = d.N * PQ;
+  const int64_t nIr = cdiv(Kg, MR), Mpad = nIr * MR;
+  const int64_t npt = std::min<int64_t>(cdiv(NCOL, NR), 4), NCw = npt * NR;
+  const int64_t nCb = cdiv(NCOL, NCw), NCOLpad = nCb * NCw;
+  const int64_t KCP = std::max<int64_t>(64, (24 * 1024) / (NR * (int64_t)sizeof(T)));
+  const int64_t coltasks = G * nCb;
+  int64_t nz = std::min<int64_t>(cdiv(32, coltasks), std::max<int64_t>(1, NPQ / 2048));
+  const int64_t zlen = cdiv(NPQ, std::max<int64_t>(nz, 1));
+  nz = std::max<int64_t>(1, cdiv(NPQ, zlen));
+  Buf<T> part(nz * G * Mpad * NCOLpad);  // [z][g][k][col]
+  const int64_t ntask = nz * coltasks;
+  const int64_t asz = Mpad * KCP, bsz = NCw * KCP;
+  Buf<T> scratch(nth * (asz + bsz));
+#pragma omp parallel num_threads(nth)
+  {
+    T* Ab = scratch.p + thread_id() * (asz + bsz);
+    T* Bb = Ab + asz;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < ntask; ++task) {
+      const int64_t cb = task % nCb, t2 = task / nCb, gi = t2 % G, z = t2 / G;
+      const int64_t pix0 = z * zlen, pix1 = std::min(NPQ, pix0 + zlen);
+      const int64_t col0 = cb * NCw, ncol = std::min(NCw, NCOL - col0), npan = cdiv(ncol, NR);
+      T* Cz = part.p + (z * G + gi) * Mpad * NCOLpad + col0;  // ldc = NCOLpad
+      if (pix1 <= pix0) {
+        for (int64_t k = 0; k < Mpad; ++k) zero_n(Cz + k * NCOLpad, NCw);
+        continue;
+      }
+      const int64_t nblk = cdiv(pix1 - pix0, KCP);
+      for (int64_t bi = 0; bi < nblk; ++bi) {
+        const int64_t a0 = pix0 + bi * KCP, kl = std::min(KCP, pix1 - a0);
+        int64_t n = a0 / PQ, p = (a0 % PQ) / d.Q, q = a0 % d.Q;
+        for (int64_t kk = 0; kk < kl; ++kk) {
+          // A: masked dy, [ir][kk][MR]
+          const T* dp = dy.p + n * dy.s0 + gi * Kg * dy.s1 + p * dy.s2 + q * dy.s3;
+          const T* mp = m.p ? m.p + n * m.s0 + gi * Kg * m.s1 + p * m.s2 + q * m.s3 : nullptr;
+          for (int64_t k = 0; k < Mpad; ++k) {
+            T v = T(0);
+            if (k < Kg) v = mp ? masked(dp[k * dy.s1], mp[k * m.s1]) : dp[k * dy.s1];
+            Ab[((k / MR) * kl + kk) * MR + k % MR] = v;
+          }
+          // B: im2col row of this pixel, columns [col0, col0 + npan*NR) in (tap, c) order
+          const T* xn = x.p + n * x.s0 + gi * Cg * x.s1;
+          for (int64_t jp = 0; jp < npan; ++jp) {
+            T* dst = Bb + (jp * kl + kk) * NR;
+            int64_t col = col0 + jp * NR;
+            const int64_t cend = std::min(col + NR, NCOL);
+            while (col < cend) {
+              const int64_t tap = col / Cg, c = col - tap * Cg, len = std::min(Cg - c, cend - col);
+              const int64_t r = tap / d.S, s = tap - r * d.S;
+              const int64_t ih = p * d.stride_h - d.pad_h + r * d.dil_h, iw = q * d.stride_w - d.pad_w + s * d.dil_w;
+              if (ih >= 0 && ih < d.H && iw >= 0 && iw < d.W)
+                copy_n(dst, xn + ih * x.s2 + iw * x.s3 + c, len);
+              else
+                zero_n(dst, len);
+              dst += len;
+              col += len;
+            }
+            if (col < col0 + (jp + 1) * NR) zero_n(dst, col0 + (jp + 1) * NR - col);
+          }
+          if (++q == d.Q) {
+            q = 0;
+            if (++p == d.P) {
+              p = 0;
+              ++n;
+            }
+          }
+        }
+        const bool first = bi == 0;
+        for (int64_t jr = 0; jr < npan; ++jr)
+          for (int64_t ir = 0; ir < nIr; ++ir)
+            ukr_panel<T, MR, NV>(kl, Ab + ir * kl * MR, Bb + jr * kl * NR, [&](V(&acc)[MR][NV]) {
+              T* ct = Cz + ir * MR * NCOLpad + jr * NR;
+              FC_UNROLL for (int i = 0; i < MR; ++i) FC_UNROLL for (int v = 0; v < NV; ++v) {
+                V val = acc[i][v];
+                if (!first) val = Sd::add(val, Sd::load(ct + i * NCOLpad + v * L));
+                Sd::store(ct + i * NCOLpad + v * L, val);
+              }
+            });
+      }
+      // panels past ncol inside this block stay unwritten; they are never read
+    }
+  }
+#pragma omp parallel for num_threads(nth) schedule(static)
+  for (int64_t t = 0; t < G * Kg; ++t) {
+    const int64_t gi = t / Kg, k = t % Kg;
+    for (int64_t col = 0; col < NCOL; ++col) {
+      T acc = part.p[(gi * Mpad + k) * NCOLpad + col];
+      for (int64_t z = 1; z < nz; ++z) acc += part.p[((z * G + gi) * Mpad + k) * NCOLpad + col];
+      const int64_t tap = col / Cg, c = col % Cg;
+      dw.p[(gi * Kg + k) * dw.s0 + c * dw.s1 + (tap / d.S) * dw.s2 + (tap % d.S) * dw.s3] = acc;
+    }
+  }
+}
+
+template <typename T>
+struct WgradRunner {
+  const ConvDesc& d;
+  In4<T> x, dy, m;
+  Out4<T> dw;
+  int nth;
+  template <int MR, int NV>
+  void operator()() const {
+    wgrad_gemm<T, MR, NV>(d, x, dy, m, dw, nth);
+  }
+};
+
+// Depthwise wgrad (Cg == 1): dw[k][0][r][s] = sum_{n,p,q} dy[n,k,p,q] * x[n, k/Kg, ih, iw].
+// channels_last (Kg == 1): tasks own L-channel slices, vectors along C. Otherwise tasks own one
+// output channel k, vectors along Q when rows are contiguous. Fixed order either way.
+template <typename T>
+void wgrad_depthwise(const ConvDesc& d, In4<T> x, In4<T> dy, In4<T> m, Out4<T> dw, int nth) {
+  using Sd = Simd<T>;
+  using V = typename Sd::V;
+  constexpr int L = Sd::L;
+  const int64_t G = d.groups, Kg = d.K / G, RS = d.R * d.S;
+  const bool clv = Kg == 1 && d.C > 1 && x.s1 == 1 && dy.s1 == 1 && (m.p == nullptr || m.s1 == 1);
+  std::vector<QRange> qrange(d.S);
+  for (int64_t s = 0; s < d.S; ++s) qrange[s] = valid_cols(s * d.dil_w - d.pad_w, d.stride_w, d.W, d.Q);
+  if (clv) {
+    // per-image partials part[n][RS][C] (vectors along C), then summed over n in order
+    const int64_t C = d.C, nfull = C / L, tail = C % L;
+    Buf<T> part(d.N * RS * C);
+#pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
+    for (int64_t n = 0; n < d.N; ++n) {
+      T* acc = part.p + n * RS * C;
+      for (int64_t i = 0; i < RS * C; ++i) acc[i] = T(0);
+      for (int64_t p = 0; p < d.P; ++p)
+        for (int64_t q = 0; q < d.Q; ++q) {
+          const T* dp = dy.p + n * dy.s0 + p * dy.s2 + q * dy.s3;
+          const T* mp = m.p ? m.p + n * m.s0 + p * m.s2 + q * m.s3 : nullptr;
+          for (int64_t r = 0; r < d.R; ++r) {
+            const int64_t ih = p * d.stride_h - d.pad_h + r * d.dil_h;
+            if (ih < 0 || ih >= d.H) continue;
+            for (int64_t s = 0; s < d.S; ++s) {
+              if (q < qrange[s].lo || q >= qrange[s].hi) continue;
+              const int64_t iw = q * d.stride_w - d.pad_w + s * d.dil_w;
+              const T* xp = x.p + n * x.s0 + ih * x.s2 + iw * x.s3;
+              T* at = acc + (r * d.S + s) * C;
+              for (int64_t cv = 0; cv < nfull; ++cv) {
+                V dv = Sd::load(dp + cv * L);
+                if (mp) dv = Sd::mask_le0(dv, Sd::load(mp + cv * L));
+                Sd::store(at + cv * L, Sd::fma(dv, Sd::load(xp + cv * L), Sd::load(at + cv * L)));
+              }
+              if (tail) {
+                const int64_t o = nfull * L;
+                V dv = Sd::load_n(dp + o, (int)tail);
+                if (mp) dv = Sd::mask_le0(dv, Sd::load_n(mp + o, (int)tail));
+                Sd::store_n(at + o, Sd::fma(dv, Sd::load_n(xp + o, (int)tail), Sd::load_n(at + o, (int)tail)),
+                            (int)tail);
+              }
+            }
+          }
+        }
+    }
+#pragma omp parallel for num_threads(nth) schedule(static)
+    for (int64_t i = 0; i < RS * C; ++i) {
+      T tot = part.p[i];
+      for (int64_t n = 1; n < d.N; ++n) tot += part.p[n * RS * C + i];
+      const int64_t rs = i / C, c = i % C;
+      dw.p[c * dw.s0 + (rs / d.S) * dw.s2 + (rs % d.S) * dw.s3] = tot;
+    }
+    return;
+  }
+  const bool qvec = x.s3 == 1 && dy.s3 == 1 && d.stride_w == 1 && m.p == nullptr;
+#pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
+  for (int64_t k = 0; k < d.K; ++k) {
+    const int64_t c = k / Kg;
+    for (int64_t r = 0; r < d.R; ++r)
+      for (int64_t s = 0; s < d.S; ++s) {
+        const int64_t qlo = qrange[s].lo, qhi = qrange[s].hi;
+        V av = Sd::zero();
+        T as = T(0);
+        for (int64_t n = 0; n < d.N; ++n)
+          for (int64_t p = 0; p < d.P; ++p) {
+            const int64_t ih = p * d.stride_h - d.pad_h + r * d.dil_h;
+            if (ih < 0 || ih >= d.H || qhi <= qlo) continue;
+            const T* dp = dy.p + n * dy.s0 + k * dy.s1 + p * dy.s2;
+            const T* xr = x.p + n * x.s0 + c * x.s1 + ih * x.s2;
+            const int64_t off = s * d.dil_w - d.pad_w;
+            if (qvec) {
+              const T* xq = xr + off;
+              int64_t q = qlo;
+              for (; q + L <= qhi; q += L) av = Sd::fma(Sd::load(dp + q), Sd::load(xq + q), av);
+              for (; q < qhi; ++q) as += dp[q] * xq[q];
+            } else {
+              const T* mp = m.p ? m.p + n * m.s0 + k * m.s1 + p * m.s2 : nullptr;
+              for (int64_t q = qlo; q < qhi; ++q) {
+                T dv = dp[q * dy.s3];
+                if (mp) dv = masked(dv, mp[q * m.s3]);
+                as += dv * xr[(q * d.stride_w + off) * x.s3];
+              }
+            }
+          }
+        alignas(64) T tmp[L];
+        Sd::store(tmp, av);
+        T tot = T(0);
+        for (int l = 0; l < L; ++l) tot += tmp[l];
+        dw.p[k * dw.s0 + r * dw.s2 + s * dw.s3] = tot + as;
+      }
+  }
+}
+
+// dbias[k] = sum_n (sum_{p,q} masked dy[n,k,p,q]): per-image partials, then summed over n in order.
+template <typename T>
+void bias_grad(const ConvDesc& d, In4<T> dy, In4<T> m, T* db, int nth) {
+  const int64_t K = d.K;
+  std::vector<T> part(d.N * K);
+  const bool kvec = dy.s1 == 1 && (m.p == nullptr || m.s1 == 1);
+#pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
+  for (int64_t n = 0; n < d.N; ++n) {
+    T* __restrict pn = part.data() + n * K;
+    if (kvec) {
+      for (int64_t k = 0; k < K; ++k) pn[k] = T(0);
+      for (int64_t p = 0; p < d.P; ++p)
+        for (int64_t q = 0; q < d.Q; ++q) {
+          const T* __restrict src = dy.p + n * dy.s0 + p * dy.s2 + q * dy.s3;
+          if (m.p) {
+            const T* __restrict ms = m.p + n * m.s0 + p * m.s2 + q * m.s3;
+            for (int64_t k = 0; k < K; ++k) pn[k] += masked(src[k], ms[k]);
+          } else {
+            for (int64_t k = 0; k < K; ++k) pn[k] += src[k];
+          }
+        }
+    } else {
+      for (int64_t k = 0; k < K; ++k) {
+        T acc = T(0);
+        for (int64_t p = 0; p < d.P; ++p) {
+          const T* src = dy.p + n * dy.s0 + k * dy.s1 + p * dy.s2;
+          const T* ms = m.p ? m.p + n * m.s0 + k * m.s1 + p * m.s2 : nullptr;
+          if (ms)
+            for (int64_t q = 0; q < d.Q; ++q) acc += masked(src[q * dy.s3], ms[q * m.s3]);
+          else
+            for (int64_t q = 0; q < d.Q; ++q) acc += src[q * dy.s3];
+        }
+        pn[k] = acc;
+      }
+    }
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    T acc = T(0);
+    for (int64_t n = 0; n < d.N; ++n) acc += part[n * K + k];
+    db[k] = acc;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+In4<T> in_view(const Tensor4& t) {
+  return {static_cast<const T*>(t.data), t.stride[0], t.stride[1], t.stride[2], t.stride[3]};
+}
+template <typename T>
+Out4<T> out_view(const Tensor4& t) {
+  return {static_cast<T*>(t.data), t.stride[0], t.stride[1], t.stride[2], t.stride[3]};
+}
+
+template <typename T>
+void fwd_impl(const ConvDesc& d, const Tensor4& x, const Tensor4& w, const void* bias, const Tensor4& y, bool relu,
+              int nth) {
+  const int64_t G = d.groups;
+  Geo g{d.N, d.C, d.H, d.W, d.K, d.P, d.Q, d.R, d.S, G, d.C / G, d.K / G,
+        d.stride_h, d.stride_w, d.pad_h, d.pad_w, d.dil_h, d.dil_w};
+  const WV<T> wv{static_cast<const T*>(w.data), g.Kg * w.stride[0], w.stride[0], w.stride[1], w.stride[2],
+                 w.stride[3]};
+  conv_run<T>(g, in_view<T>(x), In4<T>{}, wv, static_cast<const T*>(bias), out_view<T>(y), relu, nth);
+}
+
+// Taps r in [0, R) with (a + pad - r*dil) % stride == 0: r0 + j*step, count.
+inline void residue_taps(int64_t a, int64_t pad, int64_t dil, int64_t stride, int64_t R, int64_t& r0, int64_t& step,
+                         int64_t& count) {
+  r0 = -1;
+  count = 0;
+  step = 1;
+  for (int64_t r = 0; r < R; ++r) {
+    if (((a + pad - r * dil) % stride + stride) % stride != 0) continue;
+    if (r0 < 0)
+      r0 = r;
+    else if (count == 1)
+      step = r - r0;
+    ++count;
+  }
+}
+
+template <typename T>
+void dgrad_impl(const ConvDesc& d, const Tensor4& dy, const Tensor4& w, const Tensor4* relu_y, const Tensor4& dx,
+                int nth) {
+  if (d.N == 0) return;
+  const int64_t G = d.groups, Cg = d.C / G, Kg = d.K / G;
+  const In4<T> dyv = in_view<T>(dy);
+  const In4<T> mv = relu_y ? in_view<T>(*relu_y) : In4<T>{};
+  const Out4<T> dxv = out_view<T>(dx);
+  const T* wp = static_cast<const T*>(w.data);
+  for (int64_t a = 0; a < std::min(d.stride_h, d.H); ++a)
+    for (int64_t b = 0; b < std::min(d.stride_w, d.W); ++b) {
+      const int64_t Hs = cdiv(d.H - a, d.stride_h), Ws = cdiv(d.W - b, d.stride_w);
+      Out4<T> ys{dxv.p + a * dxv.s2 + b * dxv.s3, dxv.s0, dxv.s1, d.stride_h * dxv.s2, d.stride_w * dxv.s3};
+      int64_t r0, rstep, Rn, s0, sstep, Sn;
+      residue_taps(a, d.pad_h, d.dil_h, d.stride_h, d.R, r0, rstep, Rn);
+      residue_taps(b, d.pad_w, d.dil_w, d.stride_w, d.S, s0, sstep, Sn);
+      if (Rn == 0 || Sn == 0) {  // no tap reaches this sub-grid
+#pragma omp parallel for num_threads(nth) schedule(static)
+        for (int64_t nc = 0; nc < d.N * d.C; ++nc) {
+          T* base = ys.p + (nc / d.C) * ys.s0 + (nc % d.C) * ys.s1;
+          for (int64_t i = 0; i < Hs; ++i)
+            for (int64_t j = 0; j < Ws; ++j) base[i * ys.s2 + j * ys.s3] = T(0);
+        }
+        continue;
+      }
+      // dx[n, c, a + sh*i, b + sw*j] = sum_{k, jr, js} w[k][c][r0 + jr*rstep][s0 + js*sstep]
+      //                                 * dy[n, k, i + (a+ph-r0*dh)/sh - jr*(rstep*dh/sh), ...]
+      Geo g{d.N, d.K, d.P, d.Q, d.C, Hs, Ws, Rn, Sn, G, Kg, Cg, 1, 1,
+            -((a + d.pad_h - r0 * d.dil_h) / d.stride_h), -((b + d.pad_w - s0 * d.dil_w) / d.stride_w),
+            -(rstep * d.dil_h / d.stride_h), -(sstep * d.dil_w / d.stride_w)};
+      const WV<T> wv{wp + r0 * w.stride[2] + s0 * w.stride[3], Kg * w.stride[0], w.stride[1], w.stride[0],
+                     rstep * w.stride[2], sstep * w.stride[3]};
+      conv_run<T>(g, dyv, mv, wv, nullptr, ys, false, nth);
+    }
+}
+
+template <typename T>
+void wgrad_impl(const ConvDesc& d, const Tensor4& dy, const Tensor4& x, const Tensor4* relu_y, const Tensor4* dw,
+                void* dbias, int nth) {
+  const In4<T> mv = relu_y ? in_view<T>(*relu_y) : In4<T>{};
+  if (d.N == 0) {
+    if (dw) {
+      const Out4<T> o = out_view<T>(*dw);
+      for (int64_t k = 0; k < d.K; ++k)
+        for (int64_t c = 0; c < d.C / d.groups; ++c)
+          for (int64_t r = 0; r < d.R; ++r)
+            for (int64_t s = 0; s < d.S; ++s) o.p[k * o.s0 + c * o.s1 + r * o.s2 + s * o.s3] = T(0);
+    }
+    if (dbias)
+      for (int64_t k = 0; k < d.K; ++k) static_cast<T*>(dbias)[k] = T(0);
+    return;
+  }
+  if (dw && d.C == d.groups)
+    wgrad_depthwise<T>(d, in_view<T>(x), in_view<T>(dy), mv, out_view<T>(*dw), nth);
+  else if (dw && x.stride[1] == 1)
+    wgrad_gemm_cl<T, kPixMR, kPixNV>(d, in_view<T>(x), in_view<T>(dy), mv, out_view<T>(*dw), nth);
+  else if (dw)
+    with_rows_shape<T>(d.K / d.groups, WgradRunner<T>{d, in_view<T>(x), in_view<T>(dy), mv, out_view<T>(*dw), nth});
+  if (dbias) bias_grad<T>(d, in_view<T>(dy), mv, static_cast<T*>(dbias), nth);
+}
+
+}  // namespace
+
+void conv2d_fwd(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& w, const void* bias, const Tensor4& y,
+                bool relu, int nthreads) {
+  const int nth = std::max(1, nthreads);
+  if (dt == kFloat32)
+    fwd_impl<float>(d, x, w, bias, y, relu, nth);
+  else if (dt == kFloat64)
+    fwd_impl<double>(d, x, w, bias, y, relu, nth);
+  else
+    throw std::invalid_argument("conv2d_fwd: unsupported dtype");
+}
+
+void conv2d_dgrad(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& w, const Tensor4* relu_y,
+                  const Tensor4& dx, int nthreads) {
+  const int nth = std::max(1, nthreads);
+  if (dt == kFloat32)
+    dgrad_impl<float>(d, dy, w, relu_y, dx, nth);
+  else if (dt == kFloat64)
+    dgrad_impl<double>(d, dy, w, relu_y, dx, nth);
+  else
+    throw std::invalid_argument("conv2d_dgrad: unsupported dtype");
+}
+
+void conv2d_wgrad(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& x, const Tensor4* relu_y,
+                  const Tensor4* dw, void* dbias, int nthreads) {
+  const int nth = std::max(1, nthreads);
+  if (dt == kFloat32)
+    wgrad_impl<float>(d, dy, x, relu_y, dw, dbias, nth);
+  else if (dt == kFloat64)
+    wgrad_impl<double>(d, dy, x, relu_y, dw, dbias, nth);
+  else
+    throw std::invalid_argument("conv2d_wgrad: unsupported dtype");
+}
+
+}  // namespace FC_ISA
+}  // namespace cpu
+}  // namespace fastconv

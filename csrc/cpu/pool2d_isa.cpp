@@ -15,16 +15,26 @@
 // Paths, chosen from the strides of the input (forward) or of dx (backward):
 //  - channels_last (stride[1] == 1): an output pixel reduces its window of C-vectors; the channel loop
 //    is the vector loop, blocks of 4 vectors kept in registers (C = 64 fp32 is one block on AVX-512),
-//    so every load is contiguous. Forward work: the flattened (n, p, q) pixels split evenly; backward:
-//    (n, channel block) tasks, each owning its slice of dx.
-//  - NCHW (stride[3] == 1): one output row (n, c, p) at a time, vectorized along q. A tap is one
-//    unaligned load for stride 1, two loads and an even-lane shuffle for stride 2, a lane gather
-//    otherwise. Columns whose window is clipped, and the tail, use the scalar window; a row's last
-//    vector chunk overlaps the previous one instead of falling back to scalars. Backward: per plane.
+//    so every load is contiguous. Forward work: the flattened (n, p, q) pixels split evenly.
+//  - NCHW (stride[3] == 1): one output row (n, c, p) at a time, vectorized along q in chunks of L
+//    outputs (the last chunk of a row overlaps the previous one). A tap is one unaligned load for
+//    stride 1, two loads and an even/odd-lane shuffle for stride 2, a lane gather otherwise. Chunks
+//    whose windows reach into the padding (or rows narrower than L) use masked loads that fill with
+//    the padding value (-inf for max: never taken; 0 for avg: +0 added to a sum that started at +0
+//    leaves it bitwise unchanged), with per-lane initial indices / divisors from small tables built
+//    once per call, so borders cost no scalar windows.
 //  - anything else: the scalar window per output.
-// The vector code is GCC vector extensions, so each ISA build (SSE2 / AVX2 / AVX-512) gets its own
-// width; fp32 indices are blended as int32 lanes (planes < 2^30 elements) and widened when stored.
-// Outputs are independent of the work split, so results are bitwise identical for any thread count.
+//  Backward: max is a scatter into a zeroed slice of dx owned by one task ((n, c) plane, or (n, channel
+//  block) for channels_last dx); on these shapes it beat a gather form, whose work grows with the
+//  window overlap. avg NCHW is a gather along w: dy/divisor rows are spread with zeros to the input
+//  columns they cover, and each dx element sums its terms in the scatter's (p, q) order (bitwise
+//  torch's) with contiguous vector loads; avg channels_last scatters C-vectors.
+// The vector code is GCC vector extensions (plus masked loads from intrinsics), so each ISA build
+// (SSE2 / AVX2 / AVX-512) gets its own width; fp32 indices are blended as int32 lanes (planes under
+// 2^31 positions, else the scalar path) and widened when stored. Results do not depend on the work
+// split: bitwise identical for any thread count, and equal to torch's on every path.
+// Measured (N=32, C=64, 56x56, fp32, 2 threads, Xeon AVX-512): see the table in the pooling issue's
+// report; NCHW forward is ~10x torch, channels_last forward at the memory bound (~57 GB/s).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -32,12 +42,20 @@
 #include <limits>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 #include "cpu/kernels.h"
+
+// Wider-than-native vectors (L int64 index lanes) are passed between inlined helpers only.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace fastconv {
 namespace cpu {
@@ -46,7 +64,7 @@ namespace {
 
 #if defined(__AVX512F__)
 constexpr int kVecBytes = 64;
-#elif defined(__AVX__)
+#elif defined(__AVX2__)
 constexpr int kVecBytes = 32;
 #else
 constexpr int kVecBytes = 16;
@@ -59,6 +77,8 @@ struct Vec {
   typedef T v __attribute__((vector_size(kVecBytes)));
   typedef I iv __attribute__((vector_size(kVecBytes)));
   typedef int64_t i64h __attribute__((vector_size(kVecBytes * 8 / sizeof(T) / 2)));  // L/2 int64
+  typedef int64_t i64 __attribute__((vector_size(kVecBytes * 8 / sizeof(T))));        // L int64
+  // (vector typedefs live here: GCC drops vector_size with a value-dependent size in a function template)
 };
 
 template <class VT, class T>
@@ -75,6 +95,10 @@ inline void storeu(T* p, const VT& v) {
 template <class VT, size_t... Is>
 inline VT even_lanes(VT a, VT b, std::index_sequence<Is...>) {
   return __builtin_shufflevector(a, b, (2 * Is)...);
+}
+template <class VT, size_t... Is>
+inline VT odd_lanes(VT a, VT b, std::index_sequence<Is...>) {
+  return __builtin_shufflevector(a, b, (2 * Is + 1)...);
 }
 template <class VT, size_t... Is>
 inline VT iota_impl(std::index_sequence<Is...>) {
@@ -97,7 +121,8 @@ inline void store_index(int64_t* p, int64_t stride, typename Vec<T>::iv idx) {
       constexpr int L2 = L / 2;
       int32_t lanes[L];
       storeu(lanes, idx);
-      typedef int32_t h32 __attribute__((vector_size(L2 * 4)));
+      typedef int32_t h32 __attribute__((vector_size(kVecBytes / 2)));
+      static_assert(sizeof(h32) == L2 * 4 && sizeof(H) == L2 * 8, "vector typedefs");
       h32 lo = loadu<h32>(lanes), hi = loadu<h32>(lanes + L2);
       storeu(p, __builtin_convertvector(lo, H));
       storeu(p + L2, __builtin_convertvector(hi, H));
@@ -135,6 +160,21 @@ void parallel_ranges(int64_t n, int64_t cost, int nthreads, const F& f) {
   f(int64_t(0), n);
 #endif
 }
+
+// The flattened index r = (a * B + b) * Cn + c, stepped without divisions.
+struct Counter3 {
+  int64_t a, b, c, B, Cn;
+  Counter3(int64_t r, int64_t B_, int64_t Cn_) : a(r / Cn_ / B_), b(r / Cn_ % B_), c(r % Cn_), B(B_), Cn(Cn_) {}
+  void next() {
+    if (++c == Cn) {
+      c = 0;
+      if (++b == B) {
+        b = 0;
+        ++a;
+      }
+    }
+  }
+};
 
 // First in-bounds position of a dilated window starting at `start` (torch: while (s < 0) s += dil).
 inline int64_t first_inside(int64_t start, int64_t dil) {
@@ -199,89 +239,197 @@ inline T avg_window(const PoolDesc& d, const T* xp, int64_t sh, int64_t sw, int6
 }
 
 // ---------------------------------------------------------------------------------------------------
-// NCHW rows, vectorized along q. A tap (row h, column offset j) for lanes q..q+L-1 reads
-// row[(q + l) * sw + off], off = j * dil_w - pad_w.
+// NCHW rows, vectorized along q: a chunk is L consecutive outputs q..q+L-1 of one row (n, c, p).
+// Tap (row h, column j) of lane l reads row[(q + l) * sw + off], off = j * dil_w - pad_w.
+// An interior chunk (every position it reads lies in [0, W)) uses plain loads; an edge chunk (window
+// clipped by padding, or fewer than L outputs in the row) uses masked loads that fill the lanes outside
+// the row with the padding value (-inf for max: never taken; 0 for avg: adding +0 leaves a sum that
+// started at +0 bitwise unchanged), so the padding costs no scalar code. Rows of Q >= L end with a
+// chunk that overlaps the previous one.
 
-template <typename T, int SW>  // SW: 1, 2, or 0 (any stride)
-inline typename Vec<T>::v load_taps(const T* row, int64_t q, int64_t sw, int64_t off) {
+// v[l] = p[l] for 0 <= pos + l < W, else fill (pos: the column of p[0]; lanes outside are not read).
+template <typename T>
+inline typename Vec<T>::v load_part(const T* p, int64_t pos, int64_t W, T fill) {
   using V = typename Vec<T>::v;
   constexpr int L = Vec<T>::L;
+  if (pos >= 0 && pos + L <= W) return loadu<V>(p);
+  const int64_t lo = std::min<int64_t>(std::max<int64_t>(-pos, 0), L);
+  const int64_t hi = std::max<int64_t>(std::min<int64_t>(W - pos, L), lo);
+  if (lo == hi) return V{} + fill;
+#if defined(__AVX512F__)
+  const uint32_t m = ((uint32_t(1) << hi) - 1) & ~((uint32_t(1) << lo) - 1);
+  if constexpr (sizeof(T) == 4)
+    return (V)_mm512_mask_loadu_ps(_mm512_set1_ps(fill), (__mmask16)m, p);
+  else
+    return (V)_mm512_mask_loadu_pd(_mm512_set1_pd(fill), (__mmask8)m, p);
+#elif defined(__AVX2__)
+  using IV = typename Vec<T>::iv;
+  using I = typename Vec<T>::I;
+  const IV lane = iota<T>();
+  const IV in = (lane >= (I)lo) & (lane < (I)hi);
+  V r;
+  if constexpr (sizeof(T) == 4)
+    r = (V)_mm256_maskload_ps(p, (__m256i)in);
+  else
+    r = (V)_mm256_maskload_pd(p, (__m256i)in);
+  return in ? r : V{} + fill;
+#else
+  V r = V{} + fill;
+  for (int64_t l = lo; l < hi; ++l) r[l] = p[l];
+  return r;
+#endif
+}
+
+template <typename T, int SW, bool kEdge>  // SW: 1, 2, or 0 (any stride)
+inline typename Vec<T>::v load_taps(const T* row, int64_t pos, int64_t sw, int64_t W, T fill) {
+  using V = typename Vec<T>::v;
+  constexpr int L = Vec<T>::L;
+  const T* s = row + pos;  // lane 0's column
   if constexpr (SW == 1) {
-    return loadu<V>(row + q + off);
-  } else if constexpr (SW == 2) {
-    const T* s = row + 2 * q + off;  // reads 2L values: the caller keeps s[2L-1] inside the row
-    return even_lanes(loadu<V>(s), loadu<V>(s + L), std::make_index_sequence<L>{});
+    return kEdge ? load_part(s, pos, W, fill) : loadu<V>(s);
+  } else if constexpr (SW == 2) {  // 2L consecutive values, even lanes kept
+    if (kEdge)
+      return even_lanes(load_part(s, pos, W, fill), load_part(s + L, pos + L, W, fill),
+                        std::make_index_sequence<L>{});
+    if (pos + 2 * L <= W) return even_lanes(loadu<V>(s), loadu<V>(s + L), std::make_index_sequence<L>{});
+    // at the row's end, the 2L values from pos - 1, odd lanes kept: never reads past column W - 1
+    return odd_lanes(loadu<V>(s - 1), loadu<V>(s - 1 + L), std::make_index_sequence<L>{});
   } else {
     V r;
-    const T* s = row + q * sw + off;
-    for (int l = 0; l < L; ++l) r[l] = s[l * sw];
+    for (int l = 0; l < L; ++l) {
+      const int64_t w = pos + l * sw;
+      r[l] = (!kEdge || (w >= 0 && w < W)) ? s[l * sw] : fill;
+    }
     return r;
   }
 }
 
-// Output columns q whose window lies inside [0, W) (2L-wide loads for SW == 2 need one more column).
-inline void interior_q(const PoolDesc& d, int64_t span, int64_t slack, int64_t& qlo, int64_t& qhi) {
-  const int64_t sw = d.stride_w;
-  qlo = std::min((d.pad_w + sw - 1) / sw, d.Q);
-  int64_t num = d.W - 1 - span - slack + d.pad_w;  // need q*sw <= num
-  qhi = num < 0 ? 0 : std::min(num / sw + 1, d.Q);
-  if (qhi < qlo) qhi = qlo;
+// Columns a chunk at q reads: [q*sw - pad_w, q*sw - pad_w + seg) (for SW == 2, a 2L-wide load that
+// would pass the row's end reads from one column earlier instead, still inside the span).
+inline int64_t chunk_span(const PoolDesc& d, int L, int64_t dil_w) {
+  return (L - 1) * d.stride_w + (d.kernel_w - 1) * dil_w + 1;
+}
+
+template <typename T>
+inline void store_lanes(T* p, int64_t stride, typename Vec<T>::v x, int64_t n) {
+  if (n == Vec<T>::L) return store_vec<T>(p, stride, x);
+  for (int64_t l = 0; l < n; ++l) p[l * stride] = x[l];
+}
+template <typename T>
+inline void store_index_lanes(int64_t* p, int64_t stride, typename Vec<T>::iv x, int64_t n) {
+  if (n == Vec<T>::L) return store_index<T>(p, stride, x);
+  for (int64_t l = 0; l < n; ++l) p[l * stride] = x[l];
+}
+
+// Iterates the chunks of a row: f(q, lanes, edge).
+template <int L, int SW, class F>
+inline void for_chunks(const PoolDesc& d, int64_t seg, const F& f) {
+  if (d.Q < L) return f(int64_t(0), d.Q, true);
+  for (int64_t qc = 0;; qc += L) {
+    const int64_t q = std::min(qc, d.Q - L), ws = q * d.stride_w - d.pad_w;
+    // (SW == 2: a load at column 0 of a row narrower than 2L has no in-row alternative)
+    f(q, int64_t(L), ws < 0 || ws + seg > d.W || (SW == 2 && ws == 0 && d.W < 2 * L));
+    if (q + L >= d.Q) break;
+  }
+}
+
+// The chunks of a row, the same for every row: edge >= 0 numbers the edge chunks (for their tables).
+struct Chunk {
+  int64_t q, lanes, edge;
+};
+template <int L, int SW>
+std::vector<Chunk> row_chunks(const PoolDesc& d, int64_t seg) {
+  std::vector<Chunk> v;
+  int64_t ne = 0;
+  for_chunks<L, SW>(d, seg, [&](int64_t q, int64_t lanes, bool edge) { v.push_back({q, lanes, edge ? ne++ : -1}); });
+  return v;
+}
+
+// wfirst (edge chunks): each lane's first in-bounds dilated column, torch's initial index.
+template <typename T, bool kIdx, int SW, bool kEdge>
+inline void max_chunk(const PoolDesc& d, const T* xp, int64_t sxh, const MaxRange& mr, int64_t q,
+                      const typename Vec<T>::I* wfirst, typename Vec<T>::v& best, typename Vec<T>::iv& bi) {
+  using V = typename Vec<T>::v;
+  using IV = typename Vec<T>::iv;
+  using I = typename Vec<T>::I;
+  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+  const int64_t sw = d.stride_w, ws = q * sw - d.pad_w;
+  const IV lane_w = iota<T>() * (I)sw;
+  best = V{} + kNegInf;
+  if constexpr (kIdx) {
+    if (!kEdge)
+      bi = (I)(mr.h0 * d.W + ws) + lane_w;
+    else
+      bi = (I)(mr.h0 * d.W) + loadu<IV>(wfirst);
+  }
+  for (int64_t h = mr.h0; h < mr.h1; h += d.dil_h) {
+    const T* row = xp + h * sxh;
+    for (int64_t j = 0; j < d.kernel_w; ++j) {
+      const int64_t pos = q * sw + j * d.dil_w - d.pad_w;
+      V v = load_taps<T, SW, kEdge>(row, pos, sw, d.W, kNegInf);
+      auto m = (v > best) | (v != v);
+      best = m ? v : best;
+      if constexpr (kIdx) bi = m ? (I)(h * d.W + pos) + lane_w : bi;
+    }
+  }
 }
 
 template <typename T, bool kIdx, int SW>
 void max_fwd_nchw(const PoolDesc& d, const Tensor4& x, const Tensor4& y, const Tensor4* ind, int nthreads) {
   using V = typename Vec<T>::v;
   using IV = typename Vec<T>::iv;
-  using I = typename Vec<T>::I;
   constexpr int L = Vec<T>::L;
   const T* X = static_cast<const T*>(x.data);
   T* Y = static_cast<T*>(y.data);
   int64_t* IND = kIdx ? static_cast<int64_t*>(ind->data) : nullptr;
-  const int64_t sw = d.stride_w, dw = d.dil_w;
-  int64_t qlo, qhi;
-  interior_q(d, (d.kernel_w - 1) * dw, SW == 2 ? 1 : 0, qlo, qhi);
-  const bool vec = qhi - qlo >= L;
-  const IV lane_w = iota<T>() * (I)sw;  // lane l's column offset
-  const V ninf = V{} - std::numeric_limits<T>::infinity();
-  const int64_t rows = d.N * d.C * d.P;
-  parallel_ranges(rows, (d.H * d.W + d.P * d.Q) * d.N * d.C, nthreads, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t p = r % d.P, nc = r / d.P, c = nc % d.C, n = nc / d.C;
+  const int64_t seg = chunk_span(d, L, d.dil_w);
+  const int64_t syq = y.stride[3], siq = kIdx ? ind->stride[3] : 0;
+  const std::vector<Chunk> chunks = row_chunks<L, SW>(d, seg);
+  std::vector<typename Vec<T>::I> wfirst;
+  for (const Chunk& ch : chunks)
+    if (ch.edge >= 0)
+      for (int l = 0; l < L; ++l)
+        wfirst.push_back((typename Vec<T>::I)first_inside((ch.q + l) * d.stride_w - d.pad_w, d.dil_w));
+  parallel_ranges(d.N * d.C * d.P, (d.H * d.W + d.P * d.Q) * d.N * d.C, nthreads, [&](int64_t r0, int64_t r1) {
+    Counter3 it(r0, d.C, d.P);
+    for (int64_t r = r0; r < r1; ++r, it.next()) {
+      const int64_t n = it.a, c = it.b, p = it.c;
       const T* xp = X + n * x.stride[0] + c * x.stride[1];
       T* yr = Y + n * y.stride[0] + c * y.stride[1] + p * y.stride[2];
       int64_t* ir = kIdx ? IND + n * ind->stride[0] + c * ind->stride[1] + p * ind->stride[2] : nullptr;
-      const int64_t syq = y.stride[3], siq = kIdx ? ind->stride[3] : 0;
-      auto scalar = [&](int64_t qa, int64_t qb) {
-        for (int64_t q = qa; q < qb; ++q)
-          max_window(d, xp, x.stride[2], int64_t(1), p, q, yr + q * syq, kIdx ? ir + q * siq : nullptr);
-      };
-      if (!vec) {
-        scalar(0, d.Q);
-        continue;
+      const MaxRange mr = max_range(d, p, 0);  // the rows are the same for every q
+      for (const Chunk& ch : chunks) {
+        V best;
+        IV bi;
+        if (ch.edge >= 0)
+          max_chunk<T, kIdx, SW, true>(d, xp, x.stride[2], mr, ch.q, wfirst.data() + ch.edge * L, best, bi);
+        else
+          max_chunk<T, kIdx, SW, false>(d, xp, x.stride[2], mr, ch.q, nullptr, best, bi);
+        store_lanes<T>(yr + ch.q * syq, syq, best, ch.lanes);
+        if constexpr (kIdx) store_index_lanes<T>(ir + ch.q * siq, siq, bi, ch.lanes);
       }
-      scalar(0, qlo);
-      const MaxRange mr = max_range(d, p, qlo);  // rows are the same for every q
-      for (int64_t qc = qlo;; qc += L) {
-        const int64_t q = std::min(qc, qhi - L);
-        V best = ninf;
-        IV bi = (I)(mr.h0 * d.W + q * sw - d.pad_w) + lane_w;
-        for (int64_t h = mr.h0; h < mr.h1; h += d.dil_h) {
-          const T* row = xp + h * x.stride[2];
-          for (int64_t j = 0; j < d.kernel_w; ++j) {
-            const int64_t off = j * dw - d.pad_w;
-            V v = load_taps<T, SW>(row, q, sw, off);
-            auto m = (v > best) | (v != v);
-            best = m ? v : best;
-            if constexpr (kIdx) bi = m ? (I)(h * d.W + q * sw + off) + lane_w : bi;
-          }
-        }
-        store_vec<T>(yr + q * syq, syq, best);
-        if constexpr (kIdx) store_index<T>(ir + q * siq, siq, bi);
-        if (q + L >= qhi) break;
-      }
-      scalar(qhi, d.Q);
     }
   });
+}
+
+// Exact division by a divisor d: multiplying by 1/d is bitwise the same when d is a power of two
+// (both are the correctly rounded value of the same real number).
+template <typename VT, typename T>
+inline VT divide(VT s, T div) {
+  int64_t i = (int64_t)div;
+  if ((T)i == div && i > 0 && (i & (i - 1)) == 0) return s * (T(1) / div);
+  return s / div;
+}
+
+template <typename T, int SW, bool kEdge>
+inline typename Vec<T>::v avg_chunk(const PoolDesc& d, const T* xp, int64_t sxh, const AvgRange& rows, int64_t q) {
+  typename Vec<T>::v sum{};
+  for (int64_t h = rows.h0; h < rows.h1; ++h) {
+    const T* row = xp + h * sxh;
+    for (int64_t j = 0; j < d.kernel_w; ++j)
+      sum += load_taps<T, SW, kEdge>(row, q * d.stride_w + j - d.pad_w, d.stride_w, d.W, T(0));
+  }
+  return sum;
 }
 
 template <typename T, int SW>
@@ -290,38 +438,35 @@ void avg_fwd_nchw(const PoolDesc& d, const Tensor4& x, const Tensor4& y, int nth
   constexpr int L = Vec<T>::L;
   const T* X = static_cast<const T*>(x.data);
   T* Y = static_cast<T*>(y.data);
-  const int64_t sw = d.stride_w;
-  int64_t qlo, qhi;
-  interior_q(d, d.kernel_w - 1, SW == 2 ? 1 : 0, qlo, qhi);
-  const bool vec = qhi - qlo >= L;
-  const int64_t rows = d.N * d.C * d.P;
-  parallel_ranges(rows, (d.H * d.W + d.P * d.Q) * d.N * d.C, nthreads, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t p = r % d.P, nc = r / d.P, c = nc % d.C, n = nc / d.C;
+  const int64_t seg = chunk_span(d, L, 1), syq = y.stride[3];
+  const std::vector<Chunk> chunks = row_chunks<L, SW>(d, seg);
+  std::vector<T> edge_div;  // edge chunks: [edge][p][lane] divisor, 0 for an empty window (output 0)
+  for (const Chunk& ch : chunks)
+    if (ch.edge >= 0)
+      for (int64_t p = 0; p < d.P; ++p)
+        for (int l = 0; l < L; ++l) {
+          const AvgRange ar = avg_range(d, p, ch.q + l);
+          edge_div.push_back(ar.h0 >= ar.h1 || ar.w0 >= ar.w1 ? T(0) : T(ar.divisor));
+        }
+  parallel_ranges(d.N * d.C * d.P, (d.H * d.W + d.P * d.Q) * d.N * d.C, nthreads, [&](int64_t r0, int64_t r1) {
+    Counter3 it(r0, d.C, d.P);
+    for (int64_t r = r0; r < r1; ++r, it.next()) {
+      const int64_t n = it.a, c = it.b, p = it.c;
       const T* xp = X + n * x.stride[0] + c * x.stride[1];
       T* yr = Y + n * y.stride[0] + c * y.stride[1] + p * y.stride[2];
-      const int64_t syq = y.stride[3];
-      auto scalar = [&](int64_t qa, int64_t qb) {
-        for (int64_t q = qa; q < qb; ++q) yr[q * syq] = avg_window(d, xp, x.stride[2], int64_t(1), p, q);
-      };
-      if (!vec) {
-        scalar(0, d.Q);
-        continue;
-      }
-      scalar(0, qlo);
-      const AvgRange ar = avg_range(d, p, qlo);  // interior columns: same rows and divisor for all q
-      const V div = V{} + T(ar.divisor);
-      for (int64_t qc = qlo;; qc += L) {
-        const int64_t q = std::min(qc, qhi - L);
-        V sum = V{};
-        for (int64_t h = ar.h0; h < ar.h1; ++h) {
-          const T* row = xp + h * x.stride[2];
-          for (int64_t j = 0; j < d.kernel_w; ++j) sum += load_taps<T, SW>(row, q, sw, j - d.pad_w);
+      const AvgRange rows = avg_range(d, p, 0);  // rows (h0, h1) are the same for every q
+      for (const Chunk& ch : chunks) {
+        V out;
+        if (ch.edge < 0) {  // whole window inside the row: one divisor for the chunk
+          const V sum = avg_chunk<T, SW, false>(d, xp, x.stride[2], rows, ch.q);
+          out = rows.h0 < rows.h1 ? divide(sum, T(avg_range(d, p, ch.q).divisor)) : V{};
+        } else {
+          const V sum = avg_chunk<T, SW, true>(d, xp, x.stride[2], rows, ch.q);
+          const V dv = loadu<V>(edge_div.data() + (ch.edge * d.P + p) * L);
+          out = dv != 0 ? sum / dv : V{};
         }
-        store_vec<T>(yr + q * syq, syq, ar.h0 < ar.h1 ? sum / div : V{});
-        if (q + L >= qhi) break;
+        store_lanes<T>(yr + ch.q * syq, syq, out, ch.lanes);
       }
-      scalar(qhi, d.Q);
     }
   });
 }
@@ -368,8 +513,9 @@ void max_fwd_nhwc(const PoolDesc& d, const Tensor4& x, const Tensor4& y, const T
   const int64_t pixels = d.N * d.P * d.Q;
   const int64_t syc = y.stride[1], sic = kIdx ? ind->stride[1] : 0;
   parallel_ranges(pixels, (d.H * d.W + d.P * d.Q) * d.N * d.C, nthreads, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t q = r % d.Q, np = r / d.Q, p = np % d.P, n = np / d.P;
+    Counter3 it(r0, d.P, d.Q);
+    for (int64_t r = r0; r < r1; ++r, it.next()) {
+      const int64_t n = it.a, p = it.b, q = it.c;
       const T* xn = X + n * x.stride[0];
       T* yp = Y + n * y.stride[0] + p * y.stride[2] + q * y.stride[3];
       int64_t* ip = kIdx ? IND + n * ind->stride[0] + p * ind->stride[2] + q * ind->stride[3] : nullptr;
@@ -399,8 +545,7 @@ inline void avg_pixel_block(const T* xn, int64_t sh, int64_t sw, const AvgRange&
       for (int k = 0; k < NV; ++k) sum[k] += loadu<V>(px + k * L);
     }
   const bool empty = ar.h0 >= ar.h1 || ar.w0 >= ar.w1;
-  const V div = V{} + T(ar.divisor);
-  for (int k = 0; k < NV; ++k) store_vec<T>(yp + k * L * syc, syc, empty ? V{} : sum[k] / div);
+  for (int k = 0; k < NV; ++k) store_vec<T>(yp + k * L * syc, syc, empty ? V{} : divide(sum[k], T(ar.divisor)));
 }
 
 template <typename T>
@@ -410,8 +555,9 @@ void avg_fwd_nhwc(const PoolDesc& d, const Tensor4& x, const Tensor4& y, int nth
   T* Y = static_cast<T*>(y.data);
   const int64_t pixels = d.N * d.P * d.Q, syc = y.stride[1];
   parallel_ranges(pixels, (d.H * d.W + d.P * d.Q) * d.N * d.C, nthreads, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t q = r % d.Q, np = r / d.Q, p = np % d.P, n = np / d.P;
+    Counter3 it(r0, d.P, d.Q);
+    for (int64_t r = r0; r < r1; ++r, it.next()) {
+      const int64_t n = it.a, p = it.b, q = it.c;
       const T* xn = X + n * x.stride[0];
       T* yp = Y + n * y.stride[0] + p * y.stride[2] + q * y.stride[3];
       const AvgRange ar = avg_range(d, p, q);
@@ -433,8 +579,9 @@ void max_fwd_generic(const PoolDesc& d, const Tensor4& x, const Tensor4& y, cons
   T* Y = static_cast<T*>(y.data);
   int64_t* IND = kIdx ? static_cast<int64_t*>(ind->data) : nullptr;
   parallel_ranges(d.N * d.C * d.P, (d.H * d.W + d.P * d.Q) * d.N * d.C, nthreads, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t p = r % d.P, nc = r / d.P, c = nc % d.C, n = nc / d.C;
+    Counter3 it(r0, d.C, d.P);
+    for (int64_t r = r0; r < r1; ++r, it.next()) {
+      const int64_t n = it.a, c = it.b, p = it.c;
       const T* xp = X + n * x.stride[0] + c * x.stride[1];
       for (int64_t q = 0; q < d.Q; ++q)
         max_window(d, xp, x.stride[2], x.stride[3], p, q,
@@ -450,8 +597,9 @@ void avg_fwd_generic(const PoolDesc& d, const Tensor4& x, const Tensor4& y, int 
   const T* X = static_cast<const T*>(x.data);
   T* Y = static_cast<T*>(y.data);
   parallel_ranges(d.N * d.C * d.P, (d.H * d.W + d.P * d.Q) * d.N * d.C, nthreads, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t p = r % d.P, nc = r / d.P, c = nc % d.C, n = nc / d.C;
+    Counter3 it(r0, d.C, d.P);
+    for (int64_t r = r0; r < r1; ++r, it.next()) {
+      const int64_t n = it.a, c = it.b, p = it.c;
       const T* xp = X + n * x.stride[0] + c * x.stride[1];
       for (int64_t q = 0; q < d.Q; ++q)
         Y[n * y.stride[0] + c * y.stride[1] + p * y.stride[2] + q * y.stride[3]] =
@@ -498,20 +646,6 @@ void avg_fwd(const PoolDesc& d, const Tensor4& x, const Tensor4& y, int nthreads
 // Backward. dx[n, c] = sum over outputs (p, q) in row-major order of their contribution; each task
 // owns a disjoint slice of dx and zeroes it first.
 
-// Zero dx[n, c0:c1, :, :].
-template <typename T>
-inline void zero_slice(const Tensor4& dx, int64_t n, int64_t c0, int64_t c1) {
-  T* D = static_cast<T*>(dx.data) + n * dx.stride[0];
-  const int64_t sc = dx.stride[1], sh = dx.stride[2], sw = dx.stride[3];
-  for (int64_t h = 0; h < dx.size[2]; ++h)
-    for (int64_t w = 0; w < dx.size[3]; ++w) {
-      T* p = D + h * sh + w * sw;
-      if (sc == 1)
-        std::memset(static_cast<void*>(p + c0), 0, sizeof(T) * (c1 - c0));
-      else
-        for (int64_t c = c0; c < c1; ++c) p[c * sc] = T(0);
-    }
-}
 template <typename T>
 inline void zero_plane(const Tensor4& dx, int64_t n, int64_t c) {
   T* D = static_cast<T*>(dx.data) + n * dx.stride[0] + c * dx.stride[1];
@@ -529,6 +663,25 @@ inline void zero_plane(const Tensor4& dx, int64_t n, int64_t c) {
   }
 }
 
+// Zero dx[n, c0:c1, :, :].
+template <typename T>
+inline void zero_slice(const Tensor4& dx, int64_t n, int64_t c0, int64_t c1) {
+  if (c1 == c0 + 1 && dx.stride[1] != 1) return zero_plane<T>(dx, n, c0);
+  T* D = static_cast<T*>(dx.data) + n * dx.stride[0];
+  const int64_t sc = dx.stride[1], sh = dx.stride[2], sw = dx.stride[3];
+  if (sc == 1 && c0 == 0 && c1 == dx.size[1] && sw == c1 && sh == dx.size[3] * sw) {  // one dense image
+    std::memset(static_cast<void*>(D), 0, sizeof(T) * dx.size[2] * sh);
+    return;
+  }
+  for (int64_t h = 0; h < dx.size[2]; ++h)
+    for (int64_t w = 0; w < dx.size[3]; ++w) {
+      T* p = D + h * sh + w * sw;
+      if (sc == 1)
+        std::memset(static_cast<void*>(p + c0), 0, sizeof(T) * (c1 - c0));
+      else
+        for (int64_t c = c0; c < c1; ++c) p[c * sc] = T(0);
+    }
+}
 // Channel blocks for channels_last backward: enough (n, block) tasks to balance the threads.
 inline int64_t channel_block(const PoolDesc& d, int nthreads, int L) {
   int64_t want = 4 * std::max(nthreads, 1);
@@ -539,116 +692,198 @@ inline int64_t channel_block(const PoolDesc& d, int nthreads, int L) {
   return std::max<int64_t>(cb, L);
 }
 
+// Outputs whose window covers input row (or column) h: p in [lo, hi] with (h + pad - p*stride) a
+// multiple of dil (always true for dil == 1); empty when lo > hi.
+struct Cover {
+  int64_t lo, hi;
+};
+inline Cover cover(int64_t h, int64_t pad, int64_t stride, int64_t k, int64_t dil, int64_t P) {
+  const int64_t a = h + pad, first = a - (k - 1) * dil;  // a = p*stride + i*dil, 0 <= i < k
+  return {first <= 0 ? 0 : (first + stride - 1) / stride, std::min(a / stride, P - 1)};
+}
+// max backward, scatter form: any indices (those outside the plane are skipped).
 template <typename T>
-void max_bwd(const PoolDesc& d, const Tensor4& dy, const Tensor4& ind, const Tensor4& dx, int nthreads) {
-  const T* DY = static_cast<const T*>(dy.data);
-  const int64_t* IND = static_cast<const int64_t*>(ind.data);
-  T* DX = static_cast<T*>(dx.data);
+void max_bwd_scatter_slice(const PoolDesc& d, const Tensor4& dy, const Tensor4& ind, const Tensor4& dx, int64_t n,
+                           int64_t c0, int64_t c1) {
   const int64_t plane = d.H * d.W;
-  const int64_t cost = (d.H * d.W + 2 * d.P * d.Q) * d.N * d.C;
-  // dx offset of flat index i = h * W + w; one multiply when the plane's rows are evenly spaced.
-  const bool flat = dx.stride[2] == d.W * dx.stride[3] || d.H == 1;
-  auto dx_off = [&](int64_t i) {
-    return flat ? i * dx.stride[3] : (i / d.W) * dx.stride[2] + (i % d.W) * dx.stride[3];
-  };
-  if (dx.stride[1] == 1 && d.C > 1) {
-    const int64_t cb = channel_block(d, nthreads, Vec<T>::L), nblk = (d.C + cb - 1) / cb;
-    parallel_ranges(d.N * nblk, cost, nthreads, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t n = t / nblk, c0 = (t % nblk) * cb, c1 = std::min(c0 + cb, d.C);
-        zero_slice<T>(dx, n, c0, c1);
-        T* dxn = DX + n * dx.stride[0];
-        for (int64_t p = 0; p < d.P; ++p)
-          for (int64_t q = 0; q < d.Q; ++q) {
-            const T* g = DY + n * dy.stride[0] + p * dy.stride[2] + q * dy.stride[3];
-            const int64_t* ix = IND + n * ind.stride[0] + p * ind.stride[2] + q * ind.stride[3];
-            for (int64_t c = c0; c < c1; ++c) {
-              const int64_t i = ix[c * ind.stride[1]];
-              if ((uint64_t)i < (uint64_t)plane) dxn[dx_off(i) + c * dx.stride[1]] += g[c * dy.stride[1]];
-            }
-          }
+  const bool flat = dx.stride[2] == d.W * dx.stride[3] || d.H == 1;  // offset of h*W+w is one multiply
+  zero_slice<T>(dx, n, c0, c1);
+  T* dxn = static_cast<T*>(dx.data) + n * dx.stride[0];
+  const T* DY = static_cast<const T*>(dy.data) + n * dy.stride[0];
+  const int64_t* IND = static_cast<const int64_t*>(ind.data) + n * ind.stride[0];
+  if (c1 == c0 + 1 && flat && dx.stride[3] == 1 && dy.stride[3] == 1 && ind.stride[3] == 1) {  // NCHW rows
+    T* dxp = dxn + c0 * dx.stride[1];
+    for (int64_t p = 0; p < d.P; ++p) {
+      const T* g = DY + c0 * dy.stride[1] + p * dy.stride[2];
+      const int64_t* ix = IND + c0 * ind.stride[1] + p * ind.stride[2];
+      for (int64_t q = 0; q < d.Q; ++q) {
+        const int64_t i = ix[q];
+        if ((uint64_t)i < (uint64_t)plane) dxp[i] += g[q];
       }
-    });
+    }
     return;
   }
-  parallel_ranges(d.N * d.C, cost, nthreads, [&](int64_t t0, int64_t t1) {
+  if (flat && dx.stride[1] == 1 && dy.stride[1] == 1 && ind.stride[1] == 1) {  // channels_last
+    const int64_t sdw = dx.stride[3];
+    for (int64_t p = 0; p < d.P; ++p)
+      for (int64_t q = 0; q < d.Q; ++q) {
+        const T* g = DY + p * dy.stride[2] + q * dy.stride[3];
+        const int64_t* ix = IND + p * ind.stride[2] + q * ind.stride[3];
+        for (int64_t c = c0; c < c1; ++c) {
+          const int64_t i = ix[c];
+          if ((uint64_t)i < (uint64_t)plane) dxn[i * sdw + c] += g[c];
+        }
+      }
+    return;
+  }
+  for (int64_t p = 0; p < d.P; ++p)
+    for (int64_t q = 0; q < d.Q; ++q) {
+      const T* g = DY + p * dy.stride[2] + q * dy.stride[3];
+      const int64_t* ix = IND + p * ind.stride[2] + q * ind.stride[3];
+      for (int64_t c = c0; c < c1; ++c) {
+        const int64_t i = ix[c * ind.stride[1]];
+        if ((uint64_t)i >= (uint64_t)plane) continue;
+        const int64_t off = flat ? i * dx.stride[3] : (i / d.W) * dx.stride[2] + (i % d.W) * dx.stride[3];
+        dxn[off + c * dx.stride[1]] += g[c * dy.stride[1]];
+      }
+    }
+}
+
+template <typename T>
+void max_bwd(const PoolDesc& d, const Tensor4& dy, const Tensor4& ind, const Tensor4& dx, int nthreads) {
+  const int64_t cost = (d.H * d.W + 2 * d.P * d.Q) * d.N * d.C;
+  const int64_t cb = dx.stride[1] == 1 && d.C > 1 ? channel_block(d, nthreads, Vec<T>::L) : 1;
+  const int64_t nblk = (d.C + cb - 1) / cb;
+  parallel_ranges(d.N * nblk, cost, nthreads, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n = t / d.C, c = t % d.C;
-      zero_plane<T>(dx, n, c);
-      T* dxp = DX + n * dx.stride[0] + c * dx.stride[1];
-      const T* g = DY + n * dy.stride[0] + c * dy.stride[1];
-      const int64_t* ix = IND + n * ind.stride[0] + c * ind.stride[1];
+      const int64_t n = t / nblk, c0 = (t % nblk) * cb;
+      max_bwd_scatter_slice<T>(d, dy, ind, dx, n, c0, std::min(c0 + cb, d.C));
+    }
+  });
+}
+
+// avg backward, channels_last dx: scatter of dy/divisor over each window, vectorized along c.
+template <typename T>
+void avg_bwd_nhwc(const PoolDesc& d, const Tensor4& dy, const Tensor4& dx, int nthreads) {
+  using V = typename Vec<T>::v;
+  constexpr int L = Vec<T>::L;
+  const T* DY = static_cast<const T*>(dy.data);
+  T* DX = static_cast<T*>(dx.data);
+  const int64_t cb = channel_block(d, nthreads, L), nblk = (d.C + cb - 1) / cb;
+  const int64_t sdc = dy.stride[1];
+  parallel_ranges(d.N * nblk, (d.H * d.W + d.P * d.Q) * d.N * d.C, nthreads, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / nblk, c0 = (t % nblk) * cb, c1 = std::min(c0 + cb, d.C);
+      zero_slice<T>(dx, n, c0, c1);
+      T* dxn = DX + n * dx.stride[0];
       for (int64_t p = 0; p < d.P; ++p)
         for (int64_t q = 0; q < d.Q; ++q) {
-          const int64_t i = ix[p * ind.stride[2] + q * ind.stride[3]];
-          if ((uint64_t)i < (uint64_t)plane) dxp[dx_off(i)] += g[p * dy.stride[2] + q * dy.stride[3]];
+          const AvgRange ar = avg_range(d, p, q);
+          if (ar.h0 >= ar.h1 || ar.w0 >= ar.w1) continue;
+          const T* g = DY + n * dy.stride[0] + p * dy.stride[2] + q * dy.stride[3];
+          int64_t c = c0;
+          for (; c + L <= c1; c += L) {
+            V gv;
+            if (sdc == 1)
+              gv = loadu<V>(g + c);
+            else
+              for (int l = 0; l < L; ++l) gv[l] = g[(c + l) * sdc];
+            gv = divide(gv, T(ar.divisor));
+            for (int64_t h = ar.h0; h < ar.h1; ++h)
+              for (int64_t w = ar.w0; w < ar.w1; ++w) {
+                T* px = dxn + h * dx.stride[2] + w * dx.stride[3] + c;
+                storeu(px, loadu<V>(px) + gv);
+              }
+          }
+          for (; c < c1; ++c) {
+            const T gs = g[c * sdc] / T(ar.divisor);
+            for (int64_t h = ar.h0; h < ar.h1; ++h)
+              for (int64_t w = ar.w0; w < ar.w1; ++w) dxn[h * dx.stride[2] + w * dx.stride[3] + c] += gs;
+          }
         }
+    }
+  });
+}
+
+// avg backward, one (n, c) plane at a time, gather form vectorized along w. With G[p, q] = dy / divisor
+// (0 for an empty window) and U_p the row G[p, :] spread to columns t = q*stride_w (zeros between and
+// around), dx[h, w] = sum over p covering h, ascending, of sum_{t = w+pad-k+1 .. w+pad} U_p[t]: the terms
+// come in torch's (p, q) scatter order and the zeros add +0 to a sum that started at +0, so the result is
+// bitwise the scatter's, every dx element is written once and all loads are contiguous.
+template <typename T>
+void avg_bwd_nchw(const PoolDesc& d, const Tensor4& dy, const Tensor4& dx, int nthreads) {
+  using V = typename Vec<T>::v;
+  constexpr int L = Vec<T>::L;
+  const T* DY = static_cast<const T*>(dy.data);
+  T* DX = static_cast<T*>(dx.data);
+  const int64_t kw = d.kernel_w, ulen = d.W + d.pad_w + kw - 1;  // U_p[t] at u[p*ulen + t + kw - 1]
+  const int64_t sdh = dx.stride[2], sdw = dx.stride[3], sw = d.stride_w;
+  std::vector<T> divs(d.P * d.Q);  // divisor of each window, 0 for an empty one (no contribution)
+  for (int64_t p = 0; p < d.P; ++p)
+    for (int64_t q = 0; q < d.Q; ++q) {
+      const AvgRange ar = avg_range(d, p, q);
+      divs[p * d.Q + q] = (ar.h0 >= ar.h1 || ar.w0 >= ar.w1) ? T(0) : T(ar.divisor);
+    }
+  parallel_ranges(d.N * d.C, (d.H * d.W + d.P * d.Q) * d.N * d.C, nthreads, [&](int64_t t0, int64_t t1) {
+    std::vector<T> u(d.P * ulen);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / d.C, c = t % d.C;
+      const T* g = DY + n * dy.stride[0] + c * dy.stride[1];
+      T* dxp = DX + n * dx.stride[0] + c * dx.stride[1];
+      std::fill(u.begin(), u.end(), T(0));
+      for (int64_t p = 0; p < d.P; ++p) {
+        const T* gr = g + p * dy.stride[2];
+        const T* dr = divs.data() + p * d.Q;
+        T* ur = u.data() + p * ulen + kw - 1;
+        int64_t q = 0;
+        if (dy.stride[3] == 1)
+          for (; q + L <= d.Q; q += L) {
+            const V dv = loadu<V>(dr + q);
+            const V gv = dv != 0 ? loadu<V>(gr + q) / dv : V{};
+            if (sw == 1)
+              storeu(ur + q, gv);
+            else
+              for (int l = 0; l < L; ++l) ur[(q + l) * sw] = gv[l];
+          }
+        for (; q < d.Q; ++q)
+          if (dr[q] != 0) ur[q * sw] = gr[q * dy.stride[3]] / dr[q];
+      }
+      for (int64_t h = 0; h < d.H; ++h) {
+        const Cover cp = cover(h, d.pad_h, d.stride_h, d.kernel_h, 1, d.P);
+        T* row = dxp + h * sdh;
+        int64_t w = 0;
+        if (sdw == 1 && d.W >= L) {
+          for (int64_t wc = 0;; wc += L) {  // last chunk overlaps: each element is computed, not added
+            w = std::min(wc, d.W - L);
+            V acc = V{};
+            for (int64_t p = cp.lo; p <= cp.hi; ++p) {
+              const T* up = u.data() + p * ulen + w + d.pad_w;
+              for (int64_t j = 0; j < kw; ++j) acc += loadu<V>(up + j);
+            }
+            storeu(row + w, acc);
+            if (w + L >= d.W) break;
+          }
+          w = d.W;
+        }
+        for (; w < d.W; ++w) {
+          T acc = 0;
+          for (int64_t p = cp.lo; p <= cp.hi; ++p) {
+            const T* up = u.data() + p * ulen + w + d.pad_w;
+            for (int64_t j = 0; j < kw; ++j) acc += up[j];
+          }
+          row[w * sdw] = acc;
+        }
+      }
     }
   });
 }
 
 template <typename T>
 void avg_bwd(const PoolDesc& d, const Tensor4& dy, const Tensor4& dx, int nthreads) {
-  using V = typename Vec<T>::v;
-  constexpr int L = Vec<T>::L;
-  const T* DY = static_cast<const T*>(dy.data);
-  T* DX = static_cast<T*>(dx.data);
-  const int64_t cost = (d.H * d.W + d.P * d.Q) * d.N * d.C;
-  if (dx.stride[1] == 1 && d.C > 1) {
-    const int64_t cb = channel_block(d, nthreads, L), nblk = (d.C + cb - 1) / cb;
-    const int64_t sdc = dy.stride[1];
-    parallel_ranges(d.N * nblk, cost, nthreads, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t n = t / nblk, c0 = (t % nblk) * cb, c1 = std::min(c0 + cb, d.C);
-        zero_slice<T>(dx, n, c0, c1);
-        T* dxn = DX + n * dx.stride[0];
-        for (int64_t p = 0; p < d.P; ++p)
-          for (int64_t q = 0; q < d.Q; ++q) {
-            const AvgRange ar = avg_range(d, p, q);
-            if (ar.h0 >= ar.h1 || ar.w0 >= ar.w1) continue;
-            const T* g = DY + n * dy.stride[0] + p * dy.stride[2] + q * dy.stride[3];
-            const V div = V{} + T(ar.divisor);
-            int64_t c = c0;
-            for (; c + L <= c1; c += L) {
-              V gv;
-              if (sdc == 1)
-                gv = loadu<V>(g + c);
-              else
-                for (int l = 0; l < L; ++l) gv[l] = g[(c + l) * sdc];
-              gv = gv / div;
-              for (int64_t h = ar.h0; h < ar.h1; ++h)
-                for (int64_t w = ar.w0; w < ar.w1; ++w) {
-                  T* px = dxn + h * dx.stride[2] + w * dx.stride[3] + c;
-                  storeu(px, loadu<V>(px) + gv);
-                }
-            }
-            for (; c < c1; ++c) {
-              const T gs = g[c * sdc] / T(ar.divisor);
-              for (int64_t h = ar.h0; h < ar.h1; ++h)
-                for (int64_t w = ar.w0; w < ar.w1; ++w) dxn[h * dx.stride[2] + w * dx.stride[3] + c] += gs;
-            }
-          }
-      }
-    });
-    return;
-  }
-  parallel_ranges(d.N * d.C, cost, nthreads, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n = t / d.C, c = t % d.C;
-      zero_plane<T>(dx, n, c);
-      T* dxp = DX + n * dx.stride[0] + c * dx.stride[1];
-      const T* g = DY + n * dy.stride[0] + c * dy.stride[1];
-      const int64_t sh = dx.stride[2], sw = dx.stride[3];
-      for (int64_t p = 0; p < d.P; ++p)
-        for (int64_t q = 0; q < d.Q; ++q) {
-          const AvgRange ar = avg_range(d, p, q);
-          if (ar.h0 >= ar.h1 || ar.w0 >= ar.w1) continue;
-          const T gs = g[p * dy.stride[2] + q * dy.stride[3]] / T(ar.divisor);
-          for (int64_t h = ar.h0; h < ar.h1; ++h)
-            for (int64_t w = ar.w0; w < ar.w1; ++w) dxp[h * sh + w * sw] += gs;
-        }
-    }
-  });
+  if (dx.stride[1] == 1 && d.C > 1)
+    avg_bwd_nhwc<T>(d, dy, dx, nthreads);
+  else
+    avg_bwd_nchw<T>(d, dy, dx, nthreads);
 }
 
 }  // namespace

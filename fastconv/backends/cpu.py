@@ -9,7 +9,7 @@ rounded once at the end (torch's CPU kernels also accumulate these in float32).
 from __future__ import annotations
 
 import functools
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 
@@ -31,8 +31,25 @@ def _t4(t: torch.Tensor):
     return (t.data_ptr(), list(t.shape), list(t.stride()))
 
 
-def _threads() -> int:
-    return torch.get_num_threads()
+# Below these sizes a kernel runs on one thread: an OpenMP fork/join costs microseconds on an idle
+# machine and a scheduler time slice (milliseconds) when another process holds a core, which made a
+# 2-thread LeNet step on 8x8 digits 10x slower than the 1-thread one on a loaded machine. torch's own
+# CPU ops use a similar grain size (at::internal::GRAIN_SIZE = 32768 elements).
+_CONV_SERIAL_MACS = 1 << 20      # multiply-adds of one convolution pass
+_POOL_SERIAL_ELEMENTS = 1 << 16  # input elements of one pooling pass
+
+
+def _threads(work: int, serial_below: int) -> int:
+    return 1 if work < serial_below else torch.get_num_threads()
+
+
+def _conv_threads(x: torch.Tensor, w: torch.Tensor, out_hw) -> int:
+    macs = x.shape[0] * w.shape[0] * out_hw[0] * out_hw[1] * w.shape[1] * w.shape[2] * w.shape[3]
+    return _threads(macs, _CONV_SERIAL_MACS)
+
+
+def _pool_threads(x: torch.Tensor) -> int:
+    return _threads(x.numel(), _POOL_SERIAL_ELEMENTS)
 
 
 def _upcasting(fn):
@@ -110,7 +127,7 @@ class CpuBackend(Backend):
             bias = bias.contiguous()
         d = conv_desc(x, w, stride, padding, dilation, groups, out_hw)
         _C.conv2d_fwd(d, _dtype_code(x), _t4(x), _t4(w), bias.data_ptr() if bias is not None else 0,
-                      _t4(y), bool(relu), _threads())
+                      _t4(y), bool(relu), _conv_threads(x, w, out_hw))
         return y
 
     @_upcasting
@@ -122,7 +139,7 @@ class CpuBackend(Backend):
             return dx.zero_()
         d = conv_desc(x, w, stride, padding, dilation, groups, dy.shape[2:])
         _C.conv2d_dgrad(d, _dtype_code(x), _t4(dy), _t4(w), _t4(relu_y) if relu_y is not None else None,
-                        _t4(dx), _threads())
+                        _t4(dx), _conv_threads(x, w, dy.shape[2:]))
         return dx
 
     @_upcasting
@@ -135,7 +152,8 @@ class CpuBackend(Backend):
             return (dw.zero_() if dw is not None else None), (db.zero_() if db is not None else None)
         d = conv_desc(x, w, stride, padding, dilation, groups, dy.shape[2:])
         _C.conv2d_wgrad(d, _dtype_code(x), _t4(dy), _t4(x), _t4(relu_y) if relu_y is not None else None,
-                        _t4(dw) if dw is not None else None, db.data_ptr() if db is not None else 0, _threads())
+                        _t4(dw) if dw is not None else None, db.data_ptr() if db is not None else 0,
+                        _conv_threads(x, w, dy.shape[2:]))
         return dw, db
 
     @_upcasting
@@ -148,7 +166,7 @@ class CpuBackend(Backend):
         if y.numel() == 0:
             return y, idx
         d = pool_desc(x, out_hw, kernel, stride, padding, dilation)
-        _C.max_pool2d_fwd(d, _dtype_code(x), _t4(x), _t4(y), _t4(idx) if idx is not None else None, _threads())
+        _C.max_pool2d_fwd(d, _dtype_code(x), _t4(x), _t4(y), _t4(idx) if idx is not None else None, _pool_threads(x))
         return y, idx
 
     @_upcasting
@@ -157,7 +175,7 @@ class CpuBackend(Backend):
         if dx.numel() == 0:
             return dx
         d = pool_desc(x, dy.shape[2:], kernel, stride, padding, dilation)
-        _C.max_pool2d_bwd(d, _dtype_code(x), _t4(dy), _t4(indices), _t4(dx), _threads())
+        _C.max_pool2d_bwd(d, _dtype_code(x), _t4(dy), _t4(indices), _t4(dx), _pool_threads(x))
         return dx
 
     @_upcasting
@@ -167,7 +185,7 @@ class CpuBackend(Backend):
         if y.numel() == 0:
             return y
         d = pool_desc(x, out_hw, kernel, stride, padding, (1, 1), count_include_pad, divisor_override)
-        _C.avg_pool2d_fwd(d, _dtype_code(x), _t4(x), _t4(y), _threads())
+        _C.avg_pool2d_fwd(d, _dtype_code(x), _t4(x), _t4(y), _pool_threads(x))
         return y
 
     @_upcasting
@@ -176,5 +194,5 @@ class CpuBackend(Backend):
         if dx.numel() == 0:
             return dx
         d = pool_desc(x, dy.shape[2:], kernel, stride, padding, (1, 1), count_include_pad, divisor_override)
-        _C.avg_pool2d_bwd(d, _dtype_code(x), _t4(dy), _t4(dx), _threads())
+        _C.avg_pool2d_bwd(d, _dtype_code(x), _t4(dy), _t4(dx), _pool_threads(x))
         return dx

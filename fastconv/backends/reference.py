@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._utils import memory_format_of
 from . import Backend
 
 
@@ -24,7 +25,8 @@ class ReferenceBackend(Backend):
         return dy if relu_y is None else dy * (relu_y > 0).to(dy.dtype)
 
     def conv2d_dgrad(self, dy, x, w, relu_y, stride, padding, dilation, groups):
-        return torch.nn.grad.conv2d_input(x.shape, w, self._masked(dy, relu_y), stride, padding, dilation, groups)
+        dx = torch.nn.grad.conv2d_input(x.shape, w, self._masked(dy, relu_y), stride, padding, dilation, groups)
+        return dx.contiguous(memory_format=memory_format_of(x))  # the layout the op promises
 
     def conv2d_wgrad(self, dy, x, w, relu_y, stride, padding, dilation, groups, need_weight, need_bias):
         dy = self._masked(dy, relu_y)

@@ -106,5 +106,7 @@ def _backward(ctx, grad_output):
     return grad_input, grad_weight, grad_bias, None, None, None, None
 
 
-conv2d.register_autograd(_backward, setup_context=lambda ctx, inputs, output: _setup_context(ctx, inputs, output, False))
-conv2d_relu.register_autograd(_backward, setup_context=lambda ctx, inputs, output: _setup_context(ctx, inputs, output, True))
+conv2d.register_autograd(
+    _backward, setup_context=lambda ctx, inputs, output: _setup_context(ctx, inputs, output, relu=False))
+conv2d_relu.register_autograd(
+    _backward, setup_context=lambda ctx, inputs, output: _setup_context(ctx, inputs, output, relu=True))

@@ -1,0 +1,224 @@
+"""pytest-benchmark harness for fastconv vs torch (the baseline is measured in the same run).
+
+Every benchmark is parametrized impl in {torch, fastconv} x shape x layout (x op x mode) and put in the
+pytest-benchmark group "op/mode/shape/layout", so each torch baseline sits next to ours. A session
+collector keeps the median of both, writes the ratio into both benchmarks' extra_info, and at the end
+prints one table per op/mode (median ms, GFLOP/s or GB/s, % of the measured machine peak, ratio =
+torch_time / our_time, > 1 means fastconv is faster, and the geometric mean of the ratios).
+
+    pytest bench/ --benchmark-only                        # full tables (a few minutes on 2 cores)
+    pytest bench/ --benchmark-only --bench-short          # smoke test for CI (seconds)
+    pytest bench/ --benchmark-only --fastconv-report bench/results/cpu.json
+
+Options (command line, or the environment for CI):
+  --bench-short / FASTCONV_BENCH_SHORT=1      a few shapes at N=2, few rounds
+  --fastconv-backend / FASTCONV_BENCH_BACKEND  backend for the 'fastconv' impl (default 'cpu')
+  --fastconv-report PATH                      also write the tables, machine and versions as JSON
+  FASTCONV_BENCH_THREADS                      torch and kernel threads (default 2)
+  FASTCONV_BENCH_TARGET_S                     measured time per benchmark (default 1.0 s, short 0.05 s)
+
+Before a fastconv benchmark is timed, its result (the output, or every gradient) is compared with
+torch's; a wrong result fails the test and no speed is recorded. A kernel that raises "not
+implemented" skips that benchmark (its torch baseline still runs and the table shows n/a).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import pytest
+import torch
+
+import fastconv
+
+from ._harness import (BusyMeter, Case, Collector, Record, cpu_isa, cpu_model, format_tables, git_commit,
+                       machine_peak, quantile, time_once)
+
+IMPLS = ("torch", "fastconv")
+LAYOUTS = ("nchw", "channels_last")
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("fastconv-bench", "fastconv benchmarks")
+    group.addoption("--bench-short", action="store_true", default=_env_flag("FASTCONV_BENCH_SHORT"),
+                    help="smoke-test mode: few shapes, N=2, few rounds (env FASTCONV_BENCH_SHORT=1)")
+    group.addoption("--fastconv-backend", default=os.environ.get("FASTCONV_BENCH_BACKEND", "cpu"),
+                    help="fastconv backend benchmarked against torch (default: cpu; env FASTCONV_BENCH_BACKEND)")
+    group.addoption("--fastconv-report", default=None, metavar="PATH",
+                    help="write the fastconv-vs-torch ratio tables, machine and versions to this JSON file")
+
+
+@dataclasses.dataclass
+class BenchConfig:
+    short: bool
+    backend: str
+    threads: int
+    target_s: float      # measured time per benchmark: rounds = target_s / (time of one call)
+    warmup_s: float      # warm-up time per benchmark (at least WARMUP_CALLS calls)
+    min_rounds: int
+    max_rounds: int
+    report: Optional[str]
+
+    WARMUP_CALLS = 2
+
+
+def pytest_configure(config):
+    short = bool(config.getoption("--bench-short"))
+    cfg = BenchConfig(
+        short=short,
+        backend=str(config.getoption("--fastconv-backend")).strip().lower(),
+        threads=int(os.environ.get("FASTCONV_BENCH_THREADS", "2")),
+        target_s=float(os.environ.get("FASTCONV_BENCH_TARGET_S", 0.05 if short else 1.0)),
+        warmup_s=0.01 if short else 0.25,
+        min_rounds=3 if short else 5,
+        max_rounds=10 if short else 200,
+        report=config.getoption("--fastconv-report"),
+    )
+    config._fastconv_bench = cfg
+    config._fastconv_collector = Collector()
+    config._fastconv_busy = BusyMeter()
+    torch.set_num_threads(cfg.threads)
+
+
+@pytest.fixture(scope="session")
+def bench_config(pytestconfig) -> BenchConfig:
+    return pytestconfig._fastconv_bench
+
+
+@pytest.hookimpl(trylast=True)  # after the @parametrize markers (op, mode): impl varies fastest, so each
+def pytest_generate_tests(metafunc):  # torch baseline runs right before its fastconv pair
+    # The shape tables live in fastconv.benchmarks, shared with the `fastconv bench` command.
+    from fastconv.benchmarks import TABLES, short_table
+
+    cfg: BenchConfig = metafunc.config._fastconv_bench
+    for fixture, table in (("conv_shape", "cpu_conv"), ("pool_shape", "cpu_pool")):
+        if fixture in metafunc.fixturenames:
+            shapes = short_table(table) if cfg.short else TABLES[table]
+            metafunc.parametrize(fixture, shapes, ids=[s.name for s in shapes])
+    if "layout" in metafunc.fixturenames:
+        metafunc.parametrize("layout", LAYOUTS)
+    if "impl" in metafunc.fixturenames:
+        metafunc.parametrize("impl", IMPLS)
+
+
+def _not_implemented(exc: BaseException) -> bool:
+    return isinstance(exc, NotImplementedError) or (
+        isinstance(exc, RuntimeError) and "not implemented" in str(exc).lower())
+
+
+@pytest.fixture
+def run_case(benchmark, pytestconfig):
+    """run_case(case, fn, check=None). For fastconv: runs check() once (it raises on a result that
+    differs from torch's) under the chosen backend. Then warms up, picks the rounds from the time of
+    one call, times fn with benchmark.pedantic and records the median for the ratio table."""
+    cfg: BenchConfig = pytestconfig._fastconv_bench
+    collector: Collector = pytestconfig._fastconv_collector
+
+    def run(case: Case, fn: Callable[[], Any], check: Optional[Callable[[], None]] = None) -> None:
+        benchmark.group = case.group  # must be set before pedantic(): pytest-benchmark copies it then
+        info = benchmark.extra_info
+        info.update(op=case.op, mode=case.mode, shape=case.shape.name, layout=case.layout, impl=case.impl,
+                    backend=cfg.backend if case.impl == "fastconv" else "torch", dtype="float32",
+                    threads=torch.get_num_threads(), work=case.work, unit=case.unit,
+                    shape_params={k: v for k, v in dataclasses.asdict(case.shape).items() if k != "name"})
+        ctx = _nullcontext()
+        if case.impl == "fastconv":
+            backend = fastconv.backends.registered().get(cfg.backend)
+            ok, why = backend.availability() if backend else (False, "unknown backend")
+            if not ok:
+                collector.skip(case, f"backend {cfg.backend!r} unavailable: {why}")
+                pytest.skip(f"fastconv backend {cfg.backend!r} unavailable: {why}")
+            ctx = fastconv.use_backend(cfg.backend)
+        with ctx:
+            try:
+                if check is not None and case.impl == "fastconv":
+                    check()
+                if not benchmark.enabled:  # --benchmark-disable: the check and one plain call
+                    benchmark.pedantic(fn, rounds=1)
+                    return
+                times: List[float] = []  # warm-up: first calls, allocator, OpenMP pool, caches
+                t0 = time.perf_counter()
+                while len(times) < cfg.WARMUP_CALLS or time.perf_counter() - t0 < cfg.warmup_s:
+                    times.append(time_once(fn))
+            except Exception as exc:  # noqa: BLE001
+                if case.impl == "fastconv" and _not_implemented(exc):
+                    collector.skip(case, str(exc))
+                    pytest.skip(f"fastconv {cfg.backend}: {case.op} {case.mode} not implemented yet ({exc})")
+                raise
+            one = statistics.median(times[1:])
+            rounds = int(min(cfg.max_rounds, max(cfg.min_rounds, math.ceil(cfg.target_s / max(one, 1e-9)))))
+            meter = BusyMeter()
+            benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1, iterations=1)
+            busy = meter.others()
+        stats = getattr(benchmark, "stats", None)
+        if not stats:  # --benchmark-disable: the check ran, nothing was timed
+            return
+        data = sorted(stats.stats.data)
+        rec = Record(case=case, median=statistics.median(data), p20=quantile(data, 0.2),
+                     p80=quantile(data, 0.8), rounds=len(data), busy=busy, extra_info=info)
+        info.update(median_ms=rec.median * 1e3, p20_ms=rec.p20 * 1e3, p80_ms=rec.p80 * 1e3,
+                    throughput=rec.throughput, others_cpu_share=busy)
+        collector.add(rec)
+
+    return run
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-benchmark's own tables
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    collector: Optional[Collector] = getattr(config, "_fastconv_collector", None)
+    if collector is None or not collector.rows:
+        return
+    cfg: BenchConfig = config._fastconv_bench
+    busy_run = config._fastconv_busy.others()
+    timed = any(r["torch"] or r["fastconv"] for r in collector.rows.values())
+    peak = dict(machine_peak()) if timed else {}
+    tables = collector.tables(peak)
+    terminalreporter.section("fastconv vs torch")
+    for line in format_tables(tables, cfg.backend, cfg.threads, peak):
+        terminalreporter.write_line(line)
+    if busy_run is not None:
+        terminalreporter.write_line(f"\nother processes used {100 * busy_run:.1f}% of the CPU time during the run")
+    if cfg.report:
+        report = {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "device": "cpu",
+            "cpu": cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "cpu_isa": cpu_isa(),
+            "threads": cfg.threads,
+            "fastconv": fastconv.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "git_commit": git_commit(),
+            "backend": cfg.backend,
+            "short": cfg.short,
+            "dtype": "float32",
+            "others_cpu_share": busy_run,
+            "peak": peak,
+            "ratio": "torch_time / fastconv_time (> 1: fastconv faster)",
+            "tables": tables,
+        }
+        path = Path(cfg.report)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        terminalreporter.write_line(f"fastconv report written to {path}")

@@ -1,0 +1,106 @@
+"""One full training step of ResNet-18 (CIFAR stem, 32x32, 10 classes, batch 32): forward, cross-entropy,
+backward, SGD with momentum, fastconv.nn layers vs torch.nn layers (same weights), float32, NCHW and
+channels_last. Batch norm, ReLU, the residual adds, the linear layer and the optimizer are torch's in
+both: the ratio is the whole-network effect of fastconv's conv and pooling kernels.
+
+    pytest bench/test_train_step.py --benchmark-only        # batch 32
+    FASTCONV_BENCH_SHORT=1 pytest bench/test_train_step.py --benchmark-only   # batch 4 (CI smoke)
+
+The ratio (torch time / fastconv time, > 1: fastconv faster) is printed in the "fastconv vs torch"
+table at the end of the run (op resnet18_cifar, mode train_step) and stored in extra_info.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from fastconv.models import build_model
+
+from ._harness import Case
+
+NUM_CLASSES = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class StepShape:
+    name: str
+    batch: int
+    image_size: int = 32
+
+
+def _shape(short: bool) -> StepShape:
+    batch = 4 if short else 32
+    return StepShape(f"N{batch}_3x32x32", batch)
+
+
+def _conv_flops(model, x) -> float:
+    """Forward FLOPs of the convolutions and the linear layer (2 per multiply-add); a training step
+    is counted as 3x that (forward, input gradient, weight gradient)."""
+    flops = [0.0]
+
+    def hook(m, inp, out):
+        if isinstance(m, torch.nn.Conv2d):
+            k = m.kernel_size[0] * m.kernel_size[1] * m.in_channels // m.groups
+            flops[0] += 2.0 * out.numel() * k
+        elif isinstance(m, torch.nn.Linear):
+            flops[0] += 2.0 * out.numel() * m.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return 3.0 * flops[0]
+
+
+def _setup(impl: str, layout: str, s: StepShape):
+    torch.manual_seed(0)
+    model = build_model("resnet18_cifar", NUM_CLASSES, 3, s.image_size,
+                        backend="fastconv" if impl == "fastconv" else "torch")
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(s.batch, 3, s.image_size, s.image_size, generator=g)
+    y = torch.randint(0, NUM_CLASSES, (s.batch,), generator=g)
+    if layout == "channels_last":
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step():
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return model, x, y, step
+
+
+def _check(layout: str, s: StepShape):
+    """Before timing: one step's loss and every gradient of the fastconv model equal torch's."""
+    def grads(impl):
+        model, x, y, _ = _setup(impl, layout, s)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss.detach(), {k: p.grad for k, p in model.named_parameters()}
+
+    def run():
+        loss_f, g_f = grads("fastconv")
+        loss_t, g_t = grads("torch")
+        torch.testing.assert_close(loss_f, loss_t, rtol=1e-4, atol=1e-5)
+        for k in g_t:
+            scale = max(1.0, g_t[k].abs().max().item())
+            torch.testing.assert_close(g_f[k], g_t[k], rtol=1e-3, atol=1e-4 * scale, msg=lambda m: f"grad {k}: {m}")
+
+    return run
+
+
+def test_resnet18_cifar_train_step(run_case, bench_config, layout, impl):
+    s = _shape(bench_config.short)
+    model, x, _, step = _setup(impl, layout, s)
+    case = Case(op="resnet18_cifar", mode="train_step", shape=s, layout=layout, impl=impl,
+                work=_conv_flops(model, x), unit="GFLOP/s")
+    run_case(case, step, check=_check(layout, s))

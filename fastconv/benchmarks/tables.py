@@ -1,0 +1,192 @@
+"""Benchmark shape tables and their work models (FLOPs for convolution, bytes for pooling).
+
+Letters as in CUTLASS: input N x C x H x W, filter K x (C/groups) x R x S, output N x K x P x Q.
+The FLOP count is the direct-convolution count, 2·N·K·P·Q·(C/groups)·R·S (a multiply and an add
+per MAC), whatever algorithm a backend uses, so GFLOP/s of different implementations compare the
+same work. Byte counts are the minimum traffic: every tensor read or written once, no re-reads.
+
+TABLES maps a table name to its shapes; later tables (ResNet-50, MobileNet, GPU sizes) are added
+there and picked up by bench/ and `fastconv bench` without further changes.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Dict, List, Sequence, Union
+
+# bytes per element of the benchmarked dtype (float32) and of max-pool indices (int64)
+F32 = 4
+I64 = 8
+
+
+def _out(size: int, kernel: int, stride: int, pad: int) -> int:
+    return (size + 2 * pad - kernel) // stride + 1
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    N: int
+    C: int
+    H: int
+    W: int
+    K: int
+    R: int
+    S: int
+    stride: int = 1
+    pad: int = 0
+    groups: int = 1
+    name: str = ""
+
+    def __post_init__(self):
+        if self.C % self.groups or self.K % self.groups:
+            raise ValueError(f"ConvShape {self.name or self.label}: C={self.C} and K={self.K} must be "
+                             f"divisible by groups={self.groups}")
+        if not self.name:
+            object.__setattr__(self, "name", self.label)
+
+    @property
+    def P(self) -> int:
+        return _out(self.H, self.R, self.stride, self.pad)
+
+    @property
+    def Q(self) -> int:
+        return _out(self.W, self.S, self.stride, self.pad)
+
+    @property
+    def label(self) -> str:
+        """Compact, id-safe description, e.g. n32c64h32w32k64r3s3u1p1g1."""
+        return (f"n{self.N}c{self.C}h{self.H}w{self.W}k{self.K}r{self.R}s{self.S}"
+                f"u{self.stride}p{self.pad}g{self.groups}")
+
+    @property
+    def input_shape(self):
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def weight_shape(self):
+        return (self.K, self.C // self.groups, self.R, self.S)
+
+    @property
+    def output_shape(self):
+        return (self.N, self.K, self.P, self.Q)
+
+    @property
+    def flops(self) -> int:
+        """Forward FLOPs: 2·N·K·P·Q·(C/groups)·R·S."""
+        return 2 * self.N * self.K * self.P * self.Q * (self.C // self.groups) * self.R * self.S
+
+    @property
+    def flops_fwd_bwd(self) -> int:
+        """Forward + input gradient + weight gradient: three GEMM-sized passes (bias grad and ReLU
+        mask are O(output) and not counted)."""
+        return 3 * self.flops
+
+    def bytes(self, itemsize: int = F32, bias: bool = True) -> int:
+        """Forward minimum traffic: read input, weight (and bias), write output."""
+        elems = (self.N * self.C * self.H * self.W + self.K * (self.C // self.groups) * self.R * self.S
+                 + (self.K if bias else 0) + self.N * self.K * self.P * self.Q)
+        return elems * itemsize
+
+    def with_batch(self, N: int) -> "ConvShape":
+        return dataclasses.replace(self, N=N, name=f"{self.name}@n{N}" if self.name != self.label else "")
+
+
+@dataclass(frozen=True)
+class PoolShape:
+    N: int
+    C: int
+    H: int
+    W: int
+    kernel: int
+    stride: int
+    pad: int = 0
+    op: str = "max"  # "max" or "avg"
+    name: str = ""
+
+    def __post_init__(self):
+        if self.op not in ("max", "avg"):
+            raise ValueError(f"PoolShape: op must be 'max' or 'avg', got {self.op!r}")
+        if not self.name:
+            object.__setattr__(self, "name", self.label)
+
+    @property
+    def P(self) -> int:
+        return _out(self.H, self.kernel, self.stride, self.pad)
+
+    @property
+    def Q(self) -> int:
+        return _out(self.W, self.kernel, self.stride, self.pad)
+
+    @property
+    def label(self) -> str:
+        return f"{self.op}-n{self.N}c{self.C}h{self.H}w{self.W}k{self.kernel}u{self.stride}p{self.pad}"
+
+    @property
+    def input_shape(self):
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def output_shape(self):
+        return (self.N, self.C, self.P, self.Q)
+
+    @property
+    def in_elems(self) -> int:
+        return self.N * self.C * self.H * self.W
+
+    @property
+    def out_elems(self) -> int:
+        return self.N * self.C * self.P * self.Q
+
+    def bytes(self, itemsize: int = F32, indices: bool = False) -> int:
+        """Forward: read the input once, write the output (and the int64 indices when recorded,
+        i.e. max pooling of an input that requires grad)."""
+        extra = self.out_elems * I64 if (indices and self.op == "max") else 0
+        return (self.in_elems + self.out_elems) * itemsize + extra
+
+    def bytes_backward(self, itemsize: int = F32) -> int:
+        """Backward: read grad_output (and max's int64 indices), write grad_input."""
+        extra = self.out_elems * I64 if self.op == "max" else 0
+        return (self.out_elems + self.in_elems) * itemsize + extra
+
+    def with_batch(self, N: int) -> "PoolShape":
+        return dataclasses.replace(self, N=N, name=f"{self.name}@n{N}" if self.name != self.label else "")
+
+
+# CPU convolution shapes: CIFAR-sized layers, ResNet-like 14x14/56x56 stages, a 1x1, a strided and
+# a depthwise layer, so that direct, im2col/GEMM-like and depthwise paths are all exercised.
+CPU_CONV: List[ConvShape] = [
+    ConvShape(32, 3, 32, 32, 32, 3, 3, 1, 1, 1, name="c3k32-32x32-3x3"),
+    ConvShape(32, 64, 32, 32, 64, 3, 3, 1, 1, 1, name="c64k64-32x32-3x3"),
+    ConvShape(32, 128, 16, 16, 128, 3, 3, 1, 1, 1, name="c128k128-16x16-3x3"),
+    ConvShape(16, 256, 14, 14, 256, 3, 3, 1, 1, 1, name="c256k256-14x14-3x3"),
+    ConvShape(8, 64, 56, 56, 64, 3, 3, 1, 1, 1, name="c64k64-56x56-3x3"),
+    ConvShape(32, 64, 32, 32, 64, 1, 1, 1, 0, 1, name="c64k64-32x32-1x1"),
+    ConvShape(32, 128, 32, 32, 128, 3, 3, 2, 1, 1, name="c128k128-32x32-3x3s2"),
+    ConvShape(32, 128, 32, 32, 128, 3, 3, 1, 1, 128, name="c128-32x32-3x3dw"),
+]
+
+CPU_POOL: List[PoolShape] = [
+    PoolShape(32, 64, 56, 56, 2, 2, 0, "max", name="max-2x2s2"),
+    PoolShape(32, 64, 56, 56, 3, 2, 1, "max", name="max-3x3s2p1"),
+    PoolShape(32, 64, 56, 56, 2, 2, 0, "avg", name="avg-2x2s2"),
+    PoolShape(32, 64, 56, 56, 3, 2, 1, "avg", name="avg-3x3s2p1"),
+]
+
+TABLES: Dict[str, List[Union[ConvShape, PoolShape]]] = {
+    "cpu_conv": CPU_CONV,
+    "cpu_pool": CPU_POOL,
+}
+
+# Short (smoke-test) mode: a few representative shapes at a small batch.
+SHORT_N = 2
+_SHORT_PICK = {
+    "cpu_conv": ("c64k64-32x32-3x3", "c64k64-32x32-1x1", "c128k128-32x32-3x3s2", "c128-32x32-3x3dw"),
+    "cpu_pool": ("max-3x3s2p1", "avg-2x2s2"),
+}
+
+
+def short_table(name: str, N: int = SHORT_N) -> List[Union[ConvShape, PoolShape]]:
+    """The smoke-test subset of TABLES[name] at batch N (the whole table when no subset is named)."""
+    pick: Sequence[str] = _SHORT_PICK.get(name, ())
+    shapes = [s for s in TABLES[name] if not pick or s.name in pick]
+    return [s.with_batch(N) for s in shapes]

@@ -1,0 +1,81 @@
+"""The layer set a model is built from: fastconv.nn's modules, or torch.nn's with the same names.
+
+Every model in fastconv.models takes `backend='fastconv'` (fastconv.nn layers, whose kernels are picked
+by fastconv's backend registry) or `backend='torch'` (torch.nn layers). Both builds create the same
+modules in the same order with the same parameter names, so one seed gives the same initial weights
+and a state_dict loads into either; only the forward computation differs.
+
+A convolution directly followed by ReLU is one module: fastconv.nn.Conv2dReLU (bias and ReLU fused
+into the kernel) or, for torch, TorchConv2dReLU (nn.Conv2d then F.relu). Both are nn.Conv2d
+subclasses, hence the identical state_dict keys ('features.0.weight', not 'features.0.0.weight').
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import functional as FC
+from .. import nn as fnn
+
+BACKENDS = ("fastconv", "torch")
+
+
+class TorchConv2dReLU(nn.Conv2d):
+    """nn.Conv2d followed by ReLU in one module: the torch.nn counterpart of fastconv.nn.Conv2dReLU."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.relu(super().forward(input))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", relu=True"
+
+
+class GlobalAvgPool2d(nn.Module):
+    """(N, C, H, W) -> (N, C): the mean over H x W (avg_pool2d with the whole plane as the window)."""
+
+    def __init__(self, use_fastconv: bool):
+        super().__init__()
+        self.use_fastconv = use_fastconv
+
+    def forward(self, x: Tensor) -> Tensor:
+        pool = FC.avg_pool2d if self.use_fastconv else F.avg_pool2d
+        return torch.flatten(pool(x, list(x.shape[-2:])), 1)
+
+    def extra_repr(self) -> str:
+        return "fastconv" if self.use_fastconv else "torch"
+
+
+class Layers:
+    """Factory of the conv/pool modules for one backend ('fastconv' or 'torch')."""
+
+    def __init__(self, backend: str = "fastconv"):
+        if backend not in BACKENDS:
+            raise ValueError(f"fastconv.models: backend must be one of {BACKENDS} (fastconv.nn or torch.nn "
+                             f"layers), got {backend!r}; choose fastconv's kernel backend with "
+                             f"fastconv.set_backend()")
+        self.backend = backend
+        fast = backend == "fastconv"
+        self.Conv2d = fnn.Conv2d if fast else nn.Conv2d
+        self.Conv2dReLU = fnn.Conv2dReLU if fast else TorchConv2dReLU
+        self.MaxPool2d = fnn.MaxPool2d if fast else nn.MaxPool2d
+        self.AvgPool2d = fnn.AvgPool2d if fast else nn.AvgPool2d
+        self._fast = fast
+
+    def global_avg_pool(self) -> nn.Module:
+        return GlobalAvgPool2d(self._fast)
+
+
+def conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def check_image_size(model: str, image_size: int, minimum: int) -> None:
+    if image_size < minimum:
+        raise ValueError(f"fastconv.models.{model}: image_size must be at least {minimum}, got {image_size}")
+
+
+def as_tuple(values: Sequence[int]) -> tuple:
+    return tuple(int(v) for v in values)

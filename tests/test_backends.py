@@ -1,0 +1,381 @@
+"""Backend registry, FASTCONV_BACKEND, fastconv.info() and the CLI, the C++ kernels' ISA levels, and
+bitwise run-to-run determinism of the cpu backend."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastconv
+import fastconv.functional as FC
+from fastconv import backends
+from conftest import assert_rel
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def restore_choice():
+    previous = fastconv.get_backend()
+    yield
+    fastconv.set_backend(previous)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Registry
+
+
+def test_registered_backends():
+    names = set(backends.registered())
+    assert {"cpu", "reference"} <= names
+    ok, why = backends.registered()["cpu"].availability()
+    assert ok, f"the cpu backend must be available on this machine: {why}"
+
+
+def test_set_and_get_backend(restore_choice):
+    fastconv.set_backend("reference")
+    assert fastconv.get_backend() == "reference"
+    assert backends.resolve(torch.device("cpu")).name == "reference"
+    fastconv.set_backend(" CPU ")
+    assert fastconv.get_backend() == "cpu"
+    assert backends.resolve(torch.device("cpu")).name == "cpu"
+    fastconv.set_backend(None)
+    assert fastconv.get_backend() == "auto"
+    fastconv.set_backend("auto")
+    assert fastconv.get_backend() == "auto"
+
+
+def test_auto_picks_cpu_kernels(restore_choice):
+    fastconv.set_backend("auto")
+    assert backends.resolve(torch.device("cpu")).name == "cpu"
+
+
+def test_unknown_backend_errors(restore_choice):
+    before = fastconv.get_backend()
+    with pytest.raises(ValueError, match="nope"):
+        fastconv.set_backend("nope")
+    with pytest.raises(ValueError, match="cpu"):  # lists the valid names
+        fastconv.set_backend("nope")
+    with pytest.raises(ValueError, match="nope"):
+        with fastconv.use_backend("nope"):
+            pass
+    with pytest.raises(TypeError):
+        fastconv.set_backend(3)
+    assert fastconv.get_backend() == before
+
+
+def test_use_backend_nested_and_restored(restore_choice):
+    fastconv.set_backend("cpu")
+    with fastconv.use_backend("reference"):
+        assert fastconv.get_backend() == "reference"
+        with fastconv.use_backend("cpu"):
+            assert fastconv.get_backend() == "cpu"
+            with fastconv.use_backend("auto"):
+                assert fastconv.get_backend() == "auto"
+            assert fastconv.get_backend() == "cpu"
+        assert fastconv.get_backend() == "reference"
+        # the context wins over a process-wide choice made inside it
+        fastconv.set_backend("cpu")
+        assert fastconv.get_backend() == "reference"
+    assert fastconv.get_backend() == "cpu"
+    with pytest.raises(KeyError):
+        with fastconv.use_backend("reference"):
+            raise KeyError("boom")
+    assert fastconv.get_backend() == "cpu"
+
+
+def test_use_backend_is_thread_local(restore_choice):
+    fastconv.set_backend("cpu")
+    seen = {}
+    inside = threading.Event()
+    release = threading.Event()
+
+    def worker():
+        seen["start"] = fastconv.get_backend()
+        with fastconv.use_backend("reference"):
+            seen["inside"] = fastconv.get_backend()
+            inside.set()
+            release.wait(10)
+        seen["after"] = fastconv.get_backend()
+
+    t = threading.Thread(target=worker)
+    t.start()
+    assert inside.wait(10)
+    assert fastconv.get_backend() == "cpu"  # the other thread's context does not leak here
+    with fastconv.use_backend("reference"):
+        other = {}
+        t2 = threading.Thread(target=lambda: other.setdefault("b", fastconv.get_backend()))
+        t2.start()
+        t2.join()
+        assert other["b"] == "cpu"  # nor ours into a new thread
+    release.set()
+    t.join()
+    assert seen == {"start": "cpu", "inside": "reference", "after": "cpu"}
+
+
+def test_ops_dispatch_to_the_chosen_backend(restore_choice, monkeypatch):
+    calls = []
+    for name, b in backends.registered().items():
+        original = type(b).conv2d_fwd
+
+        def spy(self, *a, _name=name, _orig=original, **k):
+            calls.append(_name)
+            return _orig(self, *a, **k)
+
+        monkeypatch.setattr(type(b), "conv2d_fwd", spy)
+    x, w = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
+    fastconv.set_backend("cpu")
+    FC.conv2d(x, w)
+    with fastconv.use_backend("reference"):
+        FC.conv2d(x, w)
+    fastconv.set_backend("auto")
+    FC.conv2d(x, w)
+    assert calls == ["cpu", "reference", "cpu"]
+
+
+def test_explicit_backend_that_cannot_serve_device_raises(restore_choice):
+    fastconv.set_backend("cpu")
+    with pytest.raises(RuntimeError, match="cpu"):
+        backends.resolve(torch.device("meta"))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Subprocesses (FASTCONV_BACKEND, the CLI): started together, once, since each one imports torch.
+
+
+@pytest.fixture(scope="module")
+def subprocess_results():
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("FASTCONV_BACKEND", None)
+    code = "import fastconv; print(fastconv.get_backend()); print(fastconv.backends.resolve(__import__('torch').device('cpu')).name)"
+    jobs = {
+        "env-reference": ([sys.executable, "-c", code], {"FASTCONV_BACKEND": "reference"}),
+        "env-bad": ([sys.executable, "-c", code], {"FASTCONV_BACKEND": "no-such-backend"}),
+        "info": ([sys.executable, "-m", "fastconv", "info"], {}),
+        "info-json": ([sys.executable, "-m", "fastconv", "info", "--json"], {}),
+    }
+    procs = {
+        k: subprocess.Popen(cmd, cwd=REPO, env=dict(env, **extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+        for k, (cmd, extra) in jobs.items()
+    }
+    out = {}
+    for k, p in procs.items():
+        stdout, stderr = p.communicate(timeout=120)
+        out[k] = (p.returncode, stdout, stderr)
+    return out
+
+
+def test_env_var_selects_backend(subprocess_results):
+    rc, out, err = subprocess_results["env-reference"]
+    assert rc == 0, err
+    assert out.split() == ["reference", "reference"]
+
+
+def test_env_var_unknown_backend_fails_at_import(subprocess_results):
+    rc, out, err = subprocess_results["env-bad"]
+    assert rc != 0
+    assert "FASTCONV_BACKEND" in err and "no-such-backend" in err
+
+
+def test_cli_info(subprocess_results):
+    rc, out, err = subprocess_results["info"]
+    assert rc == 0, err
+    assert out.startswith(f"fastconv {fastconv.__version__}")
+    assert torch.__version__ in out
+    for word in ("fastconv._C: built", "cpu", "reference", "available", "backend choice"):
+        assert word in out, word
+
+
+def test_cli_info_json(subprocess_results):
+    rc, out, err = subprocess_results["info-json"]
+    assert rc == 0, err
+    data = json.loads(out)
+    assert data["fastconv"] == fastconv.__version__
+    assert data["torch"] == torch.__version__
+    assert data["backends"]["cpu"]["available"] is True
+    assert data["backends"]["reference"]["available"] is True
+    assert data["_C"]["cpu_isa_detected"] in ("baseline", "avx2", "avx512")
+    assert data["backend_choice"] == "auto"
+
+
+def test_info_dict(restore_choice, capsys):
+    fastconv.set_backend("reference")
+    data = fastconv.info(print_it=False)
+    assert capsys.readouterr().out == ""
+    assert data["backend_choice"] == "reference"
+    assert data["torch_threads"] == torch.get_num_threads()
+    C = fastconv.backends.cpu._C
+    assert data["_C"]["cpu_isa_detected"] == C.detected_cpu_isa()
+    assert data["_C"]["cpu_isa_in_use"] == C.cpu_isa()
+    assert set(data["_C"]["isa_variants"].split(",")) == {"baseline", "avx2", "avx512"}
+    assert data["backends"]["cpu"]["devices"] == ["cpu"]
+    assert "cpu" in data["auto_order"]
+    printed = fastconv.info()
+    text = capsys.readouterr().out
+    assert printed["backend_choice"] == "reference"
+    assert "fastconv" in text and "reference" in text
+
+
+def test_cli_main_in_process(capsys):
+    from fastconv import cli
+
+    assert cli.main(["info", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["fastconv"] == fastconv.__version__
+    assert cli.main([]) == 2
+
+
+# ----------------------------------------------------------------------------------------------------
+# Backends agree; every ISA level of the C++ kernels is correct; the cpu backend is deterministic.
+
+
+def _workload(seed=0):
+    """Forward and backward of every op on a few configurations; returns every output and gradient."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    results = []
+    conv_cfgs = [
+        ((2, 4, 9, 8), (6, 2, 3, 3), dict(stride=1, padding=1, groups=2), False),
+        ((1, 3, 11, 10), (5, 3, 5, 2), dict(stride=(2, 1), padding=(2, 0), dilation=(1, 2)), True),
+        ((2, 8, 7, 7), (16, 1, 3, 3), dict(padding="same", groups=8), False),
+        ((2, 17, 6, 9), (19, 17, 1, 1), dict(), True),  # odd channel counts: SIMD tails
+    ]
+    for xs, ws, kw, cl in conv_cfgs:
+        for op in (FC.conv2d, FC.conv2d_relu):
+            x, w, b = r(*xs), r(*ws), r(ws[0])
+            if cl:
+                x = x.contiguous(memory_format=torch.channels_last)
+            x.requires_grad_(), w.requires_grad_(), b.requires_grad_()
+            y = op(x, w, b, **kw)
+            grads = torch.autograd.grad(y, (x, w, b), r(*y.shape))
+            results.append(("conv", op.__name__, xs, ws, kw, cl, x, w, b, y, grads))
+    pool_cfgs = [((2, 5, 9, 8), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), False),
+                 ((1, 19, 7, 6), dict(kernel_size=(2, 3), stride=1, padding=(1, 1)), True)]
+    for xs, kw, cl in pool_cfgs:
+        x = r(*xs)
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_()
+        y, idx = FC.max_pool2d(x, **kw, return_indices=True)
+        (gx,) = torch.autograd.grad(y, x, r(*y.shape))
+        results.append(("max", xs, kw, cl, x, y, idx, gx))
+        y = FC.avg_pool2d(x, **kw, count_include_pad=False)
+        (gx,) = torch.autograd.grad(y, x, r(*y.shape))
+        results.append(("avg", xs, kw, cl, x, y, gx))
+    return results
+
+
+def _tensors(results):
+    out = []
+    for item in results:
+        for v in item:
+            if isinstance(v, torch.Tensor):
+                out.append(v)
+            elif isinstance(v, tuple) and v and isinstance(v[0], torch.Tensor):
+                out.extend(v)
+    return out
+
+
+def test_cpu_and_reference_agree(restore_choice):
+    fastconv.set_backend("cpu")
+    cpu = _tensors(_workload())
+    fastconv.set_backend("reference")
+    ref = _tensors(_workload())
+    assert len(cpu) == len(ref)
+    for i, (a, b) in enumerate(zip(cpu, ref)):
+        if a.dtype == torch.int64:
+            assert torch.equal(a, b), f"tensor {i}: indices differ"
+        else:
+            assert_rel(a, b, torch.float32, f"tensor {i}")
+
+
+def _check_against_torch(results):
+    """Every output and gradient of _workload vs torch float64."""
+    for item in results:
+        if item[0] == "conv":
+            _, name, _, _, kw, _, x, w, b, y, grads = item
+            refs = [t.detach().double().requires_grad_() for t in (x, w, b)]
+            y_ref = F.conv2d(*refs, **kw)
+            if name == "conv2d_relu":
+                y_ref = torch.relu(y_ref)
+            assert_rel(y, y_ref, torch.float32, f"{name} {kw} output")
+        elif item[0] == "max":
+            _, _, kw, _, x, y, idx, _ = item
+            y_ref, idx_ref = F.max_pool2d(x.detach(), **kw, return_indices=True)
+            assert torch.equal(y, y_ref) and torch.equal(idx, idx_ref), f"max_pool2d {kw}"
+        else:
+            _, _, kw, _, x, y, _ = item
+            assert_rel(y, F.avg_pool2d(x.detach().double(), **kw, count_include_pad=False), torch.float32,
+                       f"avg_pool2d {kw}")
+
+
+def _isa_levels():
+    return ["baseline", "avx2", "avx512"]
+
+
+@pytest.fixture
+def cpu_c(restore_choice):
+    fastconv.set_backend("cpu")
+    C = fastconv.backends.cpu._C
+    before = C.cpu_isa()
+    yield C
+    C.set_cpu_isa(before)
+
+
+@pytest.mark.parametrize("isa", _isa_levels())
+def test_isa_levels_correct(cpu_c, isa):
+    detected = cpu_c.detected_cpu_isa()
+    levels = _isa_levels()
+    if levels.index(isa) > levels.index(detected):
+        pytest.skip(f"this CPU supports up to {detected}")
+    cpu_c.set_cpu_isa(isa)
+    assert cpu_c.cpu_isa() == isa
+    results = _workload()
+    _check_against_torch(results)
+    # gradients too, against the cpu backend's other levels via the reference backend
+    with fastconv.use_backend("reference"):
+        ref = _tensors(_workload())
+    for i, (a, b) in enumerate(zip(_tensors(results), ref)):
+        if a.dtype == torch.int64:
+            assert torch.equal(a, b), f"{isa}: tensor {i}: indices differ"
+        else:
+            assert_rel(a, b, torch.float32, f"{isa}: tensor {i}")
+
+
+def test_set_cpu_isa_rejects_unknown(cpu_c):
+    before = cpu_c.cpu_isa()
+    with pytest.raises((ValueError, RuntimeError)):
+        cpu_c.set_cpu_isa("sse9000")
+    assert cpu_c.cpu_isa() == before
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_cpu_backend_bitwise_deterministic(cpu_c, two_threads):
+    first = _tensors(_workload())
+    for _ in range(2):
+        again = _tensors(_workload())
+        for i, (a, b) in enumerate(zip(first, again)):
+            assert torch.equal(a, b), f"tensor {i} differs between identical runs"
+
+
+def test_cpu_backend_independent_of_thread_count(cpu_c, two_threads):
+    """The kernels split work independently of the thread count (csrc/cpu headers): 1 and 2 threads
+    give bitwise identical results."""
+    two = _tensors(_workload())
+    torch.set_num_threads(1)
+    one = _tensors(_workload())
+    for i, (a, b) in enumerate(zip(two, one)):
+        assert torch.equal(a, b), f"tensor {i} differs between 1 and 2 threads"
