@@ -79,21 +79,32 @@ def _setup(impl: str, layout: str, s: StepShape):
     return model, x, y, step
 
 
+def _rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
+    ref = ref.double()
+    return float((a.double() - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
 def _check(layout: str, s: StepShape):
-    """Before timing: one step's loss and every gradient of the fastconv model equal torch's."""
-    def grads(impl):
+    """Before timing: one step's loss and every gradient of the fastconv model are as close to a
+    float64 torch reference as torch's own float32 model is. Through 20 layers of batch norm, float32
+    rounding alone moves small gradients by more than an elementwise tolerance allows, so the bound is
+    relative to torch's own float32 error (at most 10x it, or 1e-5), norm-wise per tensor."""
+    def grads(impl, dtype):
         model, x, y, _ = _setup(impl, layout, s)
+        model, x = model.to(dtype), x.to(dtype)
         loss = F.cross_entropy(model(x), y)
         loss.backward()
         return loss.detach(), {k: p.grad for k, p in model.named_parameters()}
 
     def run():
-        loss_f, g_f = grads("fastconv")
-        loss_t, g_t = grads("torch")
-        torch.testing.assert_close(loss_f, loss_t, rtol=1e-4, atol=1e-5)
-        for k in g_t:
-            scale = max(1.0, g_t[k].abs().max().item())
-            torch.testing.assert_close(g_f[k], g_t[k], rtol=1e-3, atol=1e-4 * scale, msg=lambda m: f"grad {k}: {m}")
+        loss_f, g_f = grads("fastconv", torch.float32)
+        loss_t, g_t = grads("torch", torch.float32)
+        loss_r, g_r = grads("torch", torch.float64)
+        for name, ours, theirs, ref in [("loss", loss_f, loss_t, loss_r)] + [
+                (f"grad {k}", g_f[k], g_t[k], g_r[k]) for k in g_r]:
+            err, torch_err = _rel_err(ours, ref), _rel_err(theirs, ref)
+            assert err <= max(10 * torch_err, 1e-5), (
+                f"{name}: fastconv float32 error {err:.3e} vs float64 reference, torch's float32 error {torch_err:.3e}")
 
     return run
 

@@ -269,3 +269,19 @@ def test_conv2d_expanded_grad_output(backend, op, layout):
     ref_grads = torch.autograd.grad(_torch_op(op)(*ref, **kwargs).sum(), ref)
     for name, got, r in zip(("grad_input", "grad_weight", "grad_bias"), grads, ref_grads):
         assert_rel(got, r, torch.float32, name)
+
+
+@pytest.mark.parametrize("K", [32, 40])
+@pytest.mark.parametrize("op", ["conv2d", "conv2d_relu"])
+def test_conv2d_large_channels_last_output(backend, op, K):
+    """Outputs of 2 MiB and more take the kernels' streaming-store path (non-temporal stores where
+    a row of K outputs is 64-byte aligned: K = 32; plain stores otherwise: K = 40)."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 48, 48, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(K, 3, 3, 3, dtype=torch.float64)
+    b = torch.randn(K, dtype=torch.float64)
+    ours = getattr(FC, op)(x.float(), w.float(), b.float(), padding=1)
+    assert ours.numel() * 4 >= 2 << 20
+    ref = _torch_op(op)(x, w, b, padding=1)
+    same_memory_format(ours, ref)
+    assert_rel(ours, ref, torch.float32)
