@@ -31,11 +31,12 @@ def _t4(t: torch.Tensor):
     return (t.data_ptr(), list(t.shape), list(t.stride()))
 
 
-# Below these sizes a kernel runs on one thread: an OpenMP fork/join costs microseconds on an idle
-# machine and a scheduler time slice (milliseconds) when another process holds a core, which made a
-# 2-thread LeNet step on 8x8 digits 10x slower than the 1-thread one on a loaded machine. torch's own
-# CPU ops use a similar grain size (at::internal::GRAIN_SIZE = 32768 elements).
-_CONV_SERIAL_MACS = 1 << 20      # multiply-adds of one convolution pass
+# Below these sizes a kernel runs on one thread. An OpenMP fork/join costs microseconds on an idle
+# machine but a scheduler time slice (milliseconds) whenever another process holds a core: a LeNet step
+# on 8x8 digits whose second convolution (1.2M multiply-adds, ~10 us of work) ran on 2 threads had a
+# p90 of 66 ms against 3.6 ms on one thread with one core busy elsewhere. 8M multiply-adds is ~100 us
+# of single-thread work, where a second thread pays for itself even on a busy machine.
+_CONV_SERIAL_MACS = 1 << 23      # multiply-adds of one convolution pass
 _POOL_SERIAL_ELEMENTS = 1 << 16  # input elements of one pooling pass
 
 
