@@ -14,6 +14,11 @@ Options (command line, or the environment for CI):
   --bench-short / FASTCONV_BENCH_SHORT=1      a few shapes at N=2, few rounds
   --fastconv-backend / FASTCONV_BENCH_BACKEND  backend for the 'fastconv' impl (default 'cpu')
   --fastconv-report PATH                      also write the tables, machine and versions as JSON
+  --bench-device / FASTCONV_BENCH_DEVICE      cpu (default) or cuda: tensors live there; on CUDA
+                                              cudnn.benchmark = True and every timed call synchronizes
+  --bench-dtypes / FASTCONV_BENCH_DTYPES      comma-separated dtypes (default float32)
+  --bench-conv-table, --bench-pool-table      shape tables from fastconv.benchmarks.TABLES
+                                              (default cpu_conv, cpu_pool; e.g. resnet50, pool)
   FASTCONV_BENCH_THREADS                      torch and kernel threads (default 2)
   FASTCONV_BENCH_TARGET_S                     measured time per benchmark (default 1.0 s, short 0.05 s)
 
@@ -39,8 +44,9 @@ import torch
 
 import fastconv
 
-from ._harness import (BusyMeter, Case, Collector, Record, cpu_isa, cpu_model, format_tables, git_commit,
-                       machine_peak, quantile, time_once)
+from ._harness import (BusyMeter, Case, Collector, Record, cpu_isa, cpu_model, device_name, format_tables,
+                       git_commit, machine_peak, measure_peak, not_implemented, prepare_device, quantile, synced,
+                       synchronize, time_once, versions)
 
 IMPLS = ("torch", "fastconv")
 LAYOUTS = ("nchw", "channels_last")
@@ -58,6 +64,14 @@ def pytest_addoption(parser):
                     help="fastconv backend benchmarked against torch (default: cpu; env FASTCONV_BENCH_BACKEND)")
     group.addoption("--fastconv-report", default=None, metavar="PATH",
                     help="write the fastconv-vs-torch ratio tables, machine and versions to this JSON file")
+    group.addoption("--bench-device", default=os.environ.get("FASTCONV_BENCH_DEVICE", "cpu"),
+                    help="device of the benchmarked tensors: cpu or cuda (env FASTCONV_BENCH_DEVICE)")
+    group.addoption("--bench-dtypes", default=os.environ.get("FASTCONV_BENCH_DTYPES", "float32"),
+                    help="comma-separated dtypes for the op suites (default float32; env FASTCONV_BENCH_DTYPES)")
+    group.addoption("--bench-conv-table", default=os.environ.get("FASTCONV_BENCH_CONV_TABLE", "cpu_conv"),
+                    help="conv shape table (fastconv.benchmarks.TABLES; default cpu_conv)")
+    group.addoption("--bench-pool-table", default=os.environ.get("FASTCONV_BENCH_POOL_TABLE", "cpu_pool"),
+                    help="pooling shape table (fastconv.benchmarks.TABLES; default cpu_pool)")
 
 
 @dataclasses.dataclass
@@ -70,6 +84,10 @@ class BenchConfig:
     min_rounds: int
     max_rounds: int
     report: Optional[str]
+    device: str = "cpu"
+    dtypes: tuple = ("float32",)
+    conv_table: str = "cpu_conv"
+    pool_table: str = "cpu_pool"
 
     WARMUP_CALLS = 2
 
@@ -85,7 +103,12 @@ def pytest_configure(config):
         min_rounds=3 if short else 5,
         max_rounds=10 if short else 200,
         report=config.getoption("--fastconv-report"),
+        device=str(config.getoption("--bench-device")).strip().lower(),
+        dtypes=tuple(d.strip() for d in str(config.getoption("--bench-dtypes")).split(",") if d.strip()),
+        conv_table=str(config.getoption("--bench-conv-table")).strip(),
+        pool_table=str(config.getoption("--bench-pool-table")).strip(),
     )
+    prepare_device(cfg.device)
     config._fastconv_bench = cfg
     config._fastconv_collector = Collector()
     config._fastconv_busy = BusyMeter()
@@ -103,34 +126,37 @@ def pytest_generate_tests(metafunc):  # torch baseline runs right before its fas
     from fastconv.benchmarks import TABLES, short_table
 
     cfg: BenchConfig = metafunc.config._fastconv_bench
-    for fixture, table in (("conv_shape", "cpu_conv"), ("pool_shape", "cpu_pool")):
+    for fixture, table in (("conv_shape", cfg.conv_table), ("pool_shape", cfg.pool_table)):
         if fixture in metafunc.fixturenames:
             shapes = short_table(table) if cfg.short else TABLES[table]
             metafunc.parametrize(fixture, shapes, ids=[s.name for s in shapes])
     if "layout" in metafunc.fixturenames:
         metafunc.parametrize("layout", LAYOUTS)
+    if "dtype" in metafunc.fixturenames:
+        metafunc.parametrize("dtype", cfg.dtypes)
     if "impl" in metafunc.fixturenames:
         metafunc.parametrize("impl", IMPLS)
 
 
-def _not_implemented(exc: BaseException) -> bool:
-    return isinstance(exc, NotImplementedError) or (
-        isinstance(exc, RuntimeError) and "not implemented" in str(exc).lower())
+_not_implemented = not_implemented
 
 
 @pytest.fixture
 def run_case(benchmark, pytestconfig):
     """run_case(case, fn, check=None). For fastconv: runs check() once (it raises on a result that
     differs from torch's) under the chosen backend. Then warms up, picks the rounds from the time of
-    one call, times fn with benchmark.pedantic and records the median for the ratio table."""
+    one call, times fn with benchmark.pedantic and records the median for the ratio table. On CUDA
+    the timed callable synchronizes after fn, so the time is the kernels', not their launch's."""
     cfg: BenchConfig = pytestconfig._fastconv_bench
     collector: Collector = pytestconfig._fastconv_collector
 
     def run(case: Case, fn: Callable[[], Any], check: Optional[Callable[[], None]] = None) -> None:
+        fn = synced(fn, case.device)
         benchmark.group = case.group  # must be set before pedantic(): pytest-benchmark copies it then
         info = benchmark.extra_info
         info.update(op=case.op, mode=case.mode, shape=case.shape.name, layout=case.layout, impl=case.impl,
-                    backend=cfg.backend if case.impl == "fastconv" else "torch", dtype="float32",
+                    backend=cfg.backend if case.impl == "fastconv" else "torch", dtype=case.dtype,
+                    device=case.device,
                     threads=torch.get_num_threads(), work=case.work, unit=case.unit,
                     shape_params={k: v for k, v in dataclasses.asdict(case.shape).items() if k != "name"})
         ctx = _nullcontext()
@@ -148,7 +174,8 @@ def run_case(benchmark, pytestconfig):
                 if not benchmark.enabled:  # --benchmark-disable: the check and one plain call
                     benchmark.pedantic(fn, rounds=1)
                     return
-                times: List[float] = []  # warm-up: first calls, allocator, OpenMP pool, caches
+                times: List[float] = []  # warm-up: first calls, allocator, OpenMP pool, caches, cuDNN autotuning
+                synchronize(case.device)
                 t0 = time.perf_counter()
                 while len(times) < cfg.WARMUP_CALLS or time.perf_counter() - t0 < cfg.warmup_s:
                     times.append(time_once(fn))
@@ -191,7 +218,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     cfg: BenchConfig = config._fastconv_bench
     busy_run = config._fastconv_busy.others()
     timed = any(r["torch"] or r["fastconv"] for r in collector.rows.values())
-    peak = dict(machine_peak()) if timed else {}
+    if timed and cfg.device != "cpu":
+        p = measure_peak(cfg.device, "float32")
+        peak = {"sgemm_gflops": p["compute_gflops"], "copy_gbps": p["copy_gbps"]}
+    else:
+        peak = dict(machine_peak()) if timed else {}
     tables = collector.tables(peak)
     terminalreporter.section("fastconv vs torch")
     for line in format_tables(tables, cfg.backend, cfg.threads, peak):
@@ -201,7 +232,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if cfg.report:
         report = {
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "device": "cpu",
+            "device": cfg.device,
+            "device_name": device_name(cfg.device),
             "cpu": cpu_model(),
             "cpu_count": os.cpu_count(),
             "cpu_isa": cpu_isa(),
@@ -212,7 +244,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             "git_commit": git_commit(),
             "backend": cfg.backend,
             "short": cfg.short,
-            "dtype": "float32",
+            "dtype": ",".join(cfg.dtypes),
+            "versions": versions(),
             "others_cpu_share": busy_run,
             "peak": peak,
             "ratio": "torch_time / fastconv_time (> 1: fastconv faster)",

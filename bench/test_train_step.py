@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -110,6 +111,8 @@ def _check(layout: str, s: StepShape):
 
 
 def test_resnet18_cifar_train_step(run_case, bench_config, layout, impl):
+    if bench_config.device != "cpu":
+        pytest.skip("the train-step suite runs on the CPU only (for now)")
     s = _shape(bench_config.short)
     model, x, _, step = _setup(impl, layout, s)
     case = Case(op="resnet18_cifar", mode="train_step", shape=s, layout=layout, impl=impl,

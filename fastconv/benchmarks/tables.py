@@ -172,9 +172,79 @@ CPU_POOL: List[PoolShape] = [
     PoolShape(32, 64, 56, 56, 3, 2, 1, "avg", name="avg-3x3s2p1"),
 ]
 
+
+
+def _resnet50_conv(N: int = 32) -> List[ConvShape]:
+    """The distinct (C, K, H, R, stride) conv layers of ResNet-50 (torchvision v1.5: the stride is on the
+    3x3 of each stage's first bottleneck) at 224x224; the 1x1 downsample and the bottleneck's third
+    1x1 coincide in layer1 (64->256 at 56x56) and count once. 23 layers."""
+    rows = [ConvShape(N, 3, 224, 224, 64, 7, 7, 2, 3, name="r50-conv1-7x7s2")]
+    c_in, h = 64, 56
+    for stage, (width, blocks) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3)), start=1):
+        out = 4 * width
+        stride = 1 if stage == 1 else 2
+        hs = h // stride
+        p = f"r50-l{stage}"
+        rows.append(ConvShape(N, c_in, h, h, width, 1, 1, 1, 0, name=f"{p}-1x1-c{c_in}k{width}-{h}"))
+        rows.append(ConvShape(N, width, h, h, width, 3, 3, stride, 1,
+                              name=f"{p}-3x3{'s2' if stride == 2 else ''}-c{width}-{h}"))
+        rows.append(ConvShape(N, width, hs, hs, out, 1, 1, 1, 0, name=f"{p}-1x1-c{width}k{out}-{hs}"))
+        if stride == 2:  # layer1's downsample (64->256 at 56, stride 1) is the 1x1 expand above
+            rows.append(ConvShape(N, c_in, h, h, out, 1, 1, 2, 0, name=f"{p}-down-1x1s2-c{c_in}k{out}-{h}"))
+        rows.append(ConvShape(N, out, hs, hs, width, 1, 1, 1, 0, name=f"{p}-1x1-c{out}k{width}-{hs}"))
+        if stride == 2:
+            rows.append(ConvShape(N, width, hs, hs, width, 3, 3, 1, 1, name=f"{p}-3x3-c{width}-{hs}"))
+        c_in, h = out, hs
+    return rows
+
+
+def _resnet18_cifar_conv(N: int = 32) -> List[ConvShape]:
+    """The conv layers of ResNet-18 with the CIFAR stem (3x3 stem, no max pooling) at 32x32: 11 distinct."""
+    rows = [ConvShape(N, 3, 32, 32, 64, 3, 3, 1, 1, name="r18c-stem-3x3-c3k64-32")]
+    c_in, h = 64, 32
+    for stage, width in enumerate((64, 128, 256, 512), start=1):
+        stride = 1 if stage == 1 else 2
+        hs = h // stride
+        p = f"r18c-l{stage}"
+        if stride == 2:
+            rows.append(ConvShape(N, c_in, h, h, width, 3, 3, 2, 1, name=f"{p}-3x3s2-c{c_in}k{width}-{h}"))
+            rows.append(ConvShape(N, c_in, h, h, width, 1, 1, 2, 0, name=f"{p}-down-1x1s2-c{c_in}k{width}-{h}"))
+        rows.append(ConvShape(N, width, hs, hs, width, 3, 3, 1, 1, name=f"{p}-3x3-c{width}-{hs}"))
+        c_in, h = width, hs
+    return rows
+
+
+def _mobilenet_dw(N: int = 32) -> List[ConvShape]:
+    """The distinct depthwise 3x3 layers of MobileNet v1 at 224x224 (groups = C = K): 9 layers."""
+    spec = [(32, 112, 1), (64, 112, 2), (128, 56, 1), (128, 56, 2), (256, 28, 1), (256, 28, 2),
+            (512, 14, 1), (512, 14, 2), (1024, 7, 1)]
+    return [ConvShape(N, c, h, h, c, 3, 3, s, 1, c, name=f"mbv1-dw{'s2' if s == 2 else ''}-c{c}-{h}")
+            for c, h, s in spec]
+
+
+# Pooling layers of the same networks (and VGG / LeNet), batch 32.
+POOL: List[PoolShape] = [
+    PoolShape(32, 64, 112, 112, 3, 2, 1, "max", name="r50-stem-max3x3s2-c64-112"),
+    PoolShape(32, 128, 112, 112, 2, 2, 0, "max", name="vgg-max2x2-c128-112"),
+    PoolShape(32, 512, 28, 28, 2, 2, 0, "max", name="vgg-max2x2-c512-28"),
+    PoolShape(32, 6, 28, 28, 2, 2, 0, "max", name="lenet-max2x2-c6-28"),
+    PoolShape(32, 2048, 7, 7, 7, 7, 0, "avg", name="r50-gap-avg7x7-c2048-7"),
+    PoolShape(32, 1024, 7, 7, 7, 7, 0, "avg", name="mbv1-gap-avg7x7-c1024-7"),
+    PoolShape(32, 512, 4, 4, 4, 4, 0, "avg", name="r18c-gap-avg4x4-c512-4"),
+    PoolShape(32, 256, 56, 56, 2, 2, 0, "avg", name="avg2x2-c256-56"),
+]
+
+RESNET50_CONV: List[ConvShape] = _resnet50_conv()
+RESNET18_CIFAR_CONV: List[ConvShape] = _resnet18_cifar_conv()
+MOBILENET_DW: List[ConvShape] = _mobilenet_dw()
+
 TABLES: Dict[str, List[Union[ConvShape, PoolShape]]] = {
     "cpu_conv": CPU_CONV,
     "cpu_pool": CPU_POOL,
+    "resnet50": RESNET50_CONV,
+    "resnet18_cifar": RESNET18_CIFAR_CONV,
+    "mobilenet_dw": MOBILENET_DW,
+    "pool": POOL,
 }
 
 # Short (smoke-test) mode: a few representative shapes at a small batch.

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from .. import _utils
 from ..backends import resolve
+from ..profiling import op_range
 
 
 def _conv_output(input: Tensor, weight: Tensor, stride, padding, dilation) -> Tensor:
@@ -32,20 +33,25 @@ def _conv_output(input: Tensor, weight: Tensor, stride, padding, dilation) -> Te
 @torch.library.custom_op("fastconv::conv2d", mutates_args=())
 def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int], padding: List[int],
            dilation: List[int], groups: int) -> Tensor:
-    return resolve(input.device).conv2d_fwd(input, weight, bias, stride, padding, dilation, groups, False)
+    b = resolve(input.device)
+    with op_range("conv2d", b, input, weight.shape[2:], stride):
+        return b.conv2d_fwd(input, weight, bias, stride, padding, dilation, groups, False)
 
 
 @torch.library.custom_op("fastconv::conv2d_relu", mutates_args=())
 def conv2d_relu(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int], padding: List[int],
                 dilation: List[int], groups: int) -> Tensor:
-    return resolve(input.device).conv2d_fwd(input, weight, bias, stride, padding, dilation, groups, True)
+    b = resolve(input.device)
+    with op_range("conv2d_relu", b, input, weight.shape[2:], stride):
+        return b.conv2d_fwd(input, weight, bias, stride, padding, dilation, groups, True)
 
 
 @torch.library.custom_op("fastconv::conv2d_dgrad", mutates_args=())
 def conv2d_dgrad(grad_output: Tensor, input: Tensor, weight: Tensor, relu_output: Optional[Tensor],
                  stride: List[int], padding: List[int], dilation: List[int], groups: int) -> Tensor:
-    return resolve(input.device).conv2d_dgrad(grad_output, input, weight, relu_output, stride, padding,
-                                              dilation, groups)
+    b = resolve(input.device)
+    with op_range("conv2d_dgrad", b, input, weight.shape[2:], stride):
+        return b.conv2d_dgrad(grad_output, input, weight, relu_output, stride, padding, dilation, groups)
 
 
 @torch.library.custom_op("fastconv::conv2d_wgrad", mutates_args=())
@@ -53,8 +59,10 @@ def conv2d_wgrad(grad_output: Tensor, input: Tensor, weight: Tensor, relu_output
                  stride: List[int], padding: List[int], dilation: List[int], groups: int,
                  need_weight: bool, need_bias: bool) -> Tuple[Tensor, Tensor]:
     """Returns (grad_weight, grad_bias); an unrequested gradient is an empty tensor."""
-    dw, db = resolve(input.device).conv2d_wgrad(grad_output, input, weight, relu_output, stride, padding,
-                                                dilation, groups, need_weight, need_bias)
+    b = resolve(input.device)
+    with op_range("conv2d_wgrad", b, input, weight.shape[2:], stride):
+        dw, db = b.conv2d_wgrad(grad_output, input, weight, relu_output, stride, padding, dilation, groups,
+                                need_weight, need_bias)
     empty = grad_output.new_empty(0)
     return (dw if dw is not None else empty, db if db is not None else empty.clone())
 

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from .. import _utils
 from ..backends import resolve
+from ..profiling import op_range
 
 
 def _pool_output(input: Tensor, kernel, stride, padding, dilation, ceil_mode, dtype=None) -> Tensor:
@@ -29,36 +30,45 @@ def _grad_input(input: Tensor) -> Tensor:
 @torch.library.custom_op("fastconv::max_pool2d", mutates_args=())
 def max_pool2d(input: Tensor, kernel_size: List[int], stride: List[int], padding: List[int],
                dilation: List[int], ceil_mode: bool) -> Tensor:
-    y, _ = resolve(input.device).max_pool2d_fwd(input, kernel_size, stride, padding, dilation, ceil_mode, False)
+    b = resolve(input.device)
+    with op_range("max_pool2d", b, input, kernel_size, stride):
+        y, _ = b.max_pool2d_fwd(input, kernel_size, stride, padding, dilation, ceil_mode, False)
     return y
 
 
 @torch.library.custom_op("fastconv::max_pool2d_with_indices", mutates_args=())
 def max_pool2d_with_indices(input: Tensor, kernel_size: List[int], stride: List[int], padding: List[int],
                             dilation: List[int], ceil_mode: bool) -> Tuple[Tensor, Tensor]:
-    return resolve(input.device).max_pool2d_fwd(input, kernel_size, stride, padding, dilation, ceil_mode, True)
+    b = resolve(input.device)
+    with op_range("max_pool2d_with_indices", b, input, kernel_size, stride):
+        return b.max_pool2d_fwd(input, kernel_size, stride, padding, dilation, ceil_mode, True)
 
 
 @torch.library.custom_op("fastconv::max_pool2d_backward", mutates_args=())
 def max_pool2d_backward(grad_output: Tensor, input: Tensor, indices: Tensor, kernel_size: List[int],
                         stride: List[int], padding: List[int], dilation: List[int], ceil_mode: bool) -> Tensor:
-    return resolve(input.device).max_pool2d_bwd(grad_output, input, indices, kernel_size, stride, padding,
-                                                dilation, ceil_mode)
+    b = resolve(input.device)
+    with op_range("max_pool2d_backward", b, input, kernel_size, stride):
+        return b.max_pool2d_bwd(grad_output, input, indices, kernel_size, stride, padding, dilation, ceil_mode)
 
 
 @torch.library.custom_op("fastconv::avg_pool2d", mutates_args=())
 def avg_pool2d(input: Tensor, kernel_size: List[int], stride: List[int], padding: List[int], ceil_mode: bool,
                count_include_pad: bool, divisor_override: Optional[int]) -> Tensor:
-    return resolve(input.device).avg_pool2d_fwd(input, kernel_size, stride, padding, ceil_mode,
-                                                count_include_pad, divisor_override)
+    b = resolve(input.device)
+    with op_range("avg_pool2d", b, input, kernel_size, stride):
+        return b.avg_pool2d_fwd(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                divisor_override)
 
 
 @torch.library.custom_op("fastconv::avg_pool2d_backward", mutates_args=())
 def avg_pool2d_backward(grad_output: Tensor, input: Tensor, kernel_size: List[int], stride: List[int],
                         padding: List[int], ceil_mode: bool, count_include_pad: bool,
                         divisor_override: Optional[int]) -> Tensor:
-    return resolve(input.device).avg_pool2d_bwd(grad_output, input, kernel_size, stride, padding, ceil_mode,
-                                                count_include_pad, divisor_override)
+    b = resolve(input.device)
+    with op_range("avg_pool2d_backward", b, input, kernel_size, stride):
+        return b.avg_pool2d_bwd(grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                divisor_override)
 
 
 @max_pool2d.register_fake

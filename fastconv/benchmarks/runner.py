@@ -1,0 +1,613 @@
+"""The measurement core shared by `fastconv bench` and the pytest-benchmark suites in bench/.
+
+- Case / Record: one benchmark (op, mode, shape, layout, impl, dtype, device) and its timing.
+- make_step: the callable to time for a table row (fastconv or the torch baseline) and a check of our
+  result against torch's, built the same way for the CLI and the suites.
+- time_step: warm-up (first calls, allocator, OpenMP pool, caches, cuDNN autotuning), then rounds
+  chosen from the time of one call; on CUDA every call is bracketed by CUDA events and synchronized.
+- measure_peak: the device's measured compute peak (torch GEMM of the dtype) and copy bandwidth.
+- BusyMeter: other processes' share of the CPUs while something was timed.
+- Collector / format_tables: the suites' ratio tables; bench_report: the CLI's JSON (SCHEMA_VERSION).
+
+The torch baseline is torch's own kernels: oneDNN (mkldnn) on CPU, cuDNN on CUDA with
+`torch.backends.cudnn.benchmark = True` (set by prepare_device), so both sides get their best
+algorithm. Ratio = torch_time / fastconv_time: > 1 means fastconv is faster.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .tables import ConvShape, PoolShape
+
+SCHEMA_VERSION = 1
+RATIO_DEFINITION = "torch_time / fastconv_time (> 1: fastconv faster)"
+
+# A benchmark during which other processes used more than this share of the machine's CPU time is
+# flagged: on a 2-core machine one busy neighbour halves the cores an OpenMP kernel can use.
+BUSY_FLAG = 0.10
+
+CONV_OPS = ("conv2d", "conv2d_relu")
+POOL_OPS = ("max_pool2d", "avg_pool2d")
+OPS = CONV_OPS + POOL_OPS
+MODES = ("fwd", "bwd", "fwdbwd")
+LAYOUTS = ("nchw", "channels_last")
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+          "bfloat16": torch.bfloat16}
+
+
+@dataclasses.dataclass
+class Case:
+    op: str          # conv2d, conv2d_relu, max_pool2d, avg_pool2d (or a whole-model op in bench/)
+    mode: str        # fwd, bwd, fwdbwd (train_step for the model suite)
+    shape: Any       # ConvShape, PoolShape (or the model suite's own shape)
+    layout: str      # nchw or channels_last
+    impl: str        # torch or fastconv
+    work: float      # FLOPs or bytes per call
+    unit: str        # "GFLOP/s" or "GB/s"
+    dtype: str = "float32"
+    device: str = "cpu"
+
+    @property
+    def key(self):
+        return (self.op, self.mode, self.shape.name, self.layout, self.dtype)
+
+    @property
+    def group(self) -> str:
+        """pytest-benchmark group: the torch baseline and ours of one row."""
+        suffix = "" if self.dtype == "float32" else f"/{self.dtype}"
+        return f"{self.op}/{self.mode}/{self.shape.name}/{self.layout}{suffix}"
+
+
+@dataclasses.dataclass
+class Record:
+    case: Case
+    median: float
+    p20: float
+    p80: float
+    rounds: int
+    busy: Optional[float]          # other processes' share of the CPUs while this was timed
+    extra_info: Dict[str, Any]     # the benchmark's extra_info (the ratio is added once both ran)
+
+    @property
+    def throughput(self) -> float:
+        return self.case.work / self.median / 1e9
+
+    def pct_peak(self, peak: Dict[str, float]) -> Optional[float]:
+        return pct_of_peak(self.throughput, self.case.unit, peak)
+
+
+def pct_of_peak(throughput: Optional[float], unit: str, peak: Dict[str, Any]) -> Optional[float]:
+    if throughput is None or not peak:
+        return None
+    if unit == "GFLOP/s":
+        ref = peak.get("compute_gflops") or peak.get("sgemm_gflops")
+    else:
+        ref = peak.get("copy_gbps")
+    return 100.0 * throughput / ref if ref else None
+
+
+def quantile(sorted_data: List[float], q: float) -> float:
+    if len(sorted_data) == 1:
+        return sorted_data[0]
+    pos = q * (len(sorted_data) - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(sorted_data) - 1)
+    return sorted_data[lo] + (sorted_data[hi] - sorted_data[lo]) * (pos - lo)
+
+
+def time_once(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def geomean(values: Sequence[float]) -> Optional[float]:
+    vals = [v for v in values if v is not None and v > 0]
+    return math.exp(sum(map(math.log, vals)) / len(vals)) if vals else None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Device handling
+
+
+def prepare_device(device: str) -> None:
+    """Fair baselines: cuDNN picks its fastest algorithm per shape (autotuned during the warm-up)."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def synchronize(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(torch.device(device))
+
+
+def synced(fn: Callable[[], Any], device: str) -> Callable[[], Any]:
+    """fn followed by a device synchronize, so that a wall-clock timer (pytest-benchmark's) measures
+    the kernels and not just their launch; fn itself on the CPU."""
+    if torch.device(device).type != "cuda":
+        return fn
+    dev = torch.device(device)
+
+    def run():
+        out = fn()
+        torch.cuda.synchronize(dev)
+        return out
+
+    return run
+
+
+def device_name(device: str) -> str:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return cpu_model()
+
+
+def device_info(device: str) -> Dict[str, Any]:
+    dev = torch.device(device)
+    info: Dict[str, Any] = {"type": dev.type, "name": device_name(device), "cpu": cpu_model(),
+                            "cpu_count": os.cpu_count(), "cpu_isa": cpu_isa()}
+    if dev.type == "cuda":
+        props = torch.cuda.get_device_properties(dev)
+        info.update(capability=f"{props.major}.{props.minor}", memory_gib=round(props.total_memory / 2 ** 30, 1),
+                    multiprocessors=props.multi_processor_count)
+    return info
+
+
+def versions() -> Dict[str, Any]:
+    import fastconv
+
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {"fastconv": fastconv.__version__, "torch": torch.__version__, "python": platform.python_version(),
+            "cuda": torch.version.cuda, "cudnn": cudnn}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Timing
+
+
+@dataclasses.dataclass
+class TimingConfig:
+    warmup_s: float = 0.25   # warm-up time (at least WARMUP_CALLS calls)
+    target_s: float = 1.0    # measured time: rounds = target_s / (time of one call)
+    min_rounds: int = 5
+    max_rounds: int = 200
+
+    WARMUP_CALLS = 2
+
+    @classmethod
+    def quick(cls) -> "TimingConfig":
+        return cls(warmup_s=0.01, target_s=0.05, min_rounds=3, max_rounds=10)
+
+    def rounds_for(self, one_call_s: float) -> int:
+        return int(min(self.max_rounds, max(self.min_rounds, math.ceil(self.target_s / max(one_call_s, 1e-9)))))
+
+
+def warm_up(fn: Callable[[], Any], cfg: TimingConfig, device: str = "cpu") -> float:
+    """Runs fn for cfg.warmup_s (at least WARMUP_CALLS calls); returns the median time of one call
+    after the first."""
+    call = synced(fn, device)
+    synchronize(device)
+    times: List[float] = []
+    t0 = time.perf_counter()
+    while len(times) < cfg.WARMUP_CALLS or time.perf_counter() - t0 < cfg.warmup_s:
+        times.append(time_once(call))
+    return statistics.median(times[1:])
+
+
+def time_step(fn: Callable[[], Any], cfg: TimingConfig, device: str = "cpu") -> List[float]:
+    """Warm-up, then per-call times in seconds (sorted). CUDA: each call between two CUDA events on
+    the current stream, read after synchronizing; CPU: perf_counter around each call."""
+    rounds = cfg.rounds_for(warm_up(fn, cfg, device))
+    times: List[float] = []
+    if torch.device(device).type == "cuda":
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(rounds)]
+        for start, end in events:
+            start.record()
+            fn()
+            end.record()
+        torch.cuda.synchronize(torch.device(device))
+        times = [start.elapsed_time(end) / 1e3 for start, end in events]
+    else:
+        times = [time_once(fn) for _ in range(rounds)]
+    return sorted(times)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Work models per op and mode
+
+
+def itemsize(dtype: str) -> int:
+    return torch.empty(0, dtype=DTYPES[dtype]).element_size()
+
+
+def conv_flops(s: ConvShape, mode: str) -> float:
+    """fwd: 2·N·K·P·Q·(C/groups)·R·S; bwd: input and weight gradients (2x); fwdbwd: 3x."""
+    return {"fwd": 1, "bwd": 2, "fwdbwd": 3}[mode] * s.flops
+
+
+def conv_bytes(s: ConvShape, mode: str, size: int = 4) -> float:
+    """Minimum traffic. fwd: x, w, b in, y out. dgrad: dy, w in, dx out; wgrad: dy, x in, dw, db out."""
+    x = s.N * s.C * s.H * s.W
+    w = s.K * (s.C // s.groups) * s.R * s.S
+    y = s.N * s.K * s.P * s.Q
+    fwd = x + w + s.K + y
+    bwd = (y + w + x) + (y + x + w + s.K)
+    return size * {"fwd": fwd, "bwd": bwd, "fwdbwd": fwd + bwd}[mode]
+
+
+def pool_bytes(s: PoolShape, mode: str, size: int = 4) -> float:
+    """fwd without indices (inference); bwd reads dy (and max's int64 indices), writes dx; fwdbwd:
+    the forward that records indices plus the backward."""
+    if mode == "fwd":
+        return s.bytes(size)
+    if mode == "bwd":
+        return s.bytes_backward(size)
+    return s.bytes(size, indices=True) + s.bytes_backward(size)
+
+
+def work_of(op: str, shape, mode: str, dtype: str = "float32") -> Tuple[float, str, float]:
+    """(work per call, unit, bytes per call) of a row: FLOPs and GFLOP/s for convolution, bytes and
+    GB/s for pooling."""
+    size = itemsize(dtype)
+    if isinstance(shape, ConvShape):
+        return float(conv_flops(shape, mode)), "GFLOP/s", float(conv_bytes(shape, mode, size))
+    b = float(pool_bytes(shape, mode, size))
+    return b, "GB/s", b
+
+
+def ops_for(shape, ops: Sequence[str]) -> List[str]:
+    """The ops of `ops` that apply to a table row: the conv ops to a ConvShape; a PoolShape's own op."""
+    if isinstance(shape, ConvShape):
+        return [op for op in ops if op in CONV_OPS]
+    own = f"{shape.op}_pool2d"
+    return [own] if own in ops else []
+
+
+# ----------------------------------------------------------------------------------------------------
+# Steps: the callable timed for a row, and the check of our result against torch's
+
+
+def _fmt(layout: str):
+    return torch.channels_last if layout == "channels_last" else torch.contiguous_format
+
+
+def conv_inputs(s: ConvShape, layout: str, grad: bool, dtype: str = "float32", device: str = "cpu"):
+    """x, w, b (requiring grad when `grad`) and dy, deterministic (seeded on the CPU, then moved)."""
+    g = torch.Generator().manual_seed(1234)
+    fan_in = (s.C // s.groups) * s.R * s.S
+    x = torch.randn(s.input_shape, generator=g)
+    w = torch.randn(s.weight_shape, generator=g) / fan_in ** 0.5
+    b = torch.randn(s.K, generator=g) * 0.1
+    dy = torch.randn(s.output_shape, generator=g)
+    dt = DTYPES[dtype]
+    x, w, b, dy = (t.to(device=device, dtype=dt) for t in (x, w, b, dy))
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+        w = w.contiguous(memory_format=torch.channels_last)
+    dy = dy.contiguous(memory_format=_fmt(layout))
+    return x.requires_grad_(grad), w.requires_grad_(grad), b.requires_grad_(grad), dy
+
+
+def conv_forward(impl: str, op: str, s: ConvShape) -> Callable:
+    """fastconv.functional's op, or torch's: F.conv2d (+ in-place ReLU for conv2d_relu, what
+    nn.ReLU(inplace=True) does after a conv layer: the strongest unfused baseline)."""
+    if impl == "fastconv":
+        import fastconv.functional as FC
+
+        f = FC.conv2d_relu if op == "conv2d_relu" else FC.conv2d
+        return lambda x, w, b: f(x, w, b, s.stride, s.pad, 1, s.groups)
+    if op == "conv2d_relu":
+        return lambda x, w, b: torch.relu_(F.conv2d(x, w, b, s.stride, s.pad, 1, s.groups))
+    return lambda x, w, b: F.conv2d(x, w, b, s.stride, s.pad, 1, s.groups)
+
+
+def conv_step(impl: str, op: str, mode: str, s: ConvShape, x, w, b, dy) -> Callable[[], Tuple]:
+    """fwd: the output; fwdbwd: forward + (dx, dw, db); bwd: (dx, dw, db) from a retained graph."""
+    fwd = conv_forward(impl, op, s)
+    if mode == "fwd":
+        return lambda: (fwd(x, w, b),)
+    if mode == "fwdbwd":
+        return lambda: torch.autograd.grad(fwd(x, w, b), (x, w, b), dy)
+    y = fwd(x, w, b)
+    return lambda: torch.autograd.grad(y, (x, w, b), dy, retain_graph=True)
+
+
+def pool_fn(impl: str, s: PoolShape) -> Callable:
+    if impl == "fastconv":
+        import fastconv.functional as FC
+
+        f = FC.max_pool2d if s.op == "max" else FC.avg_pool2d
+    else:
+        f = F.max_pool2d if s.op == "max" else F.avg_pool2d
+    return lambda x: f(x, s.kernel, s.stride, s.pad)
+
+
+def pool_inputs(s: PoolShape, layout: str, dtype: str = "float32", device: str = "cpu"):
+    g = torch.Generator().manual_seed(4321)
+    x = torch.randn(s.input_shape, generator=g).to(device=device, dtype=DTYPES[dtype])
+    dy = torch.randn(s.output_shape, generator=g).to(device=device, dtype=DTYPES[dtype])
+    return x.contiguous(memory_format=_fmt(layout)), dy.contiguous(memory_format=_fmt(layout))
+
+
+def pool_step(impl: str, mode: str, s: PoolShape, x, dy) -> Callable[[], Any]:
+    """fwd: no indices (inference); bwd: grad_input alone from a retained graph (max pooling reads the
+    indices saved by its forward); fwdbwd: forward with indices + grad_input."""
+    pool = pool_fn(impl, s)
+    if mode == "fwd":
+        return lambda: pool(x)
+    xg = x.detach().requires_grad_(True)
+    if mode == "fwdbwd":
+        return lambda: torch.autograd.grad(pool(xg), xg, dy)[0]
+    y = pool(xg)
+    return lambda: torch.autograd.grad(y, xg, dy, retain_graph=True)[0]
+
+
+# Tolerances of our result against torch's, per dtype (float16/bfloat16: both round the float32 result
+# once, but torch may accumulate in a different order or precision).
+TOLERANCES = {"float32": (1e-3, 1e-4), "float64": (1e-7, 1e-9), "float16": (1e-2, 1e-2), "bfloat16": (5e-2, 5e-2)}
+
+
+def assert_same(ours, ref, names, dtype: str = "float32", strict: bool = False) -> None:
+    """Convolution (strict=False): per-dtype tolerances, atol scaled by the largest reference value
+    (the summation order differs). Pooling (strict=True): torch.testing's default tolerances."""
+    rtol, atol = TOLERANCES[dtype]
+    for name, o, r in zip(names, ours, ref):
+        if strict:
+            torch.testing.assert_close(o, r, msg=lambda m: f"{name}: {m}")
+            continue
+        scale = max(1.0, r.abs().max().item())
+        torch.testing.assert_close(o, r, rtol=rtol, atol=atol * scale, msg=lambda m: f"{name}: {m}")
+
+
+def make_step(op: str, mode: str, shape, layout: str, impl: str, dtype: str = "float32",
+              device: str = "cpu") -> Tuple[Callable[[], Any], Callable[[], None]]:
+    """(step, check) for one row: step() runs `impl` once; check() raises if fastconv's result (output
+    or every gradient) differs from torch's. Run both under the backend being measured."""
+    if isinstance(shape, ConvShape):
+        if op not in CONV_OPS:
+            raise ValueError(f"{op} does not apply to a conv shape")
+        x, w, b, dy = conv_inputs(shape, layout, grad=(mode != "fwd"), dtype=dtype, device=device)
+        fn = conv_step(impl, op, mode, shape, x, w, b, dy)
+
+        def check():
+            names = ("output",) if mode == "fwd" else ("grad_input", "grad_weight", "grad_bias")
+            assert_same(fn(), conv_step("torch", op, mode, shape, x, w, b, dy)(), names, dtype)
+
+        return fn, check
+    if op != f"{shape.op}_pool2d":
+        raise ValueError(f"{op} does not apply to a {shape.op} pooling shape")
+    x, dy = pool_inputs(shape, layout, dtype, device)
+    fn = pool_step(impl, mode, shape, x, dy)
+
+    def check():
+        name = "output" if mode == "fwd" else "grad_input"
+        assert_same((fn(),), (pool_step("torch", mode, shape, x, dy)(),), (name,), dtype, strict=True)
+
+    return fn, check
+
+
+def not_implemented(exc: BaseException) -> bool:
+    return isinstance(exc, NotImplementedError) or (
+        isinstance(exc, RuntimeError) and "not implemented" in str(exc).lower())
+
+
+# ----------------------------------------------------------------------------------------------------
+# Measured peak: torch's GEMM (oneDNN/MKL on CPU, cuBLAS on CUDA) for compute, a large copy for memory.
+
+_PEAK: Dict[Tuple[str, str], Dict[str, Any]] = {}
+
+
+def measure_peak(device: str = "cpu", dtype: str = "float32", gemm_n: int = 2048,
+                 copy_mib: int = 128, repeats: int = 5) -> Dict[str, Any]:
+    """Best of `repeats`: GFLOP/s of an n x n GEMM in `dtype`, GB/s of a copy (read + write) of
+    copy_mib MiB, far beyond the caches. Cached per (device, dtype)."""
+    key = (device, dtype)
+    if key in _PEAK:
+        return _PEAK[key]
+    dev = torch.device(device)
+    dt = DTYPES[dtype]
+    if dev.type == "cuda":
+        gemm_n = max(gemm_n, 8192)
+        copy_mib = max(copy_mib, 1024)
+
+    def best(fn):
+        fn()
+        synchronize(device)
+        return min(time_once(synced(fn, device)) for _ in range(repeats))
+
+    a = torch.randn(gemm_n, gemm_n, device=dev).to(dt)
+    b = torch.randn(gemm_n, gemm_n, device=dev).to(dt)
+    t_mm = best(lambda: torch.mm(a, b))
+    a = b = None  # free the GEMM operands before the copy buffers are allocated
+    src = torch.randn(copy_mib * 2 ** 20 // 4, device=dev)
+    dst = torch.empty_like(src)
+    t_copy = best(lambda: dst.copy_(src))
+    peak = {"device": device, "device_name": device_name(device), "dtype": dtype,
+            "threads": torch.get_num_threads(),
+            "compute_gflops": 2 * gemm_n ** 3 / t_mm / 1e9,
+            "copy_gbps": 2 * src.numel() * 4 / t_copy / 1e9,
+            "gemm": f"torch.mm {gemm_n}x{gemm_n} {dtype}", "copy": f"{copy_mib} MiB copy_ (read + write)"}
+    if dtype == "float32":
+        peak["sgemm_gflops"] = peak["compute_gflops"]
+    peak["ridge_flop_per_byte"] = peak["compute_gflops"] / peak["copy_gbps"]
+    _PEAK[key] = peak
+    return peak
+
+
+def machine_peak() -> Dict[str, float]:
+    """The CPU peak in the form the bench/ suites report it: sgemm_gflops, copy_gbps."""
+    p = measure_peak("cpu", "float32")
+    return {"sgemm_gflops": p["compute_gflops"], "copy_gbps": p["copy_gbps"]}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Contention: CPU time of the whole machine (/proc/stat) minus this process's own, over a wall interval.
+
+
+class BusyMeter:
+    def __init__(self):
+        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._ncpu = os.cpu_count() or 1
+        self._start = self._sample()
+
+    def _sample(self):
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # minus idle, iowait
+        t = os.times()
+        return time.perf_counter(), busy / self._tick, t.user + t.system
+
+    def restart(self) -> None:
+        self._start = self._sample()
+
+    def others(self) -> Optional[float]:
+        """Share of all CPUs used by other processes since the start (0..1), None if unknown."""
+        end = self._sample()
+        if end is None or self._start is None:
+            return None
+        wall = end[0] - self._start[0]
+        if wall < 0.2:  # /proc/stat counts in clock ticks (10 ms): too coarse for shorter intervals
+            return None
+        others = (end[1] - self._start[1]) - (end[2] - self._start[2])
+        return min(1.0, max(0.0, others / (wall * self._ncpu)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The suites' collector and ratio tables
+
+
+class Collector:
+    def __init__(self):
+        self.rows: "OrderedDict[tuple, Dict[str, Any]]" = OrderedDict()
+
+    def _row(self, case: Case) -> Dict[str, Any]:
+        return self.rows.setdefault(case.key, {"case": case, "torch": None, "fastconv": None, "skip": None})
+
+    def skip(self, case: Case, why: str) -> None:
+        self._row(case)["skip"] = why
+
+    def add(self, rec: Record) -> None:
+        row = self._row(rec.case)
+        row[rec.case.impl] = rec
+        ours, base = row["fastconv"], row["torch"]
+        if ours is not None and base is not None:
+            ratio = base.median / ours.median
+            ours.extra_info["ratio_vs_torch"] = ratio
+            base.extra_info["ratio_vs_torch"] = ratio
+
+    def tables(self, peak: Dict[str, float]) -> "OrderedDict[str, Dict[str, Any]]":
+        out: "OrderedDict[str, Dict[str, Any]]" = OrderedDict()
+        for (op, mode, _, _, dtype), row in self.rows.items():
+            name = f"{op}/{mode}" if dtype == "float32" else f"{op}/{mode}/{dtype}"
+            t = out.setdefault(name, {"unit": row["case"].unit, "rows": [], "geomean_ratio": None})
+            ours, base = row["fastconv"], row["torch"]
+            busy = [r.busy for r in (ours, base) if r is not None and r.busy is not None]
+            t["rows"].append({
+                "shape": row["case"].shape.name,
+                "layout": row["case"].layout,
+                "fastconv_ms": ours.median * 1e3 if ours else None,
+                "fastconv_p20_ms": ours.p20 * 1e3 if ours else None,
+                "fastconv_p80_ms": ours.p80 * 1e3 if ours else None,
+                "torch_ms": base.median * 1e3 if base else None,
+                "torch_p20_ms": base.p20 * 1e3 if base else None,
+                "torch_p80_ms": base.p80 * 1e3 if base else None,
+                "fastconv_throughput": ours.throughput if ours else None,
+                "torch_throughput": base.throughput if base else None,
+                "fastconv_pct_peak": ours.pct_peak(peak) if ours else None,
+                "ratio": base.median / ours.median if ours and base else None,
+                "others_cpu_share": max(busy) if busy else None,
+                "note": row["skip"],
+            })
+        for t in out.values():
+            t["geomean_ratio"] = geomean([r["ratio"] for r in t["rows"] if r["ratio"]])
+        return out
+
+
+def fmt_num(v, width: int, prec: int) -> str:
+    return format("n/a" if v is None else f"{v:.{prec}f}", f">{width}")
+
+
+def format_tables(tables, backend: str, threads: int, peak: Dict[str, float]) -> List[str]:
+    lines = [f"fastconv ({backend} backend) vs torch {torch.__version__}, float32 unless the table says, "
+             f"{threads} threads; "
+             f"ratio = {RATIO_DEFINITION}"]
+    if peak:
+        lines.append(f"measured peak: torch SGEMM {peak['sgemm_gflops']:.1f} GFLOP/s, copy "
+                     f"{peak['copy_gbps']:.1f} GB/s (%peak: ours against it)")
+    flagged = False
+    for name, t in tables.items():
+        u = t["unit"]
+        head = (f"{'shape':<26} {'layout':<13} {'ours ms':>9} {'torch ms':>9} {'ours ' + u:>13} "
+                f"{'torch ' + u:>14} {'%peak':>6} {'ratio':>7}")
+        lines += ["", f"== {name} ==", head, "-" * len(head)]
+        for r in t["rows"]:
+            line = (f"{r['shape']:<26} {r['layout']:<13} {fmt_num(r['fastconv_ms'], 9, 3)} "
+                    f"{fmt_num(r['torch_ms'], 9, 3)} {fmt_num(r['fastconv_throughput'], 13, 1)} "
+                    f"{fmt_num(r['torch_throughput'], 14, 1)} {fmt_num(r['fastconv_pct_peak'], 6, 1)} "
+                    f"{fmt_num(r['ratio'], 7, 2)}")
+            if r["others_cpu_share"] is not None and r["others_cpu_share"] > BUSY_FLAG:
+                line += f" !busy {100 * r['others_cpu_share']:.0f}%"
+                flagged = True
+            if r["note"] and r["ratio"] is None:
+                line += f"   ({r['note'][:60]})"
+            lines.append(line)
+        lines.append(f"{'geomean ratio':<26} {'':<13} {'':>9} {'':>9} {'':>13} {'':>14} {'':>6} "
+                     f"{fmt_num(t['geomean_ratio'], 7, 2)}")
+    if flagged:
+        lines += ["", f"!busy N%: other processes used N% of the machine's CPU time while that row was "
+                      f"timed (> {100 * BUSY_FLAG:.0f}%); re-run those rows on a quiet machine"]
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------------
+# Machine and versions for the reports
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> Optional[str]:
+    try:  # read-only query
+        root = Path(__file__).resolve().parent.parent.parent
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def cpu_isa() -> Optional[str]:
+    try:
+        from fastconv.backends import cpu as cpu_backend
+
+        return cpu_backend._C.cpu_isa() if cpu_backend._C is not None else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
