@@ -111,6 +111,19 @@ FC_INLINE T masked(T v, T m) {
   return m <= T(0) ? T(0) : v;
 }
 
+// Epilogue of a reduction split over blocks: the first block stores the MR x NR tile (row stride ld),
+// later blocks add to it.
+template <typename T, int MR, int NV>
+FC_INLINE void store_or_accumulate(typename Simd<T>::V (&acc)[MR][NV], T* ct, int64_t ld, bool first) {
+  using Sd = Simd<T>;
+  constexpr int L = Sd::L;
+  FC_UNROLL for (int i = 0; i < MR; ++i) FC_UNROLL for (int v = 0; v < NV; ++v) {
+    typename Sd::V val = acc[i][v];
+    if (!first) val = Sd::add(val, Sd::load(ct + i * ld + v * L));
+    Sd::store(ct + i * ld + v * L, val);
+  }
+}
+
 // ceil(a / b) for b > 0 and any sign of a.
 inline int64_t ceil_div(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
 
@@ -1298,12 +1311,7 @@ void wgrad_gemm(const ConvDesc& d, In4<T> x, In4<T> dy, In4<T> m, Out4<T> dw, in
           const T* bp = Bb + jr * kl * NR;
           for (int64_t ir = 0; ir < nir; ++ir) {
             ukr_rows<T, MR, NV>(1, rows + ir * MR, &kl, bp, [&](V(&acc)[MR][NV]) {
-              T* ct = Cz + ir * MR * Npad + jr * NR;
-              FC_UNROLL for (int i = 0; i < MR; ++i) FC_UNROLL for (int v = 0; v < NV; ++v) {
-                V val = acc[i][v];
-                if (!first) val = Sd::add(val, Sd::load(ct + i * Npad + v * L));
-                Sd::store(ct + i * Npad + v * L, val);
-              }
+              store_or_accumulate<T, MR, NV>(acc, Cz + ir * MR * Npad + jr * NR, Npad, first);
             });
           }
         }
@@ -1403,12 +1411,7 @@ void wgrad_gemm_cl(const ConvDesc& d, In4<T> x, In4<T> dy, In4<T> m, Out4<T> dw,
         for (int64_t jr = 0; jr < npan; ++jr)
           for (int64_t ir = 0; ir < nIr; ++ir)
             ukr_panel<T, MR, NV>(kl, Ab + ir * kl * MR, Bb + jr * kl * NR, [&](V(&acc)[MR][NV]) {
-              T* ct = Cz + ir * MR * NCOLpad + jr * NR;
-              FC_UNROLL for (int i = 0; i < MR; ++i) FC_UNROLL for (int v = 0; v < NV; ++v) {
-                V val = acc[i][v];
-                if (!first) val = Sd::add(val, Sd::load(ct + i * NCOLpad + v * L));
-                Sd::store(ct + i * NCOLpad + v * L, val);
-              }
+              store_or_accumulate<T, MR, NV>(acc, Cz + ir * MR * NCOLpad + jr * NR, NCOLpad, first);
             });
       }
       // panels past ncol inside this block stay unwritten; they are never read
