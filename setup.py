@@ -28,6 +28,13 @@ ISA_FLAGS = {
     "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"],
 }
 COMMON_FLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas"]
+LINK_FLAGS = ["-fopenmp"]
+# FASTCONV_SANITIZE=1: an AddressSanitizer + UndefinedBehaviorSanitizer build for CI (.ci/run builds
+# one in a scratch copy and runs the kernel tests with libasan/libubsan preloaded into python).
+if os.environ.get("FASTCONV_SANITIZE", "0") == "1":
+    COMMON_FLAGS = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
+                    "-fno-sanitize-recover=undefined"] + COMMON_FLAGS[1:]
+    LINK_FLAGS = LINK_FLAGS + ["-fsanitize=address,undefined"]
 
 
 def cpu_isa_sources():
@@ -61,7 +68,7 @@ def cpu_extension():
         include_dirs=["csrc"],
         cxx_std=17,
         extra_compile_args=COMMON_FLAGS,
-        extra_link_args=["-fopenmp"],
+        extra_link_args=LINK_FLAGS,
         depends=glob.glob("csrc/cpu/*.h") + cpu_isa_sources(),
     )
 
