@@ -73,6 +73,11 @@ def empty_like_format(shape: Sequence[int], like: torch.Tensor, channels_last: b
     return torch.empty(list(shape), dtype=dtype or like.dtype, device=like.device, memory_format=fmt)
 
 
+def grad_input_like(x: torch.Tensor) -> torch.Tensor:
+    """Uninitialized gradient buffer for input x, in x's memory format (as torch's backward ops)."""
+    return empty_like_format(x.shape, x, strides_like_channels_last(x))
+
+
 def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int) -> int:
     return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
 

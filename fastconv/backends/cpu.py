@@ -133,7 +133,7 @@ class CpuBackend(Backend):
 
     @_upcasting
     def conv2d_dgrad(self, dy, x, w, relu_y, stride, padding, dilation, groups):
-        dx = _utils.empty_like_format(x.shape, x, _utils.strides_like_channels_last(x))
+        dx = _utils.grad_input_like(x)
         if dx.numel() == 0:
             return dx
         if dy.numel() == 0 or w.numel() == 0:
@@ -172,7 +172,7 @@ class CpuBackend(Backend):
 
     @_upcasting
     def max_pool2d_bwd(self, dy, x, indices, kernel, stride, padding, dilation, ceil_mode):
-        dx = _utils.empty_like_format(x.shape, x, _utils.strides_like_channels_last(x))
+        dx = _utils.grad_input_like(x)
         if dx.numel() == 0:
             return dx
         d = pool_desc(x, dy.shape[2:], kernel, stride, padding, dilation)
@@ -191,7 +191,7 @@ class CpuBackend(Backend):
 
     @_upcasting
     def avg_pool2d_bwd(self, dy, x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
-        dx = _utils.empty_like_format(x.shape, x, _utils.strides_like_channels_last(x))
+        dx = _utils.grad_input_like(x)
         if dx.numel() == 0:
             return dx
         d = pool_desc(x, dy.shape[2:], kernel, stride, padding, (1, 1), count_include_pad, divisor_override)

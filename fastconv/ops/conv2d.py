@@ -79,7 +79,7 @@ def _(input, weight, bias, stride, padding, dilation, groups):
 
 @conv2d_dgrad.register_fake
 def _(grad_output, input, weight, relu_output, stride, padding, dilation, groups):
-    return _utils.empty_like_format(input.shape, input, _utils.strides_like_channels_last(input))
+    return _utils.grad_input_like(input)
 
 
 @conv2d_wgrad.register_fake

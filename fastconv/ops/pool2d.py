@@ -23,10 +23,6 @@ def _pool_output(input: Tensor, kernel, stride, padding, dilation, ceil_mode, dt
                                     _utils.strides_like_channels_last(input), dtype=dtype)
 
 
-def _grad_input(input: Tensor) -> Tensor:
-    return _utils.empty_like_format(input.shape, input, _utils.strides_like_channels_last(input))
-
-
 @torch.library.custom_op("fastconv::max_pool2d", mutates_args=())
 def max_pool2d(input: Tensor, kernel_size: List[int], stride: List[int], padding: List[int],
                dilation: List[int], ceil_mode: bool) -> Tensor:
@@ -84,7 +80,7 @@ def _(input, kernel_size, stride, padding, dilation, ceil_mode):
 
 @max_pool2d_backward.register_fake
 def _(grad_output, input, indices, kernel_size, stride, padding, dilation, ceil_mode):
-    return _grad_input(input)
+    return _utils.grad_input_like(input)
 
 
 @avg_pool2d.register_fake
@@ -94,7 +90,7 @@ def _(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor
 
 @avg_pool2d_backward.register_fake
 def _(grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
-    return _grad_input(input)
+    return _utils.grad_input_like(input)
 
 
 def _max_setup_context(ctx, inputs, output):
