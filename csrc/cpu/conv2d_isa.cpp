@@ -111,17 +111,26 @@ FC_INLINE T masked(T v, T m) {
   return m <= T(0) ? T(0) : v;
 }
 
-// Epilogue of a reduction split over blocks: the first block stores the MR x NR tile (row stride ld),
-// later blocks add to it.
+// Tiles of a reduction split over blocks (row stride ld): the first block stores its MR x NR tile,
+// later blocks add the stored partial sum into their accumulators.
+template <typename T, int MR, int NV>
+FC_INLINE void add_tile(typename Simd<T>::V (&acc)[MR][NV], const T* ct, int64_t ld) {
+  using Sd = Simd<T>;
+  FC_UNROLL for (int i = 0; i < MR; ++i) FC_UNROLL for (int v = 0; v < NV; ++v)
+      acc[i][v] = Sd::add(acc[i][v], Sd::load(ct + i * ld + v * Sd::L));
+}
+
+template <typename T, int MR, int NV>
+FC_INLINE void store_tile(typename Simd<T>::V (&acc)[MR][NV], T* ct, int64_t ld) {
+  using Sd = Simd<T>;
+  FC_UNROLL for (int i = 0; i < MR; ++i) FC_UNROLL for (int v = 0; v < NV; ++v)
+      Sd::store(ct + i * ld + v * Sd::L, acc[i][v]);
+}
+
 template <typename T, int MR, int NV>
 FC_INLINE void store_or_accumulate(typename Simd<T>::V (&acc)[MR][NV], T* ct, int64_t ld, bool first) {
-  using Sd = Simd<T>;
-  constexpr int L = Sd::L;
-  FC_UNROLL for (int i = 0; i < MR; ++i) FC_UNROLL for (int v = 0; v < NV; ++v) {
-    typename Sd::V val = acc[i][v];
-    if (!first) val = Sd::add(val, Sd::load(ct + i * ld + v * L));
-    Sd::store(ct + i * ld + v * L, val);
-  }
+  if (!first) add_tile<T, MR, NV>(acc, ct, ld);
+  store_tile<T, MR, NV>(acc, ct, ld);
 }
 
 // ceil(a / b) for b > 0 and any sign of a.
@@ -265,15 +274,8 @@ void conv_pix_direct(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, O
             ukr_offs<T, MR, NV>(kl, A.p + ((gi * nIr + ir) * CRS + k0) * MR, win + jr * NR, offs.data() + k0,
                                 [&](V(&acc)[MR][NV]) {
               T* ct = Cb + ir * MR * ldc + jr * NR;
-              if (!first) {
-                FC_UNROLL for (int i = 0; i < MR; ++i) FC_UNROLL for (int v = 0; v < NV; ++v) acc[i][v] =
-                    Sd::add(acc[i][v], Sd::load(ct + i * ldc + v * L));
-              }
-              if (!last) {
-                FC_UNROLL for (int i = 0; i < MR; ++i) FC_UNROLL for (int v = 0; v < NV; ++v)
-                    Sd::store(ct + i * ldc + v * L, acc[i][v]);
-                return;
-              }
+              if (!first) add_tile<T, MR, NV>(acc, ct, ldc);
+              if (!last) return store_tile<T, MR, NV>(acc, ct, ldc);  // partial sum of a kc block
               FC_UNROLL for (int i = 0; i < MR; ++i) {
                 const int64_t k = ir * MR + i;
                 if (k >= g.Kg) break;
@@ -414,15 +416,8 @@ void conv_pix(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> 
           for (int64_t ir = 0; ir < nIr; ++ir) {
             ukr_panel<T, MR, NV>(kl, A.p + ((gi * nIr + ir) * CRS + k0) * MR, bp, [&](V(&acc)[MR][NV]) {
               T* ct = Cb + ir * MR * ldc + jr * NR;
-              if (!first) {
-                FC_UNROLL for (int i = 0; i < MR; ++i) FC_UNROLL for (int v = 0; v < NV; ++v) acc[i][v] =
-                    Sd::add(acc[i][v], Sd::load(ct + i * ldc + v * L));
-              }
-              if (!last) {
-                FC_UNROLL for (int i = 0; i < MR; ++i) FC_UNROLL for (int v = 0; v < NV; ++v)
-                    Sd::store(ct + i * ldc + v * L, acc[i][v]);
-                return;
-              }
+              if (!first) add_tile<T, MR, NV>(acc, ct, ldc);
+              if (!last) return store_tile<T, MR, NV>(acc, ct, ldc);  // partial sum of a kc block
               const int64_t jbase = jr * NR;
               const bool full = plane_contig && jbase + NR <= nc;
               FC_UNROLL for (int i = 0; i < MR; ++i) {
@@ -664,15 +659,8 @@ void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y
           for (int64_t ir = 0; ir < nir; ++ir) {
             ukr_rows<T, MR, NV>(nseg_eff, rows + ir * nseg_eff * MR, lens, bp, [&](V(&acc)[MR][NV]) {
               T* ct = Cb + ir * MR * ldc + kb;
-              if (!first) {
-                FC_UNROLL for (int i = 0; i < MR; ++i) FC_UNROLL for (int v = 0; v < NV; ++v) acc[i][v] =
-                    Sd::add(acc[i][v], Sd::load(ct + i * ldc + v * L));
-              }
-              if (!last) {
-                FC_UNROLL for (int i = 0; i < MR; ++i) FC_UNROLL for (int v = 0; v < NV; ++v)
-                    Sd::store(ct + i * ldc + v * L, acc[i][v]);
-                return;
-              }
+              if (!first) add_tile<T, MR, NV>(acc, ct, ldc);
+              if (!last) return store_tile<T, MR, NV>(acc, ct, ldc);  // partial sum of a kc block
               FC_UNROLL for (int i = 0; i < MR; ++i) {
                 const int64_t jj = ir * MR + i;
                 if (jj >= mc) break;
