@@ -1,0 +1,226 @@
+"""The 'triton' backend against cuDNN on a CUDA GPU: ResNet-50's convolution layers at batch 32
+(fastconv.benchmarks.TABLES['resnet50']) and the pooling table, float16, bfloat16 and float32,
+NCHW and channels_last, forward and forward+backward.
+
+    pytest bench/test_triton.py --benchmark-only                         # the full tables (GPU)
+    FASTCONV_BENCH_SHORT=1 pytest bench/test_triton.py --benchmark-only  # 4 layers, float16 (CI smoke)
+    FASTCONV_TRITON_BENCH_REPORT=bench/results/triton-<gpu>-<date>.json pytest bench/test_triton.py --benchmark-only
+
+Baselines: F.conv2d with torch.backends.cudnn.benchmark = True (cuDNN picks its fastest algorithm per
+shape during the warm-up), and for conv2d_relu F.conv2d (with bias) followed by an in-place ReLU - the
+unfused cuDNN conv + bias + ReLU our fused kernel replaces. float32 runs with cuDNN's default TF32
+setting (torch.backends.cudnn.allow_tf32), which our kernels follow. Pooling: torch's CUDA kernels.
+
+Timing: each measurement launches the step `inner` times back to back and synchronizes once (so the
+launch latency of a small layer is not counted as its run time); the median over rounds, divided by
+`inner`, is the time per call. Reported per row: median ms of both, TFLOP/s (2*N*K*P*Q*C/g*R*S per
+forward, x3 for forward+backward) or GB/s for pooling, % of the device's measured peak (torch.mm in the
+same dtype for FLOP/s, a 1 GiB copy for GB/s; fastconv.benchmarks.runner.measure_peak) and
+ratio = cuDNN time / triton time (> 1: triton faster), with the geometric mean per table.
+
+Without a CUDA GPU every test is skipped at once (CI's short mode has no GPU).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastconv.benchmarks import TABLES
+from fastconv.benchmarks.runner import (conv_inputs, conv_step, device_info, git_commit, measure_peak, pool_inputs,
+                                        pool_step, versions)
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="the triton-vs-cuDNN benchmarks need a CUDA GPU")
+
+DEVICE = "cuda"
+DTYPES = ("float16", "bfloat16", "float32")
+LAYOUTS = ("nchw", "channels_last")
+SHORT_LAYERS = ("r50-conv1-7x7s2", "r50-l1-3x3-c64-56", "r50-l3-1x1-c256k1024-14", "r50-l4-3x3-c512-7")
+SHORT = os.environ.get("FASTCONV_BENCH_SHORT", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+CONV_SHAPES = [s for s in TABLES["resnet50"] if not SHORT or s.name in SHORT_LAYERS]
+POOL_SHAPES = TABLES["pool"][:3] if SHORT else TABLES["pool"]
+CONV_DTYPES = ("float16",) if SHORT else DTYPES
+
+_ROWS: dict = {}  # (op, mode, shape, layout, dtype) -> {"cudnn": s, "triton": s, "work": ..., "unit": ...}
+
+
+# Relative error (Frobenius norm) of triton's result against cuDNN's, above which no speed is recorded:
+# both round to the same dtype but sum in different orders (TF32 for float32 by default).
+_CHECK_TOL = {"float16": 1e-2, "bfloat16": 5e-2, "float32": 1e-2}
+
+
+def _check(ours, ref, names, dt):
+    for name, o, r in zip(names, ours, ref):
+        o, r = o.detach().double(), r.detach().double()
+        err = (torch.linalg.vector_norm(o - r) / torch.linalg.vector_norm(r).clamp_min(1e-30)).item()
+        assert err <= _CHECK_TOL[dt], f"{name}: relative error {err:.2e} against cuDNN ({dt})"
+
+
+def _triton_ready():
+    import fastconv
+
+    ok, why = fastconv.backends.registered()["triton"].availability()
+    if not ok:
+        pytest.skip(f"triton backend unavailable: {why}")
+
+
+def _time(benchmark, fn, target_s: float):
+    """Median seconds per call: rounds of `inner` back-to-back calls, one synchronize per round."""
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    one = max(time.perf_counter() - t0, 1e-6)
+    inner = max(1, min(50, int(2e-3 / one)))  # ~2 ms per round at least
+
+    def rounds():
+        for _ in range(inner):
+            fn()
+        torch.cuda.synchronize()
+
+    n = int(min(100, max(5, target_s / (one * inner))))
+    benchmark.pedantic(rounds, rounds=n, iterations=1, warmup_rounds=2)
+    return statistics.median(benchmark.stats.stats.data) / inner
+
+
+def _record(key, impl, seconds, work, unit, benchmark):
+    row = _ROWS.setdefault(key, {"work": work, "unit": unit})
+    row[impl] = seconds
+    scale = 1e12 if unit == "TFLOP/s" else 1e9
+    benchmark.extra_info.update(op=key[0], mode=key[1], shape=key[2], layout=key[3], dtype=key[4], impl=impl,
+                                median_ms=seconds * 1e3, throughput=work / seconds / scale, unit=unit)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cudnn_benchmark():
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    yield
+    torch.backends.cudnn.benchmark = previous
+
+
+@pytest.mark.parametrize("which", ["cudnn", "triton"])
+@pytest.mark.parametrize("mode", ["fwd", "fwdbwd"])
+@pytest.mark.parametrize("op", ["conv2d", "conv2d_relu"])
+@pytest.mark.parametrize("fmt", LAYOUTS)
+@pytest.mark.parametrize("dt", CONV_DTYPES)
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=lambda s: s.name)
+def test_triton_conv(benchmark, shape, dt, fmt, op, mode, which):
+    import fastconv
+
+    _triton_ready()
+    x, w, b, dy = conv_inputs(shape, fmt, grad=(mode == "fwdbwd"), dtype=dt, device=DEVICE)
+    impl = "torch" if which == "cudnn" else "fastconv"
+    fn = conv_step(impl, op, mode, shape, x, w, b, dy)
+    ctx = fastconv.use_backend("triton") if which == "triton" else _null()
+    with ctx:
+        if which == "triton":  # a wrong result records no speed
+            names = ("output",) if mode == "fwd" else ("grad_input", "grad_weight", "grad_bias")
+            _check(fn(), conv_step("torch", op, mode, shape, x, w, b, dy)(), names, dt)
+        seconds = _time(benchmark, fn, 0.3 if SHORT else 1.0)
+    work = shape.flops if mode == "fwd" else shape.flops_fwd_bwd
+    _record((op, mode, shape.name, fmt, dt), which, seconds, work, "TFLOP/s", benchmark)
+
+
+@pytest.mark.parametrize("which", ["cudnn", "triton"])
+@pytest.mark.parametrize("mode", ["fwd", "bwd"])
+@pytest.mark.parametrize("fmt", LAYOUTS)
+@pytest.mark.parametrize("dt", ("float16",) if SHORT else ("float16", "float32"))
+@pytest.mark.parametrize("shape", POOL_SHAPES, ids=lambda s: s.name)
+def test_triton_pool(benchmark, shape, dt, fmt, mode, which):
+    import fastconv
+
+    _triton_ready()
+    x, dy = pool_inputs(shape, fmt, dt, DEVICE)
+    fn = pool_step("torch" if which == "cudnn" else "fastconv", mode, shape, x, dy)
+    ctx = fastconv.use_backend("triton") if which == "triton" else _null()
+    with ctx:
+        if which == "triton":
+            _check((fn(),), (pool_step("torch", mode, shape, x, dy)(),), ("pool",), dt)
+        seconds = _time(benchmark, fn, 0.3 if SHORT else 1.0)
+    size = torch.empty(0, dtype=getattr(torch, dt)).element_size()
+    work = shape.bytes(size) if mode == "fwd" else shape.bytes_backward(size)
+    _record((f"{shape.op}_pool2d", mode, shape.name, fmt, dt), which, seconds, work, "GB/s", benchmark)
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+# ----------------------------------------------------------------------------------------------------
+# Report: printed at the end of the module, and written as JSON when FASTCONV_TRITON_BENCH_REPORT is set
+
+
+def _tables():
+    peaks = {}
+    tables: dict = {}
+    for (op, mode, shape, fmt, dt), row in _ROWS.items():
+        if "cudnn" not in row or "triton" not in row:
+            continue
+        if dt not in peaks:
+            peaks[dt] = measure_peak(DEVICE, dt)
+        scale = 1e12 if row["unit"] == "TFLOP/s" else 1e9
+        peak = peaks[dt]["compute_gflops"] * 1e9 if row["unit"] == "TFLOP/s" else peaks[dt]["copy_gbps"] * 1e9
+        thr = row["work"] / row["triton"]
+        tables.setdefault(f"{op}/{mode}/{dt}", []).append({
+            "shape": shape, "layout": fmt, "cudnn_ms": row["cudnn"] * 1e3, "triton_ms": row["triton"] * 1e3,
+            "triton_throughput": thr / scale, "cudnn_throughput": row["work"] / row["cudnn"] / scale,
+            "unit": row["unit"], "pct_peak": 100 * thr / peak, "ratio": row["cudnn"] / row["triton"]})
+    return tables, peaks
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report(request):
+    yield
+    if not _ROWS:
+        return
+    tables, peaks = _tables()
+    lines = ["", f"triton vs cuDNN on {torch.cuda.get_device_name(0)} (ratio = cuDNN time / triton time, > 1: "
+                 f"triton faster)"]
+    for dt, p in peaks.items():
+        lines.append(f"  measured peak {dt}: {p['compute_gflops'] / 1e3:.1f} TFLOP/s (torch.mm), "
+                     f"{p['copy_gbps']:.0f} GB/s (copy)")
+    for name, rows in tables.items():
+        unit = rows[0]["unit"]
+        lines.append(f"\n{name}")
+        lines.append(f"  {'shape':<32} {'layout':<14} {'cuDNN ms':>9} {'triton ms':>9} {unit:>9} {'% peak':>7} "
+                     f"{'ratio':>6}")
+        for r in rows:
+            lines.append(f"  {r['shape']:<32} {r['layout']:<14} {r['cudnn_ms']:>9.3f} {r['triton_ms']:>9.3f} "
+                         f"{r['triton_throughput']:>9.1f} {r['pct_peak']:>6.1f}% {r['ratio']:>6.2f}")
+        for fmt in LAYOUTS:
+            ratios = [r["ratio"] for r in rows if r["layout"] == fmt]
+            if ratios:
+                geo = math.exp(sum(math.log(v) for v in ratios) / len(ratios))
+                lines.append(f"  geomean ratio ({fmt}): {geo:.3f}")
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    for line in lines:
+        if reporter is not None:
+            reporter.write_line(line)
+        else:
+            print(line)
+    path = os.environ.get("FASTCONV_TRITON_BENCH_REPORT")
+    if path:
+        import triton
+
+        report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  "device": device_info(DEVICE), "versions": dict(versions(), triton=triton.__version__),
+                  "git_commit": git_commit(), "short": SHORT, "tf32": torch.backends.cudnn.allow_tf32,
+                  "autotune": os.environ.get("FASTCONV_AUTOTUNE", "1"), "peaks": peaks,
+                  "ratio": "cudnn_time / triton_time (> 1: triton faster)", "tables": tables}
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(report, indent=2) + "\n")
