@@ -29,13 +29,9 @@ def info_dict() -> Dict[str, Any]:
         out["_C"] = build
     else:
         out["_C"] = f"not built: {cpu_backend._IMPORT_ERROR}"
-    out["_C_cuda"] = "not built: the CUDA backend is not part of this version yet"
-    try:
-        import triton  # noqa: F401
-
-        out["triton"] = getattr(triton, "__version__", "installed")
-    except ImportError:
-        out["triton"] = None
+    out["_C_cuda"] = _cuda_module_info()
+    out["_C_emu"] = _emu_module_info()
+    out["triton"] = _triton_info()
     out["backends"] = {}
     for name, backend in sorted(backends.registered().items()):
         ok, why = backend.availability()
@@ -43,6 +39,40 @@ def info_dict() -> Dict[str, Any]:
     out["backend_choice"] = backends.get_backend()
     out["auto_order"] = backends.AUTO_ORDER
     return out
+
+
+def _cuda_module_info():
+    from .backends import cuda as cuda_backend
+
+    m = cuda_backend._C_cuda
+    if m is None:
+        return f"not built: {cuda_backend._CUDA_IMPORT_ERROR}"
+    archs = m.build_info["archs"].split(";")
+    gpu = "GPU present" if torch.cuda.is_available() else "no GPU present"
+    return f"built by nvcc for sm_{', sm_'.join(archs)} (+PTX for sm_{archs[-1]}); {gpu}"
+
+
+def _emu_module_info():
+    from .backends import cuda as cuda_backend
+
+    m = cuda_backend._C_emu
+    if m is None:
+        return f"not built: {cuda_backend._EMU_IMPORT_ERROR}"
+    return "built (the CUDA kernels on the SIMT emulator, backend 'cuda_emu' for tests)"
+
+
+def _triton_info() -> Dict[str, Any]:
+    """Triton's version (None if it cannot be imported) and whether the 'triton' backend can run here, and why."""
+    from .backends import triton as triton_backend
+
+    version = None
+    if triton_backend._triton_missing() is None:
+        import triton
+
+        version = getattr(triton, "__version__", "installed")
+    backend = backends.registered().get("triton") or triton_backend.TritonBackend()
+    ok, why = backend.availability()
+    return {"version": version, "available": ok, "interpreter": triton_backend.interpreting(), "detail": why}
 
 
 def info(print_it: bool = True) -> Dict[str, Any]:
@@ -63,7 +93,10 @@ def format_info(data: Dict[str, Any]) -> str:
     else:
         lines.append(f"  fastconv._C: {c}")
     lines.append(f"  fastconv._C_cuda: {data['_C_cuda']}")
-    lines.append(f"  triton: {data['triton'] or 'not installed'}")
+    lines.append(f"  fastconv._C_emu: {data['_C_emu']}")
+    t = data["triton"]
+    lines.append(f"  triton: {t['version'] or 'not installed'}; backend 'triton' "
+                 f"{'usable' if t['available'] else 'not usable'}: {t['detail']}")
     lines.append(f"  backend choice: {data['backend_choice']}  (auto order: "
                  + "; ".join(f"{dev}: {' > '.join(names)}" for dev, names in data["auto_order"].items()) + ")")
     for name, b in data["backends"].items():

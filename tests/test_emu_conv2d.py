@@ -1,0 +1,315 @@
+"""The CUDA convolution kernels (kernels/conv2d_*.cuh, launched by csrc/cuda/conv2d.cu) run on the
+SIMT emulator (backend 'cuda_emu') against torch.
+
+Through the public API (fastconv.functional.conv2d / conv2d_relu under fastconv.use_backend('cuda_emu'))
+and autograd: every case runs the forward kernel and the backward kernels (dgrad, wgrad, bias
+gradient; the ReLU mask for conv2d_relu) and compares y, x.grad, w.grad and b.grad with torch in
+float64 from the same values (conftest.REL_TOL; float16/bfloat16 are stored rounded, accumulated in
+float32). Each case runs with the emulator's threads in forward and in reversed order: a missing
+__syncthreads reads shared memory another thread has not written yet (or already overwrote) in one
+of the orders. Shapes are small (the emulator switches fibers at ~40 ns) but are chosen to cross
+every tile edge: N*P*Q and K not multiples of the tiles, several M and N tiles, both GEMM tilings
+(<= 64 and > 64 columns), the wgrad split reduction, stride phases without taps in dgrad.
+
+Kernels and what reaches them:
+  implicit GEMM (conv2d_fwd/dgrad/wgrad_kernel, wgrad_reduce) - groups < C;
+  depthwise direct (conv2d_depthwise_fwd/dgrad_kernel, channel_reduce WITH_X) - groups == C, any multiplier;
+  channel reduction (bias gradient) - every case with a bias.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastconv
+from fastconv.backends import cuda as cuda_backend
+import fastconv.functional as FC
+from conftest import assert_rel, case_id, covered, same_memory_format, sample_grid
+
+_C_emu = pytest.importorskip("fastconv._C_emu", reason="the SIMT emulator module is not built")
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+
+# (C, K, groups). Depthwise (groups == C) with multiplier 1 and 2; K > 64 and C/groups > 64 reach the
+# 128x128 tiling of the forward/wgrad and of the dgrad; the others the 128x64 one (fp64: 64x64).
+CHANNELS = {
+    "c3k4": (3, 4, 1),
+    "c8k12": (8, 12, 1),
+    "c5k70": (5, 70, 1),
+    "c66k3": (66, 3, 1),
+    "g2": (4, 6, 2),
+    "g3": (6, 9, 3),
+    "dw4": (4, 4, 4),
+    "dw3x2": (3, 6, 3),
+    "c1k2": (1, 2, 1),
+    # edge cases only (below): two column tiles in the forward (K = 136) and in the dgrad (C/groups = 70)
+    "c5k136": (5, 136, 1),
+    "g2c140": (140, 6, 2),
+}
+GRID_CHANNELS = ["c3k4", "c8k12", "c5k70", "c66k3", "g2", "g3", "dw4", "dw3x2", "c1k2"]
+
+AXES = {
+    "op": ["conv2d", "conv2d_relu"],
+    "kernel": [(1, 1), (3, 3), (5, 5), (7, 7), (2, 3), (1, 3)],
+    "stride": [1, 2, 3, (2, 1)],
+    "padding": [0, 1, 2, (1, 2), "same"],
+    "dilation": [1, 2, (1, 3)],
+    "channels": GRID_CHANNELS,
+    "bias": [True, False],
+    "layout": ["contiguous", "channels_last", "cl_input", "cl_weight", "slice", "permuted", "unbatched"],
+    "dtype": DTYPES,
+    "N": [1, 2, 3],
+    "HW": [(5, 5), (7, 9), (11, 6), (9, 13)],
+    "grad": ["contiguous", "channels_last", "transposed"],
+}
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _valid(case) -> bool:
+    return not (case["padding"] == "same" and _pair(case["stride"]) != (1, 1))
+
+
+def _spatial(case):
+    """The case's (H, W), grown where the dilated kernel would not fit the padded input."""
+    R, S = case["kernel"]
+    dh, dw = _pair(case["dilation"])
+    pad = case["padding"]
+    ph, pw = (0, 0) if isinstance(pad, str) else _pair(pad)
+    H, W = case["HW"]
+    return max(H, dh * (R - 1) + 1 - 2 * ph), max(W, dw * (S - 1) + 1 - 2 * pw)
+
+
+GRID = sample_grid(AXES, n=64, seed=71, valid=_valid)
+
+# Explicit cases for what a small random grid would rarely hit.
+_BASE = dict(op="conv2d", kernel=(3, 3), stride=1, padding=1, dilation=1, channels="c8k12", bias=True,
+             layout="contiguous", dtype=torch.float32, N=2, HW=(9, 9), grad="contiguous")
+EDGE_CASES = [
+    # several M tiles (N*P*Q = 3*12*11 = 396 = 3 tiles of 128 + 12) and N tiles (K = 136: 2 x 128 / 3 x 64)
+    dict(_BASE, channels="c5k136", N=3, HW=(12, 11)),
+    dict(_BASE, channels="c5k136", N=3, HW=(12, 11), layout="channels_last", op="conv2d_relu"),
+    dict(_BASE, channels="c5k136", N=3, HW=(12, 11), dtype=torch.float64, grad="transposed"),
+    # dgrad with C/groups > 64 (its 128x128 tiling) and 2 column tiles, grouped
+    dict(_BASE, channels="g2c140", kernel=(2, 2), padding=0, N=1, HW=(6, 7)),
+    # wgrad split reduction: N*P*Q = 1024 and 576 output pixels, one output tile (2..4 splits)
+    dict(_BASE, channels="c3k4", N=4, HW=(16, 16), op="conv2d_relu"),
+    dict(_BASE, channels="c3k4", N=1, HW=(24, 24), layout="channels_last", dtype=torch.bfloat16),
+    dict(_BASE, channels="g2", N=4, HW=(16, 16), dtype=torch.float64),
+    dict(_BASE, channels="c8k12", N=4, HW=(16, 16), dtype=torch.float16, grad="transposed"),
+    # dgrad stride phases that no tap reaches (stride 2, dilation 2): dx must be exactly 0 there
+    dict(_BASE, stride=2, dilation=2, padding=0, HW=(11, 10)),
+    dict(_BASE, stride=2, dilation=2, padding=1, HW=(11, 10), layout="channels_last", op="conv2d_relu"),
+    dict(_BASE, kernel=(1, 1), stride=3, padding=0, HW=(10, 11)),
+    dict(_BASE, kernel=(2, 2), stride=(3, 2), padding=(0, 1), dilation=(2, 3), HW=(13, 12)),
+    # 7x7 stride 2 with C = 3 (a stem), channels_last, N = 1
+    dict(_BASE, channels="c3k4", kernel=(7, 7), stride=2, padding=3, N=1, HW=(15, 14), layout="channels_last"),
+    # depthwise: multipliers 1 and 2, strides, dilation, both layouts, every dtype
+    dict(_BASE, channels="dw4", kernel=(3, 3), stride=2, padding=1, HW=(9, 8), op="conv2d_relu"),
+    dict(_BASE, channels="dw3x2", kernel=(5, 5), stride=1, padding=2, HW=(8, 9), layout="channels_last"),
+    dict(_BASE, channels="dw3x2", kernel=(3, 3), stride=(2, 1), padding=2, dilation=2, HW=(9, 9),
+         dtype=torch.float16, op="conv2d_relu"),
+    dict(_BASE, channels="dw4", kernel=(3, 5), stride=3, padding=(1, 2), HW=(10, 11), layout="slice",
+         dtype=torch.bfloat16),
+    dict(_BASE, channels="dw4", kernel=(7, 7), padding=3, dtype=torch.float64, layout="channels_last",
+         grad="transposed"),
+    # strided views of input and grad_output, no unit stride anywhere
+    dict(_BASE, layout="slice", grad="transposed", op="conv2d_relu", dtype=torch.bfloat16),
+    dict(_BASE, layout="permuted", grad="channels_last", dtype=torch.float16, channels="g3"),
+]
+
+
+def test_grid_covers_every_axis_value():
+    assert covered(GRID, AXES) == {}
+
+
+@pytest.fixture(autouse=True)
+def _simt_kernels_in_true_fp32(monkeypatch):
+    """This file tests the SIMT kernels: the tensor-core path (tests/test_emu_mma_*.py) and TF32 are off."""
+    monkeypatch.setattr(cuda_backend, "TENSOR_CORES", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+
+
+@pytest.fixture(params=["forward", "reversed"])
+def thread_order(request):
+    """The emulator schedules each block's threads in this order; restored to 'forward' afterwards."""
+    _C_emu.set_thread_order(request.param)
+    try:
+        yield request.param
+    finally:
+        _C_emu.set_thread_order("forward")
+
+
+def make_case(case, seed=0):
+    """(x, w, b, kwargs): x and w views with the case's layout of leaves that require grad."""
+    gen = torch.Generator().manual_seed(seed)
+    dtype = case["dtype"]
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
+
+    C, K, groups = CHANNELS[case["channels"]]
+    R, S = case["kernel"]
+    N = case["N"]
+    H, W = _spatial(case)
+    layout = case["layout"]
+    if layout == "slice":      # every other channel and column, rows 2..H+1
+        x = rnd(N, 2 * C, H + 3, 2 * W + 1)[:, 1::2, 2:2 + H, 1::2][..., :W]
+    elif layout == "permuted":  # strides ordered neither NCHW nor NHWC
+        x = rnd(C, W, N, H).permute(2, 0, 3, 1)
+    elif layout == "unbatched":
+        x = rnd(C, H, W)
+    else:
+        x = rnd(N, C, H, W)
+        if layout in ("channels_last", "cl_input"):
+            x = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    if layout == "permuted":
+        w = rnd(C // groups, K, S, R).permute(1, 0, 3, 2)
+    else:
+        w = rnd(K, C // groups, R, S)
+        if layout in ("channels_last", "cl_weight"):
+            w = w.detach().to(memory_format=torch.channels_last).requires_grad_()
+    b = rnd(K) if case["bias"] else None
+    kwargs = dict(stride=case["stride"], padding=case["padding"], dilation=case["dilation"], groups=groups)
+    return x, w, b, kwargs
+
+
+def make_grad(shape, how, dtype, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    shape = tuple(shape)
+    if how == "transposed":
+        swapped = shape[:-2] + (shape[-1], shape[-2])
+        return torch.randn(swapped, generator=gen, dtype=torch.float64).to(dtype).transpose(-1, -2)
+    g = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+    if how == "channels_last" and len(shape) == 4:
+        g = g.contiguous(memory_format=torch.channels_last)
+    return g
+
+
+def _torch_op(op):
+    return F.conv2d if op == "conv2d" else (lambda *a, **k: torch.relu(F.conv2d(*a, **k)))
+
+
+def run_ours(case, x, w, b, kwargs):
+    """Forward + backward on the emulator; returns (y, grads) and checks that the kernels ran."""
+    inputs = [x, w] + ([b] if b is not None else [])
+    _C_emu.reset_launch_stats()
+    with fastconv.use_backend("cuda_emu"):
+        y = getattr(FC, case["op"])(x, w, b, **kwargs)
+        g = make_grad(y.shape, case["grad"], case["dtype"])
+        grads = torch.autograd.grad(y, inputs, g)
+    stats = _C_emu.launch_stats()
+    # forward, dgrad (one launch per stride phase), wgrad (+ its split reduction), bias gradient
+    launches_min = 3 + (b is not None)
+    assert stats["launches"] >= launches_min, f"expected >= {launches_min} emulated launches, got {stats}"
+    assert stats["blocks"] >= launches_min and stats["barriers"] > 0, f"the kernels did not run: {stats}"
+    return y, g, grads
+
+
+def check_case(case):
+    dtype = case["dtype"]
+    x, w, b, kwargs = make_case(case)
+    y, g, grads = run_ours(case, x, w, b, kwargs)
+
+    torch_fn = _torch_op(case["op"])
+    with torch.no_grad():
+        y_same_dtype = torch_fn(x, w, b, **kwargs)
+    assert y.dtype == dtype and y.shape == y_same_dtype.shape
+    same_memory_format(y, y_same_dtype)
+
+    inputs = [x, w] + ([b] if b is not None else [])
+    ref_inputs = [t.detach().to(torch.float64).requires_grad_() for t in inputs]
+    y_ref = torch_fn(ref_inputs[0], ref_inputs[1], ref_inputs[2] if b is not None else None, **kwargs)
+    ref_grads = torch.autograd.grad(y_ref, ref_inputs, g.to(torch.float64))
+    assert_rel(y, y_ref, dtype, "output")
+    for name, got, ref in zip(("grad_input", "grad_weight", "grad_bias"), grads, ref_grads):
+        assert got.dtype == dtype, f"{name} dtype {got.dtype}"
+        assert_rel(got, ref, dtype, name)
+
+
+@pytest.mark.parametrize("case", GRID, ids=case_id)
+def test_conv2d_grid(thread_order, case):
+    check_case(case)
+
+
+@pytest.mark.parametrize("case", EDGE_CASES, ids=case_id)
+def test_conv2d_edges(thread_order, case):
+    check_case(case)
+
+
+def _shape_tuple(x, w, stride, padding, dilation, groups, out_hw):
+    N, C, H, W = x.shape
+    K, _, R, S = w.shape
+    return (N, C, H, W, K, R, S, *out_hw, *stride, *padding, *dilation, groups)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_wgrad_split_reduction_is_used_and_deterministic(dtype):
+    """The split path (partial sums in the workspace, fixed-order reduce) is taken for a long N*P*Q
+    with one output tile, gives torch's result, and is bitwise identical from run to run."""
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64).to(dtype).requires_grad_()
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64).to(dtype).requires_grad_()
+    shape = _shape_tuple(x, w, (1, 1), (1, 1), (1, 1), 1, (16, 16))
+    assert _C_emu.conv2d_wgrad_workspace_bytes(shape, DTYPE_CODE[dtype]) > 0, "expected a split reduction"
+    g = torch.randn(4, 4, 16, 16, dtype=torch.float64).to(dtype)
+    results = []
+    with fastconv.use_backend("cuda_emu"):
+        for order in ("forward", "reversed"):
+            _C_emu.set_thread_order(order)
+            try:
+                y = FC.conv2d(x, w, None, padding=1)
+                (gw,) = torch.autograd.grad(y, [w], g)
+            finally:
+                _C_emu.set_thread_order("forward")
+            results.append(gw)
+    assert torch.equal(results[0], results[1]), "wgrad must be bitwise deterministic"
+    xr, wr = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    (gw_ref,) = torch.autograd.grad(F.conv2d(xr, wr, None, padding=1), [wr], g.double())
+    assert_rel(results[0], gw_ref, dtype, "grad_weight")
+
+
+def test_dgrad_phases_without_taps_are_zero(thread_order):
+    """stride 2, dilation 2, no padding: the odd rows/columns of x are read by no tap, so dx is exactly
+    zero there (their stride phases have an empty reduction and must still be written)."""
+    x = torch.randn(2, 3, 9, 9, requires_grad=True)
+    w = torch.randn(5, 3, 3, 3)
+    with fastconv.use_backend("cuda_emu"):
+        y = FC.conv2d(x, w, None, stride=2, dilation=2)
+        (gx,) = torch.autograd.grad(y, [x], torch.randn_like(y))
+    assert torch.count_nonzero(gx[:, :, 1::2, :]) == 0 and torch.count_nonzero(gx[:, :, :, 1::2]) == 0
+    assert torch.count_nonzero(gx[:, :, ::2, ::2]) > 0
+
+
+@pytest.mark.parametrize("channels", ["c8k12", "dw3x2"])
+def test_relu_propagates_nan_and_masks_backward(thread_order, channels):
+    """conv2d_relu: a NaN in the input gives NaN outputs (torch.relu(NaN) is NaN), and the backward
+    mask is torch's threshold_backward (relu_y <= 0 ? 0 : dy): zero where the output is 0, the gradient
+    passed where the output is NaN."""
+    C, K, groups = CHANNELS[channels]
+    x = torch.randn(1, C, 7, 7, dtype=torch.float64)
+    x[0, 0, 3, 3] = float("nan")
+    x.requires_grad_()
+    w = torch.randn(K, C // groups, 3, 3, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(1, K, 7, 7, dtype=torch.float64)
+    with fastconv.use_backend("cuda_emu"):
+        y = FC.conv2d_relu(x, w, None, padding=1, groups=groups)
+        (gx,) = torch.autograd.grad(y, [x], g)
+    xr, wr = x.detach().requires_grad_(), w.detach()
+    y_ref = torch.relu(F.conv2d(xr, wr, None, padding=1, groups=groups))
+    (gx_ref,) = torch.autograd.grad(y_ref, [xr], g)
+    assert torch.isnan(y_ref).any() and torch.equal(torch.isnan(y), torch.isnan(y_ref))
+    torch.testing.assert_close(y.detach(), y_ref, equal_nan=True)
+    assert_rel(gx, gx_ref, torch.float64, "grad_input")
+
+
+def test_channels_last_output_when_input_is_channels_last():
+    x = torch.randn(2, 8, 6, 7).to(memory_format=torch.channels_last)
+    w = torch.randn(12, 8, 3, 3)
+    with fastconv.use_backend("cuda_emu"):
+        y = FC.conv2d(x, w, None, padding=1)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert_rel(y, F.conv2d(x.double(), w.double(), None, padding=1), torch.float32)
