@@ -12,11 +12,23 @@ from .errors import ArgumentError, ArgumentTypeError
 IntOrPair = Union[int, Sequence[int]]
 
 
-def as_int(value, name: str, op: str) -> int:
-    """An int argument as torch takes it: int, SymInt or anything with __index__ (numpy ints), not bool."""
+def _tensor_as_int(value: torch.Tensor, name: str, op: str, dims: Tuple[int, ...], allow_bool: bool) -> int:
+    """torch's argument parser takes a one-element integer tensor where an int is expected."""
+    integral = not (value.dtype.is_floating_point or value.dtype.is_complex)
+    if not integral or (value.dtype == torch.bool and not allow_bool) or value.numel() != 1 or value.dim() not in dims:
+        raise ArgumentTypeError(f"{op}: {name} must be an int or a tuple of 2 ints, got a tensor of size "
+                                f"{list(value.shape)} and dtype {value.dtype}")
+    return int(value.item())
+
+
+def as_int(value, name: str, op: str, tensor_dims: Tuple[int, ...] = (0,)) -> int:
+    """An int argument as torch takes it: int, SymInt, anything with __index__ (numpy ints) or a
+    one-element integer tensor of `tensor_dims` dimensions; not bool."""
     if isinstance(value, torch.SymInt):
         return value
-    if isinstance(value, (bool, torch.Tensor)) or not hasattr(type(value), "__index__"):
+    if isinstance(value, torch.Tensor):
+        return _tensor_as_int(value, name, op, tensor_dims, allow_bool=False)
+    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
         raise ArgumentTypeError(f"{op}: {name} must be an int or a tuple of 2 ints, got "
                                 f"{type(value).__name__} {value!r}")
     return operator.index(value)
@@ -24,7 +36,10 @@ def as_int(value, name: str, op: str) -> int:
 
 def pair(value: IntOrPair, name: str, op: str = "conv2d") -> Tuple[int, int]:
     """Normalizes an int or a 1/2-sequence to a pair, with torch's error for other lengths."""
-    if isinstance(value, (str, bytes, torch.Tensor)) or not isinstance(value, Iterable):
+    if isinstance(value, torch.Tensor):  # as torch's int-list arguments: a one-element integer/bool tensor
+        v = _tensor_as_int(value, name, op, (0, 1), allow_bool=True)
+        return (v, v)
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         v = as_int(value, name, op)
         return (v, v)
     items = [as_int(item, name, op) for item in value]
@@ -76,6 +91,36 @@ def empty_like_format(shape: Sequence[int], like: torch.Tensor, channels_last: b
 def grad_input_like(x: torch.Tensor) -> torch.Tensor:
     """Uninitialized gradient buffer for input x, in x's memory format (as torch's backward ops)."""
     return empty_like_format(x.shape, x, strides_like_channels_last(x))
+
+
+def conv_output_or_trivial(x, w, bias, stride, padding, dilation, relu):
+    """(y, out_hw, done): the forward output buffer of a native backend in torch's memory format, and
+    done=True when no kernel is needed - an empty output, or an empty reduction (C = 0, or H/W = 0 with
+    padding: y is the bias, then the ReLU)."""
+    out_hw = conv_out_hw(x, w, stride, padding, dilation)
+    y = empty_like_format((x.shape[0], w.shape[0], *out_hw), x, conv_output_channels_last(x, w))
+    if y.numel() == 0:
+        return y, out_hw, True
+    if x.numel() == 0 or w.numel() == 0:
+        y.zero_()
+        if bias is not None:
+            y += bias.view(1, -1, 1, 1)
+        if relu:
+            y.clamp_(min=0)
+        return y, out_hw, True
+    return y, out_hw, False
+
+
+def conv_wgrad_outputs_or_trivial(dy, x, w, need_weight, need_bias):
+    """(dw or None, db or None, done): the weight/bias gradient buffers of a native backend, and
+    done=True when no kernel is needed (nothing requested, or an empty reduction or result: zeros)."""
+    dw = torch.empty_like(w, memory_format=memory_format_of(w)) if need_weight else None
+    db = torch.empty(w.shape[0], dtype=dy.dtype, device=dy.device) if need_bias else None
+    if dw is None and db is None:
+        return None, None, True
+    if x.numel() == 0 or dy.numel() == 0 or w.numel() == 0:
+        return (dw.zero_() if dw is not None else None), (db.zero_() if db is not None else None), True
+    return dw, db, False
 
 
 def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int) -> int:

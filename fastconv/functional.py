@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import ops  # noqa: F401  (registers torch.ops.fastconv.*)
+from .ops._autocast import autocast_unifies
 from ._utils import as_int, pair, pool_out_hw
 from .errors import ArgumentError, ArgumentTypeError
 
@@ -63,15 +64,19 @@ def _conv_args(input, weight, bias, stride, padding, dilation, groups, op: str):
         raise ArgumentError(f"{op}: weight must be 4-dimensional (out_channels, in_channels/groups, kH, kW), "
                             f"got weight of size {list(weight.shape)}")
     _check_float(x, "input", op)
-    if weight.dtype != x.dtype:
+    # Under torch.autocast the op casts input, weight and bias to the autocast dtype (ops/_autocast.py),
+    # so mixed float32/float16/bfloat16 arguments are valid there, as with F.conv2d.
+    mixed_ok = (weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype)) and \
+        autocast_unifies(x, weight, bias)
+    if weight.dtype != x.dtype and not mixed_ok:
         raise ArgumentTypeError(f"{op}: input dtype {x.dtype} and weight dtype {weight.dtype} should be the same")
-    if bias is not None and bias.dtype != x.dtype:
+    if bias is not None and bias.dtype != x.dtype and not mixed_ok:
         raise ArgumentTypeError(f"{op}: input dtype {x.dtype} and bias dtype {bias.dtype} should be the same")
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and t.device != x.device:
             raise ArgumentError(f"{op}: input is on {x.device} but {name} is on {t.device}; they must be on "
                                 f"the same device")
-    groups = as_int(groups, "groups", op)
+    groups = as_int(groups, "groups", op, tensor_dims=(0, 1))
     if groups <= 0:
         raise ArgumentError(f"{op}: groups must be positive (non-positive groups is not supported), got {groups}")
     stride = pair(stride, "stride", op)
@@ -80,6 +85,12 @@ def _conv_args(input, weight, bias, stride, padding, dilation, groups, op: str):
     _positive(dilation, "dilation", op)
 
     K, Cg, R, S = weight.shape
+    if R == 0 or S == 0:
+        raise ArgumentError(f"{op}: kernel size should be greater than zero, but got weight of size "
+                            f"{list(weight.shape)} (kernel_height: {R} kernel_width: {S})")
+    if K < groups:
+        raise ArgumentError(f"{op}: Given groups={groups}, expected weight to be at least {groups} at dimension 0, "
+                            f"but got weight of size {list(weight.shape)} instead")
     if K % groups != 0:
         raise ArgumentError(f"{op}: Given groups={groups}, expected weight to be divisible by {groups} at "
                             f"dimension 0, but got weight of size {list(weight.shape)} instead")
@@ -87,6 +98,9 @@ def _conv_args(input, weight, bias, stride, padding, dilation, groups, op: str):
         raise ArgumentError(f"{op}: Given groups={groups}, weight of size {list(weight.shape)}, expected input"
                             f"{list(x.shape)} to have {Cg * groups} channels, but got {x.shape[1]} channels "
                             f"instead")
+    if (x.shape[2] == 0 or x.shape[3] == 0) and x.shape[0] != 0 and x.shape[1] != 0:
+        raise ArgumentError(f"{op}: Only zero batch or zero channel inputs are supported, but got input shape: "
+                            f"{list(x.shape)}")
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != K):
         raise ArgumentError(f"{op}: Given weight of size {list(weight.shape)}, expected bias to be 1-dimensional "
                             f"with {K} elements, but got bias of size {list(bias.shape)} instead")

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import fastconv
+import _hypothesis_profiles  # noqa: F401  (hypothesis profiles: 'ci', the default, and 'long')
 
 # Relative error bound per dtype: ||ours - ref|| / ||ref|| with ref = torch in float64.
 # float16/bfloat16 run in float32 and are rounded once: the bound is a few output ulps.
@@ -66,14 +67,19 @@ def pytest_generate_tests(metafunc):
 
 @pytest.fixture
 def backend(request):
-    """Selects a fastconv backend process-wide for the test and restores the previous choice."""
+    """Selects a fastconv backend process-wide for the test and restores the previous choice.
+
+    TF32 is off meanwhile: the float32 tolerances are for true float32 arithmetic, which the CUDA
+    backends (and their emulation) only do when torch.backends.cudnn.allow_tf32 is False."""
     name = request.param
-    previous = fastconv.get_backend()
+    previous, tf32 = fastconv.get_backend(), torch.backends.cudnn.allow_tf32
     fastconv.set_backend(name)  # raises (test ERROR, not skip) if the backend is unavailable
+    torch.backends.cudnn.allow_tf32 = False
     try:
         yield name
     finally:
         fastconv.set_backend(previous)
+        torch.backends.cudnn.allow_tf32 = tf32
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,8 @@
 """Backend registry: which implementation runs an op on a given tensor.
 
-Backends: 'cpu' (fastconv._C, C++), 'cuda' (fastconv._C_cuda, later), 'triton' (later) and
-'reference' (pure torch, the tests' yardstick). Each backend says which device types it serves and,
+Backends: 'cpu' (fastconv._C, C++), 'cuda' (fastconv._C_cuda, CUDA C++), 'triton' (fastconv/triton/),
+'reference' (pure torch, the tests' yardstick) and 'cuda_emu' (the CUDA kernels on the SIMT emulator, CPU
+tensors, tests only). Each backend says which device types it serves and,
 if it is unavailable, why. Selection, in order of precedence:
   1. `with fastconv.use_backend(name):` (per thread),
   2. `fastconv.set_backend(name)` (process-wide),
@@ -16,7 +17,8 @@ import contextlib
 import logging
 import os
 import threading
-from typing import Dict, Iterator, List, Optional, Tuple
+import warnings
+from typing import Dict, FrozenSet, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -43,6 +45,13 @@ class Backend:
 
     def serves(self, device: torch.device) -> bool:
         return device.type in self.device_types
+
+    def nondeterministic_ops(self) -> FrozenSet[str]:
+        """The kernels (names of the methods below, e.g. 'conv2d_wgrad') whose results may differ from
+        run to run on the same inputs (floating-point atomics, split-K order chosen at run time...).
+        Under torch.use_deterministic_algorithms(True), the ops refuse to run them (or warn, with
+        warn_only=True), as torch does for its own nondeterministic kernels. Default: none."""
+        return frozenset()
 
     # Convolution. stride/padding/dilation are pairs; padding is symmetric (fastconv.functional
     # resolves asymmetric 'same' padding by padding the input first).
@@ -76,6 +85,19 @@ _local = threading.local()
 
 def register_backend(backend: Backend) -> None:
     _REGISTRY[backend.name] = backend
+
+
+def unregister_backend(name: str) -> Backend:
+    """Removes a registered backend (e.g. one a test registered) and returns it. A process-wide choice
+    of that backend falls back to 'auto'; a `use_backend` context still naming it fails on its next op."""
+    global _global_choice
+    name = _check_name(name)
+    if name == AUTO:
+        raise ValueError("fastconv: 'auto' is not a backend and cannot be unregistered")
+    backend = _REGISTRY.pop(name)
+    if _global_choice == name:
+        _global_choice = AUTO
+    return backend
 
 
 def registered() -> Dict[str, Backend]:
@@ -130,7 +152,9 @@ def resolve(device: torch.device) -> Backend:
     """The backend that runs an op on a tensor of this device under the current choice."""
     choice = get_backend()
     if choice != AUTO:
-        backend = _REGISTRY[choice]
+        backend = _REGISTRY.get(choice)
+        if backend is None:  # unregistered while a use_backend() context still names it
+            raise RuntimeError(f"fastconv backend {choice!r} is no longer registered")
         if not backend.serves(device):
             raise RuntimeError(
                 f"fastconv backend {choice!r} cannot run on {device.type} tensors "
@@ -150,6 +174,23 @@ def resolve(device: torch.device) -> Backend:
     raise RuntimeError(f"fastconv: no backend available for {device.type} tensors")
 
 
+def check_deterministic(backend: Backend, kernel: str) -> None:
+    """Called by every op before it runs `kernel` (a Backend method name) of `backend`: honours
+    torch.use_deterministic_algorithms() the way torch's own kernels do: a kernel the backend declares
+    nondeterministic raises RuntimeError, or warns when warn_only=True."""
+    if not torch.are_deterministic_algorithms_enabled() or kernel not in backend.nondeterministic_ops():
+        return
+    msg = (f"fastconv {kernel} on the {backend.name!r} backend does not have a deterministic implementation, "
+           f"but you set 'torch.use_deterministic_algorithms(True)'. You can turn off determinism just for "
+           f"this operation, or you can use the 'warn_only=True' option, if that's acceptable for your "
+           f"application. You can also choose a backend whose {kernel} is deterministic with "
+           f"fastconv.use_backend() / fastconv.set_backend() (the 'cpu' backend's kernels all are).")
+    if torch.is_deterministic_algorithms_warn_only_enabled():
+        warnings.warn(msg, UserWarning, stacklevel=3)
+    else:
+        raise RuntimeError(msg)
+
+
 def _choice_from_environment() -> None:
     env = os.environ.get("FASTCONV_BACKEND", "").strip()
     if env:
@@ -160,10 +201,13 @@ def _choice_from_environment() -> None:
 
 
 def _register_builtin() -> None:
-    from . import cpu, reference
+    from . import cpu, cuda, reference, triton
 
     register_backend(cpu.CpuBackend())
     register_backend(reference.ReferenceBackend())
+    register_backend(cuda.CudaBackend())
+    register_backend(cuda.EmulatedCudaBackend())
+    register_backend(triton.TritonBackend())
 
 
 _register_builtin()

@@ -115,15 +115,9 @@ class CpuBackend(Backend):
 
     @_upcasting
     def conv2d_fwd(self, x, w, bias, stride, padding, dilation, groups, relu):
-        out_hw = _utils.conv_out_hw(x, w, stride, padding, dilation)
-        y = _utils.empty_like_format((x.shape[0], w.shape[0], *out_hw), x, _utils.conv_output_channels_last(x, w))
-        if y.numel() == 0:
+        y, out_hw, done = _utils.conv_output_or_trivial(x, w, bias, stride, padding, dilation, relu)
+        if done:
             return y
-        if x.numel() == 0 or w.numel() == 0:  # empty reduction (C = 0, or H/W = 0 with padding)
-            y.zero_()
-            if bias is not None:
-                y += bias.view(1, -1, 1, 1)
-            return y.clamp_(min=0) if relu else y
         if bias is not None:
             bias = bias.contiguous()
         d = conv_desc(x, w, stride, padding, dilation, groups, out_hw)
@@ -145,12 +139,9 @@ class CpuBackend(Backend):
 
     @_upcasting
     def conv2d_wgrad(self, dy, x, w, relu_y, stride, padding, dilation, groups, need_weight, need_bias):
-        dw = torch.empty_like(w, memory_format=_utils.memory_format_of(w)) if need_weight else None
-        db = torch.empty(w.shape[0], dtype=dy.dtype, device=dy.device) if need_bias else None
-        if dw is None and db is None:
-            return None, None
-        if x.numel() == 0 or dy.numel() == 0 or w.numel() == 0:  # empty reduction or empty result
-            return (dw.zero_() if dw is not None else None), (db.zero_() if db is not None else None)
+        dw, db, done = _utils.conv_wgrad_outputs_or_trivial(dy, x, w, need_weight, need_bias)
+        if done:
+            return dw, db
         d = conv_desc(x, w, stride, padding, dilation, groups, dy.shape[2:])
         _C.conv2d_wgrad(d, _dtype_code(x), _t4(dy), _t4(x), _t4(relu_y) if relu_y is not None else None,
                         _t4(dw) if dw is not None else None, db.data_ptr() if db is not None else 0,

@@ -39,6 +39,13 @@ class ReferenceBackend(Backend):
         return y, (idx if with_indices else None)
 
     def max_pool2d_bwd(self, dy, x, indices, kernel, stride, padding, dilation, ceil_mode):
+        # A window lying entirely in the padding (possible with dilation) has output -inf and depends on
+        # no input, but torch gives it the index of its first dilated position, which can be outside the
+        # plane; torch's CPU backward adds dy there unchecked (into the next plane, or past the end of
+        # grad_input). Such windows contribute nothing here, as in the cpu backend.
+        outside = indices >= x.shape[-2] * x.shape[-1]
+        if outside.any():
+            dy, indices = dy.masked_fill(outside, 0), indices.masked_fill(outside, 0)
         return torch.ops.aten.max_pool2d_with_indices_backward(
             dy, x, list(kernel), list(stride), list(padding), list(dilation), ceil_mode, indices
         )

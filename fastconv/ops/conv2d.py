@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 from .. import _utils
-from ..backends import resolve
+from ..backends import check_deterministic, resolve
+from ._autocast import register_lower_precision
 from ..profiling import op_range
 
 
@@ -34,6 +35,7 @@ def _conv_output(input: Tensor, weight: Tensor, stride, padding, dilation) -> Te
 def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int], padding: List[int],
            dilation: List[int], groups: int) -> Tensor:
     b = resolve(input.device)
+    check_deterministic(b, "conv2d_fwd")
     with op_range("conv2d", b, input, weight.shape[2:], stride):
         return b.conv2d_fwd(input, weight, bias, stride, padding, dilation, groups, False)
 
@@ -42,6 +44,7 @@ def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[i
 def conv2d_relu(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int], padding: List[int],
                 dilation: List[int], groups: int) -> Tensor:
     b = resolve(input.device)
+    check_deterministic(b, "conv2d_fwd")
     with op_range("conv2d_relu", b, input, weight.shape[2:], stride):
         return b.conv2d_fwd(input, weight, bias, stride, padding, dilation, groups, True)
 
@@ -50,6 +53,7 @@ def conv2d_relu(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: L
 def conv2d_dgrad(grad_output: Tensor, input: Tensor, weight: Tensor, relu_output: Optional[Tensor],
                  stride: List[int], padding: List[int], dilation: List[int], groups: int) -> Tensor:
     b = resolve(input.device)
+    check_deterministic(b, "conv2d_dgrad")
     with op_range("conv2d_dgrad", b, input, weight.shape[2:], stride):
         return b.conv2d_dgrad(grad_output, input, weight, relu_output, stride, padding, dilation, groups)
 
@@ -60,6 +64,7 @@ def conv2d_wgrad(grad_output: Tensor, input: Tensor, weight: Tensor, relu_output
                  need_weight: bool, need_bias: bool) -> Tuple[Tensor, Tensor]:
     """Returns (grad_weight, grad_bias); an unrequested gradient is an empty tensor."""
     b = resolve(input.device)
+    check_deterministic(b, "conv2d_wgrad")
     with op_range("conv2d_wgrad", b, input, weight.shape[2:], stride):
         dw, db = b.conv2d_wgrad(grad_output, input, weight, relu_output, stride, padding, dilation, groups,
                                 need_weight, need_bias)
@@ -118,3 +123,8 @@ conv2d.register_autograd(
     _backward, setup_context=lambda ctx, inputs, output: _setup_context(ctx, inputs, output, relu=False))
 conv2d_relu.register_autograd(
     _backward, setup_context=lambda ctx, inputs, output: _setup_context(ctx, inputs, output, relu=True))
+
+# torch.autocast: conv2d's rule (torch's lower-precision list on CUDA and CPU): inputs cast to the
+# autocast dtype before autograd records the op; the backward ops then see one dtype throughout.
+register_lower_precision("conv2d")
+register_lower_precision("conv2d_relu")

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .. import _utils
-from ..backends import resolve
+from ..backends import check_deterministic, resolve
 from ..profiling import op_range
 
 
@@ -27,6 +27,7 @@ def _pool_output(input: Tensor, kernel, stride, padding, dilation, ceil_mode, dt
 def max_pool2d(input: Tensor, kernel_size: List[int], stride: List[int], padding: List[int],
                dilation: List[int], ceil_mode: bool) -> Tensor:
     b = resolve(input.device)
+    check_deterministic(b, "max_pool2d_fwd")
     with op_range("max_pool2d", b, input, kernel_size, stride):
         y, _ = b.max_pool2d_fwd(input, kernel_size, stride, padding, dilation, ceil_mode, False)
     return y
@@ -36,6 +37,7 @@ def max_pool2d(input: Tensor, kernel_size: List[int], stride: List[int], padding
 def max_pool2d_with_indices(input: Tensor, kernel_size: List[int], stride: List[int], padding: List[int],
                             dilation: List[int], ceil_mode: bool) -> Tuple[Tensor, Tensor]:
     b = resolve(input.device)
+    check_deterministic(b, "max_pool2d_fwd")
     with op_range("max_pool2d_with_indices", b, input, kernel_size, stride):
         return b.max_pool2d_fwd(input, kernel_size, stride, padding, dilation, ceil_mode, True)
 
@@ -44,6 +46,7 @@ def max_pool2d_with_indices(input: Tensor, kernel_size: List[int], stride: List[
 def max_pool2d_backward(grad_output: Tensor, input: Tensor, indices: Tensor, kernel_size: List[int],
                         stride: List[int], padding: List[int], dilation: List[int], ceil_mode: bool) -> Tensor:
     b = resolve(input.device)
+    check_deterministic(b, "max_pool2d_bwd")
     with op_range("max_pool2d_backward", b, input, kernel_size, stride):
         return b.max_pool2d_bwd(grad_output, input, indices, kernel_size, stride, padding, dilation, ceil_mode)
 
@@ -52,6 +55,7 @@ def max_pool2d_backward(grad_output: Tensor, input: Tensor, indices: Tensor, ker
 def avg_pool2d(input: Tensor, kernel_size: List[int], stride: List[int], padding: List[int], ceil_mode: bool,
                count_include_pad: bool, divisor_override: Optional[int]) -> Tensor:
     b = resolve(input.device)
+    check_deterministic(b, "avg_pool2d_fwd")
     with op_range("avg_pool2d", b, input, kernel_size, stride):
         return b.avg_pool2d_fwd(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
                                 divisor_override)
@@ -62,6 +66,7 @@ def avg_pool2d_backward(grad_output: Tensor, input: Tensor, kernel_size: List[in
                         padding: List[int], ceil_mode: bool, count_include_pad: bool,
                         divisor_override: Optional[int]) -> Tensor:
     b = resolve(input.device)
+    check_deterministic(b, "avg_pool2d_bwd")
     with op_range("avg_pool2d_backward", b, input, kernel_size, stride):
         return b.avg_pool2d_bwd(grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
                                 divisor_override)
@@ -119,5 +124,8 @@ def _avg_backward(ctx, grad_output):
     return grad_input, None, None, None, None, None, None
 
 
+# torch.autocast: no autocast kernel on purpose. torch runs max_pool2d/avg_pool2d in their input's dtype
+# under autocast (they are on no cast list); without a kernel for the Autocast keys these ops fall
+# through autocast and do the same (tests/test_autocast.py checks it).
 max_pool2d_with_indices.register_autograd(_max_backward, setup_context=_max_setup_context)
 avg_pool2d.register_autograd(_avg_backward, setup_context=_avg_setup_context)
