@@ -1,10 +1,12 @@
-"""The 'triton' backend against cuDNN on a CUDA GPU: ResNet-50's convolution layers at batch 32
-(fastconv.benchmarks.TABLES['resnet50']) and the pooling table, float16, bfloat16 and float32,
-NCHW and channels_last, forward and forward+backward.
+"""fastconv's GPU backends ('cuda': CUDA C++ SIMT + tensor-core kernels; 'triton') against cuDNN on a
+CUDA GPU: ResNet-50's convolution layers at batch 32 (fastconv.benchmarks.TABLES['resnet50']) and the
+pooling table, float16, bfloat16 and float32, NCHW and channels_last; convolution forward, dgrad
+alone, wgrad alone (+ bias gradient) and forward+backward, plain and fused with bias+ReLU.
 
-    pytest bench/test_triton.py --benchmark-only                         # the full tables (GPU)
-    FASTCONV_BENCH_SHORT=1 pytest bench/test_triton.py --benchmark-only  # 4 layers, float16 (CI smoke)
-    FASTCONV_TRITON_BENCH_REPORT=bench/results/triton-<gpu>-<date>.json pytest bench/test_triton.py --benchmark-only
+    pytest bench/test_gpu_backends.py --benchmark-only                         # the full tables (GPU)
+    FASTCONV_BENCH_SHORT=1 pytest bench/test_gpu_backends.py --benchmark-only  # 4 layers, float16 (CI smoke)
+    FASTCONV_GPU_BENCH_BACKENDS=cuda pytest bench/test_gpu_backends.py --benchmark-only   # one backend
+    FASTCONV_GPU_BENCH_REPORT=bench/results/gpu-<gpu>-<date>.json pytest bench/test_gpu_backends.py --benchmark-only
 
 Baselines: F.conv2d with torch.backends.cudnn.benchmark = True (cuDNN picks its fastest algorithm per
 shape during the warm-up), and for conv2d_relu F.conv2d (with bias) followed by an in-place ReLU - the
@@ -15,8 +17,10 @@ Timing: each measurement launches the step `inner` times back to back and synchr
 launch latency of a small layer is not counted as its run time); the median over rounds, divided by
 `inner`, is the time per call. Reported per row: median ms of both, TFLOP/s (2*N*K*P*Q*C/g*R*S per
 forward, x3 for forward+backward) or GB/s for pooling, % of the device's measured peak (torch.mm in the
-same dtype for FLOP/s, a 1 GiB copy for GB/s; fastconv.benchmarks.runner.measure_peak) and
-ratio = cuDNN time / triton time (> 1: triton faster), with the geometric mean per table.
+same dtype for FLOP/s - the tensor-core peak for float16/bfloat16/TF32 - and a 1 GiB copy for GB/s;
+fastconv.benchmarks.runner.measure_peak) and ratio = cuDNN time / backend time (> 1: fastconv faster),
+with the geometric mean per table and backend. dgrad and wgrad are timed alone by detaching the other
+operand in the forward (autograd then asks the backward op for that gradient only).
 
 Without a CUDA GPU every test is skipped at once (CI's short mode has no GPU).
 """
@@ -34,26 +38,28 @@ import pytest
 import torch
 
 from fastconv.benchmarks import TABLES
-from fastconv.benchmarks.runner import (conv_inputs, conv_step, device_info, git_commit, measure_peak, pool_inputs,
-                                        pool_step, versions)
+from fastconv.benchmarks.runner import (conv_forward, conv_inputs, conv_step, device_info, git_commit, measure_peak,
+                                        pool_inputs, pool_step, versions)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
-                                reason="the triton-vs-cuDNN benchmarks need a CUDA GPU")
+                                reason="the GPU-backend-vs-cuDNN benchmarks need a CUDA GPU")
 
 DEVICE = "cuda"
 DTYPES = ("float16", "bfloat16", "float32")
 LAYOUTS = ("nchw", "channels_last")
 SHORT_LAYERS = ("r50-conv1-7x7s2", "r50-l1-3x3-c64-56", "r50-l3-1x1-c256k1024-14", "r50-l4-3x3-c512-7")
 SHORT = os.environ.get("FASTCONV_BENCH_SHORT", "").strip().lower() not in ("", "0", "false", "no", "off")
+BACKENDS = [b.strip() for b in os.environ.get("FASTCONV_GPU_BENCH_BACKENDS", "cuda,triton").split(",") if b.strip()]
+CONV_MODES = ("fwd", "fwdbwd") if SHORT else ("fwd", "dgrad", "wgrad", "fwdbwd")
 
 CONV_SHAPES = [s for s in TABLES["resnet50"] if not SHORT or s.name in SHORT_LAYERS]
 POOL_SHAPES = TABLES["pool"][:3] if SHORT else TABLES["pool"]
 CONV_DTYPES = ("float16",) if SHORT else DTYPES
 
-_ROWS: dict = {}  # (op, mode, shape, layout, dtype) -> {"cudnn": s, "triton": s, "work": ..., "unit": ...}
+_ROWS: dict = {}  # (op, mode, shape, layout, dtype) -> {"cudnn": s, "<backend>": s, "work": ..., "unit": ...}
 
 
-# Relative error (Frobenius norm) of triton's result against cuDNN's, above which no speed is recorded:
+# Relative error (Frobenius norm) of a backend's result against cuDNN's, above which no speed is recorded:
 # both round to the same dtype but sum in different orders (TF32 for float32 by default).
 _CHECK_TOL = {"float16": 1e-2, "bfloat16": 5e-2, "float32": 1e-2}
 
@@ -65,12 +71,29 @@ def _check(ours, ref, names, dt):
         assert err <= _CHECK_TOL[dt], f"{name}: relative error {err:.2e} against cuDNN ({dt})"
 
 
-def _triton_ready():
+def _backend_ready(name):
     import fastconv
 
-    ok, why = fastconv.backends.registered()["triton"].availability()
+    ok, why = fastconv.backends.registered()[name].availability()
     if not ok:
-        pytest.skip(f"triton backend unavailable: {why}")
+        pytest.skip(f"{name} backend unavailable: {why}")
+
+
+def _conv_step(impl, op, mode, shape, x, w, b, dy):
+    """conv_step's modes, plus dgrad / wgrad alone: the other operand is detached in the forward, so
+    the backward computes only the gradient asked for (wgrad includes the bias gradient)."""
+    if mode not in ("dgrad", "wgrad"):
+        return conv_step(impl, op, mode, shape, x, w, b, dy)
+    fwd = conv_forward(impl, op, shape)
+    if mode == "dgrad":
+        y = fwd(x, w.detach(), b.detach())
+        return lambda: torch.autograd.grad(y, (x,), dy, retain_graph=True)
+    y = fwd(x.detach(), w, b)
+    return lambda: torch.autograd.grad(y, (w, b), dy, retain_graph=True)
+
+
+_GRAD_NAMES = {"fwd": ("output",), "dgrad": ("grad_input",), "wgrad": ("grad_weight", "grad_bias"),
+               "fwdbwd": ("grad_input", "grad_weight", "grad_bias")}
 
 
 def _time(benchmark, fn, target_s: float):
@@ -109,43 +132,44 @@ def _cudnn_benchmark():
     torch.backends.cudnn.benchmark = previous
 
 
-@pytest.mark.parametrize("which", ["cudnn", "triton"])
-@pytest.mark.parametrize("mode", ["fwd", "fwdbwd"])
+@pytest.mark.parametrize("which", ["cudnn"] + BACKENDS)
+@pytest.mark.parametrize("mode", CONV_MODES)
 @pytest.mark.parametrize("op", ["conv2d", "conv2d_relu"])
 @pytest.mark.parametrize("fmt", LAYOUTS)
 @pytest.mark.parametrize("dt", CONV_DTYPES)
 @pytest.mark.parametrize("shape", CONV_SHAPES, ids=lambda s: s.name)
-def test_triton_conv(benchmark, shape, dt, fmt, op, mode, which):
+def test_gpu_conv(benchmark, shape, dt, fmt, op, mode, which):
     import fastconv
 
-    _triton_ready()
-    x, w, b, dy = conv_inputs(shape, fmt, grad=(mode == "fwdbwd"), dtype=dt, device=DEVICE)
+    if which != "cudnn":
+        _backend_ready(which)
+    x, w, b, dy = conv_inputs(shape, fmt, grad=(mode != "fwd"), dtype=dt, device=DEVICE)
     impl = "torch" if which == "cudnn" else "fastconv"
-    fn = conv_step(impl, op, mode, shape, x, w, b, dy)
-    ctx = fastconv.use_backend("triton") if which == "triton" else _null()
+    fn = _conv_step(impl, op, mode, shape, x, w, b, dy)
+    ctx = fastconv.use_backend(which) if which != "cudnn" else _null()
     with ctx:
-        if which == "triton":  # a wrong result records no speed
-            names = ("output",) if mode == "fwd" else ("grad_input", "grad_weight", "grad_bias")
-            _check(fn(), conv_step("torch", op, mode, shape, x, w, b, dy)(), names, dt)
+        if which != "cudnn":  # a wrong result records no speed
+            _check(fn(), _conv_step("torch", op, mode, shape, x, w, b, dy)(), _GRAD_NAMES[mode], dt)
         seconds = _time(benchmark, fn, 0.3 if SHORT else 1.0)
-    work = shape.flops if mode == "fwd" else shape.flops_fwd_bwd
+    work = shape.flops_fwd_bwd if mode == "fwdbwd" else shape.flops
     _record((op, mode, shape.name, fmt, dt), which, seconds, work, "TFLOP/s", benchmark)
 
 
-@pytest.mark.parametrize("which", ["cudnn", "triton"])
+@pytest.mark.parametrize("which", ["cudnn"] + BACKENDS)
 @pytest.mark.parametrize("mode", ["fwd", "bwd"])
 @pytest.mark.parametrize("fmt", LAYOUTS)
 @pytest.mark.parametrize("dt", ("float16",) if SHORT else ("float16", "float32"))
 @pytest.mark.parametrize("shape", POOL_SHAPES, ids=lambda s: s.name)
-def test_triton_pool(benchmark, shape, dt, fmt, mode, which):
+def test_gpu_pool(benchmark, shape, dt, fmt, mode, which):
     import fastconv
 
-    _triton_ready()
+    if which != "cudnn":
+        _backend_ready(which)
     x, dy = pool_inputs(shape, fmt, dt, DEVICE)
     fn = pool_step("torch" if which == "cudnn" else "fastconv", mode, shape, x, dy)
-    ctx = fastconv.use_backend("triton") if which == "triton" else _null()
+    ctx = fastconv.use_backend(which) if which != "cudnn" else _null()
     with ctx:
-        if which == "triton":
+        if which != "cudnn":
             _check((fn(),), (pool_step("torch", mode, shape, x, dy)(),), ("pool",), dt)
         seconds = _time(benchmark, fn, 0.3 if SHORT else 1.0)
     size = torch.empty(0, dtype=getattr(torch, dt)).element_size()
@@ -169,17 +193,20 @@ def _tables():
     peaks = {}
     tables: dict = {}
     for (op, mode, shape, fmt, dt), row in _ROWS.items():
-        if "cudnn" not in row or "triton" not in row:
+        if "cudnn" not in row:
             continue
         if dt not in peaks:
             peaks[dt] = measure_peak(DEVICE, dt)
         scale = 1e12 if row["unit"] == "TFLOP/s" else 1e9
         peak = peaks[dt]["compute_gflops"] * 1e9 if row["unit"] == "TFLOP/s" else peaks[dt]["copy_gbps"] * 1e9
-        thr = row["work"] / row["triton"]
-        tables.setdefault(f"{op}/{mode}/{dt}", []).append({
-            "shape": shape, "layout": fmt, "cudnn_ms": row["cudnn"] * 1e3, "triton_ms": row["triton"] * 1e3,
-            "triton_throughput": thr / scale, "cudnn_throughput": row["work"] / row["cudnn"] / scale,
-            "unit": row["unit"], "pct_peak": 100 * thr / peak, "ratio": row["cudnn"] / row["triton"]})
+        for backend in BACKENDS:
+            if backend not in row:
+                continue
+            thr = row["work"] / row[backend]
+            tables.setdefault(f"{backend}/{op}/{mode}/{dt}", []).append({
+                "shape": shape, "layout": fmt, "cudnn_ms": row["cudnn"] * 1e3, "ours_ms": row[backend] * 1e3,
+                "ours_throughput": thr / scale, "cudnn_throughput": row["work"] / row["cudnn"] / scale,
+                "unit": row["unit"], "pct_peak": 100 * thr / peak, "ratio": row["cudnn"] / row[backend]})
     return tables, peaks
 
 
@@ -189,19 +216,19 @@ def _report(request):
     if not _ROWS:
         return
     tables, peaks = _tables()
-    lines = ["", f"triton vs cuDNN on {torch.cuda.get_device_name(0)} (ratio = cuDNN time / triton time, > 1: "
-                 f"triton faster)"]
+    lines = ["", f"fastconv GPU backends vs cuDNN on {torch.cuda.get_device_name(0)} (ratio = cuDNN time / "
+                 f"backend time, > 1: fastconv faster)"]
     for dt, p in peaks.items():
         lines.append(f"  measured peak {dt}: {p['compute_gflops'] / 1e3:.1f} TFLOP/s (torch.mm), "
                      f"{p['copy_gbps']:.0f} GB/s (copy)")
     for name, rows in tables.items():
         unit = rows[0]["unit"]
         lines.append(f"\n{name}")
-        lines.append(f"  {'shape':<32} {'layout':<14} {'cuDNN ms':>9} {'triton ms':>9} {unit:>9} {'% peak':>7} "
+        lines.append(f"  {'shape':<32} {'layout':<14} {'cuDNN ms':>9} {'ours ms':>9} {unit:>9} {'% peak':>7} "
                      f"{'ratio':>6}")
         for r in rows:
-            lines.append(f"  {r['shape']:<32} {r['layout']:<14} {r['cudnn_ms']:>9.3f} {r['triton_ms']:>9.3f} "
-                         f"{r['triton_throughput']:>9.1f} {r['pct_peak']:>6.1f}% {r['ratio']:>6.2f}")
+            lines.append(f"  {r['shape']:<32} {r['layout']:<14} {r['cudnn_ms']:>9.3f} {r['ours_ms']:>9.3f} "
+                         f"{r['ours_throughput']:>9.1f} {r['pct_peak']:>6.1f}% {r['ratio']:>6.2f}")
         for fmt in LAYOUTS:
             ratios = [r["ratio"] for r in rows if r["layout"] == fmt]
             if ratios:
@@ -213,14 +240,20 @@ def _report(request):
             reporter.write_line(line)
         else:
             print(line)
-    path = os.environ.get("FASTCONV_TRITON_BENCH_REPORT")
+    path = os.environ.get("FASTCONV_GPU_BENCH_REPORT")
     if path:
-        import triton
+        try:
+            import triton
+            triton_version = triton.__version__
+        except ImportError:
+            triton_version = None
+        import fastconv
 
         report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                  "device": device_info(DEVICE), "versions": dict(versions(), triton=triton.__version__),
+                  "device": device_info(DEVICE), "versions": dict(versions(), triton=triton_version),
+                  "backends": {b: fastconv.backends.registered()[b].availability()[1] for b in BACKENDS},
                   "git_commit": git_commit(), "short": SHORT, "tf32": torch.backends.cudnn.allow_tf32,
                   "autotune": os.environ.get("FASTCONV_AUTOTUNE", "1"), "peaks": peaks,
-                  "ratio": "cudnn_time / triton_time (> 1: triton faster)", "tables": tables}
+                  "ratio": "cudnn_time / backend_time (> 1: fastconv faster)", "tables": tables}
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(report, indent=2) + "\n")
