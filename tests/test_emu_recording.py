@@ -165,8 +165,10 @@ def test_recorded_symbols_are_the_symbols_nvcc_gives_the_kernels(tmp_path):
     cu = tmp_path / "instantiate.cu"
     cu.write_text("\n".join(src) + "\n")
     ptx = tmp_path / "instantiate.ptx"
+    # Without LD_PRELOAD: CI's sanitizer job preloads libasan into python, and nvcc must not inherit it.
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     proc = subprocess.run(["nvcc", "-std=c++17", "--ptx", "-arch=compute_80", f"-I{cuda_nvrtc.kernels_dir()}",
-                           str(cu), "-o", str(ptx)], capture_output=True, text=True)
+                           str(cu), "-o", str(ptx)], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     entries = set()
     for line in ptx.read_text().splitlines():
