@@ -26,6 +26,7 @@ import fastconv
 from fastconv.backends import cuda as cuda_backend
 import fastconv.functional as FC
 from conftest import assert_rel, case_id, covered, same_memory_format, sample_grid
+from test_conv2d import make_grad  # the CPU grid's grad_output layouts
 
 _C_emu = pytest.importorskip("fastconv._C_emu", reason="the SIMT emulator module is not built")
 
@@ -176,18 +177,6 @@ def make_case(case, seed=0):
     b = rnd(K) if case["bias"] else None
     kwargs = dict(stride=case["stride"], padding=case["padding"], dilation=case["dilation"], groups=groups)
     return x, w, b, kwargs
-
-
-def make_grad(shape, how, dtype, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    shape = tuple(shape)
-    if how == "transposed":
-        swapped = shape[:-2] + (shape[-1], shape[-2])
-        return torch.randn(swapped, generator=gen, dtype=torch.float64).to(dtype).transpose(-1, -2)
-    g = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
-    if how == "channels_last" and len(shape) == 4:
-        g = g.contiguous(memory_format=torch.channels_last)
-    return g
 
 
 def _torch_op(op):

@@ -22,6 +22,7 @@ import fastconv
 import fastconv.functional as FC
 from fastconv import _utils
 from conftest import assert_rel, case_id, covered, same_memory_format, sample_grid
+from test_pool2d import avg_args as avg_kwargs, make_grad, max_args as max_kwargs  # the CPU grid's helpers
 
 _C_emu = pytest.importorskip("fastconv._C_emu", reason="the SIMT emulator module is not built")
 
@@ -133,29 +134,6 @@ def make_input(case, values=_normal, seed=0):
         return values((C, H, W), gen).to(dtype).requires_grad_()
     x = values((N, C, H, W), gen).to(dtype).requires_grad_()
     return x.to(memory_format=torch.channels_last) if layout == "channels_last" else x
-
-
-def make_grad(shape, how, dtype, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    shape = tuple(shape)
-    if how == "transposed":
-        swapped = shape[:-2] + (shape[-1], shape[-2])
-        return torch.randn(swapped, generator=gen, dtype=torch.float64).to(dtype).transpose(-1, -2)
-    g = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
-    if how == "channels_last" and len(shape) == 4:
-        g = g.contiguous(memory_format=torch.channels_last)
-    return g
-
-
-def max_kwargs(case):
-    return dict(kernel_size=case["kernel"], stride=case["stride"], padding=case["padding"],
-                dilation=case["dilation"], ceil_mode=case["ceil_mode"])
-
-
-def avg_kwargs(case):
-    return dict(kernel_size=case["kernel"], stride=case["stride"], padding=case["padding"],
-                ceil_mode=case["ceil_mode"], count_include_pad=case["count_include_pad"],
-                divisor_override=case["divisor_override"])
 
 
 def _assert_emulated(launches, threads_at_least):
