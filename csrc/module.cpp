@@ -50,6 +50,24 @@ Tensor4 as_tensor(const PyTensor& t, const char* name, const std::array<int64_t,
   return out;
 }
 
+// A weight pack from Python: (data_ptr of a float32 buffer, its length in floats, ready). The
+// kernel trusts a ready pack; an unready one must be large enough for it to fill.
+using PyPack = std::tuple<uintptr_t, int64_t, bool>;
+
+WeightPack as_pack(const std::optional<PyPack>& pack, int64_t needed_floats) {
+  WeightPack wp;
+  if (!pack) return wp;
+  wp.data = reinterpret_cast<float*>(std::get<0>(*pack));
+  wp.floats = std::get<1>(*pack);
+  wp.ready = std::get<2>(*pack);
+  if (needed_floats > 0 && (wp.data == nullptr || wp.floats < needed_floats)) {
+    std::ostringstream msg;
+    msg << "fastconv._C: pack holds " << wp.floats << " floats, the kernel needs " << needed_floats;
+    throw std::invalid_argument(msg.str());
+  }
+  return wp;
+}
+
 DType as_dtype(int code) {
   if (code != kFloat32 && code != kFloat64)
     throw std::invalid_argument("fastconv._C: dtype code must be 0 (float32) or 1 (float64), got " +
@@ -116,32 +134,46 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "conv2d_fwd",
       [](const ConvDesc& d, int dtype, const PyTensor& x, const PyTensor& w, uintptr_t bias,
-         const PyTensor& y, bool relu, int nthreads) {
+         const PyTensor& y, bool relu, int nthreads, std::optional<PyPack> pack) {
         check_conv(d);
         DType dt = as_dtype(dtype);
         Tensor4 tx = as_tensor(x, "input", xshape(d)), tw = as_tensor(w, "weight", wshape(d)),
                 ty = as_tensor(y, "output", yshape(d));
+        WeightPack wp = as_pack(pack, kernels().conv2d_weight_pack_floats(d, dt, 0));
         py::gil_scoped_release release;
-        kernels().conv2d_fwd(d, dt, tx, tw, reinterpret_cast<const void*>(bias), ty, relu, threads(nthreads));
+        kernels().conv2d_fwd(d, dt, tx, tw, reinterpret_cast<const void*>(bias), ty, relu, pack ? &wp : nullptr,
+                             threads(nthreads));
       },
       py::arg("desc"), py::arg("dtype"), py::arg("input"), py::arg("weight"), py::arg("bias"),
-      py::arg("output"), py::arg("relu"), py::arg("nthreads"));
+      py::arg("output"), py::arg("relu"), py::arg("nthreads"), py::arg("pack") = py::none());
+
+  m.def(
+      "conv2d_weight_pack_floats",
+      [](const ConvDesc& d, int dtype, int pass) {
+        check_conv(d);
+        if (pass != 0 && pass != 1)
+          throw std::invalid_argument("fastconv._C: pass must be 0 (forward) or 1 (input gradient)");
+        return kernels().conv2d_weight_pack_floats(d, as_dtype(dtype), pass);
+      },
+      py::arg("desc"), py::arg("dtype"), py::arg("pass_"),
+      "Floats of the packed weight the forward (pass 0) or input-gradient (pass 1) kernel uses; 0 = none.");
 
   m.def(
       "conv2d_dgrad",
       [](const ConvDesc& d, int dtype, const PyTensor& dy, const PyTensor& w,
-         std::optional<PyTensor> relu_y, const PyTensor& dx, int nthreads) {
+         std::optional<PyTensor> relu_y, const PyTensor& dx, int nthreads, std::optional<PyPack> pack) {
         check_conv(d);
         DType dt = as_dtype(dtype);
         Tensor4 tdy = as_tensor(dy, "grad_output", yshape(d)), tw = as_tensor(w, "weight", wshape(d)),
                 tdx = as_tensor(dx, "grad_input", xshape(d));
         Tensor4 ty;
         if (relu_y) ty = as_tensor(*relu_y, "output (ReLU mask)", yshape(d));
+        WeightPack wp = as_pack(pack, kernels().conv2d_weight_pack_floats(d, dt, 1));
         py::gil_scoped_release release;
-        kernels().conv2d_dgrad(d, dt, tdy, tw, relu_y ? &ty : nullptr, tdx, threads(nthreads));
+        kernels().conv2d_dgrad(d, dt, tdy, tw, relu_y ? &ty : nullptr, tdx, pack ? &wp : nullptr, threads(nthreads));
       },
       py::arg("desc"), py::arg("dtype"), py::arg("grad_output"), py::arg("weight"), py::arg("relu_output"),
-      py::arg("grad_input"), py::arg("nthreads"));
+      py::arg("grad_input"), py::arg("nthreads"), py::arg("pack") = py::none());
 
   m.def(
       "conv2d_wgrad",

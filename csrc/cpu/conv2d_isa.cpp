@@ -49,6 +49,7 @@
 
 #include "cpu/gemm_microkernel.h"
 #include "cpu/kernels.h"
+#include "cpu/winograd.h"
 
 namespace fastconv {
 namespace cpu {
@@ -1668,10 +1669,13 @@ void wgrad_impl(const ConvDesc& d, const Tensor4& dy, const Tensor4& x, const Te
 
 }  // namespace
 
+// 3x3 stride-1 float32 layers take the Winograd path (winograd_isa.cpp) when winograd_usable().
 void conv2d_fwd(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& w, const void* bias, const Tensor4& y,
-                bool relu, int nthreads) {
+                bool relu, WeightPack* pack, int nthreads) {
   const int nth = std::max(1, nthreads);
-  if (dt == kFloat32)
+  if (winograd_usable(d, dt))
+    winograd_fwd(d, x, w, static_cast<const float*>(bias), y, relu, pack, nth);
+  else if (dt == kFloat32)
     fwd_impl<float>(d, x, w, bias, y, relu, nth);
   else if (dt == kFloat64)
     fwd_impl<double>(d, x, w, bias, y, relu, nth);
@@ -1680,9 +1684,11 @@ void conv2d_fwd(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& w,
 }
 
 void conv2d_dgrad(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& w, const Tensor4* relu_y,
-                  const Tensor4& dx, int nthreads) {
+                  const Tensor4& dx, WeightPack* pack, int nthreads) {
   const int nth = std::max(1, nthreads);
-  if (dt == kFloat32)
+  if (winograd_usable(d, dt))
+    winograd_dgrad(d, dy, w, relu_y, dx, pack, nth);
+  else if (dt == kFloat32)
     dgrad_impl<float>(d, dy, w, relu_y, dx, nth);
   else if (dt == kFloat64)
     dgrad_impl<double>(d, dy, w, relu_y, dx, nth);
@@ -1693,12 +1699,21 @@ void conv2d_dgrad(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4&
 void conv2d_wgrad(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& x, const Tensor4* relu_y,
                   const Tensor4* dw, void* dbias, int nthreads) {
   const int nth = std::max(1, nthreads);
+  if (dw != nullptr && winograd_usable(d, dt)) {
+    winograd_wgrad(d, dy, x, relu_y, *dw, nth);
+    dw = nullptr;  // the bias gradient (if asked) still comes from wgrad_impl
+    if (dbias == nullptr) return;
+  }
   if (dt == kFloat32)
     wgrad_impl<float>(d, dy, x, relu_y, dw, dbias, nth);
   else if (dt == kFloat64)
     wgrad_impl<double>(d, dy, x, relu_y, dw, dbias, nth);
   else
     throw std::invalid_argument("conv2d_wgrad: unsupported dtype");
+}
+
+int64_t conv2d_weight_pack_floats(const ConvDesc& d, DType dt, int pass) {
+  return winograd_pack_floats(d, dt, pass == 0 ? WinogradPass::kForward : WinogradPass::kInputGrad);
 }
 
 }  // namespace FC_ISA

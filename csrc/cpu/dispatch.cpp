@@ -10,8 +10,8 @@ namespace {
 
 #define FASTCONV_TABLE(ISA)                                                                     \
   KernelTable {                                                                                 \
-    #ISA, &ISA::conv2d_fwd, &ISA::conv2d_dgrad, &ISA::conv2d_wgrad, &ISA::max_pool2d_fwd,       \
-        &ISA::max_pool2d_bwd, &ISA::avg_pool2d_fwd, &ISA::avg_pool2d_bwd                        \
+    #ISA, &ISA::conv2d_fwd, &ISA::conv2d_dgrad, &ISA::conv2d_wgrad, &ISA::conv2d_weight_pack_floats, \
+        &ISA::max_pool2d_fwd, &ISA::max_pool2d_bwd, &ISA::avg_pool2d_fwd, &ISA::avg_pool2d_bwd  \
   }
 
 const KernelTable kBaseline = FASTCONV_TABLE(baseline);

@@ -40,6 +40,15 @@ struct ConvDesc {
   int64_t groups = 1;
 };
 
+// Caller-owned storage for a transformed/packed weight, reused across calls (fastconv/backends/cpu.py
+// caches it per weight tensor and version). ready == false: the kernel writes the pack before using
+// it; ready == true: the kernel trusts the contents (same weight values, same problem).
+struct WeightPack {
+  float* data = nullptr;
+  int64_t floats = 0;
+  bool ready = false;
+};
+
 // Pooling window description; P, Q computed in Python with torch's ceil_mode rule.
 struct PoolDesc {
   int64_t N = 0, C = 0, H = 0, W = 0;
@@ -65,6 +74,8 @@ struct PoolDesc {
 // conv2d_fwd:   y = conv(x, w) [+ bias] [then ReLU when relu]; bias is contiguous length K or null.
 // conv2d_dgrad: dx = d/dx; when relu_y is non-null, dy is multiplied by (relu_y > 0) on the fly
 //               (the fused conv+ReLU backward: relu_y is the fused op's output).
+//               pack (may be null): cache for the packed weight, see WeightPack.
+// conv2d_weight_pack_floats: size of that pack for pass 0 (forward) / 1 (dgrad); 0 = no pack used.
 // conv2d_wgrad: dw (if non-null) and dbias (contiguous length K, if non-null), with the same mask.
 // max_pool2d_fwd: y and indices (int64, flat h*W+w within the input plane, as torch).
 // max_pool2d_bwd: dx = scatter-add of dy at indices.
@@ -75,9 +86,10 @@ struct PoolDesc {
   namespace cpu {                                                                                 \
   namespace ISA {                                                                                 \
   void conv2d_fwd(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& w,                \
-                  const void* bias, const Tensor4& y, bool relu, int nthreads);                   \
+                  const void* bias, const Tensor4& y, bool relu, WeightPack* pack, int nthreads); \
   void conv2d_dgrad(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& w,             \
-                    const Tensor4* relu_y, const Tensor4& dx, int nthreads);                      \
+                    const Tensor4* relu_y, const Tensor4& dx, WeightPack* pack, int nthreads);    \
+  int64_t conv2d_weight_pack_floats(const ConvDesc& d, DType dt, int pass);                       \
   void conv2d_wgrad(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& x,             \
                     const Tensor4* relu_y, const Tensor4* dw, void* dbias, int nthreads);         \
   void max_pool2d_fwd(const PoolDesc& d, DType dt, const Tensor4& x, const Tensor4& y,            \

@@ -9,7 +9,11 @@ rounded once at the end (torch's CPU kernels also accumulate these in float32).
 from __future__ import annotations
 
 import functools
-from typing import Optional
+import os
+import threading
+import weakref
+from collections import OrderedDict
+from typing import Optional, Tuple
 
 import torch
 
@@ -51,6 +55,106 @@ def _conv_threads(x: torch.Tensor, w: torch.Tensor, out_hw) -> int:
 
 def _pool_threads(x: torch.Tensor) -> int:
     return _threads(x.numel(), _POOL_SERIAL_ELEMENTS)
+
+
+class WeightPackCache:
+    """Packed (transformed) weights of the C++ kernels, reused while the weight tensor is unchanged.
+
+    The Winograd kernels multiply against U = G w G^T (36 x C x K floats, 9 MiB for a 256x256 3x3
+    layer); transforming w costs a pass over U on every call. An entry is keyed by the weight tensor
+    object and the pass (forward / input gradient) and is valid while the tensor is alive and its
+    data_ptr, shape, strides and version counter (``tensor._version``, bumped by every in-place
+    update: optimizer steps, ``copy_``, ``load_state_dict``) are those the pack was made from.
+    A weak reference drops the entry when the tensor dies, so a new tensor at the same address
+    never meets a stale pack. Writes that bypass the version counter (through ``.data`` or from
+    outside torch) are invisible here, exactly as they are to autograd's saved-tensor check:
+    call ``clear()`` (``fastconv.backends.cpu.weight_pack_cache.clear()``) after such writes, or
+    set FASTCONV_WEIGHT_CACHE=0. Least recently used entries beyond ``max_bytes`` are evicted.
+    Thread-safe: two threads missing at once both pack (into their own buffers).
+    """
+
+    def __init__(self, max_bytes: int = 512 << 20):
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._entries: "OrderedDict[Tuple[int, int], dict]" = OrderedDict()
+        self._bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def enabled() -> bool:
+        return os.environ.get("FASTCONV_WEIGHT_CACHE", "1").strip().lower() not in ("0", "false", "off", "no")
+
+    @staticmethod
+    def _state(w: torch.Tensor):
+        return (w.data_ptr(), tuple(w.shape), w.stride(), w._version)
+
+    def lookup(self, w: torch.Tensor, pass_: int, floats: int):
+        """(buffer, ready) for the kernel: a cached pack (ready) or a new buffer to fill."""
+        key = (id(w), pass_)
+        if self.enabled():
+            with self._lock:
+                entry = self._entries.get(key)
+                if (entry is not None and entry["ref"]() is w and entry["state"] == self._state(w)
+                        and entry["buf"].numel() >= floats):
+                    self._entries.move_to_end(key)
+                    self.hits += 1
+                    return entry["buf"], True
+                self.misses += 1
+        return torch.empty(floats, dtype=torch.float32), False
+
+    def store(self, w: torch.Tensor, pass_: int, buf: torch.Tensor) -> None:
+        """Remembers buf as the pack of w (as it is now) after the kernel filled it."""
+        if not self.enabled():
+            return
+        key = (id(w), pass_)
+        try:
+            ref = weakref.ref(w, functools.partial(self._forget, key))
+        except TypeError:  # not weak-referenceable: never cached
+            return
+        nbytes = buf.numel() * buf.element_size()
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old["bytes"]
+            self._entries[key] = {"ref": ref, "state": self._state(w), "buf": buf, "bytes": nbytes}
+            self._bytes += nbytes
+            while self._bytes > self.max_bytes and self._entries:
+                _, evicted = self._entries.popitem(last=False)
+                self._bytes -= evicted["bytes"]
+
+    def _forget(self, key, ref) -> None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry["ref"] is ref:
+                del self._entries[key]
+                self._bytes -= entry["bytes"]
+
+    def clear(self) -> None:
+        """Drops every pack and resets the hit/miss counters."""
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+            self.hits = self.misses = 0
+
+    def info(self) -> dict:
+        with self._lock:
+            return {"entries": len(self._entries), "bytes": self._bytes, "hits": self.hits, "misses": self.misses}
+
+
+weight_pack_cache = WeightPackCache()
+
+
+def _packed_call(kernel, d, dtype_code: int, w: torch.Tensor, pass_: int, *args) -> None:
+    """Calls kernel(d, dtype, *args, pack=...) with the cached pack of w when the kernel uses one."""
+    floats = _C.conv2d_weight_pack_floats(d, dtype_code, pass_)
+    if floats == 0:
+        kernel(d, dtype_code, *args)
+        return
+    buf, ready = weight_pack_cache.lookup(w, pass_, floats)
+    kernel(d, dtype_code, *args, pack=(buf.data_ptr(), buf.numel(), ready))
+    if not ready:
+        weight_pack_cache.store(w, pass_, buf)
 
 
 def _upcasting(fn):
@@ -111,7 +215,11 @@ class CpuBackend(Backend):
     def availability(self):
         if _C is None:
             return False, f"fastconv._C is not built ({_IMPORT_ERROR}); run `pip install -e .`"
-        return True, f"C++ kernels, ISA {_C.cpu_isa()} (detected {_C.detected_cpu_isa()})"
+        isa = _C.cpu_isa()
+        winograd = ("Winograd F(4x4,3x3) for 3x3 stride-1 float32 layers"
+                    + (" (off: FASTCONV_CPU_WINOGRAD=0)" if os.environ.get("FASTCONV_CPU_WINOGRAD", "1") == "0" else "")
+                    if isa == "avx512" else "no Winograd below avx512")
+        return True, f"C++ kernels, ISA {isa} (detected {_C.detected_cpu_isa()}); {winograd}"
 
     @_upcasting
     def conv2d_fwd(self, x, w, bias, stride, padding, dilation, groups, relu):
@@ -121,8 +229,8 @@ class CpuBackend(Backend):
         if bias is not None:
             bias = bias.contiguous()
         d = conv_desc(x, w, stride, padding, dilation, groups, out_hw)
-        _C.conv2d_fwd(d, _dtype_code(x), _t4(x), _t4(w), bias.data_ptr() if bias is not None else 0,
-                      _t4(y), bool(relu), _conv_threads(x, w, out_hw))
+        _packed_call(_C.conv2d_fwd, d, _dtype_code(x), w, 0, _t4(x), _t4(w),
+                     bias.data_ptr() if bias is not None else 0, _t4(y), bool(relu), _conv_threads(x, w, out_hw))
         return y
 
     @_upcasting
@@ -133,8 +241,8 @@ class CpuBackend(Backend):
         if dy.numel() == 0 or w.numel() == 0:
             return dx.zero_()
         d = conv_desc(x, w, stride, padding, dilation, groups, dy.shape[2:])
-        _C.conv2d_dgrad(d, _dtype_code(x), _t4(dy), _t4(w), _t4(relu_y) if relu_y is not None else None,
-                        _t4(dx), _conv_threads(x, w, dy.shape[2:]))
+        _packed_call(_C.conv2d_dgrad, d, _dtype_code(x), w, 1, _t4(dy), _t4(w),
+                     _t4(relu_y) if relu_y is not None else None, _t4(dx), _conv_threads(x, w, dy.shape[2:]))
         return dx
 
     @_upcasting

@@ -1,0 +1,721 @@
+// Winograd F(4x4, 3x3) convolution for float32 3x3 stride-1 layers: forward (bias + ReLU fused in
+// the output transform), input gradient (a forward pass over dy with the flipped, transposed weight;
+// the fused op's ReLU mask applied while dy is staged) and weight gradient.
+//
+// Math (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016; interpolation points
+// 0, +-1, +-2, inf). A 4x4 output tile Y comes from a 6x6 input patch d and the 3x3 filter g:
+//     Y = A^T [ (G g G^T) . (B^T d B) ] A        (. = elementwise over the 36 positions)
+// so with V_i[tile][c] = (B^T d B)_i and U_i[c][k] = (G g G^T)_i the 144 multiplies per output pixel
+// and channel pair of direct convolution become 36 per 16 pixels: 36 independent GEMMs
+// M_i[tile][k] = sum_c V_i[tile][c] U_i[c][k], 4x fewer FLOPs than direct convolution, plus the
+// transforms (O(C + K) work per tile, against O(C*K) in the GEMMs).
+// The weight gradient is the transpose of the same bilinear map:
+//     dW = G^T [ sum_tiles (B^T d B) . (A dY A^T) ] G,
+// again 36 GEMMs, S_i[c][k] = sum_tiles V_i[tile][c] E_i[tile][k] with E = A dY A^T, then one
+// output transform per weight. All three are exact in real arithmetic; in float32 the transforms
+// add rounding (measured relative error ~1e-6..4e-6 against float64 on 64..256-channel layers,
+// direct convolution ~2e-7), the price every Winograd library pays. FASTCONV_CPU_WINOGRAD=0 turns
+// the path off.
+//
+// Forward schedule (per OpenMP task = a block of T consecutive tiles, (n, tile row, tile col) order):
+//   1. input transform of the block into V[36][T][Cp] (vectors of 16 channels; the source is read
+//      in place when channels_last, else from a channels_last staging copy of the whole input),
+//   2. for each 64-wide chunk of K: 36 GEMMs [T x C] x [C x 64] with the 6x64 register-blocked
+//      microkernel (ukr_rows: A rows are the tiles' V rows, B = U_i's K chunk packed [C][64]) into
+//      M[36][T][64], then the output transform of the chunk (+ bias, ReLU) straight into y.
+//   T is sized so V stays in L2 (36*T*Cp*4 bytes <= ~1.1 MiB of the 2 MiB L2); U (36*C*K*4 bytes)
+//   streams from L3 once per task, reused T times per element.
+// Weight gradient: phase 1 transforms every tile of x and dy into V[36][tiles][Cp], E[36][tiles][Kp]
+// (tens of MiB for the bench layers: this machine's L3 is large), phase 2 runs the 36 GEMMs with
+// tasks owning disjoint (i, 64-wide k chunk) slices of S and reducing over all tiles in a fixed
+// order (blocks of 64 tiles summed into S), phase 3 applies G^T . G per weight.
+//
+// Determinism: every output element is produced by one task with a reduction order fixed by the
+// problem (tile blocks, chunk boundaries), never by the thread count; no atomics.
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <stdexcept>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "cpu/gemm_microkernel.h"
+#include "cpu/kernels.h"
+#include "cpu/winograd.h"
+
+namespace fastconv {
+namespace cpu {
+namespace FC_ISA {
+
+
+#if defined(__AVX512F__)
+namespace {
+bool env_disabled() {
+  const char* e = std::getenv("FASTCONV_CPU_WINOGRAD");
+  return e != nullptr && (std::strcmp(e, "0") == 0 || std::strcmp(e, "off") == 0 || std::strcmp(e, "false") == 0);
+}
+inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t round_up(int64_t a, int64_t b) { return cdiv(a, b) * b; }
+
+// Geometry of a Winograd forward-style problem: input Cin x H x W, output Kout x P x Q, pads ph/pw.
+bool geometry_ok(int64_t Cin, int64_t Kout, int64_t P, int64_t Q, int64_t ph, int64_t pw) {
+  if (Cin < 16 || Kout < 16 || ph < 0 || ph > 2 || pw < 0 || pw > 2) return false;
+  // At least half of each computed 4x4 tile is real output (14x14 layers: 196 of 256).
+  return 2 * P * Q >= cdiv(P, 4) * cdiv(Q, 4) * 16;
+}
+}  // namespace
+#endif
+
+bool winograd_usable(const ConvDesc& d, DType dt) {
+#if defined(__AVX512F__)
+  if (dt != kFloat32 || d.R != 3 || d.S != 3 || d.stride_h != 1 || d.stride_w != 1 || d.dil_h != 1 ||
+      d.dil_w != 1 || d.groups != 1 || d.N == 0)
+    return false;
+  if (!geometry_ok(d.C, d.K, d.P, d.Q, d.pad_h, d.pad_w)) return false;
+  return !env_disabled();
+#else
+  (void)d;
+  (void)dt;
+  return false;
+#endif
+}
+
+int64_t winograd_pack_floats(const ConvDesc& d, DType dt, WinogradPass pass) {
+  if (!winograd_usable(d, dt)) return 0;
+  const auto up16 = [](int64_t v) { return (v + 15) / 16 * 16; };
+  return pass == WinogradPass::kForward ? 36 * d.C * up16(d.K) : 36 * d.K * up16(d.C);
+}
+
+#if defined(__AVX512F__)
+namespace {
+
+using Sf = Simd<float>;
+using V = Sf::V;
+constexpr int L = Sf::L;       // 16 floats per zmm
+constexpr int kMR = 6;         // microkernel rows (tiles in the forward, c in the weight gradient)
+constexpr int kChunk = 64;     // K chunk = 4 vectors: 6 x 4 = 24 accumulators
+constexpr int kTileBlock = 64;   // weight gradient: tiles summed in registers before adding into S
+
+int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+// Scratch memory, 64-byte aligned, taken outside parallel regions (bad_alloc reaches the caller).
+// Fresh multi-MiB allocations come from mmap and pay a page fault per 4 KiB on first touch: staging an
+// 8 MiB input into a new buffer took 3.5 ms against 1.7 ms into a reused one (1 thread). So each
+// calling thread keeps its buffers per slot (`Arena`) and reuses them; a request beyond kArenaCap
+// bytes in total is allocated for the call only, so one huge layer does not pin its memory forever.
+constexpr size_t kArenaCap = size_t(256) << 20;
+
+struct Arena {
+  struct Slot {
+    float* p = nullptr;
+    size_t bytes = 0;
+  };
+  Slot slots[9];
+  size_t total = 0;
+  ~Arena() {
+    for (Slot& s : slots) std::free(s.p);
+  }
+};
+
+thread_local Arena t_arena;
+
+struct FBuf {
+  float* p = nullptr;
+  bool owned = false;  // allocated for this call only
+  FBuf(int slot, int64_t n) {
+    const size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(float) + 63) & ~size_t(63);
+    Arena::Slot& s = t_arena.slots[slot];
+    if (s.bytes >= bytes) {
+      p = s.p;
+      return;
+    }
+    if (t_arena.total - s.bytes + bytes <= kArenaCap) {
+      std::free(s.p);
+      t_arena.total -= s.bytes;
+      s.p = nullptr;
+      s.bytes = 0;
+      s.p = static_cast<float*>(std::aligned_alloc(64, bytes));
+      if (s.p == nullptr) throw std::bad_alloc();
+      s.bytes = bytes;
+      t_arena.total += bytes;
+      p = s.p;
+      return;
+    }
+    p = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (p == nullptr) throw std::bad_alloc();
+    owned = true;
+  }
+  ~FBuf() {
+    if (owned) std::free(p);
+  }
+  FBuf(const FBuf&) = delete;
+  FBuf& operator=(const FBuf&) = delete;
+};
+
+// Arena slots: every buffer alive at the same time in one call has its own slot.
+enum Slot : int { kStageA = 0, kStageB, kTileV, kTileE, kSums, kBlockV, kBlockM, kZeroRow, kPackTemp };
+
+FC_INLINE V mul(V a, float s) { return _mm512_mul_ps(a, _mm512_set1_ps(s)); }
+FC_INLINE V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+FC_INLINE V fmadd(V a, float s, V c) { return _mm512_fmadd_ps(a, _mm512_set1_ps(s), c); }
+FC_INLINE V add(V a, V b) { return _mm512_add_ps(a, b); }
+
+// out = B^T in (6 -> 6):
+//   r0 = 4 d0 - 5 d2 + d4          r3 = -2 d1 - d2 + 2 d3 + d4
+//   r1 = -4 (d1 + d2) + d3 + d4    r4 =  2 d1 - d2 - 2 d3 + d4
+//   r2 =  4 (d1 - d2) - d3 + d4    r5 = 4 d1 - 5 d3 + d5
+FC_INLINE void bt6(const V* in, int is, V* out, int os) {
+  const V d0 = in[0], d1 = in[is], d2 = in[2 * is], d3 = in[3 * is], d4 = in[4 * is], d5 = in[5 * is];
+  const V t34 = add(d3, d4), t4m2 = sub(d4, d2);
+  out[0] = fmadd(d2, -5.f, fmadd(d0, 4.f, d4));
+  out[os] = fmadd(add(d1, d2), -4.f, t34);
+  out[2 * os] = fmadd(sub(d1, d2), 4.f, sub(d4, d3));
+  out[3 * os] = fmadd(sub(d3, d1), 2.f, t4m2);
+  out[4 * os] = fmadd(sub(d1, d3), 2.f, t4m2);
+  out[5 * os] = fmadd(d3, -5.f, fmadd(d1, 4.f, d5));
+}
+
+// out = A^T in (6 -> 4):
+//   o0 = m0 + m1 + m2 + m3 + m4    o2 = m1 + m2 + 4 (m3 + m4)
+//   o1 = m1 - m2 + 2 (m3 - m4)     o3 = m1 - m2 + 8 (m3 - m4) + m5
+FC_INLINE void at4(const V* in, int is, V* out, int os) {
+  const V m0 = in[0], m1 = in[is], m2 = in[2 * is], m3 = in[3 * is], m4 = in[4 * is], m5 = in[5 * is];
+  const V s12 = add(m1, m2), d12 = sub(m1, m2), s34 = add(m3, m4), d34 = sub(m3, m4);
+  out[0] = add(add(m0, s12), s34);
+  out[os] = fmadd(d34, 2.f, d12);
+  out[2 * os] = fmadd(s34, 4.f, s12);
+  out[3 * os] = add(fmadd(d34, 8.f, d12), m5);
+}
+
+// out = A in (4 -> 6), the weight gradient's transform of a 4x4 dy tile:
+//   e0 = d0, e1 = d0 + d1 + d2 + d3, e2 = d0 - d1 + d2 - d3,
+//   e3 = d0 + 2 d1 + 4 d2 + 8 d3, e4 = d0 - 2 d1 + 4 d2 - 8 d3, e5 = d3
+FC_INLINE void a6(const V* in, int is, V* out, int os) {
+  const V d0 = in[0], d1 = in[is], d2 = in[2 * is], d3 = in[3 * is];
+  const V s02 = add(d0, d2), s13 = add(d1, d3), e02 = fmadd(d2, 4.f, d0), e13 = fmadd(d3, 4.f, d1);
+  out[0] = d0;
+  out[os] = add(s02, s13);
+  out[2 * os] = sub(s02, s13);
+  out[3 * os] = fmadd(e13, 2.f, e02);
+  out[4 * os] = fmadd(e13, -2.f, e02);
+  out[5 * os] = d3;
+}
+
+// In-register 16 x 16 transpose: r[i][j] -> r[j][i] (unpack lo/hi at 32 and 64 bits, then two
+// rounds of 128-bit lane shuffles). Turns 16 pixel vectors of 16 channels into 16 channel vectors of
+// 16 pixels for the NCHW staging copy and the NCHW output stores.
+FC_INLINE void transpose16(V* r) {
+  V t[16];
+  FC_UNROLL for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  const auto lo = [](V a, V b) { return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b))); };
+  const auto hi = [](V a, V b) { return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b))); };
+  FC_UNROLL for (int i = 0; i < 4; ++i) {
+    r[4 * i + 0] = lo(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 1] = hi(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 2] = lo(t[4 * i + 1], t[4 * i + 3]);
+    r[4 * i + 3] = hi(t[4 * i + 1], t[4 * i + 3]);
+  }
+  FC_UNROLL for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0x88);
+    t[4 + i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0xdd);
+    t[8 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0x88);
+    t[12 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0xdd);
+  }
+  FC_UNROLL for (int i = 0; i < 4; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
+    r[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xdd);
+    r[4 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0x88);
+    r[12 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0xdd);
+  }
+}
+
+// A channels_last-addressable float source: element (n, c, h, w) at p[n*s0 + h*s2 + w*s3 + c].
+struct Src {
+  const float* p;
+  int64_t s0, s2, s3;
+  int64_t C, H, W;
+};
+
+// Tiles of the output grid (4x4 each), in (n, tile row, tile col) order.
+struct TileGrid {
+  int64_t N, P, Q, TP, TQ, count;
+  TileGrid(int64_t n, int64_t p, int64_t q) : N(n), P(p), Q(q), TP(cdiv(p, 4)), TQ(cdiv(q, 4)), count(n * TP * TQ) {}
+  void at(int64_t t, int64_t& n, int64_t& p0, int64_t& q0) const {
+    n = t / (TP * TQ);
+    const int64_t r = t % (TP * TQ);
+    p0 = 4 * (r / TQ);
+    q0 = 4 * (r % TQ);
+  }
+};
+
+// V for one tile and one vector of channels [c0, c0 + nl): the 36 transformed vectors at
+// out[i * ostride] (i = 6*row + col of the 6x6 patch whose corner is input (h0, w0)).
+FC_INLINE void input_tile(const Src& s, int64_t n, int64_t h0, int64_t w0, int64_t c0, int nl, float* out,
+                          int64_t ostride) {
+  V d[36];
+  const float* base = s.p + n * s.s0 + c0;
+  if (h0 >= 0 && w0 >= 0 && h0 + 6 <= s.H && w0 + 6 <= s.W && nl == L) {
+    FC_UNROLL for (int a = 0; a < 6; ++a) FC_UNROLL for (int b = 0; b < 6; ++b)
+        d[6 * a + b] = Sf::load(base + (h0 + a) * s.s2 + (w0 + b) * s.s3);
+  } else {
+    for (int a = 0; a < 6; ++a)
+      for (int b = 0; b < 6; ++b) {
+        const int64_t h = h0 + a, w = w0 + b;
+        d[6 * a + b] = (h >= 0 && h < s.H && w >= 0 && w < s.W) ? Sf::load_n(base + h * s.s2 + w * s.s3, nl)
+                                                                 : Sf::zero();
+      }
+  }
+  V t[36];
+  FC_UNROLL for (int b = 0; b < 6; ++b) bt6(d + b, 6, t + b, 6);  // columns: t = B^T d
+  FC_UNROLL for (int a = 0; a < 6; ++a) bt6(t + 6 * a, 1, d + 6 * a, 1);  // rows: (B^T d) B
+  FC_UNROLL for (int i = 0; i < 36; ++i) Sf::store(out + i * ostride, d[i]);
+}
+
+// E = A dy A^T for one 4x4 dy tile (zeros past P, Q) and one channel vector, to out[i * ostride].
+FC_INLINE void grad_tile(const Src& s, int64_t n, int64_t p0, int64_t q0, int64_t k0, int nl, float* out,
+                         int64_t ostride) {
+  V d[16];
+  const float* base = s.p + n * s.s0 + k0;
+  for (int a = 0; a < 4; ++a)
+    for (int b = 0; b < 4; ++b) {
+      const int64_t p = p0 + a, q = q0 + b;
+      d[4 * a + b] = (p < s.H && q < s.W) ? Sf::load_n(base + p * s.s2 + q * s.s3, nl) : Sf::zero();
+    }
+  V t[24], e[36];
+  FC_UNROLL for (int b = 0; b < 4; ++b) a6(d + b, 4, t + b, 4);    // columns: 6 x 4
+  FC_UNROLL for (int a = 0; a < 6; ++a) a6(t + 4 * a, 1, e + 6 * a, 1);  // rows: 6 x 6
+  FC_UNROLL for (int i = 0; i < 36; ++i) Sf::store(out + i * ostride, e[i]);
+}
+
+// Channels_last staging copy of a 4-d tensor (masked by m > 0 when m is given): dst[(n*H+h)*W+w][c].
+// Used when the source is not channel-contiguous or a ReLU mask has to be applied.
+void stage_channels_last(const Tensor4& t, const Tensor4* m, float* dst, int nth) {
+  const int64_t N = t.size[0], C = t.size[1], H = t.size[2], W = t.size[3];
+  const float* tp = static_cast<const float*>(t.data);
+  const float* mp = m ? static_cast<const float*>(m->data) : nullptr;
+#pragma omp parallel for num_threads(nth) schedule(static)
+  for (int64_t nh = 0; nh < N * H; ++nh) {
+    const int64_t n = nh / H, h = nh % H;
+    float* drow = dst + nh * W * C;
+    const float* trow = tp + n * t.stride[0] + h * t.stride[2];
+    const float* mrow = mp ? mp + n * m->stride[0] + h * m->stride[2] : nullptr;
+    if (t.stride[1] == 1 && (!m || m->stride[1] == 1)) {
+      for (int64_t w = 0; w < W; ++w) {
+        const float* tv = trow + w * t.stride[3];
+        const float* mv = mrow ? mrow + w * m->stride[3] : nullptr;
+        float* dv = drow + w * C;
+        int64_t c = 0;
+        for (; c + L <= C; c += L) {
+          V v = Sf::load(tv + c);
+          if (mv) v = Sf::mask_le0(v, Sf::load(mv + c));
+          Sf::store(dv + c, v);
+        }
+        if (c < C) {
+          const int nl = static_cast<int>(C - c);
+          V v = Sf::load_n(tv + c, nl);
+          if (mv) v = Sf::mask_le0(v, Sf::load_n(mv + c, nl));
+          Sf::store_n(dv + c, v, nl);
+        }
+      }
+    } else {
+      // Blocks of 16 columns x 16 channels: full blocks with unit column strides through the
+      // register transpose, edge blocks (and strided columns) element by element.
+      alignas(64) float blk[L][L];
+      const bool unit = t.stride[3] == 1 && (!m || m->stride[3] == 1);
+      for (int64_t w0 = 0; w0 < W; w0 += L) {
+        const int nw = static_cast<int>(std::min<int64_t>(L, W - w0));
+        for (int64_t c0 = 0; c0 < C; c0 += L) {
+          const int nc = static_cast<int>(std::min<int64_t>(L, C - c0));
+          if (unit && nw == L && nc == L) {
+            V r[L];
+            FC_UNROLL for (int cc = 0; cc < L; ++cc) {
+              r[cc] = Sf::load(trow + (c0 + cc) * t.stride[1] + w0);
+              if (mrow) r[cc] = Sf::mask_le0(r[cc], Sf::load(mrow + (c0 + cc) * m->stride[1] + w0));
+            }
+            transpose16(r);
+            FC_UNROLL for (int ww = 0; ww < L; ++ww) Sf::store(drow + (w0 + ww) * C + c0, r[ww]);
+            continue;
+          }
+          for (int cc = 0; cc < nc; ++cc) {
+            const float* src = trow + (c0 + cc) * t.stride[1] + w0 * t.stride[3];
+            const float* msrc = mrow ? mrow + (c0 + cc) * m->stride[1] + w0 * m->stride[3] : nullptr;
+            if (unit) {
+              V v = Sf::load_n(src, nw);
+              if (msrc) v = Sf::mask_le0(v, Sf::load_n(msrc, nw));
+              Sf::store(blk[cc], v);
+            } else {
+              for (int ww = 0; ww < nw; ++ww) {
+                float v = src[ww * t.stride[3]];
+                if (msrc && msrc[ww * m->stride[3]] <= 0.f) v = 0.f;
+                blk[cc][ww] = v;
+              }
+            }
+          }
+          for (int ww = 0; ww < nw; ++ww) {
+            float* dv = drow + (w0 + ww) * C + c0;
+            for (int cc = 0; cc < nc; ++cc) dv[cc] = blk[cc][ww];
+          }
+        }
+      }
+    }
+  }
+}
+
+// The forward engine's view of its input: in place when channels_last and unmasked, else staged.
+struct StagedSrc {
+  Src src;
+  FBuf* buf = nullptr;  // the staging copy, when one is needed
+  StagedSrc(const Tensor4& t, const Tensor4* mask, int slot, int nth) {
+    const int64_t N = t.size[0], C = t.size[1], H = t.size[2], W = t.size[3];
+    if (t.stride[1] == 1 && mask == nullptr) {
+      src = Src{static_cast<const float*>(t.data), t.stride[0], t.stride[2], t.stride[3], C, H, W};
+      return;
+    }
+    buf = new FBuf(slot, N * H * W * C + L);
+    stage_channels_last(t, mask, buf->p, nth);
+    src = Src{buf->p, H * W * C, W * C, C, C, H, W};
+  }
+  ~StagedSrc() { delete buf; }
+  StagedSrc(const StagedSrc&) = delete;
+  StagedSrc& operator=(const StagedSrc&) = delete;
+};
+
+// Weight accessor of the forward-style problem: g(ko, ci, r, s) = p[ko*sk + ci*sc + r*sr + s*ss].
+struct WAcc {
+  const float* p;
+  int64_t sk, sc, sr, ss;
+};
+
+// U[i][chunk][c][k in chunk] = (G g G^T)_i, chunk = 64 output channels (the last one Kp - 64j wide),
+// computed in double and rounded once. Columns k in [Kout, Kp) are zero.
+void pack_weights(const WAcc& w, int64_t Cin, int64_t Kout, float* U, int nth) {
+  static const double Gm[6][3] = {{1.0 / 4, 0, 0},
+                                  {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                  {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                  {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                  {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                                  {0, 0, 1}};
+  const int64_t Kp = round_up(Kout, L);
+  // Tasks (chunk, c) with k innermost: the 36 stores of consecutive k fill consecutive floats of
+  // 36 rows, so every cache line of U is written whole by one task.
+  const int64_t nchunks = cdiv(Kp, kChunk);
+#pragma omp parallel for num_threads(nth) schedule(static)
+  for (int64_t jc = 0; jc < nchunks * Cin; ++jc) {
+    const int64_t j0 = (jc / Cin) * kChunk, c = jc % Cin, nr = std::min<int64_t>(kChunk, Kp - j0);
+    for (int64_t kk = 0; kk < nr; ++kk) {
+      const int64_t k = j0 + kk;
+      double u[6][6] = {};
+      if (k < Kout) {
+        double g[3][3], t[6][3];
+        for (int r = 0; r < 3; ++r)
+          for (int s = 0; s < 3; ++s) g[r][s] = w.p[k * w.sk + c * w.sc + r * w.sr + s * w.ss];
+        for (int a = 0; a < 6; ++a)
+          for (int s = 0; s < 3; ++s) t[a][s] = Gm[a][0] * g[0][s] + Gm[a][1] * g[1][s] + Gm[a][2] * g[2][s];
+        for (int a = 0; a < 6; ++a)
+          for (int b = 0; b < 6; ++b) u[a][b] = t[a][0] * Gm[b][0] + t[a][1] * Gm[b][1] + t[a][2] * Gm[b][2];
+      }
+      for (int i = 0; i < 36; ++i) U[i * Cin * Kp + j0 * Cin + c * nr + kk] = static_cast<float>(u[i / 6][i % 6]);
+    }
+  }
+}
+
+// Output view: element (n, k, p, q) at p[n*s0 + k*s1 + p*s2 + q*s3].
+struct Dst {
+  float* p;
+  int64_t s0, s1, s2, s3;
+};
+
+// 36 GEMMs of one tile block and one K chunk of NV vectors: M[i][t][0..NV*L) = V_i[t][0..C) U_i.
+template <int NV>
+void block_gemms(const float* Vb, int64_t T, int64_t nt, int64_t Cp, int64_t Cin, const float* Uc,
+                 int64_t u_istride, const float* zero_row, float* M) {
+  for (int i = 0; i < 36; ++i) {
+    const float* Vi = Vb + i * T * Cp;
+    const float* Ui = Uc + i * u_istride;
+    float* Mi = M + i * T * kChunk;
+    for (int64_t m0 = 0; m0 < nt; m0 += kMR) {
+      const int rows_valid = static_cast<int>(std::min<int64_t>(kMR, nt - m0));
+      const float* rows[kMR];
+      for (int m = 0; m < kMR; ++m) rows[m] = m < rows_valid ? Vi + (m0 + m) * Cp : zero_row;
+      ukr_rows<float, kMR, NV>(1, rows, &Cin, Ui, [&](V (&acc)[kMR][NV]) {
+        for (int m = 0; m < rows_valid; ++m)
+          FC_UNROLL for (int v = 0; v < NV; ++v) Sf::store(Mi + (m0 + m) * kChunk + v * L, acc[m][v]);
+      });
+    }
+  }
+}
+
+// Output transform of one tile for the chunk's vectors: y tile = A^T M A (+ bias, ReLU), stores
+// only the pixels inside P x Q and the channels below Kout.
+void output_tile(const float* M, int64_t T, int64_t tt, int nv, int64_t k0, int64_t Kout, const float* bias,
+                 bool relu, const Dst& y, int64_t n, int64_t p0, int64_t q0, int64_t P, int64_t Q) {
+  const int pn = static_cast<int>(std::min<int64_t>(4, P - p0)), qn = static_cast<int>(std::min<int64_t>(4, Q - q0));
+  const bool cl = y.s1 == 1;
+  for (int v = 0; v < nv; ++v) {
+    const int64_t kv = k0 + v * L;
+    if (kv >= Kout) break;
+    const int nl = static_cast<int>(std::min<int64_t>(L, Kout - kv));
+    V m[36], t[24], o[16];
+    FC_UNROLL for (int i = 0; i < 36; ++i) m[i] = Sf::load(M + (i * T + tt) * kChunk + v * L);
+    FC_UNROLL for (int b = 0; b < 6; ++b) at4(m + b, 6, t + b, 6);       // columns: 4 x 6
+    FC_UNROLL for (int a = 0; a < 4; ++a) at4(t + 6 * a, 1, o + 4 * a, 1);  // rows: 4 x 4
+    const V bv = bias ? Sf::load_n(bias + kv, nl) : Sf::zero();
+    FC_UNROLL for (int i = 0; i < 16; ++i) {
+      o[i] = Sf::add(o[i], bv);
+      if (relu) o[i] = Sf::relu(o[i]);
+    }
+    float* yb = y.p + n * y.s0 + kv * y.s1 + p0 * y.s2 + q0 * y.s3;
+    if (cl) {
+      for (int a = 0; a < pn; ++a)
+        for (int b = 0; b < qn; ++b) {
+          if (nl == L)
+            Sf::store(yb + a * y.s2 + b * y.s3, o[4 * a + b]);
+          else
+            Sf::store_n(yb + a * y.s2 + b * y.s3, o[4 * a + b], nl);
+        }
+    } else if (y.s3 == 1) {
+      // Channel-major output: transpose so that o[l] holds channel kv+l's 4x4 tile (row a in lanes
+      // 4a..4a+3), then one masked store per tile row (lanes 4a.. land at the row's start).
+      transpose16(o);
+      const __mmask16 row_lanes = static_cast<__mmask16>((1u << qn) - 1);
+      for (int l = 0; l < nl; ++l)
+        for (int a = 0; a < pn; ++a)
+          _mm512_mask_storeu_ps(yb + l * y.s1 + a * y.s2 - 4 * a, static_cast<__mmask16>(row_lanes << (4 * a)), o[l]);
+    } else {
+      alignas(64) float tmp[16][L];
+      FC_UNROLL for (int i = 0; i < 16; ++i) Sf::store(tmp[i], o[i]);
+      for (int l = 0; l < nl; ++l)
+        for (int a = 0; a < pn; ++a)
+          for (int b = 0; b < qn; ++b) yb[l * y.s1 + a * y.s2 + b * y.s3] = tmp[4 * a + b][l];
+    }
+  }
+}
+
+// Forward-style Winograd convolution: y[n, k, p, q] = act(bias[k] + sum_{c,r,s} g(k,c,r,s) *
+// src[n, c, p - ph + r, q - pw + s]) with U = pack_weights(g).
+void forward_engine(const Src& src, int64_t Kout, int64_t P, int64_t Q, int64_t ph, int64_t pw, const float* U,
+                    const float* bias, bool relu, const Dst& y, int64_t N, int nth) {
+  const int64_t Cin = src.C, Cp = round_up(Cin, L), Kp = round_up(Kout, L);
+  const TileGrid grid(N, P, Q);
+  // T = 60 tiles up to 256 channels (V block 0.55 MiB at 64, 2.2 MiB at 256 channels); wider
+  // inputs keep V near 2.2 MiB. Measured on the bench layers (1 thread, CPU time): 64 channels
+  // T = 30/60/120/240 -> 6.5/6.3/7.2/8.2 ms; 256 channels T = 18/30/64/96 -> 12.2/10.4/9.4/10.2 ms
+  // (U is re-read from L3 once per block, so small blocks pay in U traffic, big ones in L2 misses).
+  int64_t T = std::min<int64_t>(60, std::max<int64_t>(kMR, (600000 / (36 * Cp)) / kMR * kMR));
+  // Enough blocks for the threads (at least 4 per thread when the grid allows).
+  while (T > kMR && cdiv(grid.count, T) < 4 * nth) T -= kMR;
+  const int64_t ntask = cdiv(grid.count, T);
+  FBuf vbuf(kBlockV, nth * 36 * T * Cp), mbuf(kBlockM, nth * 36 * T * kChunk), zero_row(kZeroRow, Cp);
+  std::memset(zero_row.p, 0, sizeof(float) * Cp);
+#pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
+  for (int64_t task = 0; task < ntask; ++task) {
+    const int tid = thread_id();
+    float* Vb = vbuf.p + tid * 36 * T * Cp;
+    float* M = mbuf.p + tid * 36 * T * kChunk;
+    const int64_t t0 = task * T, nt = std::min(T, grid.count - t0);
+    for (int64_t tt = 0; tt < nt; ++tt) {
+      int64_t n, p0, q0;
+      grid.at(t0 + tt, n, p0, q0);
+      for (int64_t c0 = 0; c0 < Cin; c0 += L)
+        input_tile(src, n, p0 - ph, q0 - pw, c0, static_cast<int>(std::min<int64_t>(L, Cin - c0)),
+                   Vb + tt * Cp + c0, T * Cp);
+    }
+    for (int64_t k0 = 0; k0 < Kp; k0 += kChunk) {
+      const int nv = static_cast<int>(std::min<int64_t>(kChunk, Kp - k0) / L);
+      const float* Uc = U + k0 * Cin;
+      const int64_t us = Cin * Kp;
+      switch (nv) {
+        case 4: block_gemms<4>(Vb, T, nt, Cp, Cin, Uc, us, zero_row.p, M); break;
+        case 3: block_gemms<3>(Vb, T, nt, Cp, Cin, Uc, us, zero_row.p, M); break;
+        case 2: block_gemms<2>(Vb, T, nt, Cp, Cin, Uc, us, zero_row.p, M); break;
+        default: block_gemms<1>(Vb, T, nt, Cp, Cin, Uc, us, zero_row.p, M); break;
+      }
+      for (int64_t tt = 0; tt < nt; ++tt) {
+        int64_t n, p0, q0;
+        grid.at(t0 + tt, n, p0, q0);
+        output_tile(M, T, tt, nv, k0, Kout, bias, relu, y, n, p0, q0, P, Q);
+      }
+    }
+  }
+}
+
+// The transformed weight: the caller's pack when given (filled on first use), else a temporary.
+struct PackedWeight {
+  const float* U = nullptr;
+  FBuf* owned = nullptr;
+  PackedWeight(WeightPack* pack, int64_t floats, const WAcc& w, int64_t Cin, int64_t Kout, int nth) {
+    if (pack != nullptr && pack->data != nullptr && pack->floats >= floats) {
+      if (!pack->ready) {
+        pack_weights(w, Cin, Kout, pack->data, nth);
+        pack->ready = true;
+      }
+      U = pack->data;
+      return;
+    }
+    owned = new FBuf(kPackTemp, floats);
+    pack_weights(w, Cin, Kout, owned->p, nth);
+    U = owned->p;
+  }
+  ~PackedWeight() { delete owned; }
+  PackedWeight(const PackedWeight&) = delete;
+  PackedWeight& operator=(const PackedWeight&) = delete;
+};
+
+Dst dst_of(const Tensor4& t) { return Dst{static_cast<float*>(t.data), t.stride[0], t.stride[1], t.stride[2], t.stride[3]}; }
+
+// S tile (MR rows of c, NV vectors of k) += sum over tiles [t0, t1) of V_i[t][c0..c0+MR) x E_i[t][k0..].
+template <int NV>
+FC_INLINE void wgrad_ukr(const float* __restrict a, int64_t lda, const float* __restrict b, int64_t ldb,
+                         int64_t kc, float* s, int64_t lds, int rows_valid, bool first) {
+  V acc[kMR][NV];
+  FC_UNROLL for (int m = 0; m < kMR; ++m) FC_UNROLL for (int v = 0; v < NV; ++v) acc[m][v] = Sf::zero();
+  for (int64_t t = 0; t < kc; ++t) {
+    V bv[NV];
+    FC_UNROLL for (int v = 0; v < NV; ++v) bv[v] = Sf::load(b + v * L);
+    FC_UNROLL for (int m = 0; m < kMR; ++m) {
+      const V av = Sf::set1(a[m]);
+      FC_UNROLL for (int v = 0; v < NV; ++v) acc[m][v] = Sf::fma(av, bv[v], acc[m][v]);
+    }
+    a += lda;
+    b += ldb;
+  }
+  for (int m = 0; m < rows_valid; ++m)
+    FC_UNROLL for (int v = 0; v < NV; ++v) {
+      float* p = s + m * lds + v * L;
+      Sf::store(p, first ? acc[m][v] : Sf::add(acc[m][v], Sf::load(p)));
+    }
+}
+
+// One (i, k chunk) task: S_i[c][k0..k0+NV*L) = sum_t V_i[t][c] E_i[t][k0..] for every c. Blocks of
+// kTileBlock tiles outermost so the block's E panel (64 x 64 floats = 16 KiB) and V rows (16 KiB at
+// 64 channels) stay in L1 while all c blocks use them; S gets the blocks in tile order.
+template <int NV>
+void wgrad_task(const float* Vi, int64_t Cp, int64_t C, const float* Ei, int64_t Kp, int64_t tiles, int64_t k0,
+                float* Si) {
+  for (int64_t t0 = 0; t0 < tiles; t0 += kTileBlock) {
+    const int64_t kc = std::min<int64_t>(kTileBlock, tiles - t0);
+    for (int64_t c0 = 0; c0 < C; c0 += kMR)
+      wgrad_ukr<NV>(Vi + t0 * Cp + c0, Cp, Ei + t0 * Kp + k0, Kp, kc, Si + c0 * Kp + k0, Kp,
+                    static_cast<int>(std::min<int64_t>(kMR, C - c0)), t0 == 0);
+  }
+}
+
+}  // namespace
+
+void winograd_fwd(const ConvDesc& d, const Tensor4& x, const Tensor4& w, const float* bias, const Tensor4& y,
+                  bool relu, WeightPack* pack, int nth) {
+  const WAcc wa{static_cast<const float*>(w.data), w.stride[0], w.stride[1], w.stride[2], w.stride[3]};
+  PackedWeight U(pack, winograd_pack_floats(d, kFloat32, WinogradPass::kForward), wa, d.C, d.K, nth);
+  StagedSrc s(x, nullptr, kStageA, nth);
+  forward_engine(s.src, d.K, d.P, d.Q, d.pad_h, d.pad_w, U.U, bias, relu, dst_of(y), d.N, nth);
+}
+
+void winograd_dgrad(const ConvDesc& d, const Tensor4& dy, const Tensor4& w, const Tensor4* relu_y,
+                    const Tensor4& dx, WeightPack* pack, int nth) {
+  // dx[n, c, h, w'] = sum_{k, r, s} w[k, c, r, s] dy[n, k, h + ph - r, w' + pw - s]: a correlation of
+  // dy with g(c, k, r', s') = w[k, c, 2 - r', 2 - s'] and pads 2 - ph, 2 - pw.
+  const float* wp = static_cast<const float*>(w.data);
+  const WAcc wa{wp + 2 * w.stride[2] + 2 * w.stride[3], w.stride[1], w.stride[0], -w.stride[2], -w.stride[3]};
+  PackedWeight U(pack, winograd_pack_floats(d, kFloat32, WinogradPass::kInputGrad), wa, d.K, d.C, nth);
+  StagedSrc s(dy, relu_y, kStageA, nth);
+  forward_engine(s.src, d.C, d.H, d.W, 2 - d.pad_h, 2 - d.pad_w, U.U, nullptr, false, dst_of(dx), d.N, nth);
+}
+
+void winograd_wgrad(const ConvDesc& d, const Tensor4& dy, const Tensor4& x, const Tensor4* relu_y,
+                    const Tensor4& dw, int nth) {
+  const int64_t C = d.C, K = d.K, Cp = round_up(C, L), Kp = round_up(K, L);
+  StagedSrc xs(x, nullptr, kStageA, nth), gs(dy, relu_y, kStageB, nth);
+  const TileGrid grid(d.N, d.P, d.Q);
+  const int64_t tiles = grid.count;
+  // +L: the last c block's rows past C read (and discard) up to kMR-1 floats past the end.
+  FBuf Vb(kTileV, 36 * tiles * Cp + L), Eb(kTileE, 36 * tiles * Kp + L), Sb(kSums, 36 * C * Kp);
+  // Phase 1: transforms of every tile.
+#pragma omp parallel for num_threads(nth) schedule(static)
+  for (int64_t t = 0; t < tiles; ++t) {
+    int64_t n, p0, q0;
+    grid.at(t, n, p0, q0);
+    for (int64_t c0 = 0; c0 < C; c0 += L)
+      input_tile(xs.src, n, p0 - d.pad_h, q0 - d.pad_w, c0, static_cast<int>(std::min<int64_t>(L, C - c0)),
+                 Vb.p + t * Cp + c0, tiles * Cp);
+    for (int64_t k0 = 0; k0 < K; k0 += L)
+      grad_tile(gs.src, n, p0, q0, k0, static_cast<int>(std::min<int64_t>(L, K - k0)), Eb.p + t * Kp + k0,
+                tiles * Kp);
+  }
+  // Phase 2: S_i[c][k] = sum_t V_i[t][c] E_i[t][k], tasks = (i, k chunk).
+  const int64_t nkc = cdiv(Kp, kChunk);
+#pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
+  for (int64_t task = 0; task < 36 * nkc; ++task) {
+    const int64_t i = task / nkc, k0 = (task % nkc) * kChunk;
+    const int nv = static_cast<int>(std::min<int64_t>(kChunk, Kp - k0) / L);
+    const float* Vi = Vb.p + i * tiles * Cp;
+    const float* Ei = Eb.p + i * tiles * Kp;
+    float* Si = Sb.p + i * C * Kp;
+    switch (nv) {
+      case 4: wgrad_task<4>(Vi, Cp, C, Ei, Kp, tiles, k0, Si); break;
+      case 3: wgrad_task<3>(Vi, Cp, C, Ei, Kp, tiles, k0, Si); break;
+      case 2: wgrad_task<2>(Vi, Cp, C, Ei, Kp, tiles, k0, Si); break;
+      default: wgrad_task<1>(Vi, Cp, C, Ei, Kp, tiles, k0, Si); break;
+    }
+  }
+  // Phase 3: dw[k][c] = G^T S(c, k) G (3 x 3 from 6 x 6), vectors along k.
+  const Dst o = dst_of(dw);
+#pragma omp parallel for num_threads(nth) schedule(static)
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t k0 = 0; k0 < K; k0 += L) {
+      const int nl = static_cast<int>(std::min<int64_t>(L, K - k0));
+      V s[36], t[18], g[9];
+      FC_UNROLL for (int i = 0; i < 36; ++i) s[i] = Sf::load(Sb.p + (i * C + c) * Kp + k0);
+      // G^T columns: w0 = s0/4 - (s1 + s2)/6 + (s3 + s4)/24; w1 = (s2 - s1)/6 + (s3 - s4)/12;
+      //              w2 = -(s1 + s2)/6 + (s3 + s4)/6 + s5.
+      auto gt = [](const V* in, int is, V* out, int os) {
+        const V s0 = in[0], s1 = in[is], s2 = in[2 * is], s3 = in[3 * is], s4 = in[4 * is], s5 = in[5 * is];
+        const V p12 = add(s1, s2), p34 = add(s3, s4);
+        out[0] = fmadd(p34, 1.f / 24, fmadd(p12, -1.f / 6, mul(s0, 0.25f)));
+        out[os] = fmadd(sub(s3, s4), 1.f / 12, mul(sub(s2, s1), 1.f / 6));
+        out[2 * os] = add(fmadd(p34, 1.f / 6, mul(p12, -1.f / 6)), s5);
+      };
+      FC_UNROLL for (int b = 0; b < 6; ++b) gt(s + b, 6, t + b, 6);      // 3 x 6
+      FC_UNROLL for (int a = 0; a < 3; ++a) gt(t + 6 * a, 1, g + 3 * a, 1);  // 3 x 3
+      alignas(64) float tmp[9][L];
+      FC_UNROLL for (int i = 0; i < 9; ++i) Sf::store(tmp[i], g[i]);
+      for (int l = 0; l < nl; ++l)
+        for (int r = 0; r < 3; ++r)
+          for (int s2 = 0; s2 < 3; ++s2) o.p[(k0 + l) * o.s0 + c * o.s1 + r * o.s2 + s2 * o.s3] = tmp[3 * r + s2][l];
+    }
+}
+
+#else  // no AVX-512: winograd_usable() is false, so the callers never get here.
+
+namespace {
+[[noreturn]] void unusable() { throw std::logic_error("fastconv: Winograd convolution needs the avx512 build"); }
+}  // namespace
+void winograd_fwd(const ConvDesc&, const Tensor4&, const Tensor4&, const float*, const Tensor4&, bool, WeightPack*,
+                  int) {
+  unusable();
+}
+void winograd_dgrad(const ConvDesc&, const Tensor4&, const Tensor4&, const Tensor4*, const Tensor4&, WeightPack*,
+                    int) {
+  unusable();
+}
+void winograd_wgrad(const ConvDesc&, const Tensor4&, const Tensor4&, const Tensor4*, const Tensor4&, int) {
+  unusable();
+}
+
+#endif
+
+}  // namespace FC_ISA
+}  // namespace cpu
+}  // namespace fastconv

@@ -1,0 +1,286 @@
+"""The cpu backend's Winograd F(4x4, 3x3) path (csrc/cpu/winograd_isa.cpp) and its weight-pack cache.
+
+3x3 stride-1 float32 convolutions with >= 16 channels on both sides run through Winograd on AVX-512
+machines: forward (bias + ReLU fused), input gradient and weight gradient. These tests
+- check which problems take the path (`fastconv._C.conv2d_weight_pack_floats` says so) and that
+  FASTCONV_CPU_WINOGRAD=0 turns it off,
+- compare every output and gradient with torch in float64 over a grid of shapes with edge tiles,
+  pads 0..2, channel counts off the 16-lane vectors, both layouts, strided views and the fused ReLU,
+  with the foundation's float32 tolerance,
+- compare Winograd with the direct kernels it replaces,
+- check the weight-pack cache: hits, and invalidation by in-place updates, optimizer steps,
+  `.data` replacement and the weight's death.
+"""
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastconv
+import fastconv.functional as FC
+from fastconv.backends import cpu as cpu_backend
+
+from conftest import assert_rel
+
+_C = cpu_backend._C
+pytestmark = pytest.mark.skipif(_C is None, reason="fastconv._C is not built")
+
+
+def _winograd_isa() -> bool:
+    return _C is not None and _C.cpu_isa() == "avx512"
+
+
+needs_avx512 = pytest.mark.skipif(not _winograd_isa(), reason="the Winograd path is built for AVX-512 only")
+
+
+def _desc(x_shape, w_shape, padding=1, stride=1, dilation=1, groups=1):
+    N, C, H, W = x_shape
+    K, _, R, S = w_shape
+    P = (H + 2 * padding - dilation * (R - 1) - 1) // stride + 1
+    Q = (W + 2 * padding - dilation * (S - 1) - 1) // stride + 1
+    x = torch.empty(x_shape)
+    w = torch.empty(w_shape)
+    return cpu_backend.conv_desc(x, w, (stride, stride), (padding, padding), (dilation, dilation), groups, (P, Q))
+
+
+def _uses_winograd(x_shape, w_shape, dtype_code=0, **kw) -> bool:
+    return _C.conv2d_weight_pack_floats(_desc(x_shape, w_shape, **kw), dtype_code, 0) > 0
+
+
+@needs_avx512
+def test_path_selection(monkeypatch):
+    assert _uses_winograd((2, 16, 8, 8), (16, 16, 3, 3))
+    assert _uses_winograd((1, 64, 14, 14), (256, 64, 3, 3), padding=0)
+    assert _uses_winograd((1, 16, 8, 8), (16, 16, 3, 3), padding=2)
+    # Not Winograd: float64, stride, dilation, groups, other filter sizes, too few channels, tiny images.
+    assert not _uses_winograd((2, 16, 8, 8), (16, 16, 3, 3), dtype_code=1)
+    assert not _uses_winograd((2, 16, 8, 8), (16, 16, 3, 3), stride=2)
+    assert not _uses_winograd((2, 16, 8, 8), (16, 16, 3, 3), dilation=2)
+    assert not _uses_winograd((2, 16, 8, 8), (16, 8, 3, 3), groups=2)
+    assert not _uses_winograd((2, 16, 8, 8), (16, 16, 5, 5), padding=2)
+    assert not _uses_winograd((2, 8, 8, 8), (16, 8, 3, 3))
+    assert not _uses_winograd((2, 16, 8, 8), (8, 16, 3, 3))
+    assert not _uses_winograd((2, 16, 2, 2), (16, 16, 3, 3))  # one 4x4 tile for 4 outputs
+    floats = _C.conv2d_weight_pack_floats(_desc((2, 20, 8, 8), (33, 20, 3, 3)), 0, 0)
+    assert floats == 36 * 20 * 48  # 36 positions x C x K rounded up to 16 lanes
+    assert _C.conv2d_weight_pack_floats(_desc((2, 20, 8, 8), (33, 20, 3, 3)), 0, 1) == 36 * 33 * 32
+    monkeypatch.setenv("FASTCONV_CPU_WINOGRAD", "0")
+    assert not _uses_winograd((2, 16, 8, 8), (16, 16, 3, 3))
+
+
+def _run(x, w, b, relu, padding, dy):
+    x = x.detach().requires_grad_()
+    w = w.detach().requires_grad_()
+    b = None if b is None else b.detach().requires_grad_()
+    with fastconv.use_backend("cpu"):
+        y = (FC.conv2d_relu if relu else FC.conv2d)(x, w, b, padding=padding)
+        inputs = (x, w) if b is None else (x, w, b)
+        grads = torch.autograd.grad(y, inputs, dy)
+    return y, grads
+
+
+def _reference(x, w, b, relu, padding, dy):
+    xd, wd = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    bd = None if b is None else b.detach().double().requires_grad_()
+    y = F.conv2d(xd, wd, bd, padding=padding)
+    if relu:
+        y = y.relu()
+    inputs = (xd, wd) if bd is None else (xd, wd, bd)
+    return y, torch.autograd.grad(y, inputs, dy.double())
+
+
+CASES = [
+    # (N, C, H, W, K, padding): edge tiles in both directions, channels off the 16-lane vectors
+    (1, 16, 8, 8, 16, 1),
+    (2, 19, 9, 13, 33, 1),
+    (3, 16, 7, 6, 17, 0),
+    (2, 40, 10, 11, 24, 2),
+    (1, 64, 32, 35, 48, 1),   # full 16x16 blocks of the NCHW staging transpose, and a partial one
+    (2, 130, 6, 6, 70, 1),    # several K chunks of 64 (64 + 64 + a 16-lane tail) and C tails
+]
+
+
+@needs_avx512
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("bias,relu", [(True, False), (False, False), (True, True)])
+@pytest.mark.parametrize("case", CASES, ids=[f"n{c[0]}c{c[1]}-{c[2]}x{c[3]}-k{c[4]}-p{c[5]}" for c in CASES])
+def test_matches_torch_float64(case, layout, bias, relu):
+    N, C, H, W, K, pad = case
+    assert _uses_winograd((N, C, H, W), (K, C, 3, 3), padding=pad)
+    x = torch.randn(N, C, H, W)
+    w = torch.randn(K, C, 3, 3) / (3 * C ** 0.5)
+    b = torch.randn(K) if bias else None
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    P, Q = H + 2 * pad - 2, W + 2 * pad - 2
+    dy = torch.randn(N, K, P, Q)
+    if layout == "channels_last":
+        dy = dy.contiguous(memory_format=torch.channels_last)
+    y, grads = _run(x, w, b, relu, pad, dy)
+    y_ref, grads_ref = _reference(x, w, b, relu, pad, dy)
+    assert_rel(y, y_ref, torch.float32, "output")
+    assert y.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+    for name, g, r in zip(("grad_input", "grad_weight", "grad_bias"), grads, grads_ref):
+        assert_rel(g, r, torch.float32, name)
+
+
+@needs_avx512
+def test_strided_views_and_mixed_layouts():
+    """Inputs and gradients that are views (sliced, permuted) go through the staging copy."""
+    base = torch.randn(2, 24, 12, 15)
+    x = base[:, 2:22, :, 1:14]                       # channel and column slices: no unit strides to exploit
+    w = torch.randn(20, 20, 3, 3).contiguous(memory_format=torch.channels_last) / 13
+    dy = torch.randn(2, 20, 26, 12).transpose(2, 3)[:, :, :12, :13]  # transposed, non-contiguous view
+    y, grads = _run(x, w, None, True, 1, dy)
+    y_ref, grads_ref = _reference(x, w, None, True, 1, dy)
+    assert_rel(y, y_ref, torch.float32, "output")
+    for name, g, r in zip(("grad_input", "grad_weight"), grads, grads_ref):
+        assert_rel(g, r, torch.float32, name)
+
+
+@needs_avx512
+def test_agrees_with_direct_kernels(monkeypatch):
+    x = torch.randn(2, 32, 14, 14).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(48, 32, 3, 3) / 17
+    b = torch.randn(48)
+    dy = torch.randn(2, 48, 14, 14)
+    wino = _run(x, w, b, True, 1, dy)
+    monkeypatch.setenv("FASTCONV_CPU_WINOGRAD", "0")
+    assert not _uses_winograd(tuple(x.shape), tuple(w.shape))
+    direct = _run(x, w, b, True, 1, dy)
+    for a, d in zip((wino[0], *wino[1]), (direct[0], *direct[1])):
+        assert_rel(a, d, torch.float32)
+    for a, d in zip((wino[0], *wino[1][:2]), (direct[0], *direct[1][:2])):
+        assert not torch.equal(a, d)  # two algorithms really ran (the bias gradient is the same kernel)
+
+
+@needs_avx512
+def test_bitwise_deterministic_across_threads():
+    x = torch.randn(4, 32, 20, 20)
+    w = torch.randn(40, 32, 3, 3) / 17
+    dy = torch.randn(4, 40, 20, 20)
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for nth in (1, 2, 2):
+            torch.set_num_threads(nth)
+            y, grads = _run(x, w, None, False, 1, dy)
+            results.append([y, *grads])
+    finally:
+        torch.set_num_threads(before)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------------
+# The weight-pack cache
+
+
+@pytest.fixture
+def cache():
+    c = cpu_backend.weight_pack_cache
+    c.clear()
+    yield c
+    c.clear()
+
+
+def _fwd(x, w):
+    with fastconv.use_backend("cpu"):
+        return FC.conv2d(x, w, padding=1)
+
+
+def _ref_fwd(x, w):
+    return F.conv2d(x.double(), w.detach().double(), padding=1)
+
+
+@needs_avx512
+def test_cache_hits_for_the_same_weight(cache):
+    x = torch.randn(2, 16, 8, 8)
+    w = torch.randn(16, 16, 3, 3)
+    first = _fwd(x, w)
+    assert cache.info()["entries"] == 1 and cache.info()["misses"] == 1
+    second = _fwd(x, w)
+    assert cache.info()["hits"] == 1
+    assert torch.equal(first, second)
+
+
+@needs_avx512
+def test_cache_serves_forward_and_input_gradient_separately(cache):
+    x = torch.randn(2, 16, 8, 8, requires_grad=True)
+    w = torch.randn(24, 16, 3, 3, requires_grad=True)
+    for _ in range(2):
+        with fastconv.use_backend("cpu"):
+            y = FC.conv2d(x, w, padding=1)
+        y.backward(torch.ones_like(y))
+    info = cache.info()
+    assert info["entries"] == 2  # forward pack and input-gradient pack of the same weight
+    assert info["hits"] == 2 and info["misses"] == 2
+
+
+@needs_avx512
+@pytest.mark.parametrize("update", ["mul_", "copy_", "optimizer", "data", "load_state_dict"])
+def test_cache_invalidated_by_weight_updates(cache, update):
+    x = torch.randn(2, 16, 8, 8)
+    layer = torch.nn.Conv2d(16, 16, 3, padding=1, bias=False)
+    w = layer.weight
+    _fwd(x, w)
+    if update == "mul_":
+        with torch.no_grad():
+            w.mul_(-2.0)
+    elif update == "copy_":
+        with torch.no_grad():
+            w.copy_(torch.randn_like(w))
+    elif update == "optimizer":
+        opt = torch.optim.SGD([w], lr=0.5)
+        w.grad = torch.randn_like(w)
+        opt.step()
+    elif update == "data":
+        w.data = torch.randn_like(w)  # new storage: data_ptr changes
+    else:
+        layer.load_state_dict({"weight": torch.randn_like(w)})
+    y = _fwd(x, w)
+    assert_rel(y, _ref_fwd(x, w), torch.float32)
+
+
+@needs_avx512
+def test_cache_entry_dies_with_its_weight(cache):
+    x = torch.randn(2, 16, 8, 8)
+    for i in range(4):
+        w = torch.randn(16, 16, 3, 3)  # often at the address of the previous, freed weight
+        y = _fwd(x, w)
+        assert_rel(y, _ref_fwd(x, w), torch.float32)
+        del w
+        gc.collect()
+        assert cache.info()["entries"] == 0
+
+
+@needs_avx512
+def test_cache_disabled_and_bounded(cache, monkeypatch):
+    x = torch.randn(2, 16, 8, 8)
+    weights = [torch.randn(16, 16, 3, 3) for _ in range(3)]
+    one_pack = 36 * 16 * 16 * 4
+    monkeypatch.setattr(cache, "max_bytes", 2 * one_pack)
+    for w in weights:
+        _fwd(x, w)
+    assert cache.info()["entries"] == 2 and cache.info()["bytes"] == 2 * one_pack  # the oldest evicted
+    cache.clear()
+    monkeypatch.setenv("FASTCONV_WEIGHT_CACHE", "0")
+    y = _fwd(x, weights[0])
+    assert cache.info()["entries"] == 0
+    assert_rel(y, _ref_fwd(x, weights[0]), torch.float32)
+
+
+def test_pack_size_checked_by_the_binding():
+    if not _winograd_isa():
+        pytest.skip("needs the Winograd path")
+    d = _desc((1, 16, 8, 8), (16, 16, 3, 3))
+    x, w, y = torch.randn(1, 16, 8, 8), torch.randn(16, 16, 3, 3), torch.empty(1, 16, 8, 8)
+    small = torch.empty(10)
+    t4 = cpu_backend._t4
+    with pytest.raises(ValueError, match="pack holds 10 floats"):
+        _C.conv2d_fwd(d, 0, t4(x), t4(w), 0, t4(y), False, 1, pack=(small.data_ptr(), 10, False))
+
