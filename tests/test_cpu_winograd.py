@@ -100,6 +100,8 @@ CASES = [
     (2, 40, 10, 11, 24, 2),
     (1, 64, 32, 35, 48, 1),   # full 16x16 blocks of the NCHW staging transpose, and a partial one
     (2, 130, 6, 6, 70, 1),    # several K chunks of 64 (64 + 64 + a 16-lane tail) and C tails
+    (4, 20, 24, 26, 24, 1),   # weight gradient in 2 tile groups (168 tiles), the last one partial
+    (8, 16, 32, 32, 16, 1),   # weight gradient in 8 tile groups of 64 tiles
 ]
 
 

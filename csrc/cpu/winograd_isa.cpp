@@ -23,12 +23,17 @@
 //   2. for each 64-wide chunk of K: 36 GEMMs [T x C] x [C x 64] with the 6x64 register-blocked
 //      microkernel (ukr_rows: A rows are the tiles' V rows, B = U_i's K chunk packed [C][64]) into
 //      M[36][T][64], then the output transform of the chunk (+ bias, ReLU) straight into y.
-//   T is sized so V stays in L2 (36*T*Cp*4 bytes <= ~1.1 MiB of the 2 MiB L2); U (36*C*K*4 bytes)
-//   streams from L3 once per task, reused T times per element.
-// Weight gradient: phase 1 transforms every tile of x and dy into V[36][tiles][Cp], E[36][tiles][Kp]
-// (tens of MiB for the bench layers: this machine's L3 is large), phase 2 runs the 36 GEMMs with
-// tasks owning disjoint (i, 64-wide k chunk) slices of S and reducing over all tiles in a fixed
-// order (blocks of 64 tiles summed into S), phase 3 applies G^T . G per weight.
+//   T = 60 tiles (fewer for > 256 channels): V is 0.55 MiB at 64 and 2.2 MiB at 256 channels; U
+//   (36*C*K*4 bytes) streams from L3 once per task, reused T times per element (tuning numbers at
+//   the choice of T in forward_engine).
+// Weight packing: U is computed in double and rounded once; fastconv/backends/cpu.py caches it per
+// weight tensor and version (WeightPack), so repeated calls with unchanged weights skip it.
+// Weight gradient: S_i[c][k] = sum over tiles of V_i[tile][c] E_i[tile][k] (6 x 64 register tiles,
+// blocks of 64 tiles accumulated into S), then dW = G^T S G per weight (phase 3). Layers with
+// C x K <= 128 x 128 and enough tiles split the tiles into at most 8 fixed groups; a task transforms
+// its group 64 tiles at a time into L2/L1-resident V, E blocks and accumulates its own S_g; the S_g
+// are summed in group order. Wider layers (few tiles, S too big to keep per group) transform every
+// tile into V[36][tiles][Cp], E[36][tiles][Kp] first, then run (i, 64-wide k chunk) tasks.
 //
 // Determinism: every output element is produced by one task with a reduction order fixed by the
 // problem (tile blocks, chunk boundaries), never by the thread count; no atomics.
@@ -599,17 +604,25 @@ FC_INLINE void wgrad_ukr(const float* __restrict a, int64_t lda, const float* __
     }
 }
 
-// One (i, k chunk) task: S_i[c][k0..k0+NV*L) = sum_t V_i[t][c] E_i[t][k0..] for every c. Blocks of
-// kTileBlock tiles outermost so the block's E panel (64 x 64 floats = 16 KiB) and V rows (16 KiB at
-// 64 channels) stay in L1 while all c blocks use them; S gets the blocks in tile order.
-template <int NV>
-void wgrad_task(const float* Vi, int64_t Cp, int64_t C, const float* Ei, int64_t Kp, int64_t tiles, int64_t k0,
-                float* Si) {
-  for (int64_t t0 = 0; t0 < tiles; t0 += kTileBlock) {
-    const int64_t kc = std::min<int64_t>(kTileBlock, tiles - t0);
-    for (int64_t c0 = 0; c0 < C; c0 += kMR)
-      wgrad_ukr<NV>(Vi + t0 * Cp + c0, Cp, Ei + t0 * Kp + k0, Kp, kc, Si + c0 * Kp + k0, Kp,
-                    static_cast<int>(std::min<int64_t>(kMR, C - c0)), t0 == 0);
+// S_i[c][k] (+)= sum over nt tiles of V_i[t][c] E_i[t][k] for every c < C and k in [k_begin, k_end)
+// (a multiple of 16 wide): one 6 x 64 register tile at a time, the nt-tile panels of V and E staying
+// in L1 while every c block uses them (nt <= kTileBlock). first: store instead of add.
+void accumulate_positions(const float* Vi, int64_t Cp, int64_t C, const float* Ei, int64_t Kp, int64_t nt,
+                          int64_t k_begin, int64_t k_end, float* Si, bool first) {
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += kChunk) {
+    const int nv = static_cast<int>(std::min<int64_t>(kChunk, k_end - k0) / L);
+    for (int64_t c0 = 0; c0 < C; c0 += kMR) {
+      const int rows = static_cast<int>(std::min<int64_t>(kMR, C - c0));
+      const float* a = Vi + c0;
+      const float* b = Ei + k0;
+      float* s = Si + c0 * Kp + k0;
+      switch (nv) {
+        case 4: wgrad_ukr<4>(a, Cp, b, Kp, nt, s, Kp, rows, first); break;
+        case 3: wgrad_ukr<3>(a, Cp, b, Kp, nt, s, Kp, rows, first); break;
+        case 2: wgrad_ukr<2>(a, Cp, b, Kp, nt, s, Kp, rows, first); break;
+        default: wgrad_ukr<1>(a, Cp, b, Kp, nt, s, Kp, rows, first); break;
+      }
+    }
   }
 }
 
@@ -640,34 +653,66 @@ void winograd_wgrad(const ConvDesc& d, const Tensor4& dy, const Tensor4& x, cons
   StagedSrc xs(x, nullptr, kStageA, nth), gs(dy, relu_y, kStageB, nth);
   const TileGrid grid(d.N, d.P, d.Q);
   const int64_t tiles = grid.count;
-  // +L: the last c block's rows past C read (and discard) up to kMR-1 floats past the end.
-  FBuf Vb(kTileV, 36 * tiles * Cp + L), Eb(kTileE, 36 * tiles * Kp + L), Sb(kSums, 36 * C * Kp);
-  // Phase 1: transforms of every tile.
-#pragma omp parallel for num_threads(nth) schedule(static)
-  for (int64_t t = 0; t < tiles; ++t) {
+  const int64_t s_floats = 36 * C * Kp;
+  // Transforms of tile t into V (channel stride 1, position stride vs) and E (position stride es).
+  const auto transform = [&](int64_t t, float* V, int64_t vs, float* E, int64_t es) {
     int64_t n, p0, q0;
     grid.at(t, n, p0, q0);
     for (int64_t c0 = 0; c0 < C; c0 += L)
       input_tile(xs.src, n, p0 - d.pad_h, q0 - d.pad_w, c0, static_cast<int>(std::min<int64_t>(L, C - c0)),
-                 Vb.p + t * Cp + c0, tiles * Cp);
+                 V + c0, vs);
     for (int64_t k0 = 0; k0 < K; k0 += L)
-      grad_tile(gs.src, n, p0, q0, k0, static_cast<int>(std::min<int64_t>(L, K - k0)), Eb.p + t * Kp + k0,
-                tiles * Kp);
-  }
-  // Phase 2: S_i[c][k] = sum_t V_i[t][c] E_i[t][k], tasks = (i, k chunk).
-  const int64_t nkc = cdiv(Kp, kChunk);
+      grad_tile(gs.src, n, p0, q0, k0, static_cast<int>(std::min<int64_t>(L, K - k0)), E + k0, es);
+  };
+  // S (36 x C x Kp) for small layers: tile groups fixed by the problem (not the thread count), each
+  // accumulated chunk by chunk from transforms that stay in L2, then the groups summed in order.
+  // Materializing every tile's transforms instead (the path for wide layers, whose S would not fit
+  // in L2) writes and re-reads 36 x tiles x (Cp + Kp) floats: 38 MiB at 64 channels and 2048 tiles,
+  // which made the transforms 6 of the 12 ms (1 thread) of that layer's weight gradient.
+  const bool grouped = C * Kp <= 128 * 128 && tiles >= 2 * kTileBlock;
+  const int64_t groups = grouped ? std::min<int64_t>(8, tiles / kTileBlock) : 1;
+  FBuf Sb(kSums, groups * s_floats);
+  if (grouped) {
+    const int64_t per_group = round_up(cdiv(tiles, groups), kTileBlock);
+    // +L: the last c block's rows past C read (and discard) up to kMR-1 floats past a block's end.
+    FBuf Vb(kTileV, nth * 36 * kTileBlock * Cp + L), Eb(kTileE, nth * 36 * kTileBlock * Kp + L);
 #pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
-  for (int64_t task = 0; task < 36 * nkc; ++task) {
-    const int64_t i = task / nkc, k0 = (task % nkc) * kChunk;
-    const int nv = static_cast<int>(std::min<int64_t>(kChunk, Kp - k0) / L);
-    const float* Vi = Vb.p + i * tiles * Cp;
-    const float* Ei = Eb.p + i * tiles * Kp;
-    float* Si = Sb.p + i * C * Kp;
-    switch (nv) {
-      case 4: wgrad_task<4>(Vi, Cp, C, Ei, Kp, tiles, k0, Si); break;
-      case 3: wgrad_task<3>(Vi, Cp, C, Ei, Kp, tiles, k0, Si); break;
-      case 2: wgrad_task<2>(Vi, Cp, C, Ei, Kp, tiles, k0, Si); break;
-      default: wgrad_task<1>(Vi, Cp, C, Ei, Kp, tiles, k0, Si); break;
+    for (int64_t g = 0; g < groups; ++g) {
+      const int tid = thread_id();
+      float* V = Vb.p + tid * 36 * kTileBlock * Cp;
+      float* E = Eb.p + tid * 36 * kTileBlock * Kp;
+      const int64_t begin = std::min(tiles, g * per_group), end = std::min(tiles, begin + per_group);
+      for (int64_t t0 = begin; t0 < end; t0 += kTileBlock) {
+        const int64_t nt = std::min<int64_t>(kTileBlock, end - t0);
+        for (int64_t tt = 0; tt < nt; ++tt) transform(t0 + tt, V + tt * Cp, kTileBlock * Cp, E + tt * Kp, kTileBlock * Kp);
+        for (int i = 0; i < 36; ++i)
+          accumulate_positions(V + i * kTileBlock * Cp, Cp, C, E + i * kTileBlock * Kp, Kp, nt, 0, Kp,
+                               Sb.p + g * s_floats + i * C * Kp, t0 == begin);
+      }
+    }
+    // S = S_0 + S_1 + ... in group order.
+#pragma omp parallel for num_threads(nth) schedule(static)
+    for (int64_t row = 0; row < 36 * C; ++row) {
+      float* s0 = Sb.p + row * Kp;
+      for (int64_t g = 1; g < groups; ++g) {
+        const float* sg = Sb.p + g * s_floats + row * Kp;
+        for (int64_t k = 0; k < Kp; k += L) Sf::store(s0 + k, Sf::add(Sf::load(s0 + k), Sf::load(sg + k)));
+      }
+    }
+  } else {
+    FBuf Vb(kTileV, 36 * tiles * Cp + L), Eb(kTileE, 36 * tiles * Kp + L);
+#pragma omp parallel for num_threads(nth) schedule(static)
+    for (int64_t t = 0; t < tiles; ++t) transform(t, Vb.p + t * Cp, tiles * Cp, Eb.p + t * Kp, tiles * Kp);
+    // S_i[c][k0..k0+64) = sum_t V_i[t][c] E_i[t][k0..], tasks = (i, k chunk), blocks of kTileBlock tiles.
+    const int64_t nkc = cdiv(Kp, kChunk);
+#pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
+    for (int64_t task = 0; task < 36 * nkc; ++task) {
+      const int64_t i = task / nkc, k0 = (task % nkc) * kChunk;
+      const float* Vi = Vb.p + i * tiles * Cp;
+      const float* Ei = Eb.p + i * tiles * Kp;
+      for (int64_t t0 = 0; t0 < tiles; t0 += kTileBlock)
+        accumulate_positions(Vi + t0 * Cp, Cp, C, Ei + t0 * Kp, Kp, std::min<int64_t>(kTileBlock, tiles - t0), k0,
+                             std::min<int64_t>(Kp, k0 + kChunk), Sb.p + i * C * Kp, t0 == 0);
     }
   }
   // Phase 3: dw[k][c] = G^T S(c, k) G (3 x 3 from 6 x 6), vectors along k.
