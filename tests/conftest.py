@@ -33,6 +33,11 @@ REL_TOL = {
 DEFAULT_BACKENDS = ("cpu",)
 
 
+# The cpu backend's scratch buffers are reused across calls; poisoned with NaN on every use here, a
+# kernel that reads scratch it did not write fails the comparison instead of passing by luck.
+os.environ.setdefault("FASTCONV_POISON_SCRATCH", "1")
+
+
 def pytest_configure(config):
     # Under pytest-xdist, share the cores between the workers: with -n 2 on 2 cores, each worker
     # runs torch (and the cpu backend, which takes torch.get_num_threads()) on 1 thread instead of 4

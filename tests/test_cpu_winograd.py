@@ -102,6 +102,7 @@ CASES = [
     (2, 130, 6, 6, 70, 1),    # several K chunks of 64 (64 + 64 + a 16-lane tail) and C tails
     (4, 20, 24, 26, 24, 1),   # weight gradient in 2 tile groups (168 tiles), the last one partial
     (8, 16, 32, 32, 16, 1),   # weight gradient in 8 tile groups of 64 tiles
+    (6, 16, 40, 40, 16, 1),   # 600 tiles: 5 groups of 128 (the last partial), none empty
 ]
 
 

@@ -49,6 +49,7 @@
 
 #include "cpu/gemm_microkernel.h"
 #include "cpu/kernels.h"
+#include "cpu/conv2d_wgrad.h"
 #include "cpu/winograd.h"
 
 namespace fastconv {
@@ -1699,8 +1700,11 @@ void conv2d_dgrad(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4&
 void conv2d_wgrad(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& x, const Tensor4* relu_y,
                   const Tensor4* dw, void* dbias, int nthreads) {
   const int nth = std::max(1, nthreads);
-  if (dw != nullptr && winograd_usable(d, dt)) {
-    winograd_wgrad(d, dy, x, relu_y, *dw, nth);
+  if (dw != nullptr && (winograd_usable(d, dt) || wgrad_blocked_usable(d, dt))) {
+    if (winograd_usable(d, dt))
+      winograd_wgrad(d, dy, x, relu_y, *dw, nth);
+    else
+      wgrad_blocked(d, dy, x, relu_y, *dw, nth);
     dw = nullptr;  // the bias gradient (if asked) still comes from wgrad_impl
     if (dbias == nullptr) return;
   }

@@ -48,6 +48,7 @@
 #include <omp.h>
 #endif
 
+#include "cpu/cl_blocks.h"
 #include "cpu/gemm_microkernel.h"
 #include "cpu/kernels.h"
 #include "cpu/winograd.h"
@@ -63,9 +64,6 @@ bool env_disabled() {
   const char* e = std::getenv("FASTCONV_CPU_WINOGRAD");
   return e != nullptr && (std::strcmp(e, "0") == 0 || std::strcmp(e, "off") == 0 || std::strcmp(e, "false") == 0);
 }
-inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-inline int64_t round_up(int64_t a, int64_t b) { return cdiv(a, b) * b; }
-
 // Geometry of a Winograd forward-style problem: input Cin x H x W, output Kout x P x Q, pads ph/pw.
 bool geometry_ok(int64_t Cin, int64_t Kout, int64_t P, int64_t Q, int64_t ph, int64_t pw) {
   if (Cin < 16 || Kout < 16 || ph < 0 || ph > 2 || pw < 0 || pw > 2) return false;
@@ -97,78 +95,6 @@ int64_t winograd_pack_floats(const ConvDesc& d, DType dt, WinogradPass pass) {
 
 #if defined(__AVX512F__)
 namespace {
-
-using Sf = Simd<float>;
-using V = Sf::V;
-constexpr int L = Sf::L;       // 16 floats per zmm
-constexpr int kMR = 6;         // microkernel rows (tiles in the forward, c in the weight gradient)
-constexpr int kChunk = 64;     // K chunk = 4 vectors: 6 x 4 = 24 accumulators
-constexpr int kTileBlock = 64;   // weight gradient: tiles summed in registers before adding into S
-
-int thread_id() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-
-// Scratch memory, 64-byte aligned, taken outside parallel regions (bad_alloc reaches the caller).
-// Fresh multi-MiB allocations come from mmap and pay a page fault per 4 KiB on first touch: staging an
-// 8 MiB input into a new buffer took 3.5 ms against 1.7 ms into a reused one (1 thread). So each
-// calling thread keeps its buffers per slot (`Arena`) and reuses them; a request beyond kArenaCap
-// bytes in total is allocated for the call only, so one huge layer does not pin its memory forever.
-constexpr size_t kArenaCap = size_t(256) << 20;
-
-struct Arena {
-  struct Slot {
-    float* p = nullptr;
-    size_t bytes = 0;
-  };
-  Slot slots[9];
-  size_t total = 0;
-  ~Arena() {
-    for (Slot& s : slots) std::free(s.p);
-  }
-};
-
-thread_local Arena t_arena;
-
-struct FBuf {
-  float* p = nullptr;
-  bool owned = false;  // allocated for this call only
-  FBuf(int slot, int64_t n) {
-    const size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(float) + 63) & ~size_t(63);
-    Arena::Slot& s = t_arena.slots[slot];
-    if (s.bytes >= bytes) {
-      p = s.p;
-      return;
-    }
-    if (t_arena.total - s.bytes + bytes <= kArenaCap) {
-      std::free(s.p);
-      t_arena.total -= s.bytes;
-      s.p = nullptr;
-      s.bytes = 0;
-      s.p = static_cast<float*>(std::aligned_alloc(64, bytes));
-      if (s.p == nullptr) throw std::bad_alloc();
-      s.bytes = bytes;
-      t_arena.total += bytes;
-      p = s.p;
-      return;
-    }
-    p = static_cast<float*>(std::aligned_alloc(64, bytes));
-    if (p == nullptr) throw std::bad_alloc();
-    owned = true;
-  }
-  ~FBuf() {
-    if (owned) std::free(p);
-  }
-  FBuf(const FBuf&) = delete;
-  FBuf& operator=(const FBuf&) = delete;
-};
-
-// Arena slots: every buffer alive at the same time in one call has its own slot.
-enum Slot : int { kStageA = 0, kStageB, kTileV, kTileE, kSums, kBlockV, kBlockM, kZeroRow, kPackTemp };
 
 FC_INLINE V mul(V a, float s) { return _mm512_mul_ps(a, _mm512_set1_ps(s)); }
 FC_INLINE V sub(V a, V b) { return _mm512_sub_ps(a, b); }
@@ -215,44 +141,6 @@ FC_INLINE void a6(const V* in, int is, V* out, int os) {
   out[4 * os] = fmadd(e13, -2.f, e02);
   out[5 * os] = d3;
 }
-
-// In-register 16 x 16 transpose: r[i][j] -> r[j][i] (unpack lo/hi at 32 and 64 bits, then two
-// rounds of 128-bit lane shuffles). Turns 16 pixel vectors of 16 channels into 16 channel vectors of
-// 16 pixels for the NCHW staging copy and the NCHW output stores.
-FC_INLINE void transpose16(V* r) {
-  V t[16];
-  FC_UNROLL for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  const auto lo = [](V a, V b) { return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b))); };
-  const auto hi = [](V a, V b) { return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b))); };
-  FC_UNROLL for (int i = 0; i < 4; ++i) {
-    r[4 * i + 0] = lo(t[4 * i], t[4 * i + 2]);
-    r[4 * i + 1] = hi(t[4 * i], t[4 * i + 2]);
-    r[4 * i + 2] = lo(t[4 * i + 1], t[4 * i + 3]);
-    r[4 * i + 3] = hi(t[4 * i + 1], t[4 * i + 3]);
-  }
-  FC_UNROLL for (int i = 0; i < 4; ++i) {
-    t[i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0x88);
-    t[4 + i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0xdd);
-    t[8 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0x88);
-    t[12 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0xdd);
-  }
-  FC_UNROLL for (int i = 0; i < 4; ++i) {
-    r[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
-    r[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xdd);
-    r[4 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0x88);
-    r[12 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0xdd);
-  }
-}
-
-// A channels_last-addressable float source: element (n, c, h, w) at p[n*s0 + h*s2 + w*s3 + c].
-struct Src {
-  const float* p;
-  int64_t s0, s2, s3;
-  int64_t C, H, W;
-};
 
 // Tiles of the output grid (4x4 each), in (n, tile row, tile col) order.
 struct TileGrid {
@@ -304,99 +192,6 @@ FC_INLINE void grad_tile(const Src& s, int64_t n, int64_t p0, int64_t q0, int64_
   FC_UNROLL for (int a = 0; a < 6; ++a) a6(t + 4 * a, 1, e + 6 * a, 1);  // rows: 6 x 6
   FC_UNROLL for (int i = 0; i < 36; ++i) Sf::store(out + i * ostride, e[i]);
 }
-
-// Channels_last staging copy of a 4-d tensor (masked by m > 0 when m is given): dst[(n*H+h)*W+w][c].
-// Used when the source is not channel-contiguous or a ReLU mask has to be applied.
-void stage_channels_last(const Tensor4& t, const Tensor4* m, float* dst, int nth) {
-  const int64_t N = t.size[0], C = t.size[1], H = t.size[2], W = t.size[3];
-  const float* tp = static_cast<const float*>(t.data);
-  const float* mp = m ? static_cast<const float*>(m->data) : nullptr;
-#pragma omp parallel for num_threads(nth) schedule(static)
-  for (int64_t nh = 0; nh < N * H; ++nh) {
-    const int64_t n = nh / H, h = nh % H;
-    float* drow = dst + nh * W * C;
-    const float* trow = tp + n * t.stride[0] + h * t.stride[2];
-    const float* mrow = mp ? mp + n * m->stride[0] + h * m->stride[2] : nullptr;
-    if (t.stride[1] == 1 && (!m || m->stride[1] == 1)) {
-      for (int64_t w = 0; w < W; ++w) {
-        const float* tv = trow + w * t.stride[3];
-        const float* mv = mrow ? mrow + w * m->stride[3] : nullptr;
-        float* dv = drow + w * C;
-        int64_t c = 0;
-        for (; c + L <= C; c += L) {
-          V v = Sf::load(tv + c);
-          if (mv) v = Sf::mask_le0(v, Sf::load(mv + c));
-          Sf::store(dv + c, v);
-        }
-        if (c < C) {
-          const int nl = static_cast<int>(C - c);
-          V v = Sf::load_n(tv + c, nl);
-          if (mv) v = Sf::mask_le0(v, Sf::load_n(mv + c, nl));
-          Sf::store_n(dv + c, v, nl);
-        }
-      }
-    } else {
-      // Blocks of 16 columns x 16 channels: full blocks with unit column strides through the
-      // register transpose, edge blocks (and strided columns) element by element.
-      alignas(64) float blk[L][L];
-      const bool unit = t.stride[3] == 1 && (!m || m->stride[3] == 1);
-      for (int64_t w0 = 0; w0 < W; w0 += L) {
-        const int nw = static_cast<int>(std::min<int64_t>(L, W - w0));
-        for (int64_t c0 = 0; c0 < C; c0 += L) {
-          const int nc = static_cast<int>(std::min<int64_t>(L, C - c0));
-          if (unit && nw == L && nc == L) {
-            V r[L];
-            FC_UNROLL for (int cc = 0; cc < L; ++cc) {
-              r[cc] = Sf::load(trow + (c0 + cc) * t.stride[1] + w0);
-              if (mrow) r[cc] = Sf::mask_le0(r[cc], Sf::load(mrow + (c0 + cc) * m->stride[1] + w0));
-            }
-            transpose16(r);
-            FC_UNROLL for (int ww = 0; ww < L; ++ww) Sf::store(drow + (w0 + ww) * C + c0, r[ww]);
-            continue;
-          }
-          for (int cc = 0; cc < nc; ++cc) {
-            const float* src = trow + (c0 + cc) * t.stride[1] + w0 * t.stride[3];
-            const float* msrc = mrow ? mrow + (c0 + cc) * m->stride[1] + w0 * m->stride[3] : nullptr;
-            if (unit) {
-              V v = Sf::load_n(src, nw);
-              if (msrc) v = Sf::mask_le0(v, Sf::load_n(msrc, nw));
-              Sf::store(blk[cc], v);
-            } else {
-              for (int ww = 0; ww < nw; ++ww) {
-                float v = src[ww * t.stride[3]];
-                if (msrc && msrc[ww * m->stride[3]] <= 0.f) v = 0.f;
-                blk[cc][ww] = v;
-              }
-            }
-          }
-          for (int ww = 0; ww < nw; ++ww) {
-            float* dv = drow + (w0 + ww) * C + c0;
-            for (int cc = 0; cc < nc; ++cc) dv[cc] = blk[cc][ww];
-          }
-        }
-      }
-    }
-  }
-}
-
-// The forward engine's view of its input: in place when channels_last and unmasked, else staged.
-struct StagedSrc {
-  Src src;
-  FBuf* buf = nullptr;  // the staging copy, when one is needed
-  StagedSrc(const Tensor4& t, const Tensor4* mask, int slot, int nth) {
-    const int64_t N = t.size[0], C = t.size[1], H = t.size[2], W = t.size[3];
-    if (t.stride[1] == 1 && mask == nullptr) {
-      src = Src{static_cast<const float*>(t.data), t.stride[0], t.stride[2], t.stride[3], C, H, W};
-      return;
-    }
-    buf = new FBuf(slot, N * H * W * C + L);
-    stage_channels_last(t, mask, buf->p, nth);
-    src = Src{buf->p, H * W * C, W * C, C, C, H, W};
-  }
-  ~StagedSrc() { delete buf; }
-  StagedSrc(const StagedSrc&) = delete;
-  StagedSrc& operator=(const StagedSrc&) = delete;
-};
 
 // Weight accessor of the forward-style problem: g(ko, ci, r, s) = p[ko*sk + ci*sc + r*sr + s*ss].
 struct WAcc {
@@ -581,51 +376,6 @@ struct PackedWeight {
 
 Dst dst_of(const Tensor4& t) { return Dst{static_cast<float*>(t.data), t.stride[0], t.stride[1], t.stride[2], t.stride[3]}; }
 
-// S tile (MR rows of c, NV vectors of k) += sum over tiles [t0, t1) of V_i[t][c0..c0+MR) x E_i[t][k0..].
-template <int NV>
-FC_INLINE void wgrad_ukr(const float* __restrict a, int64_t lda, const float* __restrict b, int64_t ldb,
-                         int64_t kc, float* s, int64_t lds, int rows_valid, bool first) {
-  V acc[kMR][NV];
-  FC_UNROLL for (int m = 0; m < kMR; ++m) FC_UNROLL for (int v = 0; v < NV; ++v) acc[m][v] = Sf::zero();
-  for (int64_t t = 0; t < kc; ++t) {
-    V bv[NV];
-    FC_UNROLL for (int v = 0; v < NV; ++v) bv[v] = Sf::load(b + v * L);
-    FC_UNROLL for (int m = 0; m < kMR; ++m) {
-      const V av = Sf::set1(a[m]);
-      FC_UNROLL for (int v = 0; v < NV; ++v) acc[m][v] = Sf::fma(av, bv[v], acc[m][v]);
-    }
-    a += lda;
-    b += ldb;
-  }
-  for (int m = 0; m < rows_valid; ++m)
-    FC_UNROLL for (int v = 0; v < NV; ++v) {
-      float* p = s + m * lds + v * L;
-      Sf::store(p, first ? acc[m][v] : Sf::add(acc[m][v], Sf::load(p)));
-    }
-}
-
-// S_i[c][k] (+)= sum over nt tiles of V_i[t][c] E_i[t][k] for every c < C and k in [k_begin, k_end)
-// (a multiple of 16 wide): one 6 x 64 register tile at a time, the nt-tile panels of V and E staying
-// in L1 while every c block uses them (nt <= kTileBlock). first: store instead of add.
-void accumulate_positions(const float* Vi, int64_t Cp, int64_t C, const float* Ei, int64_t Kp, int64_t nt,
-                          int64_t k_begin, int64_t k_end, float* Si, bool first) {
-  for (int64_t k0 = k_begin; k0 < k_end; k0 += kChunk) {
-    const int nv = static_cast<int>(std::min<int64_t>(kChunk, k_end - k0) / L);
-    for (int64_t c0 = 0; c0 < C; c0 += kMR) {
-      const int rows = static_cast<int>(std::min<int64_t>(kMR, C - c0));
-      const float* a = Vi + c0;
-      const float* b = Ei + k0;
-      float* s = Si + c0 * Kp + k0;
-      switch (nv) {
-        case 4: wgrad_ukr<4>(a, Cp, b, Kp, nt, s, Kp, rows, first); break;
-        case 3: wgrad_ukr<3>(a, Cp, b, Kp, nt, s, Kp, rows, first); break;
-        case 2: wgrad_ukr<2>(a, Cp, b, Kp, nt, s, Kp, rows, first); break;
-        default: wgrad_ukr<1>(a, Cp, b, Kp, nt, s, Kp, rows, first); break;
-      }
-    }
-  }
-}
-
 }  // namespace
 
 void winograd_fwd(const ConvDesc& d, const Tensor4& x, const Tensor4& w, const float* bias, const Tensor4& y,
@@ -670,10 +420,10 @@ void winograd_wgrad(const ConvDesc& d, const Tensor4& dy, const Tensor4& x, cons
   // in L2) writes and re-reads 36 x tiles x (Cp + Kp) floats: 38 MiB at 64 channels and 2048 tiles,
   // which made the transforms 6 of the 12 ms (1 thread) of that layer's weight gradient.
   const bool grouped = C * Kp <= 128 * 128 && tiles >= 2 * kTileBlock;
-  const int64_t groups = grouped ? std::min<int64_t>(8, tiles / kTileBlock) : 1;
+  const int64_t per_group = grouped ? round_up(cdiv(tiles, std::min<int64_t>(8, tiles / kTileBlock)), kTileBlock) : tiles;
+  const int64_t groups = cdiv(tiles, per_group);  // every group non-empty (its S_g is written)
   FBuf Sb(kSums, groups * s_floats);
   if (grouped) {
-    const int64_t per_group = round_up(cdiv(tiles, groups), kTileBlock);
     // +L: the last c block's rows past C read (and discard) up to kMR-1 floats past a block's end.
     FBuf Vb(kTileV, nth * 36 * kTileBlock * Cp + L), Eb(kTileE, nth * 36 * kTileBlock * Kp + L);
 #pragma omp parallel for num_threads(nth) schedule(dynamic, 1)

@@ -1,0 +1,146 @@
+// Weight gradient of float32 convolutions (groups 1, any filter, stride, dilation, padding) on
+// AVX-512, as rank updates over blocks of output pixels:
+//     S[tap][c][k] = sum_{pixels t} X_tap[t][c] D[t][k],   dw[k][c][r][s] = S[r*S + s][c][k]
+// with D[t] = dy's channel row of output pixel t (ReLU-masked for the fused op) and X_tap[t] = x's
+// channel row at the input pixel tap (r, s) of t reads (zeros in the padding).
+//
+// Why: the direct wgrad kernels (conv2d_isa.cpp) reduce over N*P*Q inside one long GEMM whose
+// operands are re-packed per reduction chunk; on channels_last layers with few channels (the C=3
+// stem: 4.6 ms vs oneDNN's 0.7 ms on 1 thread) or a 64x64 output (1x1 layer: 5.8 vs 3.0 ms) that
+// packing and the 64-row output tiles left most of the FMA units idle.
+//
+// Schedule: pixels in (n, p, q) order are cut into blocks of 64 (kTileBlock); a block's D[64][Kp]
+// and its im2col rows X[64][R*S*C] (taps side by side, so a 3-channel stem has 27-long rows and
+// 6-row register tiles stay 90% full) are gathered into L1/L2-sized buffers (channels_last rows,
+// read in place from a channels_last x/dy or from a staging copy), then S[(tap, c)][k] gets the
+// block's contribution through accumulate_positions (6 x 64 register tiles, (tap, c) rows
+// broadcast, k in vectors).
+// Blocks are split into at most 8 groups fixed by the problem (never by the thread count); each
+// group accumulates its own S_g, and the S_g are summed in group order: bitwise deterministic for
+// any number of threads.
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+
+#include "cpu/cl_blocks.h"
+#include "cpu/conv2d_wgrad.h"
+#include "cpu/kernels.h"
+
+namespace fastconv {
+namespace cpu {
+namespace FC_ISA {
+
+bool wgrad_blocked_usable(const ConvDesc& d, DType dt) {
+#if defined(__AVX512F__)
+  if (dt != kFloat32 || d.groups != 1 || d.C < 2 || d.N == 0) return false;
+  const char* e = std::getenv("FASTCONV_CPU_WGRAD_BLOCKED");
+  return e == nullptr || std::strcmp(e, "0") != 0;
+#else
+  (void)d;
+  (void)dt;
+  return false;
+#endif
+}
+
+#if defined(__AVX512F__)
+
+void wgrad_blocked(const ConvDesc& d, const Tensor4& dy, const Tensor4& x, const Tensor4* relu_y,
+                   const Tensor4& dw, int nth) {
+  // Reduction rows: (tap, c) pairs, tap-major (im2col order), crs of them, padded to crsp floats.
+  const int64_t C = d.C, K = d.K, Kp = round_up(K, L), taps = d.R * d.S, crs = taps * C, crsp = round_up(crs, L);
+  const int64_t pixels = d.N * d.P * d.Q, blocks = cdiv(pixels, kTileBlock);
+  StagedSrc xs(x, nullptr, kStageA, nth), gs(dy, relu_y, kStageB, nth);
+  const int64_t s_floats = crs * Kp;
+  // Up to 8 groups of at least 2 blocks each, and at most 64 MiB of group sums.
+  const int64_t max_groups = std::max<int64_t>(
+      1, std::min<int64_t>({8, blocks / 2, (int64_t(64) << 20) / (4 * s_floats)}));
+  const int64_t per_group = cdiv(blocks, max_groups) * kTileBlock;
+  const int64_t groups = cdiv(pixels, per_group);  // every group non-empty (its S_g is written)
+  FBuf Sb(kSums, groups * s_floats);
+  // +L: the last row block reads (and discards) up to kMR-1 floats past a block's last row.
+  FBuf Xb(kTileV, nth * kTileBlock * crsp + L), Db(kTileE, nth * kTileBlock * Kp + L);
+  const Src& xv = xs.src;
+  const Src& gv = gs.src;
+#pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
+  for (int64_t g = 0; g < groups; ++g) {
+    const int tid = thread_id();
+    float* X = Xb.p + tid * kTileBlock * crsp;
+    float* D = Db.p + tid * kTileBlock * Kp;
+    // Row padding [crs, crsp) and the slack after the last row: read by discarded accumulator rows
+    // only, but kept zero (uninitialized memory could hold denormals that slow the FMAs).
+    for (int64_t tt = 0; tt < kTileBlock; ++tt) std::fill(X + tt * crsp + crs, X + (tt + 1) * crsp, 0.f);
+    std::fill(X + kTileBlock * crsp, X + kTileBlock * crsp + L, 0.f);
+    const int64_t begin = std::min(pixels, g * per_group), end = std::min(pixels, begin + per_group);
+    for (int64_t t0 = begin; t0 < end; t0 += kTileBlock) {
+      const int64_t nt = std::min<int64_t>(kTileBlock, end - t0);
+      int64_t n = t0 / (d.P * d.Q), p = (t0 / d.Q) % d.P, q = t0 % d.Q;  // pixel t0 + tt, stepped below
+      for (int64_t tt = 0; tt < nt; ++tt) {
+        // D row (channels past K are zero: they feed S columns that are never read).
+        const float* drow = gv.p + n * gv.s0 + p * gv.s2 + q * gv.s3;
+        float* dd = D + tt * Kp;
+        for (int64_t k = 0; k < Kp; k += L)
+          Sf::store(dd + k, Sf::load_n(drow + k, static_cast<int>(std::min<int64_t>(L, std::max<int64_t>(0, K - k)))));
+        float* xx = X + tt * crsp;
+        const int64_t w0 = q * d.stride_w - d.pad_w;
+        // The S taps of a filter row are S*C contiguous floats of a channels_last row when they are
+        // all inside it and undilated: one copy (9 floats for a 3-channel 3x3 stem instead of 3 x 3).
+        const bool row_run = d.dil_w == 1 && xv.s3 == C && w0 >= 0 && w0 + d.S <= d.W;
+        for (int64_t r = 0; r < d.R; ++r) {
+          const int64_t h = p * d.stride_h - d.pad_h + r * d.dil_h;
+          if (h < 0 || h >= d.H) {
+            zero_n(xx, d.S * C);
+            xx += d.S * C;
+            continue;
+          }
+          const float* xrow = xv.p + n * xv.s0 + h * xv.s2;
+          if (row_run) {
+            copy_n(xx, xrow + w0 * C, d.S * C);
+            xx += d.S * C;
+            continue;
+          }
+          for (int64_t s = 0; s < d.S; ++s, xx += C) {
+            const int64_t w = w0 + s * d.dil_w;
+            if (w < 0 || w >= d.W)
+              zero_n(xx, C);
+            else
+              copy_n(xx, xrow + w * xv.s3, C);
+          }
+        }
+        if (++q == d.Q) {
+          q = 0;
+          if (++p == d.P) {
+            p = 0;
+            ++n;
+          }
+        }
+      }
+      accumulate_positions(X, crsp, crs, D, Kp, nt, 0, Kp, Sb.p + g * s_floats, t0 == begin);
+    }
+  }
+  // Sum the groups in order, then dw[k][c][r][s] = S[(r*S + s)*C + c][k].
+#pragma omp parallel for num_threads(nth) schedule(static)
+  for (int64_t row = 0; row < crs; ++row) {
+    float* s0 = Sb.p + row * Kp;
+    for (int64_t g = 1; g < groups; ++g) {
+      const float* sg = Sb.p + g * s_floats + row * Kp;
+      for (int64_t k = 0; k < Kp; k += L) Sf::store(s0 + k, Sf::add(Sf::load(s0 + k), Sf::load(sg + k)));
+    }
+    const int64_t tap = row / C, c = row % C, r = tap / d.S, s = tap % d.S;
+    float* o = static_cast<float*>(dw.data) + c * dw.stride[1] + r * dw.stride[2] + s * dw.stride[3];
+    for (int64_t k = 0; k < K; ++k) o[k * dw.stride[0]] = s0[k];
+  }
+}
+
+#else
+
+void wgrad_blocked(const ConvDesc&, const Tensor4&, const Tensor4&, const Tensor4*, const Tensor4&, int) {
+  throw std::logic_error("fastconv: the blocked weight gradient needs the avx512 build");
+}
+
+#endif
+
+}  // namespace FC_ISA
+}  // namespace cpu
+}  // namespace fastconv
