@@ -148,6 +148,29 @@ inline QRange valid_cols(int64_t off, int64_t sw, int64_t W, int64_t Q) {
   return {lo, hi};
 }
 
+// dst[t] = src[2t] for t < n (stride-2 columns; AVX-512: two loads and one permute per 16 floats,
+// never reading past src[2(n-1)]).
+template <typename T>
+FC_INLINE void copy_even(T* __restrict d, const T* __restrict src, int64_t n) {
+  int64_t t = 0;
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4) {
+    const __m512i idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    for (; t + 16 < n; t += 16)
+      _mm512_storeu_ps(reinterpret_cast<float*>(d + t),
+                       _mm512_permutex2var_ps(_mm512_loadu_ps(reinterpret_cast<const float*>(src + 2 * t)), idx,
+                                              _mm512_loadu_ps(reinterpret_cast<const float*>(src + 2 * t + 16))));
+  } else {
+    const __m512i idx = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+    for (; t + 8 < n; t += 8)
+      _mm512_storeu_pd(reinterpret_cast<double*>(d + t),
+                       _mm512_permutex2var_pd(_mm512_loadu_pd(reinterpret_cast<const double*>(src + 2 * t)), idx,
+                                              _mm512_loadu_pd(reinterpret_cast<const double*>(src + 2 * t + 8))));
+  }
+#endif
+  for (; t < n; ++t) d[t] = src[2 * t];
+}
+
 // One row segment: dst[t] = x[row, iw0 + t*sw] for t in [tlo, thi) (the valid columns), else 0.
 // row/mrow point at column 0 of the input row and are only dereferenced at valid columns.
 template <typename T>
@@ -165,6 +188,8 @@ FC_INLINE void copy_run(T* __restrict dst, int64_t len, int64_t tlo, int64_t thi
       for (int64_t t = 0; t < n; ++t) d[t] = masked(src[t * st], m[t * sm]);
     } else if (sw * sx == 1) {
       copy_n(d, src, n);
+    } else if (sw * sx == 2) {
+      copy_even(d, src, n);
     } else {
       const int64_t st = sw * sx;
       for (int64_t t = 0; t < n; ++t) d[t] = src[t * st];
@@ -197,11 +222,15 @@ void pack_weight_panels(const Geo& g, const WV<T>& w, T* A, int nth) {
   }
 }
 
-// NCHW output, stride 1: direct convolution on a zero-padded input window, no packing of B.
+// NCHW output, stride 1 or 2: direct convolution on a zero-padded input window, no packing of B.
 // Output pixels live on the padded grid j' = p*Wp + q (q < Wp; columns q >= Q are computed and
 // dropped), so for tap (c, r, s) the B row of NR pixels is NR consecutive elements of the window at
 // offset j' + off(c, r, s). Task = (n, g, block of RB output rows); the window holds the
-// RB + (R-1)*|dh| input rows it needs for all Cg channels (padded copy, ReLU mask applied here).
+// (RB-1)*sh + (R-1)*|dh| + 1 input rows it needs for all Cg channels (padded copy, ReLU mask applied
+// here), split into sh x sw phase planes for a strided problem so that B rows stay contiguous: each
+// input element is copied once per task instead of once per tap as an im2col packing of strided
+// columns would (c128k128 3x3 stride 2 on 32x32: conv_pix spent ~1/4 of its time packing B and ran
+// 288-pixel blocks for 256 output pixels).
 template <typename T, int MR, int NV>
 void conv_pix_direct(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, bool relu, int nth) {
   using Sd = Simd<T>;
@@ -213,22 +242,38 @@ void conv_pix_direct(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, O
   Buf<T> A(g.G * nIr * CRS * MR);
   pack_weight_panels<T, MR>(g, w, A.p, nth);
 
+  // Window rows u / columns v <-> input row p0*sh + hlo + u / column wlo + v. Tap (r, s) of output
+  // (p0 + pl, q) reads u = pl*sh + offr[r], v = q*sw + offw[s]; the window is split into sh x sw
+  // phase planes (plane (u % sh, v % sw) holds row u / sh, column v / sw), so a run of output
+  // columns reads a run of consecutive plane elements whatever the stride.
+  const int64_t sh = g.sh, sw = g.sw, nph = sh * sw;
   const int64_t hlo = -g.ph + std::min<int64_t>(0, (g.R - 1) * g.dh);
   const int64_t span_h = std::abs((g.R - 1) * g.dh);
   const int64_t wlo = -g.pw + std::min<int64_t>(0, (g.S - 1) * g.dw);
-  const int64_t Wp = (g.Q - 1) - g.pw + std::max<int64_t>(0, (g.S - 1) * g.dw) - wlo + 1;
+  std::vector<int64_t> offr(g.R), offw(g.S);
+  int64_t maxr = 0, maxw = 0;
+  for (int64_t r = 0; r < g.R; ++r) maxr = std::max(maxr, (offr[r] = r * g.dh - g.ph - hlo) / sh);
+  for (int64_t t = 0; t < g.S; ++t) maxw = std::max(maxw, (offw[t] = t * g.dw - g.pw - wlo) / sw);
+  const int64_t Wp = g.Q + maxw;  // plane width: output columns plus the taps' reach
   const int64_t RB = std::max<int64_t>(1, std::min(g.P, cdiv(384, Wp)));  // output rows per task
   const int64_t nRb = cdiv(g.P, RB);
   const int64_t NCt = RB * Wp, npan_max = cdiv(NCt, NR), NC = npan_max * NR;
-  const int64_t rows_win = RB + span_h;
-  const int64_t cs = (rows_win + 1) * Wp + NR;  // channel stride in the window, with zeroed slack
+  const int64_t rows_pl = RB + maxr;                 // plane rows read by the taps
+  const int64_t ps = (rows_pl + 1) * Wp;             // plane size, with a zeroed slack row
+  const int64_t cs = nph * ps + NR;                  // channel stride in the window, with zeroed slack
   const int64_t KC = std::max<int64_t>(32, (24 * 1024) / (NR * (int64_t)sizeof(T)));
   const int64_t nkb = cdiv(CRS, KC), kc = cdiv(CRS, nkb);
   std::vector<int64_t> offs(CRS);
+  std::vector<char> used(nph, 0);  // planes some tap reads (1x1 stride 2 reads one of four)
   for (int64_t c = 0, kk = 0; c < g.Cg; ++c)
     for (int64_t r = 0; r < g.R; ++r)
-      for (int64_t s = 0; s < g.S; ++s) offs[kk++] = c * cs + (r * g.dh - g.ph - hlo) * Wp + (s * g.dw - g.pw - wlo);
-  const QRange qr = valid_cols(wlo, 1, g.W, Wp);
+      for (int64_t t = 0; t < g.S; ++t) {
+        const int64_t pl = (offr[r] % sh) * sw + offw[t] % sw;
+        used[pl] = 1;
+        offs[kk++] = c * cs + pl * ps + (offr[r] / sh) * Wp + offw[t] / sw;
+      }
+  std::vector<QRange> qr(sw);
+  for (int64_t b = 0; b < sw; ++b) qr[b] = valid_cols(wlo + b, sw, g.W, Wp);
   const int64_t ntask = g.N * g.G * nRb;
   const int64_t ldc = NC;
   const int64_t wsz = g.Cg * cs, csz = nkb > 1 ? nIr * MR * NC : 0;
@@ -239,26 +284,31 @@ void conv_pix_direct(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, O
     const int tid = thread_id();
     T* win = scratch.p + tid * (wsz + csz);
     T* Cb = win + wsz;
+    if (nph > 1) zero_n(win, wsz);  // unused planes: never written, read only by dropped lanes
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < ntask; ++task) {
       const int64_t rb = task % nRb, ng = task / nRb, gi = ng % g.G, n = ng / g.G;
       const int64_t p0 = rb * RB, nrows = std::min(RB, g.P - p0);
       const int64_t npan = cdiv(nrows * Wp, NR);
-      // window rows u <-> input row ih = p0 + hlo + u
-      const int64_t nu = nrows + span_h;
+      const int64_t nu = (nrows - 1) * sh + span_h + 1;  // input rows of the task
       for (int64_t c = 0; c < g.Cg; ++c) {
         T* wc = win + c * cs;
         const T* xc = x.p + n * x.s0 + (gi * g.Cg + c) * x.s1;
         const T* mc = m.p ? m.p + n * m.s0 + (gi * g.Cg + c) * m.s1 : nullptr;
-        for (int64_t u = 0; u < nu; ++u) {
-          const int64_t ih = p0 + hlo + u;
-          if (ih < 0 || ih >= g.H)
-            zero_n(wc + u * Wp, Wp);
-          else
-            copy_run(wc + u * Wp, Wp, qr.lo, qr.hi, xc + ih * x.s2, x.s3, mc ? mc + ih * m.s2 : nullptr, m.s3, wlo,
-                     1);
-        }
-        zero_n(wc + nu * Wp, cs - nu * Wp);
+        for (int64_t a = 0; a < sh; ++a)
+          for (int64_t b = 0; b < sw; ++b) {
+            if (!used[a * sw + b]) continue;
+            T* wp = wc + (a * sw + b) * ps;
+            for (int64_t i = 0; i <= rows_pl; ++i) {
+              const int64_t u = a + sh * i, ih = p0 * sh + hlo + u;
+              if (u >= nu || ih < 0 || ih >= g.H)
+                zero_n(wp + i * Wp, Wp);
+              else
+                copy_run(wp + i * Wp, Wp, qr[b].lo, qr[b].hi, xc + ih * x.s2, x.s3, mc ? mc + ih * m.s2 : nullptr,
+                         m.s3, wlo + b, sw);
+            }
+          }
+        zero_n(wc + nph * ps, NR);
       }
       T* ybase = y.p + n * y.s0 + p0 * y.s2;
       for (int64_t kb = 0; kb < nkb; ++kb) {
@@ -991,7 +1041,7 @@ FC_INLINE void dw_cl_block(const T* const* xr, const T* const* mr, const int64_t
 
 // channels_last input and output, Kg == 1: vectors along C, taps as FMAs over channel vectors read
 // in place (no padded copy). Tasks are (n, output row, column chunk); within a task, pixels whose
-// taps are all inside the input run in blocks of kDwClQB (one weight load per tap and block), border
+// taps are all inside the input run in blocks of QB = 4 (one weight load per tap and block), border
 // pixels clamp their tap column range.
 template <typename T, bool MASK>
 void conv_direct_cl_impl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, bool relu, int nth) {
@@ -1099,8 +1149,300 @@ void conv_direct_cl_impl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bia
   }
 }
 
+// conv_direct_cl fast path: S in {3, 5} taps per row, column stride sw in {1, 2}, |dw| == 1 (dgrad's
+// mirrored taps, dw = -1, are flipped to dw = +1 by the caller). Output pixels [q0, q0 + QB) of one
+// row and CVB consecutive channel vectors: for each valid tap row, the (QB-1)*SW + S input columns are
+// loaded once each (zero outside [0, W)) and every loaded vector feeds all the taps that read it, so a
+// pixel costs ~1 + (S-1)/QB vector loads per tap row instead of S; the row's S x CVB weights sit in
+// registers. Every pixel's sum runs over tap rows, then taps s in order (a zero column adds a signed
+// zero), whatever block the pixel falls in: results do not depend on the task split.
+// xr[k]: valid tap row k at column 0 and the block's first channel; wr[k]: its S weight rows (stride Cp).
+template <typename T, int S, int SW, int QB, int CVB, bool TAIL, bool MASK, bool EDGE>
+FC_INLINE void dwcl_block(const T* const* xr, const T* const* mr, const T* const* wr, int64_t nrv, int64_t iw0,
+                          int64_t sx, int64_t smx, int64_t Cp, int jlo, int jhi, const T* bp, bool relu, T* yo,
+                          int64_t ysi, int nq, int nl) {
+  using Sd = Simd<T>;
+  using V = typename Sd::V;
+  constexpr int L = Sd::L;
+  constexpr int NC = (QB - 1) * SW + S;  // input columns of the block
+  static_assert(!TAIL || CVB == 1, "a channel tail is computed one vector at a time");
+  V acc[QB][CVB];
+  FC_UNROLL for (int i = 0; i < QB; ++i) FC_UNROLL for (int v = 0; v < CVB; ++v) acc[i][v] = Sd::zero();
+  for (int64_t k = 0; k < nrv; ++k) {
+    const T* xb = xr[k] + iw0 * sx;
+    const T* mb = MASK ? mr[k] + iw0 * smx : nullptr;
+    V wv[S][CVB];
+    FC_UNROLL for (int s = 0; s < S; ++s) FC_UNROLL for (int v = 0; v < CVB; ++v)
+        wv[s][v] = TAIL ? Sd::load_n(wr[k] + s * Cp, nl) : Sd::load(wr[k] + s * Cp + v * L);
+    FC_UNROLL for (int j = 0; j < NC; ++j) {
+      V col[CVB];
+      FC_UNROLL for (int v = 0; v < CVB; ++v) col[v] = Sd::zero();
+      if (!EDGE || (j >= jlo && j < jhi)) {
+        FC_UNROLL for (int v = 0; v < CVB; ++v) {
+          col[v] = TAIL ? Sd::load_n(xb + j * sx, nl) : Sd::load(xb + j * sx + v * L);
+          if (MASK)
+            col[v] = Sd::mask_le0(col[v], TAIL ? Sd::load_n(mb + j * smx, nl) : Sd::load(mb + j * smx + v * L));
+        }
+      }
+      FC_UNROLL for (int s = 0; s < S; ++s) {
+        const int d = j - s;
+        if (d >= 0 && d % SW == 0 && d / SW < QB)
+          FC_UNROLL for (int v = 0; v < CVB; ++v) acc[d / SW][v] = Sd::fma(wv[s][v], col[v], acc[d / SW][v]);
+      }
+    }
+  }
+  if (bp != nullptr) {
+    FC_UNROLL for (int v = 0; v < CVB; ++v) {
+      const V b = TAIL ? Sd::load_n(bp, nl) : Sd::load(bp + v * L);
+      FC_UNROLL for (int i = 0; i < QB; ++i) acc[i][v] = Sd::add(acc[i][v], b);
+    }
+  }
+  if (relu) FC_UNROLL for (int i = 0; i < QB; ++i) FC_UNROLL for (int v = 0; v < CVB; ++v) acc[i][v] = Sd::relu(acc[i][v]);
+  FC_UNROLL for (int i = 0; i < QB; ++i) {
+    if (QB > 4 && i >= nq) break;  // blocks of 4 are only used whole (see conv_dwcl_rows)
+    FC_UNROLL for (int v = 0; v < CVB; ++v) {
+      if (TAIL)
+        Sd::store_n(yo + i * ysi, acc[i][v], nl);
+      else
+        Sd::store(yo + i * ysi + v * L, acc[i][v]);
+    }
+  }
+}
+
+// Two output rows (p, p+1) of a 3x3, stride-1 (sh = sw = dh = dw = 1) problem at once: the four input
+// rows p-ph .. p-ph+3 are each read once for both rows, so every loaded column vector feeds up to 6
+// taps and the L1 traffic per output row drops from 3 input rows to 2. Each output pixel's sum has
+// the same order as in dwcl_block (tap rows, then taps), so pairing never changes a result bit.
+// xu[u]: input row u at column 0 and the block's channels, null for a padding row; w: the 9 weight
+// vectors ([r][s], stride Cp) at the block's channels.
+template <typename T, int QB, bool TAIL, bool MASK, bool EDGE>
+FC_INLINE void dwcl_block_r2(const T* const* xu, const T* const* mu, const T* w, int64_t iw0, int64_t sx,
+                             int64_t smx, int64_t Cp, int jlo, int jhi, const T* bp, bool relu, T* yo, int64_t yrs,
+                             int64_t ysi, int nq, int nl) {
+  using Sd = Simd<T>;
+  using V = typename Sd::V;
+  constexpr int NC = QB + 2;
+  V acc[2][QB];
+  FC_UNROLL for (int o = 0; o < 2; ++o) FC_UNROLL for (int i = 0; i < QB; ++i) acc[o][i] = Sd::zero();
+  V wv[3][3];
+  FC_UNROLL for (int r = 0; r < 3; ++r) FC_UNROLL for (int s = 0; s < 3; ++s)
+      wv[r][s] = TAIL ? Sd::load_n(w + (r * 3 + s) * Cp, nl) : Sd::load(w + (r * 3 + s) * Cp);
+  FC_UNROLL for (int u = 0; u < 4; ++u) {
+    if (xu[u] == nullptr) continue;
+    const T* xb = xu[u] + iw0 * sx;
+    const T* mb = MASK ? mu[u] + iw0 * smx : nullptr;
+    FC_UNROLL for (int j = 0; j < NC; ++j) {
+      V col = Sd::zero();
+      if (!EDGE || (j >= jlo && j < jhi)) {
+        col = TAIL ? Sd::load_n(xb + j * sx, nl) : Sd::load(xb + j * sx);
+        if (MASK) col = Sd::mask_le0(col, TAIL ? Sd::load_n(mb + j * smx, nl) : Sd::load(mb + j * smx));
+      }
+      FC_UNROLL for (int o = 0; o < 2; ++o) {
+        const int r = u - o;
+        if (r < 0 || r > 2) continue;
+        FC_UNROLL for (int s = 0; s < 3; ++s) {
+          const int d = j - s;
+          if (d >= 0 && d < QB) acc[o][d] = Sd::fma(wv[r][s], col, acc[o][d]);
+        }
+      }
+    }
+  }
+  FC_UNROLL for (int o = 0; o < 2; ++o) {
+    if (bp != nullptr) {
+      const V b = TAIL ? Sd::load_n(bp, nl) : Sd::load(bp);
+      FC_UNROLL for (int i = 0; i < QB; ++i) acc[o][i] = Sd::add(acc[o][i], b);
+    }
+    if (relu) FC_UNROLL for (int i = 0; i < QB; ++i) acc[o][i] = Sd::relu(acc[o][i]);
+    FC_UNROLL for (int i = 0; i < QB; ++i) {
+      if (QB > 4 && i >= nq) break;
+      if (TAIL)
+        Sd::store_n(yo + o * yrs + i * ysi, acc[o][i], nl);
+      else
+        Sd::store(yo + o * yrs + i * ysi, acc[o][i]);
+    }
+  }
+}
+
+#if defined(__AVX512F__)
+constexpr int kDwClQB = 8, kDwClCVB = 2;  // 16 accumulators + 6 weights + 2 columns of the 32 zmm
+constexpr bool kDwClPairs = true;         // dwcl_block_r2 at QB = 8: 16 accumulators + 9 weights + 1
+#else
+constexpr int kDwClQB = 8, kDwClCVB = 1;  // 16 ymm / xmm registers
+constexpr bool kDwClPairs = false;
+#endif
+
+// Pixel blocks of one output row (or row pair): whole blocks of kDwClQB, then whole blocks of 4, then
+// one partial block; f(qb_tag, edge_tag, q0, nq, iw0, jlo, jhi) with input columns [jlo, jhi) of the
+// block's (QB-1)*SW + S valid (EDGE when some are padding).
+template <int S, int SW, typename F>
+FC_INLINE void dwcl_pixel_blocks(int64_t Q, int64_t W, int64_t pw, F&& f) {
+  auto one = [&](auto qb_tag, int64_t q0, int nq) {
+    constexpr int QB = decltype(qb_tag)::value;
+    constexpr int NC = (QB - 1) * SW + S;
+    const int64_t iw0 = q0 * SW - pw;
+    const int jlo = (int)std::min<int64_t>(NC, std::max<int64_t>(0, -iw0));
+    const int jhi = (int)std::max<int64_t>(jlo, std::min<int64_t>(NC, W - iw0));
+    if (jlo == 0 && jhi == NC)
+      f(qb_tag, std::false_type{}, q0, nq, iw0, jlo, jhi);
+    else
+      f(qb_tag, std::true_type{}, q0, nq, iw0, jlo, jhi);
+  };
+  int64_t q0 = 0;
+  for (; q0 + kDwClQB <= Q; q0 += kDwClQB) one(std::integral_constant<int, kDwClQB>{}, q0, kDwClQB);
+  int rem = (int)(Q - q0);
+  for (; rem >= 4 && kDwClQB > 4; rem -= 4, q0 += 4) one(std::integral_constant<int, 4>{}, q0, 4);
+  if (rem > 0) one(std::integral_constant<int, kDwClQB>{}, q0, rem);
+}
+
+// Tasks are (n, block of output rows, block of channel vectors), rows in order inside a task so the
+// input rows shared by consecutive output rows are still in L1/L2 (3x3 stride 1: rows in pairs, see
+// dwcl_block_r2). Per row: pixel blocks, channel vectors innermost (kDwClCVB at a time), so a block
+// streams through contiguous runs of the input rows and of the output row.
+// ph/dh: the row padding and dilation with mirrored rows already flipped (dh > 0).
+template <typename T, int S, int SW, bool MASK>
+void conv_dwcl_rows(const Geo& g, In4<T> x, In4<T> m, const T* wT, int64_t Cp, int64_t ph, int64_t dh, int64_t pw,
+                    const T* bpp, Out4<T> y, bool relu, int nth) {
+  constexpr int L = Simd<T>::L;
+  const int64_t C = g.G, nCV = cdiv(C, L);
+  const int tail = (int)(C - (nCV - 1) * L);
+  const int64_t nfull = tail == L ? nCV : nCV - 1;  // whole channel vectors
+  const bool pairs = kDwClPairs && S == 3 && SW == 1 && g.R == 3 && g.sh == 1 && dh == 1;
+  // Work units: up to 8 output rows each; channel blocks only when rows alone leave cores idle.
+  const int64_t RB = std::max<int64_t>(1, std::min<int64_t>(8, cdiv(g.N * g.P, 8 * nth)));
+  const int64_t nRB = cdiv(g.P, RB);
+  int64_t nCB = 1;
+  if (g.N * nRB < 8 * nth) nCB = std::min(nCV, cdiv(8 * nth, g.N * nRB));
+  const int64_t CB = cdiv(nCV, nCB);
+  nCB = cdiv(nCV, CB);
+  const int64_t ntask = g.N * nRB * nCB;
+  const int64_t RP = cdiv(std::max<int64_t>(g.R, 4), 8) * 8 + 8;  // per-thread pointer slots, padded apart
+  std::vector<const T*> ptr_all(nth * 6 * RP);
+#pragma omp parallel num_threads(nth)
+  {
+    const T** xr0 = ptr_all.data() + thread_id() * 6 * RP;
+    const T** mr0 = xr0 + RP;
+    const T** wr0 = mr0 + RP;
+    const T** xr = wr0 + RP;
+    const T** mr = xr + RP;
+    const T** wr = mr + RP;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < ntask; ++task) {
+      const int64_t cb = task % nCB, t2 = task / nCB, rb = t2 % nRB, n = t2 / nRB;
+      const int64_t cv0 = cb * CB, cv1 = std::min(nCV, cv0 + CB);
+      const int64_t pend = std::min(g.P, (rb + 1) * RB);
+      for (int64_t p = rb * RB; p < pend;) {
+        T* yrow = y.p + n * y.s0 + p * y.s2;
+        if (pairs && p + 1 < pend) {
+          // input rows p - ph + u, u < 4 (null: padding)
+          for (int u = 0; u < 4; ++u) {
+            const int64_t ih = p - ph + u;
+            const bool ok = ih >= 0 && ih < g.H;
+            xr0[u] = ok ? x.p + n * x.s0 + ih * x.s2 : nullptr;
+            mr0[u] = ok && MASK ? m.p + n * m.s0 + ih * m.s2 : nullptr;
+          }
+          dwcl_pixel_blocks<S, SW>(g.Q, g.W, pw, [&](auto qb_tag, auto edge_tag, int64_t q0, int nq, int64_t iw0,
+                                                    int jlo, int jhi) {
+            constexpr int QB = decltype(qb_tag)::value;
+            constexpr bool EDGE = decltype(edge_tag)::value;
+            T* yo = yrow + q0 * y.s3;
+            for (int64_t cv = cv0; cv < cv1; ++cv) {
+              for (int u = 0; u < 4; ++u) {
+                xr[u] = xr0[u] ? xr0[u] + cv * L : nullptr;
+                if (MASK) mr[u] = mr0[u] ? mr0[u] + cv * L : nullptr;
+              }
+              const T* bc = bpp ? bpp + cv * L : nullptr;
+              if (cv < nfull)
+                dwcl_block_r2<T, QB, false, MASK, EDGE>(xr, mr, wT + cv * L, iw0, x.s3, m.s3, Cp, jlo, jhi, bc, relu,
+                                                        yo + cv * L, y.s2, y.s3, nq, L);
+              else
+                dwcl_block_r2<T, QB, true, MASK, EDGE>(xr, mr, wT + cv * L, iw0, x.s3, m.s3, Cp, jlo, jhi, bc, relu,
+                                                       yo + cv * L, y.s2, y.s3, nq, tail);
+            }
+          });
+          p += 2;
+          continue;
+        }
+        int64_t nrv = 0;
+        for (int64_t r = 0; r < g.R; ++r) {
+          const int64_t ih = p * g.sh - ph + r * dh;
+          if (ih < 0 || ih >= g.H) continue;
+          xr0[nrv] = x.p + n * x.s0 + ih * x.s2;
+          mr0[nrv] = MASK ? m.p + n * m.s0 + ih * m.s2 : nullptr;
+          wr0[nrv] = wT + r * S * Cp;
+          ++nrv;
+        }
+        dwcl_pixel_blocks<S, SW>(g.Q, g.W, pw, [&](auto qb_tag, auto edge_tag, int64_t q0, int nq, int64_t iw0,
+                                                  int jlo, int jhi) {
+          constexpr int QB = decltype(qb_tag)::value;
+          constexpr bool EDGE = decltype(edge_tag)::value;
+          T* yo = yrow + q0 * y.s3;
+          auto at = [&](int64_t cv) {
+            for (int64_t k = 0; k < nrv; ++k) {
+              xr[k] = xr0[k] + cv * L;
+              if (MASK) mr[k] = mr0[k] + cv * L;
+              wr[k] = wr0[k] + cv * L;
+            }
+          };
+          int64_t cv = cv0;
+          for (; cv + kDwClCVB <= std::min(cv1, nfull); cv += kDwClCVB) {
+            at(cv);
+            dwcl_block<T, S, SW, QB, kDwClCVB, false, MASK, EDGE>(xr, mr, wr, nrv, iw0, x.s3, m.s3, Cp, jlo, jhi,
+                                                                  bpp ? bpp + cv * L : nullptr, relu, yo + cv * L,
+                                                                  y.s3, nq, L);
+          }
+          for (; cv < cv1; ++cv) {
+            at(cv);
+            if (cv < nfull)
+              dwcl_block<T, S, SW, QB, 1, false, MASK, EDGE>(xr, mr, wr, nrv, iw0, x.s3, m.s3, Cp, jlo, jhi,
+                                                             bpp ? bpp + cv * L : nullptr, relu, yo + cv * L, y.s3,
+                                                             nq, L);
+            else
+              dwcl_block<T, S, SW, QB, 1, true, MASK, EDGE>(xr, mr, wr, nrv, iw0, x.s3, m.s3, Cp, jlo, jhi,
+                                                            bpp ? bpp + cv * L : nullptr, relu, yo + cv * L, y.s3,
+                                                            nq, tail);
+          }
+        });
+        ++p;
+      }
+    }
+  }
+}
+
 template <typename T>
 void conv_direct_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, bool relu, int nth) {
+  if ((g.S == 3 || g.S == 5) && (g.sw == 1 || g.sw == 2) && (g.dw == 1 || g.dw == -1) && (m.p == nullptr || g.sw == 1)) {
+    // Weights [R][S][Cp] with the taps of a mirrored row (dw = -1, dgrad) reversed, so that tap s reads
+    // column q*sw - pw + s: iw = q*sw - pw + s*dw = q*sw - (pw - (S-1)*dw) + (S-1-s)*(-dw).
+    constexpr int L = Simd<T>::L;
+    const int64_t C = g.G, Cp = cdiv(C, L) * L;
+    const bool flip = g.dw < 0, flipr = g.dh < 0;
+    const int64_t pw = flip ? g.pw - (g.S - 1) * g.dw : g.pw;
+    const int64_t ph = flipr ? g.ph - (g.R - 1) * g.dh : g.ph, dh = flipr ? -g.dh : g.dh;
+    std::vector<T> wT(g.R * g.S * Cp, T(0)), bp(bias ? Cp : 0, T(0));
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t r = 0; r < g.R; ++r)
+        for (int64_t s = 0; s < g.S; ++s)
+          wT[(r * g.S + s) * Cp + c] = w.at(c, 0, 0, flipr ? g.R - 1 - r : r, flip ? g.S - 1 - s : s);
+    for (int64_t c = 0; bias && c < C; ++c) bp[c] = bias[c];
+    const T* bpp = bias ? bp.data() : nullptr;
+    if (m.p) {
+      if (g.S == 3)
+        conv_dwcl_rows<T, 3, 1, true>(g, x, m, wT.data(), Cp, ph, dh, pw, bpp, y, relu, nth);
+      else
+        conv_dwcl_rows<T, 5, 1, true>(g, x, m, wT.data(), Cp, ph, dh, pw, bpp, y, relu, nth);
+    } else if (g.S == 3) {
+      if (g.sw == 1)
+        conv_dwcl_rows<T, 3, 1, false>(g, x, m, wT.data(), Cp, ph, dh, pw, bpp, y, relu, nth);
+      else
+        conv_dwcl_rows<T, 3, 2, false>(g, x, m, wT.data(), Cp, ph, dh, pw, bpp, y, relu, nth);
+    } else {
+      if (g.sw == 1)
+        conv_dwcl_rows<T, 5, 1, false>(g, x, m, wT.data(), Cp, ph, dh, pw, bpp, y, relu, nth);
+      else
+        conv_dwcl_rows<T, 5, 2, false>(g, x, m, wT.data(), Cp, ph, dh, pw, bpp, y, relu, nth);
+    }
+    return;
+  }
   if (m.p)
     conv_direct_cl_impl<T, true>(g, x, m, w, bias, y, relu, nth);
   else
@@ -1182,8 +1524,8 @@ void conv_run(const Geo& g0, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T>
   if (y_cl) {
     with_rows_shape<T>(g.Kg, ClRunner<T>{g, x, m, w, bias, y, relu, nth});
   } else {
-    const int64_t Wp = g.Q + std::abs((g.S - 1) * g.dw);  // upper bound of the padded grid width
-    if (g.sh == 1 && g.sw == 1 && Wp <= 1024 && g.Q * 8 >= Wp * 7)
+    const int64_t Wp = g.Q + cdiv(std::abs((g.S - 1) * g.dw), g.sw);  // upper bound of the plane width
+    if (g.sh <= 2 && g.sw <= 2 && Wp <= 1024 && g.Q * 8 >= Wp * 7)
       conv_pix_direct<T, kPixMR, kPixNV>(g, x, m, w, bias, y, relu, nth);
     else
       conv_pix<T, kPixMR, kPixNV>(g, x, m, w, bias, y, relu, nth);

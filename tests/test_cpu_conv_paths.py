@@ -1,0 +1,107 @@
+"""Shapes that take the CPU backend's specialized conv2d paths (csrc/cpu/conv2d_isa.cpp), forward and
+every gradient vs torch in float64:
+
+- channels_last depthwise (conv_dwcl_rows): 3x3 and 5x5 taps, column stride 1 and 2, row pairs
+  (3x3 stride 1) and single rows (odd P, stride 2, non-square filters), pixel blocks of 8 / 4 / a
+  partial block (Q = 32, 13, 7, 3), channel tails (C not a multiple of the vector length), bias,
+  fused ReLU (its backward runs the masked dgrad through the same kernel with mirrored taps);
+- NCHW stride 2 (conv_pix_direct with phase planes): 3x3 pad 1, 1x1 (one plane of four read), odd
+  sizes, stride (2, 1) and (1, 2), dilation, groups.
+
+Every tensor is also run through the AVX2 and baseline kernels (fastconv._C.set_cpu_isa) where the
+machine allows, since the specializations differ per ISA level.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastconv.functional as FC
+from fastconv import _C
+from conftest import assert_rel
+
+ISAS = [i for i in ("avx512", "avx2", "baseline")
+        if ["baseline", "avx2", "avx512"].index(i) <= ["baseline", "avx2", "avx512"].index(_C.detected_cpu_isa())]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    previous = _C.cpu_isa()
+    _C.set_cpu_isa(request.param)
+    yield request.param
+    _C.set_cpu_isa(previous)
+
+
+def _check(backend, isa, x, w, b, relu, dtype, **kw):
+    x = x.to(dtype).requires_grad_()
+    w = w.to(dtype).requires_grad_()
+    b = b.to(dtype).requires_grad_() if b is not None else None
+    f = FC.conv2d_relu if relu else FC.conv2d
+    y = f(x, w, b, **kw)
+    xd, wd = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    bd = b.detach().double().requires_grad_() if b is not None else None
+    yr = F.conv2d(xd, wd, bd, **kw)
+    if relu:
+        yr = yr.relu()
+    assert y.is_contiguous(memory_format=torch.channels_last) == yr.is_contiguous(memory_format=torch.channels_last)
+    assert_rel(y, yr, dtype, "output")
+    g = torch.randn_like(yr)
+    leaves = [t for t in (x, w, b) if t is not None]
+    refs = [t for t in (xd, wd, bd) if t is not None]
+    ours = torch.autograd.grad(y, leaves, g.to(dtype))
+    want = torch.autograd.grad(yr, refs, g)
+    for name, o, r in zip(("dx", "dw", "db"), ours, want):
+        assert_rel(o, r, dtype, name)
+
+
+# (N, C, H, W, kernel, stride, padding, dilation)
+DW_CASES = [
+    (2, 32, 8, 32, 3, 1, 1, 1),        # row pairs, 4 whole blocks of 8 per row
+    (1, 40, 7, 13, 3, 1, 1, 1),        # odd P (a single last row), blocks 8 + 4 + partial 1, channel tail
+    (2, 16, 6, 7, 3, 1, 0, 1),         # no padding, Q = 5
+    (1, 24, 9, 3, 3, 1, 1, 1),         # Q = 3: one partial block, every column an edge
+    (2, 17, 11, 19, 3, 2, 1, 1),       # stride 2, channel tail
+    (1, 48, 10, 21, 5, 1, 2, 1),       # 5x5
+    (1, 33, 9, 16, 5, 2, 2, 1),        # 5x5 stride 2
+    (1, 16, 9, 20, (5, 3), 1, (2, 1), 1),  # R != S: single rows
+    (1, 16, 9, 20, 3, (2, 1), 1, 1),   # row stride 2: single rows
+    (1, 16, 9, 20, 3, 1, 1, (2, 1)),   # row dilation 2: single rows
+]
+
+
+@pytest.mark.parametrize("case", DW_CASES, ids=[str(i) for i in range(len(DW_CASES))])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_depthwise_channels_last(backend, isa, case, relu, dtype):
+    N, C, H, W, k, stride, padding, dilation = case
+    ks = k if isinstance(k, tuple) else (k, k)
+    x = torch.randn(N, C, H, W).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(C, 1, *ks)
+    b = torch.randn(C)
+    _check(backend, isa, x, w, b, relu, dtype, stride=stride, padding=padding, dilation=dilation, groups=C)
+
+
+# (N, C, H, W, K, kernel, stride, padding, dilation, groups). The direct path runs when the plane
+# width Wp = Q + (taps' reach in plane columns) wastes at most 1/8: Q * 8 >= Wp * 7.
+S2_CASES = [
+    (2, 8, 16, 16, 12, 3, 2, 1, 1, 1),     # Q = 8, Wp = 9
+    (1, 5, 15, 13, 7, 3, 2, 1, 1, 1),      # odd sizes, Q = 7, Wp = 8
+    (2, 6, 14, 14, 9, 1, 2, 0, 1, 1),      # 1x1 stride 2: one phase plane of four read
+    (1, 4, 17, 40, 6, 3, (2, 1), 1, 1, 1),  # row stride only, Q = 40, Wp = 42
+    (1, 4, 11, 17, 6, 3, (1, 2), (0, 1), 1, 1),  # column stride only, Q = 9, Wp = 10
+    (1, 6, 19, 40, 4, 3, 2, 2, 2, 1),      # dilation 2, Q = 20, Wp = 22
+    (2, 8, 12, 24, 8, 3, 2, 1, 1, 2),      # groups, Q = 12, Wp = 13
+    (1, 3, 20, 40, 8, 5, 2, 2, 1, 1),      # 5x5, C = 3, Q = 20, Wp = 22
+]
+
+
+@pytest.mark.parametrize("case", S2_CASES, ids=[str(i) for i in range(len(S2_CASES))])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_strided_nchw(backend, isa, case, relu, dtype):
+    N, C, H, W, K, k, stride, padding, dilation, groups = case
+    x = torch.randn(N, C, H, W)
+    w = torch.randn(K, C // groups, k, k)
+    b = torch.randn(K)
+    _check(backend, isa, x, w, b, relu, dtype, stride=stride, padding=padding, dilation=dilation, groups=groups)
