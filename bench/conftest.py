@@ -8,12 +8,16 @@ torch_time / our_time, > 1 means fastconv is faster, and the geometric mean of t
 
     pytest bench/ --benchmark-only                        # full tables (a few minutes on 2 cores)
     pytest bench/ --benchmark-only --bench-short          # smoke test for CI (seconds)
-    pytest bench/ --benchmark-only --fastconv-report bench/results/cpu.json
+    pytest bench/ --benchmark-only --fastconv-report bench/results/cpu.json   # + cpu-roofline.png, cpu-ratio.png
 
 Options (command line, or the environment for CI):
   --bench-short / FASTCONV_BENCH_SHORT=1      a few shapes at N=2, few rounds
   --fastconv-backend / FASTCONV_BENCH_BACKEND  backend for the 'fastconv' impl (default 'cpu')
-  --fastconv-report PATH                      also write the tables, machine and versions as JSON
+  --fastconv-report PATH                      also write the tables, machine, versions and measured peak
+                                              as JSON, and next to it PATH-stem-roofline.png (every conv
+                                              row against the FMA and stream roofs, pooling GB/s beside
+                                              it) and PATH-stem-ratio.png; the PNGs need matplotlib (the
+                                              'train' extra): without it a note is printed, no PNG
   --bench-device / FASTCONV_BENCH_DEVICE      cpu (default) or cuda: tensors live there; on CUDA
                                               cudnn.benchmark = True and every timed call synchronizes
   --bench-dtypes / FASTCONV_BENCH_DTYPES      comma-separated dtypes (default float32)
@@ -21,6 +25,13 @@ Options (command line, or the environment for CI):
                                               (default cpu_conv, cpu_pool; e.g. resnet50, pool)
   FASTCONV_BENCH_THREADS                      torch and kernel threads (default 2)
   FASTCONV_BENCH_TARGET_S                     measured time per benchmark (default 1.0 s, short 0.05 s)
+  FASTCONV_PEAK_STREAM_MIB                    MiB per array of the stream probe (default: max(256, L3))
+
+The measured peak (the line above the tables, "peak" in the JSON) is, on the CPU, fastconv's own probes
+at the kernels' ISA level and the bench's thread count: fma_gflops (independent vector FMA chains, no
+memory traffic) and stream_gbps (STREAM scale b = s * a over arrays beyond the L3); %peak and the
+roofline use them. torch's SGEMM (sgemm_gflops) and copy (copy_gbps) are measured for reference. On
+CUDA there is no native probe: the roofs are torch's GEMM and copy.
 
 Before a fastconv benchmark is timed, its result (the output, or every gradient) is compared with
 torch's; a wrong result fails the test and no speed is recorded. A kernel that raises "not
@@ -255,3 +266,21 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2) + "\n")
         terminalreporter.write_line(f"fastconv report written to {path}")
+        for line in _write_charts(report, path):
+            terminalreporter.write_line(line)
+
+
+def _write_charts(report: dict, path: Path) -> List[str]:
+    """PATH-stem-ratio.png and PATH-stem-roofline.png next to the JSON report; a one-line note instead
+    when matplotlib is missing or drawing fails (a chart never fails the bench)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return ["fastconv charts skipped: matplotlib is not installed (pip install -e '.[train]')"]
+    from fastconv.benchmarks.charts import write_charts
+
+    try:
+        paths = write_charts(report, path.parent, prefix=f"{path.stem}-")
+    except Exception as exc:  # noqa: BLE001
+        return [f"fastconv charts skipped: {type(exc).__name__}: {exc}"]
+    return [f"fastconv chart written to {p}" for p in paths]

@@ -8,6 +8,8 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <memory>
 #include <optional>
 #include <sstream>
 #include <stdexcept>
@@ -260,4 +262,91 @@ PYBIND11_MODULE(_C, m) {
     info["cplusplus"] = static_cast<long>(__cplusplus);
     return info;
   });
+
+  // Machine-peak probes (csrc/cpu/peak_isa.cpp) for the benchmark report's roofs; they run at the ISA
+  // level in use (cpu_isa()), with the GIL released.
+  m.def(
+      "fma_peak",
+      [](int64_t iterations, int repeats, int nthreads) {
+        if (iterations <= 0) throw std::invalid_argument("fastconv._C.fma_peak: iterations must be > 0");
+        if (repeats <= 0) throw std::invalid_argument("fastconv._C.fma_peak: repeats must be > 0");
+        ProbeResult r;
+        {
+          py::gil_scoped_release release;
+          r = kernels().fma_peak(iterations, repeats, threads(nthreads));
+        }
+        py::dict out;
+        out["flops"] = r.work;
+        out["seconds"] = r.seconds;
+        out["gflops"] = r.work / r.seconds / 1e9;
+        out["threads"] = r.threads;
+        out["accumulators"] = r.accumulators;
+        out["vector_floats"] = r.vector_floats;
+        out["iterations"] = iterations;
+        out["repeats"] = repeats;
+        out["isa"] = std::string(kernels().isa);
+        out["checksum"] = r.checksum;
+        return out;
+      },
+      py::arg("iterations"), py::arg("repeats"), py::arg("nthreads"),
+      "vector FMA throughput: best of `repeats`, each thread running `iterations` x accumulators "
+      "independent FMAs; flops = 2 * vector_floats * accumulators * iterations * threads");
+
+  // STREAM scale on arrays the probe allocates (2 MiB aligned) and first-touches in parallel, or on
+  // caller buffers (stream_scale_buffers: tests compare b with s * a).
+  auto stream_result = [](const ProbeResult& r, int64_t n, int repeats) {
+    py::dict out;
+    out["bytes"] = r.work;
+    out["seconds"] = r.seconds;
+    out["gbps"] = r.work / r.seconds / 1e9;
+    out["threads"] = r.threads;
+    out["n"] = n;
+    out["array_bytes"] = n * static_cast<int64_t>(sizeof(float));
+    out["repeats"] = repeats;
+    out["isa"] = std::string(kernels().isa);
+    out["mismatches"] = r.mismatches;
+    return out;
+  };
+  m.def(
+      "stream_scale",
+      [stream_result](int64_t n, float scalar, int repeats, int nthreads) {
+        if (n <= 0) throw std::invalid_argument("fastconv._C.stream_scale: n must be > 0");
+        if (repeats <= 0) throw std::invalid_argument("fastconv._C.stream_scale: repeats must be > 0");
+        constexpr size_t kAlign = size_t(2) << 20;  // huge-page aligned: fewer TLB misses when THP is on
+        const size_t bytes = (static_cast<size_t>(n) * sizeof(float) + kAlign - 1) / kAlign * kAlign;
+        std::unique_ptr<float, decltype(&std::free)> a(static_cast<float*>(std::aligned_alloc(kAlign, bytes)),
+                                                       &std::free);
+        std::unique_ptr<float, decltype(&std::free)> b(static_cast<float*>(std::aligned_alloc(kAlign, bytes)),
+                                                       &std::free);
+        if (!a || !b) throw std::bad_alloc();
+        ProbeResult r;
+        {
+          py::gil_scoped_release release;
+          kernels().stream_fill(a.get(), b.get(), n, threads(nthreads));
+          r = kernels().stream_scale(a.get(), b.get(), n, scalar, repeats, threads(nthreads));
+        }
+        return stream_result(r, n, repeats);
+      },
+      py::arg("n"), py::arg("scalar"), py::arg("repeats"), py::arg("nthreads"),
+      "STREAM scale b = scalar * a over two arrays of n floats: best of `repeats`, bytes = 2 * 4 * n per "
+      "pass; mismatches = elements of b that differ from scalar * a afterwards");
+  m.def(
+      "stream_scale_buffers",
+      [stream_result](uintptr_t a, uintptr_t b, int64_t n, float scalar, int repeats, int nthreads) {
+        if (n <= 0) throw std::invalid_argument("fastconv._C.stream_scale_buffers: n must be > 0");
+        if (repeats <= 0) throw std::invalid_argument("fastconv._C.stream_scale_buffers: repeats must be > 0");
+        if (a == 0 || b == 0) throw std::invalid_argument("fastconv._C.stream_scale_buffers: null data pointer");
+        const uintptr_t nbytes = static_cast<uintptr_t>(n) * sizeof(float);
+        if (a < b + nbytes && b < a + nbytes)
+          throw std::invalid_argument("fastconv._C.stream_scale_buffers: a and b overlap");
+        ProbeResult r;
+        {
+          py::gil_scoped_release release;
+          r = kernels().stream_scale(reinterpret_cast<const float*>(a), reinterpret_cast<float*>(b), n, scalar,
+                                     repeats, threads(nthreads));
+        }
+        return stream_result(r, n, repeats);
+      },
+      py::arg("a"), py::arg("b"), py::arg("n"), py::arg("scalar"), py::arg("repeats"), py::arg("nthreads"),
+      "stream_scale on caller buffers of n contiguous floats (data pointers): b = scalar * a");
 }

@@ -3,7 +3,7 @@
     fastconv bench                                    # table cpu_conv, conv2d + conv2d_relu, fwd, both layouts
     fastconv bench --table resnet50 --batch 8 --quick # ResNet-50's distinct conv layers at N=8, few rounds
     fastconv bench --table pool --modes fwd,bwd       # pooling layers (GB/s)
-    fastconv bench --peak                             # the device's measured GEMM peak and copy bandwidth only
+    fastconv bench --peak                             # the device's measured roofs only (CPU: FMA, stream)
     fastconv bench --compare A/bench.json B/bench.json
 
 Prints one table per op/mode/dtype/backend: median time of both, GFLOP/s (or GB/s), % of the measured
@@ -52,7 +52,9 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, metavar="DIR",
                    help="folder for bench.json and the PNG charts (default: ./bench-out/<date>-<table>)")
     p.add_argument("--no-charts", action="store_true", help="write no PNG charts")
-    p.add_argument("--peak", action="store_true", help="measure and print the device's compute peak and bandwidth only")
+    p.add_argument("--peak", action="store_true",
+                   help="measure and print the device's compute peak and bandwidth only (CPU: the native FMA "
+                        "and STREAM scale probes, torch's GEMM and copy for reference)")
     p.add_argument("--compare", nargs=2, default=None, metavar=("A.json", "B.json"),
                    help="print the per-row change from run A to run B and exit")
 
@@ -95,9 +97,17 @@ def _bench(args: argparse.Namespace) -> int:
     if args.peak:
         for dt in dtypes:
             p = runner.measure_peak(device, dt)
-            print(f"{p['device_name']} ({device}, {p['threads']} threads): compute {p['compute_gflops']:.1f} "
-                  f"GFLOP/s ({p['gemm']}), bandwidth {p['copy_gbps']:.1f} GB/s ({p['copy']}); "
+            print(f"{p['device_name']} ({device}, {p['threads']} threads, {dt}): compute {p['compute_gflops']:.1f} "
+                  f"GFLOP/s ({p['compute_roof']}), bandwidth {p['bandwidth_gbps']:.1f} GB/s ({p['bandwidth_roof']}); "
                   f"ridge point {p['ridge_flop_per_byte']:.1f} FLOP/byte")
+            if p.get("fma_gflops") is not None:
+                print(f"  FMA probe: {p['fma_gflops']:.1f} GFLOP/s ({p['fma']})\n"
+                      f"  stream probe: {p['stream_gbps']:.1f} GB/s ({p['stream']})\n"
+                      f"  torch reference: {p['gemm_gflops']:.1f} GFLOP/s ({p['gemm']}), "
+                      f"{p['copy_gbps']:.1f} GB/s ({p['copy']})")
+            busy = p.get("others_cpu_share")
+            if busy is not None and busy > runner.BUSY_FLAG:
+                print(f"  !busy {100 * busy:.0f}%: other processes ran while the peak was measured, so it is low")
         return 0
 
     from .benchmarks import TABLES
@@ -272,6 +282,16 @@ def summarize(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
             for (op, mode, dtype, backend), rs in groups.items()]
 
 
+def _peak_line(peak: Dict[str, Any]) -> str:
+    """The roofs %peak is taken against (native FMA / stream probes on the CPU), torch's for reference."""
+    from .benchmarks.runner import peak_line
+
+    if peak.get("fma_gflops") is not None or "compute_roof" not in peak:
+        return peak_line(peak)
+    return (f"measured peak: {peak['compute_gflops']:.1f} GFLOP/s ({peak['compute_roof']}), "
+            f"{peak['bandwidth_gbps']:.1f} GB/s ({peak['bandwidth_roof']}); %peak = ours against it")
+
+
 def format_report(report: Dict[str, Any]) -> List[str]:
     from .benchmarks.runner import BUSY_FLAG, fmt_num
 
@@ -279,8 +299,7 @@ def format_report(report: Dict[str, Any]) -> List[str]:
     lines = [f"fastconv {report['versions']['fastconv']} vs torch {report['versions']['torch']} on "
              f"{dev['name']} ({cfg['device']}, {cfg['threads']} threads){', quick' if cfg['quick'] else ''}; "
              f"ratio = {report['ratio']}",
-             f"measured peak: {peak['compute_gflops']:.1f} GFLOP/s ({peak['gemm']}), {peak['copy_gbps']:.1f} GB/s "
-             f"({peak['copy']}); %peak = ours against it"]
+             _peak_line(peak)]
     groups: Dict[tuple, List[Dict[str, Any]]] = {}
     for r in report["rows"]:
         groups.setdefault((r["op"], r["mode"], r["dtype"], r["backend"]), []).append(r)

@@ -1,9 +1,11 @@
-// Runtime choice of the instruction-set level for the CPU kernels (see kernels.h).
+// Runtime choice of the instruction-set level for the CPU kernels (see kernels.h) and the machine-peak
+// probes (see peak.h).
 #pragma once
 
 #include <string>
 
 #include "kernels.h"
+#include "peak.h"
 
 namespace fastconv {
 namespace cpu {
@@ -18,6 +20,10 @@ struct KernelTable {
   decltype(&baseline::max_pool2d_bwd) max_pool2d_bwd;
   decltype(&baseline::avg_pool2d_fwd) avg_pool2d_fwd;
   decltype(&baseline::avg_pool2d_bwd) avg_pool2d_bwd;
+  // Machine-peak probes (peak.h): the roofs of the benchmark report, at the kernels' ISA level.
+  decltype(&baseline::fma_peak) fma_peak;
+  decltype(&baseline::stream_fill) stream_fill;
+  decltype(&baseline::stream_scale) stream_scale;
 };
 
 // The best level this CPU and OS support: "avx512", "avx2" or "baseline".

@@ -5,7 +5,9 @@
   result against torch's, built the same way for the CLI and the suites.
 - time_step: warm-up (first calls, allocator, OpenMP pool, caches, cuDNN autotuning), then rounds
   chosen from the time of one call; on CUDA every call is bracketed by CUDA events and synchronized.
-- measure_peak: the device's measured compute peak (torch GEMM of the dtype) and copy bandwidth.
+- measure_peak: the roofs of %peak and the roofline. CPU: fastconv._C's native probes (vector FMA
+  throughput and STREAM scale bandwidth, at the kernels' ISA level and thread count), with torch's SGEMM
+  and copy rates kept for reference; CUDA: torch's GEMM and a large copy.
 - BusyMeter: other processes' share of the CPUs while something was timed.
 - Collector / format_tables: the suites' ratio tables; bench_report: the CLI's JSON (SCHEMA_VERSION).
 
@@ -94,8 +96,8 @@ def pct_of_peak(throughput: Optional[float], unit: str, peak: Dict[str, Any]) ->
         return None
     if unit == "GFLOP/s":
         ref = peak.get("compute_gflops") or peak.get("sgemm_gflops")
-    else:
-        ref = peak.get("copy_gbps")
+    else:  # bandwidth_gbps: stream scale on CPU; older reports and the CUDA suites have copy_gbps only
+        ref = peak.get("bandwidth_gbps") or peak.get("copy_gbps")
     return 100.0 * throughput / ref if ref else None
 
 
@@ -407,16 +409,101 @@ def not_implemented(exc: BaseException) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Measured peak: torch's GEMM (oneDNN/MKL on CPU, cuBLAS on CUDA) for compute, a large copy for memory.
+# Measured peak. CPU: fastconv's own probes (csrc/cpu/peak_isa.cpp) are the roofs - the vector FMA
+# throughput and STREAM scale bandwidth at the kernels' ISA level and thread count; torch's SGEMM and
+# copy are measured as well, for reference. CUDA: torch's GEMM (cuBLAS) and a large copy (no native probe).
 
-_PEAK: Dict[Tuple[str, str], Dict[str, Any]] = {}
+_PEAK: Dict[Tuple[str, str, int], Dict[str, Any]] = {}
+_NATIVE_PEAK: Dict[Tuple[str, int, int, int], Dict[str, Any]] = {}
+
+# fp32 FMA iterations per thread and repeat: 10^7 x 24 zmm FMAs is ~50 ms at 2 FMAs per cycle and ~2.5 GHz,
+# long enough that the fork/join and the clock read are < 0.1 % of it.
+FMA_ITERATIONS = 10_000_000
+# MiB per STREAM array, at least. STREAM asks for arrays of 4x the last-level cache each; a 2-core slice of a
+# server socket reports the whole socket's L3 (480 MiB on the development machine, shared with other
+# tenants), so the bench settles for arrays of max(256 MiB, that L3): the pair is at least twice the cache.
+STREAM_MIB_MIN = 256
+
+
+def _last_level_cache_bytes() -> Optional[int]:
+    """Size of the largest CPU cache that sysfs reports (the L3 of the socket, shared with whatever else
+    runs on it), or None."""
+    sizes = []
+    for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        try:
+            text = f.read_text().strip().upper()
+            mult = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30}.get(text[-1:], 1)
+            sizes.append(int(text.rstrip("KMG")) * mult)
+        except (OSError, ValueError):
+            continue
+    return max(sizes) if sizes else None
+
+
+def default_stream_mib() -> int:
+    """MiB per STREAM array: FASTCONV_PEAK_STREAM_MIB if set, else max(256, the last-level cache), so
+    the two arrays are at least twice the cache that could hold them."""
+    env = os.environ.get("FASTCONV_PEAK_STREAM_MIB")
+    if env:
+        return max(1, int(env))
+    llc = _last_level_cache_bytes()
+    return max(STREAM_MIB_MIN, -(-llc // 2 ** 20) if llc else 0)
+
+
+def native_peak(threads: Optional[int] = None, fma_iterations: Optional[int] = None,
+                stream_mib: Optional[int] = None, repeats: int = 5) -> Optional[Dict[str, Any]]:
+    """fastconv._C's probes with `threads` OpenMP threads (default torch.get_num_threads()): fma_gflops
+    (every thread runs independent vector FMA chains, no memory traffic) and stream_gbps (STREAM scale
+    b = s * a over two arrays of stream_mib MiB, 2 x 4 bytes counted per element), each the best of
+    `repeats`, at the ISA level of the kernels (fastconv._C.cpu_isa()). None if fastconv._C is not
+    built (or predates the probes). Cached per (ISA, threads, iterations, size)."""
+    try:
+        from fastconv.backends import cpu as cpu_backend
+
+        C = cpu_backend._C
+    except Exception:  # noqa: BLE001
+        C = None
+    if C is None or not hasattr(C, "fma_peak"):
+        return None
+    threads = threads or torch.get_num_threads()
+    fma_iterations = fma_iterations or FMA_ITERATIONS
+    stream_mib = stream_mib or default_stream_mib()
+    key = (C.cpu_isa(), threads, fma_iterations, stream_mib)
+    if key in _NATIVE_PEAK:
+        return _NATIVE_PEAK[key]
+    fma = C.fma_peak(fma_iterations, repeats, threads)
+    stream = C.stream_scale(stream_mib * 2 ** 20 // 4, 3.0, repeats, threads)
+    if stream["mismatches"]:
+        raise RuntimeError(f"fastconv._C.stream_scale: {stream['mismatches']} elements of b differ from 3 * a")
+    out = {
+        "isa": fma["isa"],
+        "fma_gflops": fma["gflops"], "fma_threads": fma["threads"],
+        "fma": (f"{fma['accumulators']} independent {fma['isa']} FMA chains of {fma['vector_floats']} floats "
+                f"x {fma['threads']} threads, best of {repeats}"),
+        "stream_gbps": stream["gbps"], "stream_threads": stream["threads"],
+        "stream": (f"STREAM scale b = s*a, 2 x {stream_mib} MiB, {stream['threads']} threads, 2 x 4 bytes "
+                   f"per element, best of {repeats}"),
+    }
+    _NATIVE_PEAK[key] = out
+    return out
+
+
+# The CPU compute roof per dtype, from the fp32 FMA probe: float64 vectors hold half the lanes; the CPU
+# kernels compute float16/bfloat16 in float32.
+_FMA_SCALE = {"float32": 1.0, "float64": 0.5, "float16": 1.0, "bfloat16": 1.0}
 
 
 def measure_peak(device: str = "cpu", dtype: str = "float32", gemm_n: int = 2048,
                  copy_mib: int = 128, repeats: int = 5) -> Dict[str, Any]:
-    """Best of `repeats`: GFLOP/s of an n x n GEMM in `dtype`, GB/s of a copy (read + write) of
-    copy_mib MiB, far beyond the caches. Cached per (device, dtype)."""
-    key = (device, dtype)
+    """The roofs of %peak and of the roofline chart, and torch's rates for reference (best of `repeats`).
+
+    compute_gflops / bandwidth_gbps are the roofs (compute_roof / bandwidth_roof say what they are):
+      CPU:  fma_gflops (native FMA probe; x0.5 for float64) and stream_gbps (native STREAM scale), at
+            torch.get_num_threads() threads - see native_peak. Without fastconv._C: torch's GEMM and copy.
+      CUDA: torch.mm of an n x n `dtype` GEMM (cuBLAS) and a copy_ of copy_mib MiB.
+    Always also: gemm_gflops (torch.mm n x n in `dtype`; sgemm_gflops when float32) and copy_gbps (a
+    copy_ of copy_mib MiB, read + write counted), and ridge_flop_per_byte = compute / bandwidth.
+    Cached per (device, dtype, threads)."""
+    key = (device, dtype, torch.get_num_threads())
     if key in _PEAK:
         return _PEAK[key]
     dev = torch.device(device)
@@ -424,6 +511,7 @@ def measure_peak(device: str = "cpu", dtype: str = "float32", gemm_n: int = 2048
     if dev.type == "cuda":
         gemm_n = max(gemm_n, 8192)
         copy_mib = max(copy_mib, 1024)
+    meter = BusyMeter()
 
     def best(fn):
         fn()
@@ -437,22 +525,44 @@ def measure_peak(device: str = "cpu", dtype: str = "float32", gemm_n: int = 2048
     src = torch.randn(copy_mib * 2 ** 20 // 4, device=dev)
     dst = torch.empty_like(src)
     t_copy = best(lambda: dst.copy_(src))
-    peak = {"device": device, "device_name": device_name(device), "dtype": dtype,
-            "threads": torch.get_num_threads(),
-            "compute_gflops": 2 * gemm_n ** 3 / t_mm / 1e9,
-            "copy_gbps": 2 * src.numel() * 4 / t_copy / 1e9,
-            "gemm": f"torch.mm {gemm_n}x{gemm_n} {dtype}", "copy": f"{copy_mib} MiB copy_ (read + write)"}
+    src = dst = None
+    gemm = f"torch.mm {gemm_n}x{gemm_n} {dtype}"
+    copy = f"{copy_mib} MiB copy_ (read + write)"
+    peak: Dict[str, Any] = {"device": device, "device_name": device_name(device), "dtype": dtype,
+                            "threads": torch.get_num_threads(),
+                            "gemm_gflops": 2 * gemm_n ** 3 / t_mm / 1e9,
+                            "copy_gbps": 2 * (copy_mib * 2 ** 20 // 4) * 4 / t_copy / 1e9,
+                            "gemm": gemm, "copy": copy}
     if dtype == "float32":
-        peak["sgemm_gflops"] = peak["compute_gflops"]
-    peak["ridge_flop_per_byte"] = peak["compute_gflops"] / peak["copy_gbps"]
+        peak["sgemm_gflops"] = peak["gemm_gflops"]
+    native = native_peak(repeats=repeats) if dev.type == "cpu" else None
+    if native is not None:
+        peak.update(native)
+        scale = _FMA_SCALE.get(dtype, 1.0)
+        peak["compute_gflops"] = native["fma_gflops"] * scale
+        peak["compute_roof"] = "native FMA probe" + (f" x {scale} ({dtype})" if scale != 1.0 else "")
+        peak["bandwidth_gbps"] = native["stream_gbps"]
+        peak["bandwidth_roof"] = "native STREAM scale"
+    else:
+        peak["compute_gflops"] = peak["gemm_gflops"]
+        peak["compute_roof"] = gemm
+        peak["bandwidth_gbps"] = peak["copy_gbps"]
+        peak["bandwidth_roof"] = copy
+    peak["ridge_flop_per_byte"] = peak["compute_gflops"] / peak["bandwidth_gbps"]
+    peak["others_cpu_share"] = meter.others()  # a busy neighbour lowers the roofs: peak_line flags it
     _PEAK[key] = peak
     return peak
 
 
-def machine_peak() -> Dict[str, float]:
-    """The CPU peak in the form the bench/ suites report it: sgemm_gflops, copy_gbps."""
+def machine_peak() -> Dict[str, Any]:
+    """The CPU peak in the form the bench/ suites report it: the roofs fma_gflops (with fma_threads, isa)
+    and stream_gbps from the native probes, torch's sgemm_gflops and copy_gbps for reference, and
+    compute_gflops / bandwidth_gbps, the roofs %peak uses (torch's numbers when fastconv._C is missing)."""
     p = measure_peak("cpu", "float32")
-    return {"sgemm_gflops": p["compute_gflops"], "copy_gbps": p["copy_gbps"]}
+    keys = ("threads", "isa", "fma_gflops", "fma_threads", "fma", "stream_gbps", "stream_threads", "stream",
+            "sgemm_gflops", "gemm", "copy_gbps", "copy", "compute_gflops", "compute_roof", "bandwidth_gbps",
+            "bandwidth_roof", "ridge_flop_per_byte", "others_cpu_share")
+    return {k: p[k] for k in keys if k in p}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -494,6 +604,15 @@ class BusyMeter:
 # The suites' collector and ratio tables
 
 
+def intensity_of(case: Case) -> Optional[float]:
+    """FLOP per byte of minimum traffic of a GFLOP/s row of the shape tables (x of the roofline), else
+    None (pooling, the whole-model suite)."""
+    if case.unit != "GFLOP/s" or case.op not in CONV_OPS or not isinstance(case.shape, ConvShape):
+        return None
+    nbytes = conv_bytes(case.shape, case.mode, itemsize(case.dtype))
+    return case.work / nbytes if nbytes else None
+
+
 class Collector:
     def __init__(self):
         self.rows: "OrderedDict[tuple, Dict[str, Any]]" = OrderedDict()
@@ -532,6 +651,8 @@ class Collector:
                 "fastconv_throughput": ours.throughput if ours else None,
                 "torch_throughput": base.throughput if base else None,
                 "fastconv_pct_peak": ours.pct_peak(peak) if ours else None,
+                "torch_pct_peak": base.pct_peak(peak) if base else None,
+                "intensity": intensity_of(row["case"]),
                 "ratio": base.median / ours.median if ours and base else None,
                 "others_cpu_share": max(busy) if busy else None,
                 "note": row["skip"],
@@ -545,13 +666,44 @@ def fmt_num(v, width: int, prec: int) -> str:
     return format("n/a" if v is None else f"{v:.{prec}f}", f">{width}")
 
 
+def peak_line(peak: Dict[str, Any]) -> str:
+    """The line above the tables: the roofs %peak is taken against, then torch's rates for reference;
+    flagged when other processes were busy while the peak was measured."""
+    busy = peak.get("others_cpu_share")
+    flag = (f" !busy {100 * busy:.0f}%: other processes ran while the peak was measured, so it is low"
+            if busy is not None and busy > BUSY_FLAG else "")
+    return _peak_text(peak) + flag
+
+
+def _num(v: Optional[float]) -> str:
+    return "n/a" if v is None else f"{v:.1f}"
+
+
+def _peak_text(peak: Dict[str, Any]) -> str:
+    if peak.get("fma_gflops") is not None:
+        roof = peak.get("compute_gflops")
+        scaled = (f" ({_num(roof)} for {peak.get('dtype')})"
+                  if roof is not None and abs(roof - peak["fma_gflops"]) > 1e-9 else "")
+        if peak.get("sgemm_gflops") is not None:
+            ref = f"torch SGEMM {_num(peak['sgemm_gflops'])} GFLOP/s"
+        else:
+            ref = f"torch GEMM {peak.get('dtype', '')} {_num(peak.get('gemm_gflops'))} GFLOP/s"
+        return (f"measured peak: FMA {_num(peak['fma_gflops'])} GFLOP/s{scaled} ({peak.get('fma_threads')} threads, "
+                f"{peak.get('isa')}), stream scale {_num(peak.get('stream_gbps'))} GB/s; {ref}, copy "
+                f"{_num(peak.get('copy_gbps'))} GB/s for reference (%peak: ours against FMA for GFLOP/s, "
+                f"stream scale for GB/s)")
+    compute = peak.get("compute_gflops") or peak.get("sgemm_gflops")
+    bandwidth = peak.get("bandwidth_gbps") or peak.get("copy_gbps")
+    return (f"measured peak: torch GEMM {_num(compute)} GFLOP/s, copy {_num(bandwidth)} GB/s "
+            f"(%peak: ours against it; no native probe on this device)")
+
+
 def format_tables(tables, backend: str, threads: int, peak: Dict[str, float]) -> List[str]:
     lines = [f"fastconv ({backend} backend) vs torch {torch.__version__}, float32 unless the table says, "
              f"{threads} threads; "
              f"ratio = {RATIO_DEFINITION}"]
     if peak:
-        lines.append(f"measured peak: torch SGEMM {peak['sgemm_gflops']:.1f} GFLOP/s, copy "
-                     f"{peak['copy_gbps']:.1f} GB/s (%peak: ours against it)")
+        lines.append(peak_line(peak))
     flagged = False
     for name, t in tables.items():
         u = t["unit"]
