@@ -5,12 +5,12 @@ measured machine peak, a CPU-contention meter and the machine/version facts for 
 from __future__ import annotations
 
 from fastconv.benchmarks.runner import (BUSY_FLAG, BusyMeter, Case, Collector, Record, TimingConfig,  # noqa: F401
-                                        assert_same, conv_inputs, conv_step, cpu_isa, cpu_model, device_name,
+                                        assert_same, check_conv, conv_inputs, conv_step, cpu_isa, cpu_model, device_name,
                                         format_tables, git_commit, machine_peak, measure_peak,
                                         not_implemented, pool_inputs, pool_step, prepare_device, quantile,
                                         synced, synchronize, time_once, versions)
 
-__all__ = ["BUSY_FLAG", "BusyMeter", "Case", "Collector", "Record", "TimingConfig", "assert_same", "conv_inputs",
+__all__ = ["BUSY_FLAG", "BusyMeter", "Case", "Collector", "Record", "TimingConfig", "assert_same", "check_conv", "conv_inputs",
            "conv_step", "cpu_isa", "cpu_model", "device_name", "format_tables", "git_commit", "machine_peak",
            "measure_peak", "not_implemented", "pool_inputs", "pool_step", "prepare_device", "quantile", "synced",
            "synchronize", "time_once", "versions"]

@@ -59,14 +59,17 @@ void wgrad_blocked(const ConvDesc& d, const Tensor4& dy, const Tensor4& x, const
   const int64_t per_group = cdiv(blocks, max_groups) * kTileBlock;
   const int64_t groups = cdiv(pixels, per_group);  // every group non-empty (its S_g is written)
   FBuf Sb(kSums, groups * s_floats);
-  // +L: the last row block reads (and discards) up to kMR-1 floats past a block's last row.
-  FBuf Xb(kTileV, nth * kTileBlock * crsp + L), Db(kTileE, nth * kTileBlock * Kp + L);
+  // Per thread: a block of rows plus L floats of slack, which the last row block reads (and
+  // discards) up to kMR-1 floats into. The slack is the thread's own: it is zeroed below while the
+  // other threads work on their blocks.
+  const int64_t x_block = kTileBlock * crsp + L;
+  FBuf Xb(kTileV, nth * x_block), Db(kTileE, nth * kTileBlock * Kp + L);
   const Src& xv = xs.src;
   const Src& gv = gs.src;
 #pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
   for (int64_t g = 0; g < groups; ++g) {
     const int tid = thread_id();
-    float* X = Xb.p + tid * kTileBlock * crsp;
+    float* X = Xb.p + tid * x_block;
     float* D = Db.p + tid * kTileBlock * Kp;
     // Row padding [crs, crsp) and the slack after the last row: read by discarded accumulator rows
     // only, but kept zero (uninitialized memory could hold denormals that slow the FMAs).

@@ -376,6 +376,29 @@ def assert_same(ours, ref, names, dtype: str = "float32", strict: bool = False) 
         torch.testing.assert_close(o, r, rtol=rtol, atol=atol * scale, msg=lambda m: f"{name}: {m}")
 
 
+def relu_unambiguous_grad(op: str, mode: str, s: ConvShape, x, w, b, dy, dtype: str = "float32"):
+    """dy for checking conv2d_relu gradients: zero where the pre-activation is within the forward
+    tolerance of 0. There the ReLU mask depends on the last bits of the forward result, which two
+    correct kernels (direct vs Winograd, different summation orders) round to either side, and one
+    flipped mask bit changes the input gradient by a whole dy value over an R x S x C window (2 of
+    the 800K outputs of c256k256-14x14 flip between torch and fastconv's Winograd)."""
+    if op != "conv2d_relu" or mode == "fwd":
+        return dy
+    with torch.no_grad():
+        pre = F.conv2d(x, w, b, s.stride, s.pad, 1, s.groups)
+        _, atol = TOLERANCES[dtype]
+        eps = atol * max(1.0, pre.abs().max().item())
+        return dy.masked_fill(pre.abs() <= eps, 0)
+
+
+def check_conv(impl: str, op: str, mode: str, s: ConvShape, x, w, b, dy, dtype: str = "float32") -> None:
+    """Raises if `impl`'s output (fwd) or gradients differ from torch's beyond the tolerances."""
+    dy = relu_unambiguous_grad(op, mode, s, x, w, b, dy, dtype)
+    names = ("output",) if mode == "fwd" else ("grad_input", "grad_weight", "grad_bias")
+    assert_same(conv_step(impl, op, mode, s, x, w, b, dy)(), conv_step("torch", op, mode, s, x, w, b, dy)(),
+                names, dtype)
+
+
 def make_step(op: str, mode: str, shape, layout: str, impl: str, dtype: str = "float32",
               device: str = "cpu") -> Tuple[Callable[[], Any], Callable[[], None]]:
     """(step, check) for one row: step() runs `impl` once; check() raises if fastconv's result (output
@@ -387,8 +410,7 @@ def make_step(op: str, mode: str, shape, layout: str, impl: str, dtype: str = "f
         fn = conv_step(impl, op, mode, shape, x, w, b, dy)
 
         def check():
-            names = ("output",) if mode == "fwd" else ("grad_input", "grad_weight", "grad_bias")
-            assert_same(fn(), conv_step("torch", op, mode, shape, x, w, b, dy)(), names, dtype)
+            check_conv(impl, op, mode, shape, x, w, b, dy, dtype)
 
         return fn, check
     if op != f"{shape.op}_pool2d":
