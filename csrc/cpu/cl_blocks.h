@@ -289,6 +289,36 @@ void accumulate_positions(const float* Vi, int64_t Cp, int64_t C, const float* E
   }
 }
 
+// Row (n, p, q) of the im2col matrix of a channels_last source: the R*S*C inputs output pixel
+// (p, q) reads, tap-major (r, s, c), zeros in the padding. The S taps of a filter row are S*C
+// contiguous floats of a channels_last row when they are all inside it and undilated: one copy
+// (9 floats for a 3-channel 3x3 stem instead of 3 x 3).
+FC_INLINE void gather_im2col_row(const ConvDesc& d, const Src& xv, int64_t n, int64_t p, int64_t q, float* xx) {
+  const int64_t C = d.C, w0 = q * d.stride_w - d.pad_w;
+  const bool row_run = d.dil_w == 1 && xv.s3 == C && w0 >= 0 && w0 + d.S <= d.W;
+  for (int64_t r = 0; r < d.R; ++r) {
+    const int64_t h = p * d.stride_h - d.pad_h + r * d.dil_h;
+    if (h < 0 || h >= d.H) {
+      zero_n(xx, d.S * C);
+      xx += d.S * C;
+      continue;
+    }
+    const float* xrow = xv.p + n * xv.s0 + h * xv.s2;
+    if (row_run) {
+      copy_n(xx, xrow + w0 * C, d.S * C);
+      xx += d.S * C;
+      continue;
+    }
+    for (int64_t s = 0; s < d.S; ++s, xx += C) {
+      const int64_t w = w0 + s * d.dil_w;
+      if (w < 0 || w >= d.W)
+        zero_n(xx, C);
+      else
+        copy_n(xx, xrow + w * xv.s3, C);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace FC_ISA
 }  // namespace cpu

@@ -85,32 +85,7 @@ void wgrad_blocked(const ConvDesc& d, const Tensor4& dy, const Tensor4& x, const
         float* dd = D + tt * Kp;
         for (int64_t k = 0; k < Kp; k += L)
           Sf::store(dd + k, Sf::load_n(drow + k, static_cast<int>(std::min<int64_t>(L, std::max<int64_t>(0, K - k)))));
-        float* xx = X + tt * crsp;
-        const int64_t w0 = q * d.stride_w - d.pad_w;
-        // The S taps of a filter row are S*C contiguous floats of a channels_last row when they are
-        // all inside it and undilated: one copy (9 floats for a 3-channel 3x3 stem instead of 3 x 3).
-        const bool row_run = d.dil_w == 1 && xv.s3 == C && w0 >= 0 && w0 + d.S <= d.W;
-        for (int64_t r = 0; r < d.R; ++r) {
-          const int64_t h = p * d.stride_h - d.pad_h + r * d.dil_h;
-          if (h < 0 || h >= d.H) {
-            zero_n(xx, d.S * C);
-            xx += d.S * C;
-            continue;
-          }
-          const float* xrow = xv.p + n * xv.s0 + h * xv.s2;
-          if (row_run) {
-            copy_n(xx, xrow + w0 * C, d.S * C);
-            xx += d.S * C;
-            continue;
-          }
-          for (int64_t s = 0; s < d.S; ++s, xx += C) {
-            const int64_t w = w0 + s * d.dil_w;
-            if (w < 0 || w >= d.W)
-              zero_n(xx, C);
-            else
-              copy_n(xx, xrow + w * xv.s3, C);
-          }
-        }
+        gather_im2col_row(d, xv, n, p, q, X + tt * crsp);
         if (++q == d.Q) {
           q = 0;
           if (++p == d.P) {
