@@ -726,6 +726,9 @@ def format_tables(tables, backend: str, threads: int, peak: Dict[str, float]) ->
              f"ratio = {RATIO_DEFINITION}"]
     if peak:
         lines.append(peak_line(peak))
+    lines.append("GFLOP/s = 2*N*K*P*Q*C*R*S/groups / time (direct convolution's count, for every algorithm): "
+                 "the cpu backend's Winograd F(4x4,3x3) layers (3x3, stride 1, float32) do ~1/4 of those "
+                 "multiplies, so their effective GFLOP/s can exceed the FMA peak")
     flagged = False
     for name, t in tables.items():
         u = t["unit"]
