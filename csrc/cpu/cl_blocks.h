@@ -36,14 +36,6 @@ constexpr int kMR = 6;         // microkernel rows (tiles in the forward, c in t
 constexpr int kChunk = 64;     // K chunk = 4 vectors: 6 x 4 = 24 accumulators
 constexpr int kTileBlock = 64;   // weight gradients: rows (tiles, pixels) summed in registers before adding into S
 
-int thread_id() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-
 // Scratch memory, 64-byte aligned, taken outside parallel regions (bad_alloc reaches the caller).
 // Fresh multi-MiB allocations come from mmap and pay a page fault per 4 KiB on first touch: staging an
 // 8 MiB input into a new buffer took 3.5 ms against 1.7 ms into a reused one (1 thread). So each

@@ -59,14 +59,6 @@ namespace {
 
 inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-inline int thread_id() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-
 // 64-byte aligned, uninitialized scratch; allocated outside parallel regions so bad_alloc propagates.
 template <typename T>
 struct Buf {

@@ -22,6 +22,9 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #ifndef FC_ISA
 #error "FC_ISA must be defined (baseline, avx2 or avx512)"
@@ -33,6 +36,15 @@
 namespace fastconv {
 namespace cpu {
 namespace FC_ISA {
+
+// The calling thread's index in the current OpenMP team (0 outside one): picks per-thread scratch.
+inline int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
 
 template <typename T>
 struct Simd;

@@ -48,14 +48,6 @@ constexpr int kAccumulators = 24;  // of 32 zmm registers
 constexpr int kAccumulators = 12;  // of 16 ymm (avx2) / xmm (baseline) registers
 #endif
 
-int thread_id() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-
 int team_size() {
 #ifdef _OPENMP
   return omp_get_num_threads();
