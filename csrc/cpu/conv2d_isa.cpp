@@ -1945,6 +1945,29 @@ template <typename T>
 void dgrad_impl(const ConvDesc& d, const Tensor4& dy, const Tensor4& w, const Tensor4* relu_y, const Tensor4& dx,
                 int nth) {
   if (d.N == 0) return;
+  if (relu_y != nullptr && dy.stride[1] != 1) {
+    // NCHW dy of the fused op: mask it in one streaming pass first. The NCHW paths would apply the
+    // mask element by element while filling their windows: 13.4 ms against 3.9 ms unmasked for the
+    // 1x1 64-channel bench layer (N=32, 32x32, 1 thread), 8.6 against 1.6 for the RGB stem.
+    const int64_t K = d.K, P = d.P, Q = d.Q;
+    Buf<T> dy_masked(d.N * K * P * Q);
+    const In4<T> g = in_view<T>(dy), mk = in_view<T>(*relu_y);
+#pragma omp parallel for num_threads(nth) schedule(static)
+    for (int64_t nk = 0; nk < d.N * K; ++nk) {
+      const int64_t n = nk / K, k = nk % K;
+      T* out = dy_masked.p + nk * P * Q;
+      for (int64_t p = 0; p < P; ++p) {
+        const T* gr = g.p + n * g.s0 + k * g.s1 + p * g.s2;
+        const T* mr = mk.p + n * mk.s0 + k * mk.s1 + p * mk.s2;
+        for (int64_t q = 0; q < Q; ++q) out[p * Q + q] = masked(gr[q * g.s3], mr[q * mk.s3]);
+      }
+    }
+    Tensor4 dm = dy;
+    dm.data = dy_masked.p;
+    dm.stride = {K * P * Q, P * Q, Q, 1};
+    dgrad_impl<T>(d, dm, w, nullptr, dx, nth);
+    return;
+  }
   const int64_t G = d.groups, Cg = d.C / G, Kg = d.K / G;
   const In4<T> dyv = in_view<T>(dy);
   const In4<T> mv = relu_y ? in_view<T>(*relu_y) : In4<T>{};
