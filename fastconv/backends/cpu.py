@@ -216,9 +216,12 @@ class CpuBackend(Backend):
         if _C is None:
             return False, f"fastconv._C is not built ({_IMPORT_ERROR}); run `pip install -e .`"
         isa = _C.cpu_isa()
-        winograd = ("Winograd F(4x4,3x3) for 3x3 stride-1 float32 layers"
-                    + (" (off: FASTCONV_CPU_WINOGRAD=0)" if os.environ.get("FASTCONV_CPU_WINOGRAD", "1") == "0" else "")
-                    if isa == "avx512" else "no Winograd below avx512")
+        def off(var):
+            return " (off: " + var + "=0)" if os.environ.get(var, "1") == "0" else ""
+
+        winograd = (f"Winograd F(4x4,3x3) for 3x3 stride-1 float32 layers{off('FASTCONV_CPU_WINOGRAD')}, "
+                    f"blocked float32 weight gradient{off('FASTCONV_CPU_WGRAD_BLOCKED')}"
+                    if isa == "avx512" else "no Winograd / blocked weight gradient below avx512")
         return True, f"C++ kernels, ISA {isa} (detected {_C.detected_cpu_isa()}); {winograd}"
 
     @_upcasting
