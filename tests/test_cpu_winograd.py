@@ -52,23 +52,24 @@ def _uses_winograd(x_shape, w_shape, dtype_code=0, **kw) -> bool:
 
 @needs_avx512
 def test_path_selection(monkeypatch):
-    assert _uses_winograd((2, 16, 8, 8), (16, 16, 3, 3))
-    assert _uses_winograd((1, 64, 14, 14), (256, 64, 3, 3), padding=0)
-    assert _uses_winograd((1, 16, 8, 8), (16, 16, 3, 3), padding=2)
+    assert _uses_winograd((8, 16, 8, 8), (16, 16, 3, 3))
+    assert _uses_winograd((4, 64, 14, 14), (256, 64, 3, 3), padding=0)
+    assert _uses_winograd((4, 16, 8, 8), (16, 16, 3, 3), padding=2)
+    assert not _uses_winograd((7, 16, 8, 8), (16, 16, 3, 3))  # 28 tiles: the weight transform would dominate
     # Not Winograd: float64, stride, dilation, groups, other filter sizes, too few channels, tiny images.
-    assert not _uses_winograd((2, 16, 8, 8), (16, 16, 3, 3), dtype_code=1)
-    assert not _uses_winograd((2, 16, 8, 8), (16, 16, 3, 3), stride=2)
-    assert not _uses_winograd((2, 16, 8, 8), (16, 16, 3, 3), dilation=2)
-    assert not _uses_winograd((2, 16, 8, 8), (16, 8, 3, 3), groups=2)
-    assert not _uses_winograd((2, 16, 8, 8), (16, 16, 5, 5), padding=2)
-    assert not _uses_winograd((2, 8, 8, 8), (16, 8, 3, 3))
-    assert not _uses_winograd((2, 16, 8, 8), (8, 16, 3, 3))
-    assert not _uses_winograd((2, 16, 2, 2), (16, 16, 3, 3))  # one 4x4 tile for 4 outputs
-    floats = _C.conv2d_weight_pack_floats(_desc((2, 20, 8, 8), (33, 20, 3, 3)), 0, 0)
+    assert not _uses_winograd((8, 16, 8, 8), (16, 16, 3, 3), dtype_code=1)
+    assert not _uses_winograd((8, 16, 8, 8), (16, 16, 3, 3), stride=2)
+    assert not _uses_winograd((8, 16, 8, 8), (16, 16, 3, 3), dilation=2)
+    assert not _uses_winograd((8, 16, 8, 8), (16, 8, 3, 3), groups=2)
+    assert not _uses_winograd((8, 16, 8, 8), (16, 16, 5, 5), padding=2)
+    assert not _uses_winograd((8, 8, 8, 8), (16, 8, 3, 3))
+    assert not _uses_winograd((8, 16, 8, 8), (8, 16, 3, 3))
+    assert not _uses_winograd((64, 16, 2, 2), (16, 16, 3, 3))  # one 4x4 tile for 4 outputs
+    floats = _C.conv2d_weight_pack_floats(_desc((8, 20, 8, 8), (33, 20, 3, 3)), 0, 0)
     assert floats == 36 * 20 * 48  # 36 positions x C x K rounded up to 16 lanes
-    assert _C.conv2d_weight_pack_floats(_desc((2, 20, 8, 8), (33, 20, 3, 3)), 0, 1) == 36 * 33 * 32
+    assert _C.conv2d_weight_pack_floats(_desc((8, 20, 8, 8), (33, 20, 3, 3)), 0, 1) == 36 * 33 * 32
     monkeypatch.setenv("FASTCONV_CPU_WINOGRAD", "0")
-    assert not _uses_winograd((2, 16, 8, 8), (16, 16, 3, 3))
+    assert not _uses_winograd((8, 16, 8, 8), (16, 16, 3, 3))
 
 
 def _run(x, w, b, relu, padding, dy):
@@ -94,12 +95,12 @@ def _reference(x, w, b, relu, padding, dy):
 
 CASES = [
     # (N, C, H, W, K, padding): edge tiles in both directions, channels off the 16-lane vectors
-    (1, 16, 8, 8, 16, 1),
-    (2, 19, 9, 13, 33, 1),
-    (3, 16, 7, 6, 17, 0),
-    (2, 40, 10, 11, 24, 2),
+    (8, 16, 8, 8, 16, 1),
+    (3, 19, 9, 13, 33, 1),     # 3 x 3 x 4 = 36 tiles
+    (16, 16, 7, 6, 17, 0),
+    (3, 40, 10, 11, 24, 2),    # 12x13 output: 3 x 3 x 4 = 36 tiles
     (1, 64, 32, 35, 48, 1),   # full 16x16 blocks of the NCHW staging transpose, and a partial one
-    (2, 130, 6, 6, 70, 1),    # several K chunks of 64 (64 + 64 + a 16-lane tail) and C tails
+    (8, 130, 6, 6, 70, 1),    # several K chunks of 64 (64 + 64 + a 16-lane tail) and C tails
     (4, 20, 24, 26, 24, 1),   # weight gradient in 2 tile groups (168 tiles), the last one partial
     (8, 16, 32, 32, 16, 1),   # weight gradient in 8 tile groups of 64 tiles
     (6, 16, 40, 40, 16, 1),   # 600 tiles: 5 groups of 128 (the last partial), none empty
@@ -133,10 +134,10 @@ def test_matches_torch_float64(case, layout, bias, relu):
 @needs_avx512
 def test_strided_views_and_mixed_layouts():
     """Inputs and gradients that are views (sliced, permuted) go through the staging copy."""
-    base = torch.randn(2, 24, 12, 15)
+    base = torch.randn(3, 24, 12, 15)
     x = base[:, 2:22, :, 1:14]                       # channel and column slices: no unit strides to exploit
     w = torch.randn(20, 20, 3, 3).contiguous(memory_format=torch.channels_last) / 13
-    dy = torch.randn(2, 20, 26, 12).transpose(2, 3)[:, :, :12, :13]  # transposed, non-contiguous view
+    dy = torch.randn(3, 20, 26, 12).transpose(2, 3)[:, :, :12, :13]  # transposed, non-contiguous view
     y, grads = _run(x, w, None, True, 1, dy)
     y_ref, grads_ref = _reference(x, w, None, True, 1, dy)
     assert_rel(y, y_ref, torch.float32, "output")
@@ -202,7 +203,7 @@ def _ref_fwd(x, w):
 
 @needs_avx512
 def test_cache_hits_for_the_same_weight(cache):
-    x = torch.randn(2, 16, 8, 8)
+    x = torch.randn(8, 16, 8, 8)
     w = torch.randn(16, 16, 3, 3)
     first = _fwd(x, w)
     assert cache.info()["entries"] == 1 and cache.info()["misses"] == 1
@@ -213,7 +214,7 @@ def test_cache_hits_for_the_same_weight(cache):
 
 @needs_avx512
 def test_cache_serves_forward_and_input_gradient_separately(cache):
-    x = torch.randn(2, 16, 8, 8, requires_grad=True)
+    x = torch.randn(8, 16, 8, 8, requires_grad=True)
     w = torch.randn(24, 16, 3, 3, requires_grad=True)
     for _ in range(2):
         with fastconv.use_backend("cpu"):
@@ -227,7 +228,7 @@ def test_cache_serves_forward_and_input_gradient_separately(cache):
 @needs_avx512
 @pytest.mark.parametrize("update", ["mul_", "copy_", "optimizer", "data", "load_state_dict"])
 def test_cache_invalidated_by_weight_updates(cache, update):
-    x = torch.randn(2, 16, 8, 8)
+    x = torch.randn(8, 16, 8, 8)
     layer = torch.nn.Conv2d(16, 16, 3, padding=1, bias=False)
     w = layer.weight
     _fwd(x, w)
@@ -251,7 +252,7 @@ def test_cache_invalidated_by_weight_updates(cache, update):
 
 @needs_avx512
 def test_cache_entry_dies_with_its_weight(cache):
-    x = torch.randn(2, 16, 8, 8)
+    x = torch.randn(8, 16, 8, 8)
     for i in range(4):
         w = torch.randn(16, 16, 3, 3)  # often at the address of the previous, freed weight
         y = _fwd(x, w)
@@ -263,7 +264,7 @@ def test_cache_entry_dies_with_its_weight(cache):
 
 @needs_avx512
 def test_cache_disabled_and_bounded(cache, monkeypatch):
-    x = torch.randn(2, 16, 8, 8)
+    x = torch.randn(8, 16, 8, 8)
     weights = [torch.randn(16, 16, 3, 3) for _ in range(3)]
     one_pack = 36 * 16 * 16 * 4
     monkeypatch.setattr(cache, "max_bytes", 2 * one_pack)
@@ -280,8 +281,8 @@ def test_cache_disabled_and_bounded(cache, monkeypatch):
 def test_pack_size_checked_by_the_binding():
     if not _winograd_isa():
         pytest.skip("needs the Winograd path")
-    d = _desc((1, 16, 8, 8), (16, 16, 3, 3))
-    x, w, y = torch.randn(1, 16, 8, 8), torch.randn(16, 16, 3, 3), torch.empty(1, 16, 8, 8)
+    d = _desc((8, 16, 8, 8), (16, 16, 3, 3))
+    x, w, y = torch.randn(8, 16, 8, 8), torch.randn(16, 16, 3, 3), torch.empty(8, 16, 8, 8)
     small = torch.empty(10)
     t4 = cpu_backend._t4
     with pytest.raises(ValueError, match="pack holds 10 floats"):

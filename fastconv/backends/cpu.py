@@ -95,11 +95,19 @@ class WeightPackCache:
         if self.enabled():
             with self._lock:
                 entry = self._entries.get(key)
-                if (entry is not None and entry["ref"]() is w and entry["state"] == self._state(w)
-                        and entry["buf"].numel() >= floats):
-                    self._entries.move_to_end(key)
-                    self.hits += 1
-                    return entry["buf"], True
+                if entry is not None and entry["ref"]() is w and entry["buf"].numel() >= floats:
+                    if entry["state"] == self._state(w):
+                        self._entries.move_to_end(key)
+                        self.hits += 1
+                        return entry["buf"], True
+                    # The same weight, updated in place (a training step): refill its buffer rather than
+                    # allocate a new one. A fresh 38 MiB buffer (512x512 layer) page-faults on first
+                    # touch, which cost ~10 ms per layer and pass. The entry leaves the cache until the
+                    # kernel has refilled it (store()), so no other thread takes it as ready meanwhile.
+                    del self._entries[key]
+                    self._bytes -= entry["bytes"]
+                    self.misses += 1
+                    return entry["buf"], False
                 self.misses += 1
         return torch.empty(floats, dtype=torch.float32), False
 
