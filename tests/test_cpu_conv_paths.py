@@ -5,6 +5,11 @@ every gradient vs torch in float64:
   (3x3 stride 1) and single rows (odd P, stride 2, non-square filters), pixel blocks of 8 / 4 / a
   partial block (Q = 32, 13, 7, 3), channel tails (C not a multiple of the vector length), bias,
   fused ReLU (its backward runs the masked dgrad through the same kernel with mirrored taps);
+- channels_last with few input channels (conv_cl's row merge, e.g. an RGB stem): a filter row's S taps
+  are one run of S*C floats; pixels whose whole window is inside the input are grouped first and run
+  ukr_rows_strided (one pointer per pixel), the border pixels the per-segment pointer kernel; row
+  dilation, stride, R != S, output-channel tails, windows that are never whole, and a reduction too
+  long for one block (7x7 stem: the per-segment path alone);
 - NCHW stride 2 (conv_pix_direct with phase planes): 3x3 pad 1, 1x1 (one plane of four read), odd
   sizes, stride (2, 1) and (1, 2), dilation, groups.
 
@@ -105,3 +110,37 @@ def test_strided_nchw(backend, isa, case, relu, dtype):
     w = torch.randn(K, C // groups, k, k)
     b = torch.randn(K)
     _check(backend, isa, x, w, b, relu, dtype, stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+# (N, C, H, W, K, kernel, stride, padding, dilation)
+ROWMERGE_CASES = [
+    (2, 3, 32, 32, 32, 3, 1, 1, 1),          # RGB stem: tasks of 192 pixels span rows, 12 x 32 tiles
+    (1, 3, 13, 11, 20, 3, 1, 1, (2, 1)),     # row dilation 2: row runs 2*W*C apart, K tail of 4
+    (1, 4, 9, 15, 24, (5, 3), 2, (2, 1), 1),  # stride 2, R != S
+    (2, 2, 6, 40, 16, 3, 1, 0, 1),           # no padding: every window whole, Q = 38
+    (1, 3, 5, 5, 8, 5, 1, 0, 1),             # one window covering the input
+    (3, 3, 4, 4, 64, 3, 1, 2, 1),            # padding 2: most windows never whole, 6 x 64 tiles
+    (1, 3, 20, 23, 64, 7, 2, 3, 1),          # 7x7 stride 2: R*S*C > one block, per-segment path only
+]
+
+
+@pytest.mark.parametrize("case", ROWMERGE_CASES, ids=[str(i) for i in range(len(ROWMERGE_CASES))])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_small_channels_channels_last(backend, isa, case, relu, dtype):
+    N, C, H, W, K, k, stride, padding, dilation = case
+    ks = k if isinstance(k, tuple) else (k, k)
+    x = torch.randn(N, C, H, W).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(K, C, *ks)
+    b = torch.randn(K)
+    _check(backend, isa, x, w, b, relu, dtype, stride=stride, padding=padding, dilation=dilation)
+
+
+def test_small_channels_channels_last_order_free(backend):
+    """A pixel's result does not depend on which kernel (whole-window or border) computed it: the
+    interior of a padded input's output equals the output of the same input without padding, bit for bit."""
+    x = torch.randn(2, 3, 20, 20).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(32, 3, 3, 3)
+    padded = FC.conv2d(x, w, padding=1)
+    unpadded = FC.conv2d(x, w, padding=0)
+    assert torch.equal(padded[:, :, 1:-1, 1:-1], unpadded)

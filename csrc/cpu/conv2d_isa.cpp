@@ -549,7 +549,10 @@ void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y
     for (int64_t gi = 0; gi < g.G; ++gi)
       for (int64_t k = 0; k < g.Kg; ++k) biasp[gi * Npad + k] = bias[gi * g.Kg + k];
 
-  const int64_t KC = std::max<int64_t>(32, std::min<int64_t>(256, (24 * 1024) / (NR * (int64_t)sizeof(T))));
+  // B block kc x NR <= 32 KiB, L1-resident (48 KiB) next to the A rows. 24 KiB split a 128-channel tap
+  // into two blocks of 64; 32 KiB keeps it whole (stride-2 128->128 layer, 1 thread: 142-150 -> 153-158
+  // GFLOP/s, fewer partial-sum passes through C).
+  const int64_t KC = std::max<int64_t>(32, std::min<int64_t>(256, (32 * 1024) / (NR * (int64_t)sizeof(T))));
   const bool indirect = (x.s1 == 1 || g.Cg == 1) && m.p == nullptr;
   // Row merge (small Cg, e.g. RGB input layers): with dense channels_last pixels and dw == 1 the S
   // taps of one filter row are one contiguous run of S*Cg elements, so a segment covers a whole
@@ -563,6 +566,9 @@ void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y
   else
     make_blocks(RS, g.Cg, KC, segs, bstart);
   const int64_t nblk = (int64_t)bstart.size() - 1;
+  // Row merge with the whole reduction in one block (R*S*Cg <= KC, e.g. the RGB stem): a pixel whose
+  // window is inside the input needs one pointer; its R row runs are dh*x.s2 apart.
+  const bool whole_windows = rowmerge && nblk == 1;
   int64_t maxnseg = 0, maxklen = 0;
   for (int64_t b = 0; b < nblk; ++b) {
     int64_t kl = 0;
@@ -611,16 +617,53 @@ void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y
       const T* xn = x.p + n * x.s0 + gi * g.Cg * x.s1;
       // (p, q) stepped rather than divided per pixel: a 64-bit division costs 40+ cycles, as much as
       // the whole reduction of a pixel of the RGB stem layer (27 multiply-adds per output channel).
-      for (int64_t jj = 0, p = j0 / g.Q, q = j0 % g.Q; jj < mc; ++jj, q = (q + 1 == g.Q) ? 0 : q + 1,
-                   p = (q == 0) ? p + 1 : p) {
-        yoff[jj] = n * y.s0 + p * y.s2 + q * y.s3;
-        ihb[jj] = p * g.sh - g.ph;
-        iwb[jj] = q * g.sw - g.pw;
-        // Row merge: the pixel's S*Cg run of filter row 0 when it lies inside the input columns
-        // (rows are checked per tap below); null for border pixels, which get a materialized copy.
-        rbase[jj] = (rowmerge && iwb[jj] >= 0 && iwb[jj] + g.S <= g.W) ? xn + ihb[jj] * x.s2 + iwb[jj] * x.s3
-                                                                      : nullptr;
+      // Whole-window mode: pixels whose whole window lies inside the input come first, so that the
+      // groups of MR of them run ukr_rows_strided; the rest follow. The order of pixels inside a task
+      // is free (each has its own output offset) and does not change any pixel's sum. The task's
+      // pixels are walked as row runs [qa, qb) of output row p; whole windows are the columns
+      // [qlo, qhi) of the rows whose R taps are all inside the input.
+      // The geometry is read into locals: stores into the int64 arrays below could alias g's fields,
+      // which made the compiler reload them per pixel.
+      const int64_t Q = g.Q, sh = g.sh, sw = g.sw, ph = g.ph, pw = g.pw, S = g.S, W = g.W;
+      const int64_t ih_last = (g.R - 1) * g.dh, H = g.H, ys0 = n * y.s0, ys2 = y.s2, ys3 = y.s3;
+      const int64_t xs2 = x.s2, xs3 = x.s3;
+      int64_t jj = 0;
+      const auto emit = [&](int64_t p, int64_t qa, int64_t qb) {
+        const int64_t ih0 = p * sh - ph;
+        for (int64_t q = qa; q < qb; ++q, ++jj) {
+          const int64_t iw0 = q * sw - pw;
+          yoff[jj] = ys0 + p * ys2 + q * ys3;
+          ihb[jj] = ih0;
+          iwb[jj] = iw0;
+          // Row merge: the pixel's S*Cg run of filter row 0 when it lies inside the input columns
+          // (rows are checked per tap below); null for border pixels, which get a materialized copy.
+          rbase[jj] = (rowmerge && iw0 >= 0 && iw0 + S <= W) ? xn + ih0 * xs2 + iw0 * xs3 : nullptr;
+        }
+      };
+      const auto row_runs = [&](auto&& f) {  // f(p, qa, qb) for the task's pixels j0 .. j0 + mc
+        for (int64_t j = j0; j < j0 + mc;) {
+          const int64_t p = j / Q, qa = j - p * Q, qb = std::min(Q, qa + (j0 + mc - j));
+          f(p, qa, qb);
+          j += qb - qa;
+        }
+      };
+      int64_t nwhole = 0;
+      if (whole_windows) {
+        const int64_t qlo = std::min(Q, cdiv(pw, sw)), qhi = std::max(qlo, std::min(Q, (W - S + pw) / sw + 1));
+        const auto h_whole = [&](int64_t p) { return p * sh - ph >= 0 && p * sh - ph + ih_last < H; };
+        row_runs([&](int64_t p, int64_t qa, int64_t qb) {
+          if (h_whole(p)) emit(p, std::max(qa, qlo), std::max(std::max(qa, qlo), std::min(qb, qhi)));
+        });
+        nwhole = jj;
+        row_runs([&](int64_t p, int64_t qa, int64_t qb) {
+          if (!h_whole(p)) return emit(p, qa, qb);
+          emit(p, qa, std::max(qa, std::min(qb, qlo)));
+          emit(p, std::max(qa, std::min(qb, qhi)), qb);
+        });
+      } else {
+        row_runs(emit);
       }
+      const int64_t nir_whole = nwhole / MR;  // groups of MR whole-window pixels
       const T* mn = m.p ? m.p + n * m.s0 + gi * g.Cg * m.s1 : nullptr;
       int64_t k0 = 0;
       for (int64_t b = 0; b < nblk; ++b) {
@@ -632,7 +675,7 @@ void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y
         if (indirect) {
           nseg_eff = nseg;
           for (int64_t si = 0; si < nseg; ++si) lens[si] = bs[si].len;
-          for (int64_t ir = 0; ir < nir; ++ir)
+          for (int64_t ir = nir_whole; ir < nir; ++ir)
             for (int64_t si = 0; si < nseg; ++si) {
               const T** rp = rows + (ir * nseg + si) * MR;
               const int64_t tap = bs[si].t;
@@ -696,12 +739,12 @@ void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y
           }
         }
         const bool first = b == 0, last = b == nblk - 1;
-        for (int64_t jr = 0; jr < nJr; ++jr) {
-          const T* bp = B.p + ((gi * nJr + jr) * CRS + k0) * NR;
-          const int64_t kb = jr * NR;
-          const bool full = out_vec && kb + NR <= g.Kg;
-          for (int64_t ir = 0; ir < nir; ++ir) {
-            ukr_rows<T, MR, NV>(nseg_eff, rows + ir * nseg_eff * MR, lens, bp, [&](V(&acc)[MR][NV]) {
+        for (int64_t ir = 0; ir < nir; ++ir) {
+          for (int64_t jr = 0; jr < nJr; ++jr) {
+            const T* bp = B.p + ((gi * nJr + jr) * CRS + k0) * NR;
+            const int64_t kb = jr * NR;
+            const bool full = out_vec && kb + NR <= g.Kg;
+            const auto epilogue = [&](V(&acc)[MR][NV]) {
               T* ct = Cb + ir * MR * ldc + kb;
               if (!first) add_tile<T, MR, NV>(acc, ct, ldc);
               if (!last) return store_tile<T, MR, NV>(acc, ct, ldc);  // partial sum of a kc block
@@ -729,7 +772,11 @@ void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y
                   }
                 }
               }
-            });
+            };
+            if (ir < nir_whole)
+              ukr_rows_strided<T, MR, NV>(g.R, g.dh * x.s2, SC, rbase + ir * MR, bp, epilogue);
+            else
+              ukr_rows<T, MR, NV>(nseg_eff, rows + ir * nseg_eff * MR, lens, bp, epilogue);
           }
         }
         k0 += kl;

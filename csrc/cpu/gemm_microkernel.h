@@ -288,6 +288,33 @@ FC_INLINE void ukr_rows(int64_t nseg, const T* const* rows, const int64_t* lens,
   epi(acc);
 }
 
+// ukr_rows with every row's segments at one stride: segment sg of row i is rows[i] + sg * seg_stride,
+// len elements long. One shared index addresses all MR rows, so a segment costs no pointer loads
+// (the RGB stem's filter rows: 3 segments of 9 floats, rows[i] = the pixel's window in the input).
+template <typename T, int MR, int NV, typename Epi>
+FC_INLINE void ukr_rows_strided(int64_t nseg, int64_t seg_stride, int64_t len, const T* const* rows,
+                                const T* __restrict b, Epi&& epi) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int L = S::L;
+  V acc[MR][NV];
+  FC_UNROLL for (int i = 0; i < MR; ++i) FC_UNROLL for (int v = 0; v < NV; ++v) acc[i][v] = S::zero();
+  const T* r[MR];
+  FC_UNROLL for (int i = 0; i < MR; ++i) r[i] = rows[i];
+  for (int64_t sg = 0, off = 0; sg < nseg; ++sg, off += seg_stride) {
+    for (int64_t k = off; k < off + len; ++k) {
+      V bv[NV];
+      FC_UNROLL for (int v = 0; v < NV; ++v) bv[v] = S::load(b + v * L);
+      FC_UNROLL for (int i = 0; i < MR; ++i) {
+        const V av = S::set1(r[i][k]);
+        FC_UNROLL for (int v = 0; v < NV; ++v) acc[i][v] = S::fma(av, bv[v], acc[i][v]);
+      }
+      b += NV * L;
+    }
+  }
+  epi(acc);
+}
+
 }  // namespace FC_ISA
 }  // namespace cpu
 }  // namespace fastconv
