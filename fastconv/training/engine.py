@@ -263,7 +263,11 @@ def train(cfg: Namespace) -> Dict[str, Any]:
     device = pick_device(cfg.device, local_rank if dist_util.env_world_size() > 1 else 0)
     dinfo = dist_util.setup(device)
     try:
-        return _train(cfg, device, dinfo)
+        result = _train(cfg, device, dinfo)
+        # All ranks leave together: a rank that destroyed its gloo group and exited while rank 0 was still
+        # writing the results aborted once in CI ("terminate called without an active exception", SIGABRT).
+        dist_util.barrier(dinfo)
+        return result
     finally:
         backends.set_backend(previous_backend)
         dist_util.teardown(dinfo)
