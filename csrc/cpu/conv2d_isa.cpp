@@ -615,13 +615,13 @@ void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y
       const int64_t ib = task % nIb, ng = task / nIb, gi = ng % g.G, n = ng / g.G;
       const int64_t j0 = ib * MC, mc = std::min(MC, PQ - j0), nir = cdiv(mc, MR);
       const T* xn = x.p + n * x.s0 + gi * g.Cg * x.s1;
-      // (p, q) stepped rather than divided per pixel: a 64-bit division costs 40+ cycles, as much as
-      // the whole reduction of a pixel of the RGB stem layer (27 multiply-adds per output channel).
+      // The task's pixels are walked as row runs [qa, qb) of output row p: one division per run, not
+      // per pixel (a 64-bit division costs 40+ cycles, as much as the whole reduction of a pixel of the
+      // RGB stem layer, 27 multiply-adds per output channel).
       // Whole-window mode: pixels whose whole window lies inside the input come first, so that the
       // groups of MR of them run ukr_rows_strided; the rest follow. The order of pixels inside a task
-      // is free (each has its own output offset) and does not change any pixel's sum. The task's
-      // pixels are walked as row runs [qa, qb) of output row p; whole windows are the columns
-      // [qlo, qhi) of the rows whose R taps are all inside the input.
+      // is free (each has its own output offset) and does not change any pixel's sum. Whole windows
+      // are the columns [qlo, qhi) of the rows whose R taps are all inside the input.
       // The geometry is read into locals: stores into the int64 arrays below could alias g's fields,
       // which made the compiler reload them per pixel.
       const int64_t Q = g.Q, sh = g.sh, sw = g.sw, ph = g.ph, pw = g.pw, S = g.S, W = g.W;

@@ -261,6 +261,19 @@ FC_INLINE void ukr_offs(int64_t kc, const T* __restrict a, const T* __restrict b
   epi(acc);
 }
 
+// One rank-1 update of the row kernels: acc[i][.] += r[i][k] * b[0..NR).
+template <typename T, int MR, int NV>
+FC_INLINE void rows_rank1(typename Simd<T>::V (&acc)[MR][NV], const T* const (&r)[MR], int64_t k,
+                          const T* __restrict b) {
+  using S = Simd<T>;
+  typename S::V bv[NV];
+  FC_UNROLL for (int v = 0; v < NV; ++v) bv[v] = S::load(b + v * S::L);
+  FC_UNROLL for (int i = 0; i < MR; ++i) {
+    const typename S::V av = S::set1(r[i][k]);
+    FC_UNROLL for (int v = 0; v < NV; ++v) acc[i][v] = S::fma(av, bv[v], acc[i][v]);
+  }
+}
+
 // C[MR x NR] = sum over segments s, k < lens[s] of rows[s*MR + i][k] * B[.][0..NR), B consumed
 // sequentially across segments.
 template <typename T, int MR, int NV, typename Epi>
@@ -275,15 +288,7 @@ FC_INLINE void ukr_rows(int64_t nseg, const T* const* rows, const int64_t* lens,
     const T* r[MR];
     FC_UNROLL for (int i = 0; i < MR; ++i) r[i] = rows[sg * MR + i];
     const int64_t len = lens[sg];
-    for (int64_t k = 0; k < len; ++k) {
-      V bv[NV];
-      FC_UNROLL for (int v = 0; v < NV; ++v) bv[v] = S::load(b + v * L);
-      FC_UNROLL for (int i = 0; i < MR; ++i) {
-        const V av = S::set1(r[i][k]);
-        FC_UNROLL for (int v = 0; v < NV; ++v) acc[i][v] = S::fma(av, bv[v], acc[i][v]);
-      }
-      b += NV * L;
-    }
+    for (int64_t k = 0; k < len; ++k, b += NV * L) rows_rank1<T, MR, NV>(acc, r, k, b);
   }
   epi(acc);
 }
@@ -301,17 +306,8 @@ FC_INLINE void ukr_rows_strided(int64_t nseg, int64_t seg_stride, int64_t len, c
   FC_UNROLL for (int i = 0; i < MR; ++i) FC_UNROLL for (int v = 0; v < NV; ++v) acc[i][v] = S::zero();
   const T* r[MR];
   FC_UNROLL for (int i = 0; i < MR; ++i) r[i] = rows[i];
-  for (int64_t sg = 0, off = 0; sg < nseg; ++sg, off += seg_stride) {
-    for (int64_t k = off; k < off + len; ++k) {
-      V bv[NV];
-      FC_UNROLL for (int v = 0; v < NV; ++v) bv[v] = S::load(b + v * L);
-      FC_UNROLL for (int i = 0; i < MR; ++i) {
-        const V av = S::set1(r[i][k]);
-        FC_UNROLL for (int v = 0; v < NV; ++v) acc[i][v] = S::fma(av, bv[v], acc[i][v]);
-      }
-      b += NV * L;
-    }
-  }
+  for (int64_t sg = 0, off = 0; sg < nseg; ++sg, off += seg_stride)
+    for (int64_t k = off; k < off + len; ++k, b += NV * L) rows_rank1<T, MR, NV>(acc, r, k, b);
   epi(acc);
 }
 
