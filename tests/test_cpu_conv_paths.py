@@ -120,7 +120,11 @@ ROWMERGE_CASES = [
     (2, 2, 6, 40, 16, 3, 1, 0, 1),           # no padding: every window whole, Q = 38
     (1, 3, 5, 5, 8, 5, 1, 0, 1),             # one window covering the input
     (3, 3, 4, 4, 64, 3, 1, 2, 1),            # padding 2: most windows never whole, 6 x 64 tiles
-    (1, 3, 20, 23, 64, 7, 2, 3, 1),          # 7x7 stride 2: R*S*C > one block, per-segment path only
+    (1, 3, 20, 23, 64, 7, 2, 3, 1),          # 7x7 stride 2: 7 rows of 21 in one block
+    # Wide channels: blocks of whole filter rows sized to L2 (conv_cl). On a 2 MiB L2, float32:
+    (1, 128, 9, 10, 128, 3, 2, 1, 1),        # stride 2, 384-long rows: all 3 rows in one block
+    (1, 192, 6, 5, 192, 3, 2, 1, 1),         # 576-long rows: blocks of 2 rows + 1 row
+    (1, 256, 5, 6, 256, 3, 1, 1, 1),         # 768-long rows: one row per block (float64: per-tap blocks)
 ]
 
 
@@ -136,11 +140,15 @@ def test_small_channels_channels_last(backend, isa, case, relu, dtype):
     _check(backend, isa, x, w, b, relu, dtype, stride=stride, padding=padding, dilation=dilation)
 
 
-def test_small_channels_channels_last_order_free(backend):
+@pytest.mark.parametrize("channels", [(3, 32), (128, 128)], ids=["rgb", "c128"])
+def test_small_channels_channels_last_order_free(backend, channels, monkeypatch):
     """A pixel's result does not depend on which kernel (whole-window or border) computed it: the
-    interior of a padded input's output equals the output of the same input without padding, bit for bit."""
-    x = torch.randn(2, 3, 20, 20).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(32, 3, 3, 3)
+    interior of a padded input's output equals the output of the same input without padding, bit for bit.
+    (Winograd off: its 4x4 tiles sit differently in the two outputs.)"""
+    monkeypatch.setenv("FASTCONV_CPU_WINOGRAD", "0")
+    C, K = channels
+    x = torch.randn(2, C, 20, 20).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(K, C, 3, 3)
     padded = FC.conv2d(x, w, padding=1)
     unpadded = FC.conv2d(x, w, padding=0)
     assert torch.equal(padded[:, :, 1:-1, 1:-1], unpadded)
