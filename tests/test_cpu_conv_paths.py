@@ -140,6 +140,37 @@ def test_small_channels_channels_last(backend, isa, case, relu, dtype):
     _check(backend, isa, x, w, b, relu, dtype, stride=stride, padding=padding, dilation=dilation)
 
 
+# NCHW float32 layers staged through the channels_last engine (conv2d_isa.cpp: stage_nchw_forward):
+# (N, C, H, W, K, kernel, stride, padding, dilation). float64 runs the NCHW kernels, as a control.
+STAGED_NCHW_CASES = [
+    (2, 128, 9, 11, 128, 3, 2, 1, 1),     # Q = 6: partial 16-pixel transpose blocks
+    (1, 128, 34, 40, 136, 3, 2, 1, 1),    # Q = 20, K = 136: channel tail of the output transpose
+    (1, 160, 8, 7, 48, (3, 1), (2, 3), (1, 0), 1),  # R != S, unequal strides, 160 channels
+    (2, 128, 6, 6, 64, 5, 2, 2, 1),       # 5x5, 3x3 output: every window crosses the padding
+]
+
+
+@pytest.mark.parametrize("case", STAGED_NCHW_CASES, ids=[str(i) for i in range(len(STAGED_NCHW_CASES))])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_strided_wide_nchw_staged(backend, isa, case, relu, dtype):
+    N, C, H, W, K, k, stride, padding, dilation = case
+    ks = k if isinstance(k, tuple) else (k, k)
+    x = torch.randn(N, C, H, W)
+    w = torch.randn(K, C, *ks)
+    _check(backend, isa, x, w, torch.randn(K), relu, dtype, stride=stride, padding=padding, dilation=dilation)
+
+
+def test_strided_wide_nchw_staged_views(backend):
+    """A strided NCHW view as input (the staging copy reads any strides) and no bias."""
+    x = torch.randn(2, 128, 12, 26)[:, :, :, ::2]
+    w = torch.randn(128, 128, 3, 3)
+    y = FC.conv2d(x, w, None, 2, 1)
+    ref = F.conv2d(x.double(), w.double(), None, 2, 1)
+    assert y.is_contiguous()
+    assert_rel(y, ref, torch.float32, "output")
+
+
 @pytest.mark.parametrize("channels", [(3, 32), (128, 128)], ids=["rgb", "c128"])
 def test_small_channels_channels_last_order_free(backend, channels, monkeypatch):
     """A pixel's result does not depend on which kernel (whole-window or border) computed it: the

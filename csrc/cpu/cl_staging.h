@@ -1,0 +1,24 @@
+// A channels_last staging copy of a float32 tensor for kernels outside the cl_blocks.h files
+// (defined in conv2d_wgrad_isa.cpp, which owns the copy loop and the per-thread scratch arena).
+#pragma once
+
+#include <functional>
+
+#include "cpu/kernels.h"
+
+namespace fastconv {
+namespace cpu {
+namespace FC_ISA {
+
+// Calls f(dst) with dst[((n*H + h)*W + w)*C + c] = t[n][c][h][w], a copy in the calling thread's
+// scratch arena that lives until f returns. AVX-512 builds only (elsewhere it throws logic_error).
+void with_channels_last_copy(const Tensor4& t, int nth, const std::function<void(const float*)>& f);
+
+// Calls f(dst) with a scratch buffer for t in channels_last order (dst[((n*H + h)*W + w)*C + c]),
+// then copies it into t (any strides). Same arena and ISA rules as with_channels_last_copy; the two
+// buffers are distinct, so the calls nest.
+void with_channels_last_output(const Tensor4& t, int nth, const std::function<void(float*)>& f);
+
+}  // namespace FC_ISA
+}  // namespace cpu
+}  // namespace fastconv
