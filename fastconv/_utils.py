@@ -24,6 +24,8 @@ def _tensor_as_int(value: torch.Tensor, name: str, op: str, dims: Tuple[int, ...
 def as_int(value, name: str, op: str, tensor_dims: Tuple[int, ...] = (0,)) -> int:
     """An int argument as torch takes it: int, SymInt, anything with __index__ (numpy ints) or a
     one-element integer tensor of `tensor_dims` dimensions; not bool."""
+    if type(value) is int:  # the common case first: this runs several times per op call
+        return value
     if isinstance(value, torch.SymInt):
         return value
     if isinstance(value, torch.Tensor):
@@ -36,6 +38,10 @@ def as_int(value, name: str, op: str, tensor_dims: Tuple[int, ...] = (0,)) -> in
 
 def pair(value: IntOrPair, name: str, op: str = "conv2d") -> Tuple[int, int]:
     """Normalizes an int or a 1/2-sequence to a pair, with torch's error for other lengths."""
+    if type(value) is int:  # the common cases first: this runs several times per op call
+        return (value, value)
+    if type(value) in (tuple, list) and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        return (value[0], value[1])
     if isinstance(value, torch.Tensor):  # as torch's int-list arguments: a one-element integer/bool tensor
         v = _tensor_as_int(value, name, op, (0, 1), allow_bool=True)
         return (v, v)

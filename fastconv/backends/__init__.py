@@ -43,6 +43,10 @@ class Backend:
         """(available, reason): the reason says why not, or what is in use."""
         return True, ""
 
+    def usable(self) -> bool:
+        """availability()[0] without building the reason: resolve() asks on every op call."""
+        return self.availability()[0]
+
     def serves(self, device: torch.device) -> bool:
         return device.type in self.device_types
 
@@ -166,8 +170,7 @@ def resolve(device: torch.device) -> Backend:
         backend = _REGISTRY.get(name)
         if backend is None or not backend.serves(device):
             continue
-        ok, _ = backend.availability()
-        if ok:
+        if backend.usable():
             if name == "reference" and device.type != "cpu":
                 log.debug("fastconv: no native backend for %s tensors; using the reference backend", device.type)
             return backend

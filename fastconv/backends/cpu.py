@@ -220,6 +220,9 @@ class CpuBackend(Backend):
     name = "cpu"
     device_types = ("cpu",)
 
+    def usable(self):
+        return _C is not None
+
     def availability(self):
         if _C is None:
             return False, f"fastconv._C is not built ({_IMPORT_ERROR}); run `pip install -e .`"
