@@ -143,6 +143,16 @@ struct Src {
   int64_t C, H, W;
 };
 
+// Row `row` of the per-group partial sums: S_0 += S_1 + ... + S_{groups-1}, in group order (bitwise the
+// same for any thread count). S_g starts s_floats after S_{g-1}; rows are Kp floats (Kp % L == 0).
+FC_INLINE void sum_groups_row(float* S, int64_t row, int64_t Kp, int64_t groups, int64_t s_floats) {
+  float* s0 = S + row * Kp;
+  for (int64_t g = 1; g < groups; ++g) {
+    const float* sg = S + g * s_floats + row * Kp;
+    for (int64_t k = 0; k < Kp; k += L) Sf::store(s0 + k, Sf::add(Sf::load(s0 + k), Sf::load(sg + k)));
+  }
+}
+
 // Channels_last staging copy of a 4-d tensor (masked by m > 0 when m is given): dst[(n*H+h)*W+w][c].
 // Used when the source is not channel-contiguous or a ReLU mask has to be applied.
 void stage_channels_last(const Tensor4& t, const Tensor4* m, float* dst, int nth) {

@@ -101,11 +101,8 @@ void wgrad_blocked(const ConvDesc& d, const Tensor4& dy, const Tensor4& x, const
   // Sum the groups in order, then dw[k][c][r][s] = S[(r*S + s)*C + c][k].
 #pragma omp parallel for num_threads(nth) schedule(static)
   for (int64_t row = 0; row < crs; ++row) {
-    float* s0 = Sb.p + row * Kp;
-    for (int64_t g = 1; g < groups; ++g) {
-      const float* sg = Sb.p + g * s_floats + row * Kp;
-      for (int64_t k = 0; k < Kp; k += L) Sf::store(s0 + k, Sf::add(Sf::load(s0 + k), Sf::load(sg + k)));
-    }
+    sum_groups_row(Sb.p, row, Kp, groups, s_floats);
+    const float* s0 = Sb.p + row * Kp;
     const int64_t tap = row / C, c = row % C, r = tap / d.S, s = tap % d.S;
     float* o = static_cast<float*>(dw.data) + c * dw.stride[1] + r * dw.stride[2] + s * dw.stride[3];
     for (int64_t k = 0; k < K; ++k) o[k * dw.stride[0]] = s0[k];

@@ -453,13 +453,7 @@ void winograd_wgrad(const ConvDesc& d, const Tensor4& dy, const Tensor4& x, cons
     }
     // S = S_0 + S_1 + ... in group order.
 #pragma omp parallel for num_threads(nth) schedule(static)
-    for (int64_t row = 0; row < 36 * C; ++row) {
-      float* s0 = Sb.p + row * Kp;
-      for (int64_t g = 1; g < groups; ++g) {
-        const float* sg = Sb.p + g * s_floats + row * Kp;
-        for (int64_t k = 0; k < Kp; k += L) Sf::store(s0 + k, Sf::add(Sf::load(s0 + k), Sf::load(sg + k)));
-      }
-    }
+    for (int64_t row = 0; row < 36 * C; ++row) sum_groups_row(Sb.p, row, Kp, groups, s_floats);
   } else {
     FBuf Vb(kTileV, 36 * tiles * Cp + L), Eb(kTileE, 36 * tiles * Kp + L);
 #pragma omp parallel for num_threads(nth) schedule(static)
