@@ -60,6 +60,15 @@ def _check(backend, isa, x, w, b, relu, dtype, **kw):
         assert_rel(o, r, dtype, name)
 
 
+def _check_case(backend, isa, case, relu, dtype, memory_format):
+    """_check on a (N, C, H, W, K, kernel, stride, padding, dilation) case with bias, input in memory_format."""
+    N, C, H, W, K, k, stride, padding, dilation = case
+    ks = k if isinstance(k, tuple) else (k, k)
+    x = torch.randn(N, C, H, W).contiguous(memory_format=memory_format)
+    w = torch.randn(K, C, *ks)
+    _check(backend, isa, x, w, torch.randn(K), relu, dtype, stride=stride, padding=padding, dilation=dilation)
+
+
 # (N, C, H, W, kernel, stride, padding, dilation)
 DW_CASES = [
     (2, 32, 8, 32, 3, 1, 1, 1),        # row pairs, 4 whole blocks of 8 per row
@@ -132,12 +141,7 @@ ROWMERGE_CASES = [
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_small_channels_channels_last(backend, isa, case, relu, dtype):
-    N, C, H, W, K, k, stride, padding, dilation = case
-    ks = k if isinstance(k, tuple) else (k, k)
-    x = torch.randn(N, C, H, W).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(K, C, *ks)
-    b = torch.randn(K)
-    _check(backend, isa, x, w, b, relu, dtype, stride=stride, padding=padding, dilation=dilation)
+    _check_case(backend, isa, case, relu, dtype, torch.channels_last)
 
 
 # NCHW float32 layers staged through the channels_last engine (conv2d_isa.cpp: stage_nchw_forward):
@@ -154,11 +158,7 @@ STAGED_NCHW_CASES = [
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_strided_wide_nchw_staged(backend, isa, case, relu, dtype):
-    N, C, H, W, K, k, stride, padding, dilation = case
-    ks = k if isinstance(k, tuple) else (k, k)
-    x = torch.randn(N, C, H, W)
-    w = torch.randn(K, C, *ks)
-    _check(backend, isa, x, w, torch.randn(K), relu, dtype, stride=stride, padding=padding, dilation=dilation)
+    _check_case(backend, isa, case, relu, dtype, torch.contiguous_format)
 
 
 def test_strided_wide_nchw_staged_views(backend):

@@ -1,6 +1,7 @@
 // Shared pieces of the AVX-512 float32 kernels that work on channels_last blocks
 // (winograd_isa.cpp, conv2d_wgrad_isa.cpp): a per-thread scratch arena, the channels_last staging
-// copy (with the fused ReLU's mask), a 16 x 16 register transpose, and the rank-update microkernel
+// copy (with the fused ReLU's mask) and its inverse, a 16 x 16 register transpose, the ordered sum of
+// per-group partial sums, and the rank-update microkernel
 // that accumulates S[c][k] += sum_t A[t][c] B[t][k] over blocks of rows.
 //
 // Included inside namespace fastconv::cpu::FC_ISA of the *_isa.cpp files; everything is in an
@@ -143,6 +144,14 @@ struct Src {
   int64_t C, H, W;
 };
 
+// f(w0, nw, c0, nc) for the blocks of 16 columns x 16 channels of a W x C plane (nw, nc < 16 at the edges).
+template <typename F>
+FC_INLINE void for_blocks16(int64_t W, int64_t C, F&& f) {
+  for (int64_t w0 = 0; w0 < W; w0 += L)
+    for (int64_t c0 = 0; c0 < C; c0 += L)
+      f(w0, static_cast<int>(std::min<int64_t>(L, W - w0)), c0, static_cast<int>(std::min<int64_t>(L, C - c0)));
+}
+
 // Row `row` of the per-group partial sums: S_0 += S_1 + ... + S_{groups-1}, in group order (bitwise the
 // same for any thread count). S_g starts s_floats after S_{g-1}; rows are Kp floats (Kp % L == 0).
 FC_INLINE void sum_groups_row(float* S, int64_t row, int64_t Kp, int64_t groups, int64_t s_floats) {
@@ -188,42 +197,64 @@ void stage_channels_last(const Tensor4& t, const Tensor4* m, float* dst, int nth
       // register transpose, edge blocks (and strided columns) element by element.
       alignas(64) float blk[L][L];
       const bool unit = t.stride[3] == 1 && (!m || m->stride[3] == 1);
-      for (int64_t w0 = 0; w0 < W; w0 += L) {
-        const int nw = static_cast<int>(std::min<int64_t>(L, W - w0));
-        for (int64_t c0 = 0; c0 < C; c0 += L) {
-          const int nc = static_cast<int>(std::min<int64_t>(L, C - c0));
-          if (unit && nw == L && nc == L) {
-            V r[L];
-            FC_UNROLL for (int cc = 0; cc < L; ++cc) {
-              r[cc] = Sf::load(trow + (c0 + cc) * t.stride[1] + w0);
-              if (mrow) r[cc] = Sf::mask_le0(r[cc], Sf::load(mrow + (c0 + cc) * m->stride[1] + w0));
-            }
-            transpose16(r);
-            FC_UNROLL for (int ww = 0; ww < L; ++ww) Sf::store(drow + (w0 + ww) * C + c0, r[ww]);
-            continue;
+      for_blocks16(W, C, [&](int64_t w0, int nw, int64_t c0, int nc) {
+        if (unit && nw == L && nc == L) {
+          V r[L];
+          FC_UNROLL for (int cc = 0; cc < L; ++cc) {
+            r[cc] = Sf::load(trow + (c0 + cc) * t.stride[1] + w0);
+            if (mrow) r[cc] = Sf::mask_le0(r[cc], Sf::load(mrow + (c0 + cc) * m->stride[1] + w0));
           }
-          for (int cc = 0; cc < nc; ++cc) {
-            const float* src = trow + (c0 + cc) * t.stride[1] + w0 * t.stride[3];
-            const float* msrc = mrow ? mrow + (c0 + cc) * m->stride[1] + w0 * m->stride[3] : nullptr;
-            if (unit) {
-              V v = Sf::load_n(src, nw);
-              if (msrc) v = Sf::mask_le0(v, Sf::load_n(msrc, nw));
-              Sf::store(blk[cc], v);
-            } else {
-              for (int ww = 0; ww < nw; ++ww) {
-                float v = src[ww * t.stride[3]];
-                if (msrc && msrc[ww * m->stride[3]] <= 0.f) v = 0.f;
-                blk[cc][ww] = v;
-              }
+          transpose16(r);
+          FC_UNROLL for (int ww = 0; ww < L; ++ww) Sf::store(drow + (w0 + ww) * C + c0, r[ww]);
+          return;
+        }
+        for (int cc = 0; cc < nc; ++cc) {
+          const float* src = trow + (c0 + cc) * t.stride[1] + w0 * t.stride[3];
+          const float* msrc = mrow ? mrow + (c0 + cc) * m->stride[1] + w0 * m->stride[3] : nullptr;
+          if (unit) {
+            V v = Sf::load_n(src, nw);
+            if (msrc) v = Sf::mask_le0(v, Sf::load_n(msrc, nw));
+            Sf::store(blk[cc], v);
+          } else {
+            for (int ww = 0; ww < nw; ++ww) {
+              float v = src[ww * t.stride[3]];
+              if (msrc && msrc[ww * m->stride[3]] <= 0.f) v = 0.f;
+              blk[cc][ww] = v;
             }
-          }
-          for (int ww = 0; ww < nw; ++ww) {
-            float* dv = drow + (w0 + ww) * C + c0;
-            for (int cc = 0; cc < nc; ++cc) dv[cc] = blk[cc][ww];
           }
         }
-      }
+        for (int ww = 0; ww < nw; ++ww) {
+          float* dv = drow + (w0 + ww) * C + c0;
+          for (int cc = 0; cc < nc; ++cc) dv[cc] = blk[cc][ww];
+        }
+      });
     }
+  }
+}
+
+// The inverse copy: channels_last src[((n*H + h)*W + w)*C + c] into t (any strides), through the
+// register transpose where t's rows are unit-stride, the edges element by element.
+inline void unstage_channels_last(const float* src, const Tensor4& t, int nth) {  // inline: unused in winograd_isa.cpp
+  const int64_t N = t.size[0], C = t.size[1], H = t.size[2], W = t.size[3];
+  float* tp = static_cast<float*>(t.data);
+  const bool unit = t.stride[3] == 1;
+#pragma omp parallel for num_threads(nth) schedule(static)
+  for (int64_t nh = 0; nh < N * H; ++nh) {
+    const int64_t n = nh / H, h = nh % H;
+    const float* srow = src + nh * W * C;
+    float* trow = tp + n * t.stride[0] + h * t.stride[2];
+    for_blocks16(W, C, [&](int64_t w0, int nw, int64_t c0, int nc) {
+      if (unit && nw == L && nc == L) {
+        V r[L];
+        FC_UNROLL for (int ww = 0; ww < L; ++ww) r[ww] = Sf::load(srow + (w0 + ww) * C + c0);
+        transpose16(r);
+        FC_UNROLL for (int cc = 0; cc < L; ++cc) Sf::store(trow + (c0 + cc) * t.stride[1] + w0, r[cc]);
+        return;
+      }
+      for (int ww = 0; ww < nw; ++ww)
+        for (int cc = 0; cc < nc; ++cc)
+          trow[(c0 + cc) * t.stride[1] + (w0 + ww) * t.stride[3]] = srow[(w0 + ww) * C + c0 + cc];
+    });
   }
 }
 

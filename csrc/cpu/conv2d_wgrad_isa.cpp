@@ -116,35 +116,9 @@ void with_channels_last_copy(const Tensor4& t, int nth, const std::function<void
 }
 
 void with_channels_last_output(const Tensor4& t, int nth, const std::function<void(float*)>& f) {
-  const int64_t N = t.size[0], C = t.size[1], H = t.size[2], W = t.size[3];
-  FBuf buf(kStageB, N * C * H * W);
+  FBuf buf(kStageB, t.size[0] * t.size[1] * t.size[2] * t.size[3]);
   f(buf.p);
-  // buf[(n*H + h)*W + w][c] -> t[n][c][h][w]: blocks of 16 pixels x 16 channels through the register
-  // transpose when t's rows are unit-stride, the edges element by element.
-  float* tp = static_cast<float*>(t.data);
-  const bool unit = t.stride[3] == 1;
-#pragma omp parallel for num_threads(nth) schedule(static)
-  for (int64_t nh = 0; nh < N * H; ++nh) {
-    const int64_t n = nh / H, h = nh % H;
-    const float* srow = buf.p + nh * W * C;
-    float* trow = tp + n * t.stride[0] + h * t.stride[2];
-    for (int64_t w0 = 0; w0 < W; w0 += L) {
-      const int nw = static_cast<int>(std::min<int64_t>(L, W - w0));
-      for (int64_t c0 = 0; c0 < C; c0 += L) {
-        const int nc = static_cast<int>(std::min<int64_t>(L, C - c0));
-        if (unit && nw == L && nc == L) {
-          V r[L];
-          FC_UNROLL for (int ww = 0; ww < L; ++ww) r[ww] = Sf::load(srow + (w0 + ww) * C + c0);
-          transpose16(r);
-          FC_UNROLL for (int cc = 0; cc < L; ++cc) Sf::store(trow + (c0 + cc) * t.stride[1] + w0, r[cc]);
-          continue;
-        }
-        for (int ww = 0; ww < nw; ++ww)
-          for (int cc = 0; cc < nc; ++cc)
-            trow[(c0 + cc) * t.stride[1] + (w0 + ww) * t.stride[3]] = srow[(w0 + ww) * C + c0 + cc];
-      }
-    }
-  }
+  unstage_channels_last(buf.p, t, nth);
 }
 
 #else
