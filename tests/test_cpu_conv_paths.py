@@ -151,6 +151,7 @@ STAGED_NCHW_CASES = [
     (1, 128, 34, 40, 136, 3, 2, 1, 1),    # Q = 20, K = 136: channel tail of the output transpose
     (1, 160, 8, 7, 48, (3, 1), (2, 3), (1, 0), 1),  # R != S, unequal strides, 160 channels
     (2, 128, 6, 6, 64, 5, 2, 2, 1),       # 5x5, 3x3 output: every window crosses the padding
+    (45, 128, 9, 11, 32, 3, 2, 1, 1),     # batches of images (50 KB each) and a shorter last batch
 ]
 
 
