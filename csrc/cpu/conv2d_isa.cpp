@@ -605,8 +605,9 @@ void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y
   else
     make_blocks(RS, g.Cg, KC, segs, bstart);
   const int64_t nblk = (int64_t)bstart.size() - 1;
-  // Row merge with the whole reduction in one block (R*S*Cg <= KC, e.g. the RGB stem): a pixel whose
-  // window is inside the input needs one pointer; its R row runs are dh*x.s2 apart.
+  // Row merge with the whole reduction in one block (all R filter rows, e.g. the RGB stem or a 3x3
+  // layer of 128 channels): a pixel whose window is inside the input needs one pointer; its R row runs
+  // are dh*x.s2 apart.
   const bool whole_windows = rowmerge && nblk == 1;
   int64_t maxnseg = 0, maxklen = 0;
   for (int64_t b = 0; b < nblk; ++b) {
@@ -2008,8 +2009,8 @@ Out4<T> out_view(const Tensor4& t) {
 // 7.2 -> 6.6; 8x64x56x56 -> 64 3x3 s2 2.18 -> 2.14 (left out: no gain); 1x1 stride 2 0.68 -> 1.29
 // and the 7x7 s2 RGB stem 7.8 -> 12.5 are slower (left out).
 inline bool stage_nchw_forward(const Geo& g, const Tensor4& x, const Tensor4& y) {
-  return g.N > 0 && g.P > 0 && g.Q > 0 && x.stride[1] != 1 && y.stride[1] != 1 && g.G == 1 && g.Cg >= 128 && g.R * g.S > 1 && g.sh >= 2 &&
-         g.sw >= 2 && g.dh == 1 && g.dw == 1;
+  return g.N > 0 && g.P > 0 && g.Q > 0 && x.stride[1] != 1 && y.stride[1] != 1 && g.G == 1 && g.Cg >= 128 &&
+         g.R * g.S > 1 && g.sh >= 2 && g.sw >= 2 && g.dh == 1 && g.dw == 1;
 }
 
 #if defined(__AVX512F__)
