@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import ops  # noqa: F401  (registers torch.ops.fastconv.*)
+from .ops import conv2d as conv_ops
 from .ops._autocast import autocast_unifies
 from ._utils import as_int, pair, pool_out_hw
 from .errors import ArgumentError, ArgumentTypeError
@@ -143,7 +144,7 @@ def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     """2-d convolution; same arguments, semantics and output memory format as F.conv2d."""
     x, unbatched, stride, padding, dilation, groups = _conv_args(input, weight, bias, stride, padding, dilation,
                                                          groups, "conv2d")
-    y = torch.ops.fastconv.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    y = conv_ops.forward(x, weight, bias, stride, padding, dilation, groups, relu=False)
     return y.squeeze(0) if unbatched else y
 
 
@@ -154,7 +155,7 @@ def conv2d_relu(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     it stores the output, and the backward applies the ReLU mask while reading grad_output."""
     x, unbatched, stride, padding, dilation, groups = _conv_args(input, weight, bias, stride, padding, dilation,
                                                          groups, "conv2d_relu")
-    y = torch.ops.fastconv.conv2d_relu(x, weight, bias, stride, padding, dilation, groups)
+    y = conv_ops.forward(x, weight, bias, stride, padding, dilation, groups, relu=True)
     return y.squeeze(0) if unbatched else y
 
 

@@ -22,6 +22,7 @@ from torch import Tensor
 from .. import _utils
 from ..backends import check_deterministic, resolve
 from ._autocast import register_lower_precision
+from ._eager import direct_ok
 from ..profiling import op_range
 
 
@@ -31,22 +32,35 @@ def _conv_output(input: Tensor, weight: Tensor, stride, padding, dilation) -> Te
                                     _utils.conv_output_channels_last(input, weight))
 
 
+def _forward_impl(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int], padding: List[int],
+                  dilation: List[int], groups: int, relu: bool) -> Tensor:
+    """The implementation of fastconv::conv2d (relu False) and ::conv2d_relu (relu True)."""
+    b = resolve(input.device)
+    check_deterministic(b, "conv2d_fwd")
+    with op_range("conv2d_relu" if relu else "conv2d", b, input, weight.shape[2:], stride):
+        return b.conv2d_fwd(input, weight, bias, stride, padding, dilation, groups, relu)
+
+
 @torch.library.custom_op("fastconv::conv2d", mutates_args=())
 def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int], padding: List[int],
            dilation: List[int], groups: int) -> Tensor:
-    b = resolve(input.device)
-    check_deterministic(b, "conv2d_fwd")
-    with op_range("conv2d", b, input, weight.shape[2:], stride):
-        return b.conv2d_fwd(input, weight, bias, stride, padding, dilation, groups, False)
+    return _forward_impl(input, weight, bias, stride, padding, dilation, groups, False)
 
 
 @torch.library.custom_op("fastconv::conv2d_relu", mutates_args=())
 def conv2d_relu(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int], padding: List[int],
                 dilation: List[int], groups: int) -> Tensor:
-    b = resolve(input.device)
-    check_deterministic(b, "conv2d_fwd")
-    with op_range("conv2d_relu", b, input, weight.shape[2:], stride):
-        return b.conv2d_fwd(input, weight, bias, stride, padding, dilation, groups, True)
+    return _forward_impl(input, weight, bias, stride, padding, dilation, groups, True)
+
+
+def forward(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int], padding: List[int],
+            dilation: List[int], groups: int, relu: bool) -> Tensor:
+    """fastconv::conv2d or ::conv2d_relu on normalized arguments: through torch.ops, or straight to the
+    implementation when nothing needs to see the op (plain eager inference, see ops/_eager.py)."""
+    if direct_ok(input, weight, bias):
+        return _forward_impl(input, weight, bias, stride, padding, dilation, groups, relu)
+    op = torch.ops.fastconv.conv2d_relu if relu else torch.ops.fastconv.conv2d
+    return op(input, weight, bias, stride, padding, dilation, groups)
 
 
 @torch.library.custom_op("fastconv::conv2d_dgrad", mutates_args=())
