@@ -121,6 +121,8 @@ def test_strided_nchw(backend, isa, case, relu, dtype):
     _check(backend, isa, x, w, b, relu, dtype, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
 
+# Padded windows with few channels (the stem and the other small-C cases with padding) take the
+# per-task padded copy (conv_cl's pad_copy): every pixel a whole window of the copy.
 # (N, C, H, W, K, kernel, stride, padding, dilation)
 ROWMERGE_CASES = [
     (2, 3, 32, 32, 32, 3, 1, 1, 1),          # RGB stem: tasks of 192 pixels span rows, 12 x 32 tiles
@@ -130,6 +132,7 @@ ROWMERGE_CASES = [
     (1, 3, 5, 5, 8, 5, 1, 0, 1),             # one window covering the input
     (3, 3, 4, 4, 64, 3, 1, 2, 1),            # padding 2: most windows never whole, 6 x 64 tiles
     (1, 3, 20, 23, 64, 7, 2, 3, 1),          # 7x7 stride 2: 7 rows of 21 in one block
+    (3, 5, 7, 30, 32, (3, 2), 1, (0, 1), 1),  # column padding only, tasks straddling images' rows
     # Wide channels: blocks of whole filter rows sized to L2 (conv_cl). On a 2 MiB L2, float32:
     (1, 128, 9, 10, 128, 3, 2, 1, 1),        # stride 2, 384-long rows: all 3 rows in one block
     (1, 192, 6, 5, 192, 3, 2, 1, 1),         # 576-long rows: blocks of 2 rows + 1 row
