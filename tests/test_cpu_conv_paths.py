@@ -133,6 +133,9 @@ ROWMERGE_CASES = [
     (3, 3, 4, 4, 64, 3, 1, 2, 1),            # padding 2: most windows never whole, 6 x 64 tiles
     (1, 3, 20, 23, 64, 7, 2, 3, 1),          # 7x7 stride 2: 7 rows of 21 in one block
     (3, 5, 7, 30, 32, (3, 2), 1, (0, 1), 1),  # column padding only, tasks straddling images' rows
+    (2, 64, 8, 9, 64, 1, 1, 0, 1),           # 1x1: S == 1 rows merged when one fits an L1 block
+    (1, 16, 7, 6, 24, (3, 1), 1, (1, 0), 1),  # S == 1, R == 3, row padding (padded copy)
+    (1, 8, 9, 9, 16, 1, 2, 1, 1),            # 1x1 stride 2 with padding: zero border pixels
     # Wide channels: blocks of whole filter rows sized to L2 (conv_cl). On a 2 MiB L2, float32:
     (1, 128, 9, 10, 128, 3, 2, 1, 1),        # stride 2, 384-long rows: all 3 rows in one block
     (1, 192, 6, 5, 192, 3, 2, 1, 1),         # 576-long rows: blocks of 2 rows + 1 row

@@ -592,10 +592,13 @@ void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y
   // (2 threads, ms, interleaved runs): stride-2 128->128 channels_last 8.4 -> 7.8 (1 thread 17.2 ->
   // 15.6); 64->64 3x3 direct 8.3 -> 7.5. A block larger than L2 is slower: 256->256 3x3 with all 3
   // rows (2.4 MB of B) 12.5 -> 17.6, with one row per block (0.8 MB) 11.8.
+  // With S == 1 a filter row is one tap; it is merged only when it fits one L1 block (the blocks are
+  // then those of the per-tap path), for the whole-window pixel walk: one division per row run instead
+  // of one per pixel and segment. 1x1 64->64, 32x32, channels_last, 2 threads: 1.06-1.08 -> 0.98-1.00 ms.
   const int64_t SC = g.S * g.Cg;
   const int64_t row_bytes = SC * Npad * (int64_t)sizeof(T);  // B of one filter row, all panels
   const int64_t rows_per_block = std::min<int64_t>(g.R, l2_cache_bytes() / 2 / row_bytes);
-  const bool rowmerge = indirect && g.G == 1 && g.Cg > 1 && x.s3 == g.Cg && g.dw == 1 && g.S > 1 &&
+  const bool rowmerge = indirect && g.G == 1 && g.Cg > 1 && x.s3 == g.Cg && g.dw == 1 && (g.S > 1 || SC <= KC_L1) &&
                         (SC <= KC_L1 || rows_per_block >= 1);
   const int64_t KC = rowmerge ? std::max(KC_L1, rows_per_block * SC) : KC_L1;
   std::vector<Seg> segs;
