@@ -3,6 +3,7 @@ batch; no assertion on timings)."""
 from __future__ import annotations
 
 import json
+import platform
 
 import pytest
 
@@ -141,3 +142,11 @@ def test_steps_match_torch(mode):
             fn, check = make_step(op, mode, shape, "channels_last", "fastconv")
             check()
         assert work_of(op, shape, mode)[0] > 0
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt thresholds are glibc's")
+def test_steady_allocator_applies_on_glibc():
+    """The bench fixes glibc's mmap/trim thresholds (benchmarks/runner.py: steady_allocator); mallopt
+    rejects an out-of-range value, so this fails if the chosen values stop being valid."""
+    from fastconv.benchmarks.runner import steady_allocator
+    assert steady_allocator() is True
