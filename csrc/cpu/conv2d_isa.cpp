@@ -1478,9 +1478,9 @@ void conv_dwcl_rows(const Geo& g, In4<T> x, In4<T> m, const T* wT, int64_t Cp, i
   const int64_t ntask = g.N * nRB * nCB;
   const int64_t RP = cdiv(std::max<int64_t>(g.R, 4), 8) * 8 + 8;  // per-thread pointer slots, padded apart
   std::vector<const T*> ptr_all(nth * 6 * RP);
-  // Scratch per thread: a block of up to 2 rows x kDwClQB pixels x Cp, shifted by up to 4 KiB; padded
-  // to whole cache lines so the threads' blocks never share one.
-  const int64_t scr_stride = cdiv(2 * kDwClQB * Cp * (int64_t)sizeof(T) + 4096, 64) * 64 / (int64_t)sizeof(T);
+  // Scratch per thread: a block of up to 2 rows x kDwClQB pixels x Cp, shifted by up to 4 KiB, and one
+  // more cache line, so the blocks of two threads are always more than a line apart (no false sharing).
+  const int64_t scr_stride = cdiv(2 * kDwClQB * Cp * (int64_t)sizeof(T) + 4096 + 64, 64) * 64 / (int64_t)sizeof(T);
   std::vector<T> scr_all(nth * scr_stride + 64 / sizeof(T));
 #pragma omp parallel num_threads(nth)
   {
