@@ -8,9 +8,9 @@ from fastconv.benchmarks.runner import (BUSY_FLAG, BusyMeter, Case, Collector, R
                                         assert_same, check_conv, conv_inputs, conv_step, cpu_isa, cpu_model, device_name,
                                         format_tables, git_commit, machine_peak, measure_peak,
                                         not_implemented, pool_inputs, pool_step, prepare_device, quantile,
-                                        steady_allocator, synced, synchronize, time_once, versions)
+                                        synced, synchronize, time_once, versions)
 
 __all__ = ["BUSY_FLAG", "BusyMeter", "Case", "Collector", "Record", "TimingConfig", "assert_same", "check_conv", "conv_inputs",
            "conv_step", "cpu_isa", "cpu_model", "device_name", "format_tables", "git_commit", "machine_peak",
-           "measure_peak", "not_implemented", "pool_inputs", "pool_step", "prepare_device", "quantile",
-           "steady_allocator", "synced", "synchronize", "time_once", "versions"]
+           "measure_peak", "not_implemented", "pool_inputs", "pool_step", "prepare_device", "quantile", "synced",
+           "synchronize", "time_once", "versions"]

@@ -56,8 +56,8 @@ import torch
 import fastconv
 
 from ._harness import (BusyMeter, Case, Collector, Record, cpu_isa, cpu_model, device_name, format_tables,
-                       git_commit, machine_peak, measure_peak, not_implemented, prepare_device, quantile,
-                       steady_allocator, synced, synchronize, time_once, versions)
+                       git_commit, machine_peak, measure_peak, not_implemented, prepare_device, quantile, synced,
+                       synchronize, time_once, versions)
 
 IMPLS = ("torch", "fastconv")
 LAYOUTS = ("nchw", "channels_last")
@@ -120,7 +120,6 @@ def pytest_configure(config):
         pool_table=str(config.getoption("--bench-pool-table")).strip(),
     )
     prepare_device(cfg.device)
-    steady_allocator()  # outputs from reused heap blocks, for torch and fastconv alike (see there)
     config._fastconv_bench = cfg
     config._fastconv_collector = Collector()
     config._fastconv_busy = BusyMeter()

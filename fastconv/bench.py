@@ -172,7 +172,6 @@ def run_bench(tables: List[str], ops: List[str], modes: List[str], backends: Lis
     from .benchmarks import runner as R
 
     R.prepare_device(device)
-    R.steady_allocator()  # outputs from reused heap blocks, for torch and fastconv alike (see there)
     timing = R.TimingConfig.quick() if quick else R.TimingConfig()
     busy_run = R.BusyMeter()
     peak = R.measure_peak(device, dtypes[0])

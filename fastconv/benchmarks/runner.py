@@ -125,8 +125,39 @@ def geomean(values: Sequence[float]) -> Optional[float]:
 # Device handling
 
 
+# glibc malloc options (malloc.h): M_TRIM_THRESHOLD -1, M_MMAP_THRESHOLD -3.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def steady_allocator() -> bool:
+    """Fixes glibc's allocation thresholds for the benchmark process, so every implementation's
+    outputs are recycled heap memory instead of fresh pages on some calls. Returns whether it applied.
+
+    Both torch's and our CPU outputs come from malloc. glibc moves its mmap threshold with the sizes it
+    has freed and trims the heap top when enough of it is free, so depending on the allocation history
+    of the process a 4-16 MiB output was either a reused heap block or a new mapping whose first touch
+    page-faults every page, on every call: in the same run a 0.25 ms layer measured 1.45 ms (ours, the
+    channels_last RGB stem) or 1.87 ms (torch, the NCHW stem), and torch's 0.7 ms depthwise layer 3.8 ms.
+    With the mmap threshold at glibc's maximum (32 MiB) and heap trimming off, all of the tables'
+    tensors are heap blocks and a layer's time is its own. Not glibc (or no mallopt): no change.
+    """
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    ok = mallopt(_M_MMAP_THRESHOLD, 32 << 20) == 1
+    return mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1 and ok
+
+
 def prepare_device(device: str) -> None:
-    """Fair baselines: cuDNN picks its fastest algorithm per shape (autotuned during the warm-up)."""
+    """Fair baselines: outputs from reused heap blocks for both sides (steady_allocator); cuDNN picks its
+    fastest algorithm per shape (autotuned during the warm-up)."""
+    steady_allocator()
     if torch.device(device).type == "cuda":
         torch.backends.cudnn.benchmark = True
 
@@ -589,35 +620,6 @@ def machine_peak() -> Dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------------
 # Contention: CPU time of the whole machine (/proc/stat) minus this process's own, over a wall interval.
-
-
-# glibc malloc options (malloc.h): M_TRIM_THRESHOLD -1, M_MMAP_THRESHOLD -3.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-
-
-def steady_allocator() -> bool:
-    """Fixes glibc's allocation thresholds for the benchmark process, so every implementation's
-    outputs are recycled heap memory instead of fresh pages on some calls. Returns whether it applied.
-
-    Both torch's and our CPU outputs come from malloc. glibc moves its mmap threshold with the sizes it
-    has freed and trims the heap top when enough of it is free, so depending on the allocation history
-    of the process a 4-16 MiB output was either a reused heap block or a new mapping whose first touch
-    page-faults every page, on every call: in the same run a 0.25 ms layer measured 1.45 ms (ours, the
-    channels_last RGB stem) or 1.87 ms (torch, the NCHW stem), and torch's 0.7 ms depthwise layer 3.8 ms.
-    With the mmap threshold at glibc's maximum (32 MiB) and heap trimming off, all of the tables'
-    tensors are heap blocks and a layer's time is its own. Not glibc (or no mallopt): no change.
-    """
-    try:
-        import ctypes
-        import ctypes.util
-
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    ok = mallopt(_M_MMAP_THRESHOLD, 32 << 20) == 1
-    return mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1 and ok
 
 
 class BusyMeter:
