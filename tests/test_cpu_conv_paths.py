@@ -134,6 +134,12 @@ ROWMERGE_CASES = [
     (1, 3, 20, 23, 64, 7, 2, 3, 1),          # 7x7 stride 2: 7 rows of 21 in one block
     (3, 5, 7, 30, 32, (3, 2), 1, (0, 1), 1),  # column padding only, tasks straddling images' rows
     (2, 64, 8, 9, 64, 1, 1, 0, 1),           # 1x1: S == 1 rows merged when one fits an L1 block
+    # 1x1, stride 1, no padding: conv_cl_pointwise, one GEMM over the batch's pixels. Pixel counts
+    # that leave a partial tile, output-channel tails and several B panels per tile:
+    (1, 20, 5, 7, 40, 1, 1, 0, 1),           # M = 35, K = 40: 8 x 32 tiles, a masked half panel
+    (3, 48, 3, 5, 32, 1, 1, 0, 1),           # M = 45, K = 32: 12 x 32 tiles, tail of 9 pixels
+    (1, 32, 4, 5, 128, 1, 1, 0, 1),          # M = 20, K = 128: two 64-channel panels per tile
+    (2, 300, 3, 3, 24, 1, 1, 0, 1),          # 300-long reduction: B larger than an L1 block
     (1, 16, 7, 6, 24, (3, 1), 1, (1, 0), 1),  # S == 1, R == 3, row padding (padded copy)
     (1, 8, 9, 9, 16, 1, 2, 1, 1),            # 1x1 stride 2 with padding: zero border pixels
     # Wide channels: blocks of whole filter rows sized to L2 (conv_cl). On a 2 MiB L2, float32:
@@ -176,6 +182,24 @@ def test_strided_wide_nchw_staged_views(backend):
     ref = F.conv2d(x.double(), w.double(), None, 2, 1)
     assert y.is_contiguous()
     assert_rel(y, ref, torch.float32, "output")
+
+
+def test_pointwise_channels_last_views_and_batches(backend):
+    """1x1 channels_last layers without bias: the dense case (conv_cl_pointwise, one GEMM over the
+    batch's pixels) and views it must leave to conv_cl (a channel slice: pixels 32 floats apart for 24
+    channels; a column slice: rows not W pixels apart). A pixel's result does not depend on where its
+    tile starts: each image alone gives the batch's output bit for bit (63 pixels per image, so the
+    batch's tiles straddle images)."""
+    w = torch.randn(40, 24, 1, 1)
+    base = torch.randn(3, 32, 7, 9).contiguous(memory_format=torch.channels_last)
+    dense = base[:, :24].contiguous(memory_format=torch.channels_last)
+    for x in (dense, base[:, :24], dense[:, :, :, :5]):
+        y = FC.conv2d(x, w)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        assert_rel(y, F.conv2d(x.double(), w.double()), torch.float32, "output")
+    y = FC.conv2d(dense, w)
+    for i in range(3):
+        assert torch.equal(FC.conv2d(dense[i:i + 1], w), y[i:i + 1])
 
 
 @pytest.mark.parametrize("channels", [(3, 32), (128, 128)], ids=["rgb", "c128"])
