@@ -379,3 +379,37 @@ def test_cpu_backend_independent_of_thread_count(cpu_c, two_threads):
     one = _tensors(_workload())
     for i, (a, b) in enumerate(zip(two, one)):
         assert torch.equal(a, b), f"tensor {i} differs between 1 and 2 threads"
+
+
+# ----------------------------------------------------------------------------------------------------
+# The cpu backend's forward plans (backends/cpu.py: _FWD_PLANS): output shape and memory format,
+# ConvDesc and work size derived once per call geometry.
+
+
+def test_cpu_forward_plans_follow_the_geometry(restore_choice):
+    from fastconv.backends import cpu as cpu_backend
+    fastconv.set_backend("cpu")
+    cpu_backend._FWD_PLANS.clear()
+    w, b = torch.randn(8, 4, 3, 3), torch.randn(8)
+    x = torch.randn(2, 4, 9, 9)
+    cases = [
+        (x, {}),                                                 # a plan is made ...
+        (torch.randn(2, 4, 9, 9), {}),                           # ... and reused for new data
+        (x.contiguous(memory_format=torch.channels_last), {}),   # same shape, other strides
+        (x, {"stride": 2}), (x, {"padding": 1}), (x, {"dilation": 2}),
+        (x.double(), {}),
+        (torch.randn(3, 4, 9, 9), {}),
+    ]
+    for xi, kw in cases:
+        wi, bi = w.to(xi.dtype), b.to(xi.dtype)
+        ref = F.conv2d(xi, wi, bi, **kw)
+        for _ in range(2):  # the second call runs from the plan
+            y = FC.conv2d(xi, wi, bi, **kw)
+            assert y.shape == ref.shape
+            assert y.is_contiguous(memory_format=torch.channels_last) == \
+                ref.is_contiguous(memory_format=torch.channels_last)
+            assert_rel(y, ref, xi.dtype, "output")
+    assert len(cpu_backend._FWD_PLANS) == 7  # one per geometry: the first two calls share one
+    # Calls that need no kernel (empty output or reduction) are answered without a plan.
+    assert FC.conv2d(torch.randn(0, 4, 9, 9), w).shape == (0, 8, 7, 7)
+    assert len(cpu_backend._FWD_PLANS) == 7
