@@ -54,8 +54,56 @@ def _positive(values: Tuple[int, int], name: str, op: str) -> None:
 # Convolution
 
 
+# _conv_args is a pure function of its arguments' signature when the tensors are plain CPU tensors of
+# one dtype and stride, padding and dilation are ints or tuples of ints (no 'same' padding, which may
+# pad the input): their types, shapes and dtypes and the parameters themselves. A model calls each layer
+# with one signature, so the validated, normalized result is remembered per signature and a repeated
+# call skips the checks (a few us, several times that after a large kernel has evicted the
+# interpreter's data). Invalid calls raise and are never remembered. Emptied when full.
+_CONV_ARGS_MEMO: dict = {}
+_CONV_ARGS_MEMO_MAX = 1024
+_PLAIN_TENSORS = (Tensor, torch.nn.Parameter)
+
+
+def _int_or_ints(v) -> bool:
+    return type(v) is int or (type(v) is tuple and all(type(e) is int for e in v))
+
+
+def _conv_args_key(input, weight, bias, stride, padding, dilation, groups, op: str):
+    """The memo key of a call, or None when the call's validation may depend on more than its key."""
+    if type(input) not in _PLAIN_TENSORS or type(weight) not in _PLAIN_TENSORS or type(groups) is not int:
+        return None
+    if not (input.is_cpu and weight.is_cpu) or weight.dtype != input.dtype:
+        return None
+    if bias is not None and (type(bias) not in _PLAIN_TENSORS or not bias.is_cpu or bias.dtype != input.dtype):
+        return None
+    if not (_int_or_ints(stride) and _int_or_ints(padding) and _int_or_ints(dilation)):
+        return None
+    return (op, input.shape, weight.shape, None if bias is None else bias.shape, input.dtype, stride, padding,
+            dilation, groups)
+
+
 def _conv_args(input, weight, bias, stride, padding, dilation, groups, op: str):
-    """Validates conv arguments with torch's rules; returns the normalized call."""
+    """Validates conv arguments with torch's rules; returns the normalized call
+    (input as 4-d, was_unbatched, stride, padding, dilation as lists, groups)."""
+    key = _conv_args_key(input, weight, bias, stride, padding, dilation, groups, op)
+    if key is not None:
+        hit = _CONV_ARGS_MEMO.get(key)
+        if hit is not None:
+            unbatched, stride, padding, dilation, groups = hit
+            return (input.unsqueeze(0) if unbatched else input), unbatched, list(stride), list(padding), \
+                list(dilation), groups
+    x, unbatched, stride, padding, dilation, groups = _validate_conv_args(input, weight, bias, stride, padding,
+                                                                          dilation, groups, op)
+    if key is not None:
+        if len(_CONV_ARGS_MEMO) >= _CONV_ARGS_MEMO_MAX:
+            _CONV_ARGS_MEMO.clear()
+        _CONV_ARGS_MEMO[key] = (unbatched, tuple(stride), tuple(padding), tuple(dilation), groups)
+    return x, unbatched, stride, padding, dilation, groups
+
+
+def _validate_conv_args(input, weight, bias, stride, padding, dilation, groups, op: str):
+    """_conv_args without the memo."""
     _check_tensor(input, "input", op)
     _check_tensor(weight, "weight", op)
     if bias is not None:

@@ -258,3 +258,49 @@ def test_pool_valid_edge_cases(backend, case):
     torch.manual_seed(3)
     y_ref = call(_pool_fn(F, kind), _tensor_factory(torch.float64))
     assert_rel(y, y_ref, torch.float32)
+
+
+def test_conv_args_memo_never_admits_an_invalid_call():
+    """functional._conv_args remembers validated call signatures. After a call is remembered, its
+    invalid neighbours (the same tensors with one argument changed) still raise; mixed dtypes, string
+    padding and tensor subclasses are never remembered; an unbatched call remembered comes back
+    unbatched."""
+    import fastconv.functional as FCm
+    FCm._CONV_ARGS_MEMO.clear()
+    x, w, b = torch.randn(2, 4, 8, 8), torch.randn(6, 4, 3, 3), torch.randn(6)
+    ref = F.conv2d(x, w, b, stride=(1, 2), padding=1)
+    for _ in range(2):
+        assert_rel(FC.conv2d(x, w, b, stride=(1, 2), padding=1), ref, torch.float32, "output")
+    assert len(FCm._CONV_ARGS_MEMO) == 1
+    bad = [
+        (lambda f: f(x, w, b, stride=(1, 2), padding=1, groups=2), RuntimeError),      # 4 channels, 2 groups of 4
+        (lambda f: f(x, w, torch.randn(5), stride=(1, 2), padding=1), RuntimeError),  # bias of 5 for 6 outputs
+        (lambda f: f(x[:, :, :2, :2], w, b, stride=(1, 2), padding=0), RuntimeError),  # kernel larger than input
+        (lambda f: f(x.double(), w, b, stride=(1, 2), padding=1), (TypeError, RuntimeError)),  # dtypes differ
+        (lambda f: f(x, w, b, stride=(1, 0), padding=1), RuntimeError),              # stride 0
+        (lambda f: f(x, w, b, stride=(1, 2), padding=-1), RuntimeError),
+    ]
+    for call, exc in bad:
+        with pytest.raises(exc):
+            call(F.conv2d)
+        with pytest.raises(exc):
+            call(FC.conv2d)
+    FC.conv2d(x, w, b, padding="same")
+    FC.conv2d(x, torch.nn.Parameter(w), b, padding=1)  # Parameter counts as a plain tensor: remembered
+    xb = x.bfloat16()  # a bfloat16 input with float32 weights is valid under autocast only
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        FC.conv2d(xb, w, b, padding=1)
+    with pytest.raises((TypeError, RuntimeError)):
+        FC.conv2d(xb, w, b, padding=1)
+    assert len(FCm._CONV_ARGS_MEMO) == 2
+
+    class Sub(torch.Tensor):
+        pass
+
+    FC.conv2d(x.as_subclass(Sub), w, b, padding=1)
+    assert len(FCm._CONV_ARGS_MEMO) == 2
+    for _ in range(2):
+        y = FC.conv2d(x[0], w, b, padding=2)
+        assert y.shape == (6, 10, 10)
+        assert_rel(y, F.conv2d(x[0], w, b, padding=2), torch.float32, "output")
+    assert len(FCm._CONV_ARGS_MEMO) == 3
