@@ -81,6 +81,7 @@ DW_CASES = [
     (1, 16, 9, 20, (5, 3), 1, (2, 1), 1),  # R != S: single rows
     (1, 16, 9, 20, 3, (2, 1), 1, 1),   # row stride 2: single rows
     (1, 16, 9, 20, 3, 1, 1, (2, 1)),   # row dilation 2: single rows
+    (4, 128, 33, 32, 3, 1, 1, 1),      # 2.1 MiB output (float32): streamed stores; row pairs, a last single row
 ]
 
 
