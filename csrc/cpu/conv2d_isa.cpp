@@ -21,7 +21,9 @@
 //    run along K. Reduction order (r, s, c): with a channels_last input, row i of A for tap (r,s) is
 //    the contiguous channel run of one input pixel, so the microkernel reads it in place through a
 //    pointer table (indirect convolution; padding taps point at a zero run). Otherwise (mask,
-//    non-channel-contiguous input) the rows are packed per block.
+//    non-channel-contiguous input) the rows are packed per block. Pointwise layers (1x1, stride 1,
+//    no padding) on dense channels_last tensors are one GEMM over the batch's pixels
+//    (conv_cl_pointwise).
 //  - groups with one input channel per group (depthwise): direct loops (conv_direct_*), vectorized
 //    along W (NCHW) or along C (channels_last).
 // wgrad: C[CgRS x Kg] = col[CgRS x NPQ] * dy^T[NPQ x Kg] (wgrad_gemm, ukr_rows), tasks own
@@ -560,10 +562,11 @@ void pack_cl_weights(const Geo& g, WV<T> w, T* B, int nth) {
 
 // Pointwise layers (1x1, stride 1, no padding, one group) on dense channels_last tensors are one GEMM
 // C[N*P*Q x Kg] = X[N*P*Q x Cg] * B over the batch's pixels, which are consecutive rows of Cg (x) and
-// Kout (y) elements. When the reduction fits one L1 block of B (Cg <= kc) it needs none of conv_cl's
-// per-task machinery (pixel lists, row runs, output offsets): each thread walks a contiguous range of
-// MR-pixel tiles and a tile's row pointers are x + pixel * Cg; the bias initializes the accumulators
-// and the k loop is unrolled by 4. Measured (2 threads, raw kernel call, ms, conv_cl -> this):
+// Kout (y) elements, so it needs none of conv_cl's per-task machinery (pixel lists, row runs, output
+// offsets, reduction blocks): each thread walks a contiguous range of MR-pixel tiles, a tile's row
+// pointers are x + pixel * Cg and its whole reduction runs against one B panel (Cg x NR, up to half
+// the L2: the caller's condition); the bias initializes the accumulators and the k loop is unrolled
+// by 4. Measured (2 threads, raw kernel call, ms, conv_cl -> this):
 // 1x1 64->64 N=32 32x32 0.87-0.98 -> 0.775 (torch 0.80-0.85); with B panels from L2 (ResNet-50
 // shapes, N=8): 256->64 56x56 2.39 -> 2.28, 512->128 28x28 2.54 -> 2.18, 1024->256 14x14 2.66 -> 2.26.
 template <typename T, int MR, int NV>
