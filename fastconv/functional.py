@@ -16,6 +16,7 @@ from torch import Tensor
 from . import ops  # noqa: F401  (registers torch.ops.fastconv.*)
 from .ops import conv2d as conv_ops
 from .ops._autocast import autocast_unifies
+from .ops._eager import _PLAIN_TYPES
 from ._utils import as_int, pair, pool_out_hw
 from .errors import ArgumentError, ArgumentTypeError
 
@@ -62,7 +63,6 @@ def _positive(values: Tuple[int, int], name: str, op: str) -> None:
 # interpreter's data). Invalid calls raise and are never remembered. Emptied when full.
 _CONV_ARGS_MEMO: dict = {}
 _CONV_ARGS_MEMO_MAX = 1024
-_PLAIN_TENSORS = (Tensor, torch.nn.Parameter)
 
 
 def _int_or_ints(v) -> bool:
@@ -71,11 +71,11 @@ def _int_or_ints(v) -> bool:
 
 def _conv_args_key(input, weight, bias, stride, padding, dilation, groups, op: str):
     """The memo key of a call, or None when the call's validation may depend on more than its key."""
-    if type(input) not in _PLAIN_TENSORS or type(weight) not in _PLAIN_TENSORS or type(groups) is not int:
+    if type(input) not in _PLAIN_TYPES or type(weight) not in _PLAIN_TYPES or type(groups) is not int:
         return None
     if not (input.is_cpu and weight.is_cpu) or weight.dtype != input.dtype:
         return None
-    if bias is not None and (type(bias) not in _PLAIN_TENSORS or not bias.is_cpu or bias.dtype != input.dtype):
+    if bias is not None and (type(bias) not in _PLAIN_TYPES or not bias.is_cpu or bias.dtype != input.dtype):
         return None
     if not (_int_or_ints(stride) and _int_or_ints(padding) and _int_or_ints(dilation)):
         return None

@@ -141,6 +141,22 @@ FC_INLINE void store_or_accumulate(typename Simd<T>::V (&acc)[MR][NV], T* ct, in
   store_tile<T, MR, NV>(acc, ct, ld);
 }
 
+// Stores a whole vector: non-temporally when stream is set and p is 64-byte aligned (AVX-512; the
+// large-output paths of conv_cl, conv_cl_pointwise and the depthwise copy-out), else plainly.
+template <typename T>
+FC_INLINE void store_maybe_stream(T* p, typename Simd<T>::V v, bool stream) {
+#if defined(__AVX512F__)
+  if (stream && (reinterpret_cast<uintptr_t>(p) & 63) == 0) {
+    if constexpr (sizeof(T) == 4)
+      _mm512_stream_ps(reinterpret_cast<float*>(p), v);
+    else
+      _mm512_stream_pd(reinterpret_cast<double*>(p), v);
+    return;
+  }
+#endif
+  Simd<T>::store(p, v);
+}
+
 // ceil(a / b) for b > 0 and any sign of a.
 inline int64_t ceil_div(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
 
@@ -602,14 +618,7 @@ void conv_cl_pointwise(const Geo& g, const T* x, const T* Bp, const T* biasp, T*
             if (relu) val = Sd::relu(val);
             const int64_t left = Kg - kb - v * L;  // output channels left from this vector on
             if (left >= L) {
-#if defined(__AVX512F__)
-              if (stream_out && ((reinterpret_cast<uintptr_t>(yp + v * L) & 63) == 0)) {
-                if constexpr (sizeof(T) == 4) _mm512_stream_ps(reinterpret_cast<float*>(yp + v * L), val);
-                else _mm512_stream_pd(reinterpret_cast<double*>(yp + v * L), val);
-                continue;
-              }
-#endif
-              Sd::store(yp + v * L, val);
+              store_maybe_stream<T>(yp + v * L, val, stream_out);
             } else if (left > 0) {
               Sd::store_n(yp + v * L, val, (int)left);
             }
@@ -913,13 +922,7 @@ void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y
                   if (bias) val = Sd::add(val, Sd::load(biasp.data() + gi * Npad + kb + v * L));
                   if (relu) val = Sd::relu(val);
                   if (full) {
-#if defined(__AVX512F__)
-                    if (stream_out && ((reinterpret_cast<uintptr_t>(yp + v * L) & 63) == 0)) {
-                      if constexpr (sizeof(T) == 4) _mm512_stream_ps(reinterpret_cast<float*>(yp + v * L), val);
-                      else _mm512_stream_pd(reinterpret_cast<double*>(yp + v * L), val);
-                    } else
-#endif
-                    Sd::store(yp + v * L, val);
+                    store_maybe_stream<T>(yp + v * L, val, stream_out);
                   } else {
                     alignas(64) T tmp[L];
                     Sd::store(tmp, val);
@@ -1484,7 +1487,7 @@ FC_INLINE T* dwcl_scratch_at(T* buf, const T* yo) {
 
 // Copies nrow rows x nq pixels of channel vectors [cv0, cv1) from a scratch block (row stride srs,
 // pixel stride Cp) to the output (row stride yrs, pixel stride ysi); vector nfull is the tail.
-// stream: non-temporal stores for the whole vectors at 64-byte-aligned addresses (see conv_dwcl_rows).
+// stream: non-temporal stores for the whole vectors (store_maybe_stream, see conv_dwcl_rows).
 template <typename T>
 FC_INLINE void dwcl_copy_out(const T* sc, int64_t srs, int64_t Cp, T* yo, int64_t yrs, int64_t ysi, int nrow, int nq,
                              int64_t cv0, int64_t cv1, int64_t nfull, int tail, bool stream) {
@@ -1495,17 +1498,8 @@ FC_INLINE void dwcl_copy_out(const T* sc, int64_t srs, int64_t Cp, T* yo, int64_
       const T* sp = sc + o * srs + i * Cp;
       T* yp = yo + o * yrs + i * ysi;
       for (int64_t cv = cv0; cv < cv1; ++cv) {
-#if defined(__AVX512F__)
-        if (stream && cv < nfull && (reinterpret_cast<uintptr_t>(yp + cv * L) & 63) == 0) {
-          if constexpr (sizeof(T) == 4)
-            _mm512_stream_ps(reinterpret_cast<float*>(yp + cv * L), Sd::load(sp + cv * L));
-          else
-            _mm512_stream_pd(reinterpret_cast<double*>(yp + cv * L), Sd::load(sp + cv * L));
-          continue;
-        }
-#endif
         if (cv < nfull)
-          Sd::store(yp + cv * L, Sd::load(sp + cv * L));
+          store_maybe_stream<T>(yp + cv * L, Sd::load(sp + cv * L), stream);
         else
           Sd::store_n(yp + cv * L, Sd::load_n(sp + cv * L, tail), tail);
       }

@@ -48,9 +48,13 @@ def _threads(work: int, serial_below: int) -> int:
     return 1 if work < serial_below else torch.get_num_threads()
 
 
+def _conv_macs(x: torch.Tensor, w: torch.Tensor, out_hw) -> int:
+    """Multiply-adds of one convolution pass."""
+    return x.shape[0] * w.shape[0] * out_hw[0] * out_hw[1] * w.shape[1] * w.shape[2] * w.shape[3]
+
+
 def _conv_threads(x: torch.Tensor, w: torch.Tensor, out_hw) -> int:
-    macs = x.shape[0] * w.shape[0] * out_hw[0] * out_hw[1] * w.shape[1] * w.shape[2] * w.shape[3]
-    return _threads(macs, _CONV_SERIAL_MACS)
+    return _threads(_conv_macs(x, w, out_hw), _CONV_SERIAL_MACS)
 
 
 def _pool_threads(x: torch.Tensor) -> int:
@@ -261,9 +265,9 @@ class CpuBackend(Backend):
             y, out_hw, done = _utils.conv_output_or_trivial(x, w, bias, stride, padding, dilation, relu)
             if done:
                 return y
-            plan = _FwdPlan(tuple(y.shape), _utils.memory_format_of(y), conv_desc(x, w, stride, padding, dilation,
-                                                                                  groups, out_hw),
-                            _dtype_code(x), x.shape[0] * w.shape[0] * out_hw[0] * out_hw[1] * w.shape[1] * w.shape[2] * w.shape[3])
+            plan = _FwdPlan(tuple(y.shape), _utils.memory_format_of(y),
+                            conv_desc(x, w, stride, padding, dilation, groups, out_hw), _dtype_code(x),
+                            _conv_macs(x, w, out_hw))
             if len(_FWD_PLANS) >= _FWD_PLANS_MAX:
                 _FWD_PLANS.clear()
             _FWD_PLANS[key] = plan
