@@ -104,6 +104,46 @@ std::array<int64_t, 4> pool_out(const PoolDesc& d) { return {d.N, d.C, d.P, d.Q}
 
 std::string build_isas() { return "baseline,avx2,avx512"; }
 
+// A forward convolution whose geometry (descriptor, dtype, every tensor's sizes and strides) was
+// checked once: a layer called again with tensors of that geometry passes only its data pointers.
+// Converting three (pointer, sizes, strides) tuples and the keyword arguments costs a few
+// microseconds per call, more once a large kernel has evicted the interpreter's data.
+struct ConvFwdCall {
+  ConvDesc d;
+  DType dt;
+  Tensor4 x, w, y;
+};
+
+using Dims = std::array<int64_t, 4>;
+
+ConvFwdCall make_fwd_call(const ConvDesc& d, int dtype, const Dims& x_size, const Dims& x_stride, const Dims& w_size,
+                          const Dims& w_stride, const Dims& y_size, const Dims& y_stride) {
+  check_conv(d);
+  ConvFwdCall c{d, as_dtype(dtype), {}, {}, {}};
+  // Checked with a non-null placeholder pointer: the pointers are checked per call (at(), below).
+  const uintptr_t some = 1;
+  c.x = as_tensor(PyTensor{some, x_size, x_stride}, "input", xshape(d));
+  c.w = as_tensor(PyTensor{some, w_size, w_stride}, "weight", wshape(d));
+  c.y = as_tensor(PyTensor{some, y_size, y_stride}, "output", yshape(d));
+  return c;
+}
+
+void run_conv_fwd(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& w, uintptr_t bias, const Tensor4& y,
+                  bool relu, int nthreads, const std::optional<PyPack>& pack) {
+  WeightPack wp = as_pack(pack, kernels().conv2d_weight_pack_floats(d, dt, 0));
+  py::gil_scoped_release release;
+  kernels().conv2d_fwd(d, dt, x, w, reinterpret_cast<const void*>(bias), y, relu, pack ? &wp : nullptr,
+                       threads(nthreads));
+}
+
+// t with its data pointer set to p; a null pointer is refused unless t has no elements.
+Tensor4 at(Tensor4 t, uintptr_t p, const char* name) {
+  t.data = reinterpret_cast<void*>(p);
+  if (p == 0 && t.size[0] * t.size[1] * t.size[2] * t.size[3] > 0)
+    throw std::invalid_argument(std::string("fastconv._C: ") + name + " has a null data pointer");
+  return t;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -139,15 +179,27 @@ PYBIND11_MODULE(_C, m) {
          const PyTensor& y, bool relu, int nthreads, std::optional<PyPack> pack) {
         check_conv(d);
         DType dt = as_dtype(dtype);
-        Tensor4 tx = as_tensor(x, "input", xshape(d)), tw = as_tensor(w, "weight", wshape(d)),
-                ty = as_tensor(y, "output", yshape(d));
-        WeightPack wp = as_pack(pack, kernels().conv2d_weight_pack_floats(d, dt, 0));
-        py::gil_scoped_release release;
-        kernels().conv2d_fwd(d, dt, tx, tw, reinterpret_cast<const void*>(bias), ty, relu, pack ? &wp : nullptr,
-                             threads(nthreads));
+        run_conv_fwd(d, dt, as_tensor(x, "input", xshape(d)), as_tensor(w, "weight", wshape(d)), bias,
+                     as_tensor(y, "output", yshape(d)), relu, nthreads, pack);
       },
       py::arg("desc"), py::arg("dtype"), py::arg("input"), py::arg("weight"), py::arg("bias"),
       py::arg("output"), py::arg("relu"), py::arg("nthreads"), py::arg("pack") = py::none());
+
+  py::class_<ConvFwdCall>(m, "ConvFwdCall",
+                          "conv2d_fwd with its geometry fixed: ConvFwdCall(desc, dtype, input sizes, input "
+                          "strides, weight sizes, weight strides, output sizes, output strides), then "
+                          "call(input_ptr, weight_ptr, bias_ptr, output_ptr, relu, nthreads, pack=None).")
+      .def(py::init(&make_fwd_call), py::arg("desc"), py::arg("dtype"), py::arg("input_size"),
+           py::arg("input_stride"), py::arg("weight_size"), py::arg("weight_stride"), py::arg("output_size"),
+           py::arg("output_stride"))
+      .def_property_readonly("desc", [](const ConvFwdCall& c) { return c.d; })
+      .def_property_readonly("dtype", [](const ConvFwdCall& c) { return static_cast<int>(c.dt); })
+      .def("__call__", [](const ConvFwdCall& c, uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t y, bool relu,
+                          int nthreads, std::optional<PyPack> pack) {
+        run_conv_fwd(c.d, c.dt, at(c.x, x, "input"), at(c.w, w, "weight"), bias, at(c.y, y, "output"), relu,
+                     nthreads, pack);
+      }, py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("output"), py::arg("relu"),
+         py::arg("nthreads"), py::arg("pack") = py::none());
 
   m.def(
       "conv2d_weight_pack_floats",

@@ -399,6 +399,9 @@ def test_cpu_forward_plans_follow_the_geometry(restore_choice):
         (x, {"stride": 2}), (x, {"padding": 1}), (x, {"dilation": 2}),
         (x.double(), {}),
         (torch.randn(3, 4, 9, 9), {}),
+        # 1x1 output of a channels_last input: torch's output strides (8, 1, 8, 8) are channels_last
+        # but also fit a contiguous tensor's shape; the plan keeps the strides themselves.
+        (torch.randn(2, 4, 3, 3).contiguous(memory_format=torch.channels_last), {}),
     ]
     for xi, kw in cases:
         wi, bi = w.to(xi.dtype), b.to(xi.dtype)
@@ -406,10 +409,33 @@ def test_cpu_forward_plans_follow_the_geometry(restore_choice):
         for _ in range(2):  # the second call runs from the plan
             y = FC.conv2d(xi, wi, bi, **kw)
             assert y.shape == ref.shape
-            assert y.is_contiguous(memory_format=torch.channels_last) == \
-                ref.is_contiguous(memory_format=torch.channels_last)
+            assert y.stride() == ref.stride()
             assert_rel(y, ref, xi.dtype, "output")
-    assert len(cpu_backend._FWD_PLANS) == 7  # one per geometry: the first two calls share one
+    assert len(cpu_backend._FWD_PLANS) == 8  # one per geometry: the first two calls share one
     # Calls that need no kernel (empty output or reduction) are answered without a plan.
     assert FC.conv2d(torch.randn(0, 4, 9, 9), w).shape == (0, 8, 7, 7)
-    assert len(cpu_backend._FWD_PLANS) == 7
+    assert len(cpu_backend._FWD_PLANS) == 8
+
+
+def test_cpu_prepared_forward_call_checks_geometry_once_and_pointers_per_call():
+    """_C.ConvFwdCall (the forward plans' kernel call): sizes and strides are checked when it is made,
+    data pointers on every call; its result is _C.conv2d_fwd's, bit for bit."""
+    from fastconv import _C
+    from fastconv.backends import cpu as cpu_backend
+    x, w, b = torch.randn(2, 4, 9, 9), torch.randn(8, 4, 3, 3), torch.randn(8)
+    y_ref, y = torch.empty(2, 8, 7, 7), torch.full((2, 8, 7, 7), float("nan"))
+    d = cpu_backend.conv_desc(x, w, (1, 1), (0, 0), (1, 1), 1, (7, 7))
+    _C.conv2d_fwd(d, 0, cpu_backend._t4(x), cpu_backend._t4(w), b.data_ptr(), cpu_backend._t4(y_ref), True, 1)
+    call = _C.ConvFwdCall(d, 0, x.shape, x.stride(), w.shape, w.stride(), y.shape, y.stride())
+    call(x.data_ptr(), w.data_ptr(), b.data_ptr(), y.data_ptr(), True, 1)
+    assert torch.equal(y, y_ref)
+    with pytest.raises(ValueError, match=r"output has size \(2, 8, 7, 6\), expected \(2, 8, 7, 7\)"):
+        _C.ConvFwdCall(d, 0, x.shape, x.stride(), w.shape, w.stride(), (2, 8, 7, 6), y.stride())
+    with pytest.raises(ValueError, match="weight has a negative stride"):
+        _C.ConvFwdCall(d, 0, x.shape, x.stride(), w.shape, (36, 9, 3, -1), y.shape, y.stride())
+    with pytest.raises(ValueError, match="dtype code must be 0"):
+        _C.ConvFwdCall(d, 7, x.shape, x.stride(), w.shape, w.stride(), y.shape, y.stride())
+    with pytest.raises(ValueError, match="input has a null data pointer"):
+        call(0, w.data_ptr(), b.data_ptr(), y.data_ptr(), True, 1)
+    with pytest.raises(ValueError, match="output has a null data pointer"):
+        call(x.data_ptr(), w.data_ptr(), b.data_ptr(), 0, True, 1)

@@ -157,25 +157,29 @@ class WeightPackCache:
 weight_pack_cache = WeightPackCache()
 
 
-def _packed_call(kernel, d, dtype_code: int, w: torch.Tensor, pass_: int, *args) -> None:
-    """Calls kernel(d, dtype, *args, pack=...) with the cached pack of w when the kernel uses one."""
+def _packed_call(kernel, args: tuple, d, dtype_code: int, w: torch.Tensor, pass_: int) -> None:
+    """Calls kernel(*args, pack=...) with the cached pack of w when the kernel of problem (d, dtype_code)
+    for this pass uses one, else kernel(*args)."""
     floats = _C.conv2d_weight_pack_floats(d, dtype_code, pass_)
     if floats == 0:
-        kernel(d, dtype_code, *args)
+        kernel(*args)
         return
     buf, ready = weight_pack_cache.lookup(w, pass_, floats)
-    kernel(d, dtype_code, *args, pack=(buf.data_ptr(), buf.numel(), ready))
+    kernel(*args, pack=(buf.data_ptr(), buf.numel(), ready))
     if not ready:
         weight_pack_cache.store(w, pass_, buf)
 
 
 class _FwdPlan(NamedTuple):
     """What conv2d_fwd derives from a call's geometry alone (shapes, strides, dtype, conv parameters):
-    the output's shape and memory format, the kernel's ConvDesc and the multiply-add count."""
+    the output's shape and strides (torch's memory format for it), the kernel's ConvDesc, the kernel call
+    with every tensor's sizes and strides already checked (_C.ConvFwdCall: only data pointers pass per
+    call) and the multiply-add count."""
     out_shape: Tuple[int, ...]
-    memory_format: torch.memory_format
+    out_stride: Tuple[int, ...]
     desc: object
     dtype_code: int
+    call: object
     macs: int
 
 
@@ -265,19 +269,19 @@ class CpuBackend(Backend):
             y, out_hw, done = _utils.conv_output_or_trivial(x, w, bias, stride, padding, dilation, relu)
             if done:
                 return y
-            plan = _FwdPlan(tuple(y.shape), _utils.memory_format_of(y),
-                            conv_desc(x, w, stride, padding, dilation, groups, out_hw), _dtype_code(x),
-                            _conv_macs(x, w, out_hw))
+            desc, code = conv_desc(x, w, stride, padding, dilation, groups, out_hw), _dtype_code(x)
+            call = _C.ConvFwdCall(desc, code, x.shape, x.stride(), w.shape, w.stride(), y.shape, y.stride())
+            plan = _FwdPlan(tuple(y.shape), y.stride(), desc, code, call, _conv_macs(x, w, out_hw))
             if len(_FWD_PLANS) >= _FWD_PLANS_MAX:
                 _FWD_PLANS.clear()
             _FWD_PLANS[key] = plan
         else:
-            y = torch.empty(plan.out_shape, dtype=x.dtype, memory_format=plan.memory_format)
+            y = torch.empty_strided(plan.out_shape, plan.out_stride, dtype=x.dtype)
         if bias is not None:
             bias = bias.contiguous()
-        _packed_call(_C.conv2d_fwd, plan.desc, plan.dtype_code, w, 0, _t4(x), _t4(w),
-                     bias.data_ptr() if bias is not None else 0, _t4(y), bool(relu),
-                     _threads(plan.macs, _CONV_SERIAL_MACS))
+        _packed_call(plan.call, (x.data_ptr(), w.data_ptr(), bias.data_ptr() if bias is not None else 0, y.data_ptr(),
+                                 bool(relu), _threads(plan.macs, _CONV_SERIAL_MACS)),
+                     plan.desc, plan.dtype_code, w, 0)
         return y
 
     @_upcasting
@@ -288,8 +292,9 @@ class CpuBackend(Backend):
         if dy.numel() == 0 or w.numel() == 0:
             return dx.zero_()
         d = conv_desc(x, w, stride, padding, dilation, groups, dy.shape[2:])
-        _packed_call(_C.conv2d_dgrad, d, _dtype_code(x), w, 1, _t4(dy), _t4(w),
-                     _t4(relu_y) if relu_y is not None else None, _t4(dx), _conv_threads(x, w, dy.shape[2:]))
+        code = _dtype_code(x)
+        _packed_call(_C.conv2d_dgrad, (d, code, _t4(dy), _t4(w), _t4(relu_y) if relu_y is not None else None, _t4(dx),
+                                       _conv_threads(x, w, dy.shape[2:])), d, code, w, 1)
         return dx
 
     @_upcasting

@@ -23,7 +23,7 @@ from .. import _utils
 from ..backends import check_deterministic, resolve
 from ._autocast import register_lower_precision
 from ._eager import direct_ok
-from ..profiling import op_range
+from ..profiling import is_enabled as profiling_enabled, op_range
 
 
 def _conv_output(input: Tensor, weight: Tensor, stride, padding, dilation) -> Tensor:
@@ -37,6 +37,8 @@ def _forward_impl(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride:
     """The implementation of fastconv::conv2d (relu False) and ::conv2d_relu (relu True)."""
     b = resolve(input.device)
     check_deterministic(b, "conv2d_fwd")
+    if not profiling_enabled():  # the usual case: no range, and none of its arguments built per call
+        return b.conv2d_fwd(input, weight, bias, stride, padding, dilation, groups, relu)
     with op_range("conv2d_relu" if relu else "conv2d", b, input, weight.shape[2:], stride):
         return b.conv2d_fwd(input, weight, bias, stride, padding, dilation, groups, relu)
 
