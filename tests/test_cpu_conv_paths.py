@@ -97,6 +97,39 @@ def test_depthwise_channels_last(backend, isa, case, relu, dtype):
     _check(backend, isa, x, w, b, relu, dtype, stride=stride, padding=padding, dilation=dilation, groups=C)
 
 
+# (N, C, H, W, K, kernel, stride, padding, dilation): channels_last inputs of 2-4 channels. Their input
+# gradient (C <= L/4 output channels for the dgrad kernels) runs the NCHW kernels between two layout
+# copies (dgrad_impl); with float64 (L = 8 in AVX-512) only C = 2 does, on AVX2 only float32 C = 2.
+FEW_CHANNEL_DGRAD_CASES = [
+    (2, 3, 12, 13, 8, 3, 1, 1, 1),     # the RGB stem's kind
+    (1, 4, 9, 9, 6, 3, 2, 1, 1),       # stride 2, C = 4 = L/4 in float32
+    (2, 2, 10, 7, 5, 3, 1, 2, 2),      # dilation 2, padding 2
+    (1, 3, 8, 8, 4, 1, 1, 0, 1),       # 1x1
+    (3, 3, 1, 1, 4, 1, 1, 0, 1),       # one-pixel input: the same in both layouts, not copied
+]
+
+
+@pytest.mark.parametrize("case", FEW_CHANNEL_DGRAD_CASES, ids=[str(i) for i in range(len(FEW_CHANNEL_DGRAD_CASES))])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_few_channels_input_grad_channels_last(backend, isa, case, relu, dtype):
+    _check_case(backend, isa, case, relu, dtype, torch.channels_last)
+
+
+def test_few_channels_input_grad_channels_last_strided_grad(backend):
+    """The layout copy reads dy through its strides: y.sum() gives a grad_output of stride 0 (conv2d;
+    conv2d_relu's stride-0 dy is masked into an NCHW buffer first, then copied)."""
+    x = torch.randn(2, 3, 11, 9).contiguous(memory_format=torch.channels_last).requires_grad_()
+    xr = x.detach().double().requires_grad_()
+    w, b = torch.randn(8, 3, 3, 3), torch.randn(8)
+    for f, ref in ((FC.conv2d, F.conv2d), (FC.conv2d_relu, lambda *a, **k: F.conv2d(*a, **k).relu())):
+        x.grad = xr.grad = None
+        f(x, w, b, padding=1).sum().backward()
+        ref(xr, w.double(), b.double(), padding=1).sum().backward()
+        assert x.grad.is_contiguous(memory_format=torch.channels_last)
+        assert_rel(x.grad, xr.grad, torch.float32, "dx")
+
+
 # (N, C, H, W, K, kernel, stride, padding, dilation, groups). The direct path runs when the plane
 # width Wp = Q + (taps' reach in plane columns) wastes at most 1/8: Q * 8 >= Wp * 7.
 S2_CASES = [
