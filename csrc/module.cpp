@@ -192,8 +192,6 @@ PYBIND11_MODULE(_C, m) {
       .def(py::init(&make_fwd_call), py::arg("desc"), py::arg("dtype"), py::arg("input_size"),
            py::arg("input_stride"), py::arg("weight_size"), py::arg("weight_stride"), py::arg("output_size"),
            py::arg("output_stride"))
-      .def_property_readonly("desc", [](const ConvFwdCall& c) { return c.d; })
-      .def_property_readonly("dtype", [](const ConvFwdCall& c) { return static_cast<int>(c.dt); })
       .def("__call__", [](const ConvFwdCall& c, uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t y, bool relu,
                           int nthreads, std::optional<PyPack> pack) {
         run_conv_fwd(c.d, c.dt, at(c.x, x, "input"), at(c.w, w, "weight"), bias, at(c.y, y, "output"), relu,

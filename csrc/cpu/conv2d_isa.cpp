@@ -2281,6 +2281,33 @@ inline void residue_taps(int64_t a, int64_t pad, int64_t dil, int64_t stride, in
   }
 }
 
+// dy (any strides) copied into buf as a dense NCHW tensor (N*K*P*Q elements), with the ReLU mask of
+// relu_y applied when it is given; returns the copy's Tensor4. The parallel units are rows (n, p): a
+// channels_last dy row (Q*K elements) stays in L1 while its K output rows are written.
+template <typename T>
+Tensor4 dense_nchw_grad(const ConvDesc& d, const Tensor4& dy, const Tensor4* relu_y, T* buf, int nth) {
+  const int64_t K = d.K, P = d.P, Q = d.Q;
+  const In4<T> g = in_view<T>(dy), mk = relu_y ? in_view<T>(*relu_y) : In4<T>{};
+#pragma omp parallel for num_threads(nth) schedule(static)
+  for (int64_t np = 0; np < d.N * P; ++np) {
+    const int64_t n = np / P, p = np % P;
+    for (int64_t k = 0; k < K; ++k) {
+      T* out = buf + ((n * K + k) * P + p) * Q;
+      const T* gr = g.p + n * g.s0 + k * g.s1 + p * g.s2;
+      if (relu_y) {
+        const T* mr = mk.p + n * mk.s0 + k * mk.s1 + p * mk.s2;
+        for (int64_t q = 0; q < Q; ++q) out[q] = masked(gr[q * g.s3], mr[q * mk.s3]);
+      } else {
+        for (int64_t q = 0; q < Q; ++q) out[q] = gr[q * g.s3];
+      }
+    }
+  }
+  Tensor4 t = dy;
+  t.data = buf;
+  t.stride = {K * P * Q, P * Q, Q, 1};
+  return t;
+}
+
 template <typename T>
 void dgrad_impl(const ConvDesc& d, const Tensor4& dy, const Tensor4& w, const Tensor4* relu_y, const Tensor4& dx,
                 int nth) {
@@ -2289,23 +2316,8 @@ void dgrad_impl(const ConvDesc& d, const Tensor4& dy, const Tensor4& w, const Te
     // NCHW dy of the fused op: mask it in one streaming pass first. The NCHW paths would apply the
     // mask element by element while filling their windows: 13.4 ms against 3.9 ms unmasked for the
     // 1x1 64-channel bench layer (N=32, 32x32, 1 thread), 8.6 against 1.6 for the RGB stem.
-    const int64_t K = d.K, P = d.P, Q = d.Q;
-    Buf<T> dy_masked(d.N * K * P * Q);
-    const In4<T> g = in_view<T>(dy), mk = in_view<T>(*relu_y);
-#pragma omp parallel for num_threads(nth) schedule(static)
-    for (int64_t nk = 0; nk < d.N * K; ++nk) {
-      const int64_t n = nk / K, k = nk % K;
-      T* out = dy_masked.p + nk * P * Q;
-      for (int64_t p = 0; p < P; ++p) {
-        const T* gr = g.p + n * g.s0 + k * g.s1 + p * g.s2;
-        const T* mr = mk.p + n * mk.s0 + k * mk.s1 + p * mk.s2;
-        for (int64_t q = 0; q < Q; ++q) out[p * Q + q] = masked(gr[q * g.s3], mr[q * mk.s3]);
-      }
-    }
-    Tensor4 dm = dy;
-    dm.data = dy_masked.p;
-    dm.stride = {K * P * Q, P * Q, Q, 1};
-    dgrad_impl<T>(d, dm, w, nullptr, dx, nth);
+    Buf<T> dy_masked(d.N * d.K * d.P * d.Q);
+    dgrad_impl<T>(d, dense_nchw_grad<T>(d, dy, relu_y, dy_masked.p, nth), w, nullptr, dx, nth);
     return;
   }
   if (dx.stride[1] == 1 && d.C > 1 && 4 * d.C <= Simd<T>::L && d.groups == 1 && d.H * d.W > 1) {
@@ -2315,29 +2327,12 @@ void dgrad_impl(const ConvDesc& d, const Tensor4& dy, const Tensor4& w, const Te
     // over pixels. So dy is copied to NCHW (with the ReLU mask applied on the way), the NCHW kernels
     // run, and dx is copied back: two passes over dy's and dx's bytes. (A one-pixel dx is the same in
     // both layouts; excluding it also keeps the NCHW call below from coming back here.)
-    const int64_t K = d.K, C = d.C, P = d.P, Q = d.Q, H = d.H, W = d.W;
-    Buf<T> dy_nchw(d.N * K * P * Q), dx_nchw(d.N * C * H * W);
-    const In4<T> g = in_view<T>(dy), mk = relu_y ? in_view<T>(*relu_y) : In4<T>{};
-#pragma omp parallel for num_threads(nth) schedule(static)
-    for (int64_t np = 0; np < d.N * P; ++np) {
-      const int64_t n = np / P, p = np % P;
-      for (int64_t k = 0; k < K; ++k) {
-        T* out = dy_nchw.p + ((n * K + k) * P + p) * Q;
-        const T* gr = g.p + n * g.s0 + k * g.s1 + p * g.s2;
-        if (relu_y) {
-          const T* mr = mk.p + n * mk.s0 + k * mk.s1 + p * mk.s2;
-          for (int64_t q = 0; q < Q; ++q) out[q] = masked(gr[q * g.s3], mr[q * mk.s3]);
-        } else {
-          for (int64_t q = 0; q < Q; ++q) out[q] = gr[q * g.s3];
-        }
-      }
-    }
-    Tensor4 dyn = dy, dxn = dx;
-    dyn.data = dy_nchw.p;
-    dyn.stride = {K * P * Q, P * Q, Q, 1};
+    const int64_t C = d.C, H = d.H, W = d.W;
+    Buf<T> dy_nchw(d.N * d.K * d.P * d.Q), dx_nchw(d.N * C * H * W);
+    Tensor4 dxn = dx;
     dxn.data = dx_nchw.p;
     dxn.stride = {C * H * W, H * W, W, 1};
-    dgrad_impl<T>(d, dyn, w, nullptr, dxn, nth);
+    dgrad_impl<T>(d, dense_nchw_grad<T>(d, dy, relu_y, dy_nchw.p, nth), w, nullptr, dxn, nth);
     const Out4<T> o = out_view<T>(dx);
 #pragma omp parallel for num_threads(nth) schedule(static)
     for (int64_t nh = 0; nh < d.N * H; ++nh) {
