@@ -7,7 +7,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <cstdlib>
 #include <memory>
 #include <optional>
@@ -70,6 +72,60 @@ WeightPack as_pack(const std::optional<PyPack>& pack, int64_t needed_floats) {
   return wp;
 }
 
+// The weight sample at the end of every cached pack. Python keeps a pack while the weight's version
+// counter and storage are unchanged (fastconv/backends/cpu.py), but writes through `.data` bypass the
+// counter: torch.autograd.gradcheck perturbs one element at a time that way, and old-style update
+// loops (`p.data -= lr * p.grad`) change every element. So a pack of a weight of numel elements is
+// followed by a copy of min(numel, kPackSampleMax) of them (all of a small weight, evenly spaced ones
+// of a large one), compared bit for bit before the kernel may trust the pack; on any difference the
+// kernel refills it. The check reads at most 4096 elements (a few microseconds; the packs it guards
+// cost 0.1-10 ms to rebuild). A weight that is not one dense block (a strided view) cannot be sampled
+// this way, and its pack is rebuilt on every call.
+constexpr int64_t kPackSampleMax = 4096;
+
+int64_t elem_bytes(DType dt) { return dt == kFloat64 ? 8 : 4; }
+int64_t weight_numel(const ConvDesc& d) { return d.K * (d.C / d.groups) * d.R * d.S; }
+int64_t sample_count(const ConvDesc& d) { return std::min(weight_numel(d), kPackSampleMax); }
+int64_t sample_floats(const ConvDesc& d, DType dt) { return sample_count(d) * elem_bytes(dt) / 4; }
+// A pack buffer's floats: the kernel's pack (body) and the sample after it; 0 when there is no pack.
+int64_t with_sample(int64_t body, const ConvDesc& d, DType dt) { return body > 0 ? body + sample_floats(d, dt) : 0; }
+
+// True when t's elements fill one dense block starting at t.data (strides a permutation of a
+// contiguous layout; size-1 dimensions ignored), so that element i of the block is at offset i.
+bool dense_block(const Tensor4& t) {
+  std::array<int, 4> order{0, 1, 2, 3};
+  std::sort(order.begin(), order.end(), [&](int a, int b) { return t.stride[a] < t.stride[b]; });
+  int64_t expect = 1;
+  for (int i : order) {
+    if (t.size[i] == 1) continue;
+    if (t.stride[i] != expect) return false;
+    expect *= t.size[i];
+  }
+  return true;
+}
+
+// Runs run() on pack wp (body_floats of kernel pack, then the sample) with the sample check around it:
+// a ready pack whose sample differs from the weight is handed over as not ready (the kernel refills it),
+// and a pack the kernel filled gets the weight's current sample.
+template <typename F>
+void with_checked_pack(WeightPack* wp, int64_t body_floats, const ConvDesc& d, DType dt, const Tensor4& w, F&& run) {
+  if (wp == nullptr || body_floats == 0) return run();
+  const int64_t numel = weight_numel(d), n = sample_count(d), eb = elem_bytes(dt);
+  const bool sampled = dense_block(w);
+  char* sample = reinterpret_cast<char*>(wp->data + body_floats);
+  const char* wb = static_cast<const char*>(w.data);
+  const auto element = [&](int64_t i) { return wb + (i * numel / n) * eb; };
+  if (wp->ready) {
+    bool same = sampled;
+    for (int64_t i = 0; same && i < n; ++i) same = std::memcmp(sample + i * eb, element(i), eb) == 0;
+    wp->ready = same;
+  }
+  const bool was_ready = wp->ready;
+  run();
+  if (!was_ready && wp->ready && sampled)
+    for (int64_t i = 0; i < n; ++i) std::memcpy(sample + i * eb, element(i), eb);
+}
+
 DType as_dtype(int code) {
   if (code != kFloat32 && code != kFloat64)
     throw std::invalid_argument("fastconv._C: dtype code must be 0 (float32) or 1 (float64), got " +
@@ -130,10 +186,13 @@ ConvFwdCall make_fwd_call(const ConvDesc& d, int dtype, const Dims& x_size, cons
 
 void run_conv_fwd(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& w, uintptr_t bias, const Tensor4& y,
                   bool relu, int nthreads, const std::optional<PyPack>& pack) {
-  WeightPack wp = as_pack(pack, kernels().conv2d_weight_pack_floats(d, dt, 0));
+  const int64_t body = kernels().conv2d_fwd_pack_info(d, dt, x, y).floats;
+  WeightPack wp = as_pack(pack, with_sample(body, d, dt));
   py::gil_scoped_release release;
-  kernels().conv2d_fwd(d, dt, x, w, reinterpret_cast<const void*>(bias), y, relu, pack ? &wp : nullptr,
-                       threads(nthreads));
+  with_checked_pack(pack ? &wp : nullptr, body, d, dt, w, [&] {
+    kernels().conv2d_fwd(d, dt, x, w, reinterpret_cast<const void*>(bias), y, relu, pack ? &wp : nullptr,
+                         threads(nthreads));
+  });
 }
 
 // t with its data pointer set to p; a null pointer is refused unless t has no elements.
@@ -197,7 +256,13 @@ PYBIND11_MODULE(_C, m) {
         run_conv_fwd(c.d, c.dt, at(c.x, x, "input"), at(c.w, w, "weight"), bias, at(c.y, y, "output"), relu,
                      nthreads, pack);
       }, py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("output"), py::arg("relu"),
-         py::arg("nthreads"), py::arg("pack") = py::none());
+         py::arg("nthreads"), py::arg("pack") = py::none())
+      .def("pack_info", [](const ConvFwdCall& c) {
+        const PackInfo p = kernels().conv2d_fwd_pack_info(c.d, c.dt, c.x, c.y);
+        return std::make_tuple(with_sample(p.floats, c.d, c.dt), p.kind);
+      }, "(floats, kind) of the pack buffer the forward kernel uses at the current ISA level (its packed "
+         "weight, then a sample of the weight it checks on each use; 0, 0 when it uses none); packs of "
+         "different kinds are different formats and must never be exchanged.");
 
   m.def(
       "conv2d_weight_pack_floats",
@@ -208,7 +273,19 @@ PYBIND11_MODULE(_C, m) {
         return kernels().conv2d_weight_pack_floats(d, as_dtype(dtype), pass);
       },
       py::arg("desc"), py::arg("dtype"), py::arg("pass_"),
-      "Floats of the packed weight the forward (pass 0) or input-gradient (pass 1) kernel uses; 0 = none.");
+      "Floats of the Winograd weight transform the forward (pass 0) or input-gradient (pass 1) kernel uses; "
+      "0 = that pass does not run Winograd.");
+
+  m.def(
+      "conv2d_dgrad_pack_floats",
+      [](const ConvDesc& d, int dtype) {
+        check_conv(d);
+        const DType dt = as_dtype(dtype);
+        return with_sample(kernels().conv2d_weight_pack_floats(d, dt, 1), d, dt);
+      },
+      py::arg("desc"), py::arg("dtype"),
+      "Floats of the pack buffer conv2d_dgrad uses (its packed weight, then a sample of the weight it "
+      "checks on each use); 0 = it uses none.");
 
   m.def(
       "conv2d_dgrad",
@@ -220,9 +297,13 @@ PYBIND11_MODULE(_C, m) {
                 tdx = as_tensor(dx, "grad_input", xshape(d));
         Tensor4 ty;
         if (relu_y) ty = as_tensor(*relu_y, "output (ReLU mask)", yshape(d));
-        WeightPack wp = as_pack(pack, kernels().conv2d_weight_pack_floats(d, dt, 1));
+        const int64_t body = kernels().conv2d_weight_pack_floats(d, dt, 1);
+        WeightPack wp = as_pack(pack, with_sample(body, d, dt));
         py::gil_scoped_release release;
-        kernels().conv2d_dgrad(d, dt, tdy, tw, relu_y ? &ty : nullptr, tdx, pack ? &wp : nullptr, threads(nthreads));
+        with_checked_pack(pack ? &wp : nullptr, body, d, dt, tw, [&] {
+          kernels().conv2d_dgrad(d, dt, tdy, tw, relu_y ? &ty : nullptr, tdx, pack ? &wp : nullptr,
+                                 threads(nthreads));
+        });
       },
       py::arg("desc"), py::arg("dtype"), py::arg("grad_output"), py::arg("weight"), py::arg("relu_output"),
       py::arg("grad_input"), py::arg("nthreads"), py::arg("pack") = py::none());

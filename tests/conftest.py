@@ -95,6 +95,40 @@ def _seed():
     yield
 
 
+def _cpu_isas() -> list:
+    """The CPU kernels' ISA levels this machine can run, best first ([] without fastconv._C)."""
+    try:
+        from fastconv import _C
+    except ImportError:
+        return []
+    order = ["baseline", "avx2", "avx512"]
+    return [i for i in reversed(order) if order.index(i) <= order.index(_C.detected_cpu_isa())]
+
+
+CPU_ISAS = _cpu_isas()
+
+
+@pytest.fixture(params=CPU_ISAS)
+def isa(request):
+    """Runs the test at each ISA level of the CPU kernels (fastconv._C.set_cpu_isa), since their
+    specializations differ per level; restores the previous level afterwards."""
+    from fastconv import _C
+    previous = _C.cpu_isa()
+    _C.set_cpu_isa(request.param)
+    yield request.param
+    _C.set_cpu_isa(previous)
+
+
+@pytest.fixture
+def weight_pack_cache():
+    """The cpu backend's weight-pack cache, empty at the start and the end of the test."""
+    from fastconv.backends import cpu as cpu_backend
+    c = cpu_backend.weight_pack_cache
+    c.clear()
+    yield c
+    c.clear()
+
+
 # ----------------------------------------------------------------------------------------------------
 # Helpers
 

@@ -11,7 +11,11 @@ every gradient vs torch in float64:
   dilation, stride, R != S, output-channel tails, windows that are never whole, and a reduction too
   long for one block (7x7 stem: the per-segment path alone);
 - NCHW stride 2 (conv_pix_direct with phase planes): 3x3 pad 1, 1x1 (one plane of four read), odd
-  sizes, stride (2, 1) and (1, 2), dilation, groups.
+  sizes, stride (2, 1) and (1, 2), dilation, groups;
+- NCHW conv_pix_direct with row-aligned vectors (one output row's run of columns per vector): the RGB
+  stem, masked row tails, stride 2, 5x5, groups, dilation, a streamed (2 MiB) output;
+- the weight-pack cache of the implicit-GEMM kernels: hits, in-place updates, one weight in several
+  pack formats (kernel family, groups, ISA level), and ConvFwdCall.pack_info.
 
 Every tensor is also run through the AVX2 and baseline kernels (fastconv._C.set_cpu_isa) where the
 machine allows, since the specializations differ per ISA level.
@@ -24,18 +28,7 @@ import torch.nn.functional as F
 
 import fastconv.functional as FC
 from fastconv import _C
-from conftest import assert_rel
-
-ISAS = [i for i in ("avx512", "avx2", "baseline")
-        if ["baseline", "avx2", "avx512"].index(i) <= ["baseline", "avx2", "avx512"].index(_C.detected_cpu_isa())]
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    previous = _C.cpu_isa()
-    _C.set_cpu_isa(request.param)
-    yield request.param
-    _C.set_cpu_isa(previous)
+from conftest import CPU_ISAS, assert_rel
 
 
 def _check(backend, isa, x, w, b, relu, dtype, **kw):
@@ -176,10 +169,13 @@ ROWMERGE_CASES = [
     (2, 300, 3, 3, 24, 1, 1, 0, 1),          # 300-long reduction: B larger than an L1 block
     (1, 16, 7, 6, 24, (3, 1), 1, (1, 0), 1),  # S == 1, R == 3, row padding (padded copy)
     (1, 8, 9, 9, 16, 1, 2, 1, 1),            # 1x1 stride 2 with padding: zero border pixels
-    # Wide channels: blocks of whole filter rows sized to L2 (conv_cl). On a 2 MiB L2, float32:
-    (1, 128, 9, 10, 128, 3, 2, 1, 1),        # stride 2, 384-long rows: all 3 rows in one block
-    (1, 192, 6, 5, 192, 3, 2, 1, 1),         # 576-long rows: blocks of 2 rows + 1 row
-    (1, 256, 5, 6, 256, 3, 1, 1, 1),         # 768-long rows: one row per block (float64: per-tap blocks)
+    # Wide channels: blocks of whole filter rows, as many as fit 3/4 of the L2 (conv_cl). float32 rows
+    # of B (all output channels) and the blocks they make on a 1 MiB / 2 MiB L2:
+    (1, 128, 9, 10, 128, 3, 2, 1, 1),        # stride 2, 384-long rows (196 KB): all 3 rows in one block
+    (1, 160, 6, 5, 160, 3, 2, 1, 1),         # 480-long rows (307 KB): 2 + 1 rows / all 3
+    (1, 192, 6, 5, 192, 3, 2, 1, 1),         # 576-long rows (442 KB): 1 row per block / all 3
+    (1, 224, 5, 6, 224, 3, 2, 1, 1),         # 672-long rows (602 KB): 1 row per block / 2 + 1 rows
+    (1, 256, 5, 6, 256, 3, 1, 1, 1),         # 768-long rows (786 KB): per-tap blocks / 1 row per block
 ]
 
 
@@ -248,3 +244,198 @@ def test_small_channels_channels_last_order_free(backend, channels, monkeypatch)
     padded = FC.conv2d(x, w, padding=1)
     unpadded = FC.conv2d(x, w, padding=0)
     assert torch.equal(padded[:, :, 1:-1, 1:-1], unpadded)
+
+
+# NCHW conv_pix_direct with row-aligned vectors: each vector one output row's run of L columns (the last
+# one masked), taken where ceil(Q/L)*L <= Wp (L = 16 fp32 / 8 fp64 on AVX-512, 8 / 4 on AVX2, 4 / 2 below),
+# else the padded grid. (N, C, H, W, K, kernel, stride, padding, dilation, groups)
+ROW_ALIGNED_CASES = [
+    (2, 3, 32, 32, 32, 3, 1, 1, 1, 1),     # RGB stem: Q = 32, Wp = 34, aligned at every L; tasks of 12 + 12 + 8 rows
+    (1, 5, 14, 14, 20, 3, 1, 1, 1, 1),     # Q = 14, Wp = 16: one masked vector per row; K tail of 4
+    (1, 4, 31, 47, 12, 3, 2, 1, 1, 1),     # stride 2: Q = 24, Wp = 25: grid at L = 16, aligned at L <= 8
+    (3, 6, 20, 48, 9, 5, 1, 2, 1, 1),      # 5x5: Q = 48, Wp = 52
+    (2, 8, 16, 16, 8, 3, 1, 1, 1, 2),      # groups: Q = 16, Wp = 18
+    (1, 4, 20, 36, 8, 3, 1, 2, 2, 1),      # dilation 2: Q = 36, Wp = 40: grid at L = 16, aligned at L <= 8
+    (16, 3, 32, 32, 32, 3, 1, 1, 1, 1),    # a 2 MiB float32 output: streamed stores
+]
+
+
+@pytest.mark.parametrize("case", ROW_ALIGNED_CASES, ids=[str(i) for i in range(len(ROW_ALIGNED_CASES))])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nchw_direct_row_aligned(backend, isa, case, relu, dtype):
+    N, C, H, W, K, k, stride, padding, dilation, groups = case
+    x = torch.randn(N, C, H, W)
+    w = torch.randn(K, C // groups, k, k)
+    _check(backend, isa, x, w, torch.randn(K), relu, dtype, stride=stride, padding=padding, dilation=dilation,
+           groups=groups)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The weight-pack cache for the implicit-GEMM kernels (conv_cl's K-column panels, the NCHW kernels'
+# K-row panels; tests/test_cpu_winograd.py covers the Winograd transform): a repeated call reuses the
+# packed weight; the pack's kind (ConvFwdCall.pack_info) separates formats, so one weight used by two
+# kernel families, two groups counts or two ISA levels never reads the other's pack.
+
+from fastconv.backends import cpu as cpu_backend  # noqa: E402
+
+# (name, x shape, w shape, stride, padding, groups, channels_last): non-Winograd layers of each family
+GEMM_LAYERS = [
+    ("cl_stride2", (2, 32, 12, 12), (24, 32, 3, 3), 2, 1, 1, True),
+    ("cl_pointwise", (2, 24, 7, 9), (40, 24, 1, 1), 1, 0, 1, True),
+    ("cl_rgb", (2, 3, 16, 16), (32, 3, 3, 3), 1, 1, 1, True),
+    ("nchw_direct", (2, 3, 16, 16), (20, 3, 3, 3), 1, 1, 1, False),
+    ("nchw_pix", (2, 6, 12, 12), (10, 6, 3, 3), 3, 1, 1, False),
+    ("nchw_staged", (2, 128, 9, 11), (32, 128, 3, 3), 2, 1, 1, False),
+    ("cl_groups", (2, 16, 8, 8), (12, 8, 3, 3), 1, 1, 2, True),
+]
+
+
+def _layer(spec, dtype=torch.float32):
+    _, xs, ws, stride, padding, groups, cl = spec
+    x = torch.randn(*xs, dtype=dtype)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, torch.randn(*ws, dtype=dtype), torch.randn(ws[0], dtype=dtype), dict(stride=stride, padding=padding,
+                                                                                   groups=groups)
+
+
+@pytest.mark.parametrize("spec", GEMM_LAYERS, ids=[s[0] for s in GEMM_LAYERS])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gemm_weight_weight_pack_cached_and_exact(backend, weight_pack_cache, spec, dtype, monkeypatch):
+    if backend != "cpu":
+        pytest.skip("the weight-pack cache belongs to the cpu backend")
+    x, w, b, kw = _layer(spec, dtype)
+    first = FC.conv2d(x, w, b, **kw)
+    assert weight_pack_cache.info()["misses"] == 1 and weight_pack_cache.info()["entries"] == 1
+    second = FC.conv2d(x, w, b, **kw)
+    assert weight_pack_cache.info()["hits"] == 1
+    monkeypatch.setenv("FASTCONV_WEIGHT_CACHE", "0")
+    uncached = FC.conv2d(x, w, b, **kw)
+    assert torch.equal(first, second) and torch.equal(second, uncached)
+    assert_rel(second, F.conv2d(x.double(), w.double(), b.double(), **kw), dtype, "output")
+
+
+def test_gemm_weight_pack_follows_in_place_updates(backend, weight_pack_cache):
+    if backend != "cpu":
+        pytest.skip("the weight-pack cache belongs to the cpu backend")
+    x, w, b, kw = _layer(GEMM_LAYERS[0])
+    FC.conv2d(x, w, b, **kw)
+    with torch.no_grad():
+        w.mul_(-3.0)
+    y = FC.conv2d(x, w, b, **kw)
+    assert_rel(y, F.conv2d(x.double(), w.double(), b.double(), **kw), torch.float32, "output")
+
+
+def test_gemm_weight_pack_kinds_never_mix(backend, weight_pack_cache):
+    """One weight tensor through conv_cl (channels_last input) and the NCHW kernel, and with groups 1
+    and 2 (inputs of 8 and 16 channels): four formats, four entries, each result right."""
+    if backend != "cpu":
+        pytest.skip("the weight-pack cache belongs to the cpu backend")
+    w = torch.randn(12, 8, 3, 3)
+    for _ in range(2):
+        for C, groups in ((8, 1), (16, 2)):
+            for memory_format in (torch.contiguous_format, torch.channels_last):
+                x = torch.randn(2, C, 10, 10).contiguous(memory_format=memory_format)
+                y = FC.conv2d(x, w, None, 1, 1, 1, groups)
+                assert_rel(y, F.conv2d(x.double(), w.double(), None, 1, 1, 1, groups), torch.float32, "output")
+    assert weight_pack_cache.info()["entries"] == 4 and weight_pack_cache.info()["hits"] == 4
+
+
+def test_gemm_weight_pack_follows_the_isa_level(backend, weight_pack_cache, monkeypatch):
+    """A pack made at one ISA level is never read by another's kernels (their microkernel shapes, and so
+    the pack formats, differ): after set_cpu_isa the same call repacks and matches an uncached run."""
+    if backend != "cpu" or len(CPU_ISAS) < 2:
+        pytest.skip("needs the cpu backend and two ISA levels")
+    x, w, b, kw = _layer(GEMM_LAYERS[0])
+    previous = _C.cpu_isa()
+    try:
+        for level in CPU_ISAS + CPU_ISAS[:1]:  # and back to the first: its pack is still cached, and right
+            _C.set_cpu_isa(level)
+            y = FC.conv2d(x, w, b, **kw)
+            monkeypatch.setenv("FASTCONV_WEIGHT_CACHE", "0")
+            uncached = FC.conv2d(x, w, b, **kw)
+            monkeypatch.delenv("FASTCONV_WEIGHT_CACHE")
+            assert torch.equal(y, uncached), level
+    finally:
+        _C.set_cpu_isa(previous)
+    assert weight_pack_cache.info()["entries"] == len(CPU_ISAS) and weight_pack_cache.info()["hits"] == 1
+
+
+def test_forward_pack_info_by_kernel_family(backend):
+    """ConvFwdCall.pack_info(): (0, 0) where the kernel packs nothing (depthwise direct loops), a size
+    and a kind otherwise; the kind differs between kernel families and dtypes."""
+    def info(x, w, stride=1, padding=1, groups=1):
+        code = cpu_backend._dtype_code(x)
+        P = (x.shape[2] + 2 * padding - w.shape[2]) // stride + 1
+        Q = (x.shape[3] + 2 * padding - w.shape[3]) // stride + 1
+        y = torch.empty(x.shape[0], w.shape[0], P, Q).contiguous(
+            memory_format=torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and
+            not x.is_contiguous() else torch.contiguous_format)
+        d = cpu_backend.conv_desc(x, w, (stride, stride), (padding, padding), (1, 1), groups, (P, Q))
+        call = _C.ConvFwdCall(d, code, x.shape, x.stride(), w.shape, w.stride(), y.shape, y.stride())
+        return call.pack_info()
+
+    nchw = torch.randn(1, 8, 9, 9)
+    cl = nchw.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(16, 8, 3, 3)
+    assert info(torch.randn(1, 8, 9, 9), torch.randn(8, 1, 3, 3), groups=8) == (0, 0)  # depthwise
+    f_nchw, k_nchw = info(nchw, w)
+    f_cl, k_cl = info(cl, w)
+    f_64, k_64 = info(cl.double(), w.double())
+    assert min(f_nchw, f_cl, f_64) >= 16 * 8 * 9 and len({k_nchw, k_cl, k_64}) == 3
+    assert f_64 == 2 * f_cl  # the same panels of doubles, in float32 units
+
+
+# Writes through .data bypass the version counter the cache keys on; the pack's weight sample catches
+# them (csrc/module.cpp, with_checked_pack): every element of a weight of up to 4096, evenly spaced
+# ones beyond. Winograd (3x3 stride 1, 16+ channels), conv_cl and the NCHW kernels, both passes.
+DATA_WRITE_LAYERS = [
+    ("winograd", (2, 16, 8, 8), (16, 16, 3, 3), 1, False),
+    ("cl_stride2", (2, 32, 12, 12), (24, 32, 3, 3), 2, True),
+    ("nchw_direct", (2, 3, 16, 16), (20, 3, 3, 3), 1, False),
+]
+
+
+@pytest.mark.parametrize("spec", DATA_WRITE_LAYERS, ids=[s[0] for s in DATA_WRITE_LAYERS])
+@pytest.mark.parametrize("write", ["one_element", "every_element"])
+def test_weight_writes_through_data_repack(backend, weight_pack_cache, spec, write):
+    _, xs, ws, stride, cl = spec
+    x = torch.randn(*xs, requires_grad=True)
+    if cl:
+        x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(*ws, requires_grad=True)
+    for step in range(3):
+        y = FC.conv2d(x, w, None, stride, 1)
+        (gx,) = torch.autograd.grad(y, [x], torch.ones_like(y))
+        xd, wd = x.detach().double().requires_grad_(), w.detach().double()
+        yr = F.conv2d(xd, wd, None, stride, 1)
+        (gxr,) = torch.autograd.grad(yr, [xd], torch.ones_like(yr))
+        assert_rel(y, yr, torch.float32, f"output after write {step}")
+        assert_rel(gx, gxr, torch.float32, f"dx after write {step}")
+        if write == "one_element":  # gradcheck's perturbation
+            w.data[1, 2, 0, 1] += 0.5
+        else:  # an old-style update loop
+            w.data -= 0.1 * torch.randn_like(w)
+
+
+def test_weight_sample_of_a_large_weight_catches_whole_updates(backend, weight_pack_cache):
+    """A weight of more than 4096 elements is sampled: an update of every element is always caught."""
+    x = torch.randn(2, 64, 10, 10).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(64, 64, 3, 3)  # 36864 elements
+    for _ in range(3):
+        y = FC.conv2d(x, w, None, 2, 1)
+        assert_rel(y, F.conv2d(x.double(), w.double(), None, 2, 1), torch.float32, "output")
+        w.data.mul_(-1.5)
+
+
+def test_strided_weight_view_repacks_every_call(backend, weight_pack_cache):
+    """A weight that is not one dense block (a slice) cannot be sampled, so its pack is never trusted:
+    writes through .data between calls still give the right result."""
+    base = torch.randn(20, 3, 3, 5)
+    w = base[:, :, :, 1:4]
+    x = torch.randn(2, 3, 12, 12)
+    for _ in range(3):
+        assert_rel(FC.conv2d(x, w, None, 1, 1), F.conv2d(x.double(), w.double(), None, 1, 1), torch.float32,
+                   "output")
+        base.data.add_(1.0)

@@ -237,6 +237,10 @@ struct PixRun {
 };
 
 // A for the NCHW path: [G][ceil(Kg/MR)][CRS][MR], reduction order (c, r, s); rows past Kg are zero.
+template <int MR>
+int64_t pix_weight_floats(const Geo& g) {
+  return g.G * cdiv(g.Kg, MR) * g.Cg * g.R * g.S * MR;
+}
 template <typename T, int MR>
 void pack_weight_panels(const Geo& g, const WV<T>& w, T* A, int nth) {
   const int64_t nIr = cdiv(g.Kg, MR), CRS = g.Cg * g.R * g.S;
@@ -264,15 +268,17 @@ void pack_weight_panels(const Geo& g, const WV<T>& w, T* A, int nth) {
 // columns would (c128k128 3x3 stride 2 on 32x32: conv_pix spent ~1/4 of its time packing B and ran
 // 288-pixel blocks for 256 output pixels).
 template <typename T, int MR, int NV>
-void conv_pix_direct(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, bool relu, int nth) {
+void conv_pix_direct(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, bool relu, int nth,
+                     const T* Apre = nullptr) {
   using Sd = Simd<T>;
   using V = typename Sd::V;
   constexpr int L = Sd::L;
   constexpr int NR = NV * L;
   const int64_t RS = g.R * g.S, CRS = g.Cg * RS;
   const int64_t nIr = cdiv(g.Kg, MR);
-  Buf<T> A(g.G * nIr * CRS * MR);
-  pack_weight_panels<T, MR>(g, w, A.p, nth);
+  Buf<T> Aown(Apre ? 0 : pix_weight_floats<MR>(g));
+  if (!Apre) pack_weight_panels<T, MR>(g, w, Aown.p, nth);
+  const T* const Ap = Apre ? Apre : Aown.p;
 
   // Window rows u / columns v <-> input row p0*sh + hlo + u / column wlo + v. Tap (r, s) of output
   // (p0 + pl, q) reads u = pl*sh + offr[r], v = q*sw + offw[s]; the window is split into sh x sw
@@ -289,7 +295,18 @@ void conv_pix_direct(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, O
   const int64_t Wp = g.Q + maxw;  // plane width: output columns plus the taps' reach
   const int64_t RB = std::max<int64_t>(1, std::min(g.P, cdiv(384, Wp)));  // output rows per task
   const int64_t nRb = cdiv(g.P, RB);
-  const int64_t NCt = RB * Wp, npan_max = cdiv(NCt, NR), NC = npan_max * NR;
+  // Where the panel's vectors lie. On the padded grid (default) the NR lanes of a panel are NR
+  // consecutive grid pixels, so a vector may straddle two output rows and carry the dropped columns
+  // q >= Q, and the epilogue splits it lane by lane. Row-aligned, vector t of a task covers output row
+  // t / nvr, columns (t % nvr)*L .. +L (the row's last vector masked when L does not divide Q): one
+  // store per vector. Taken when it computes no more lanes than the grid, ceil(Q/L)*L <= Wp: the RGB
+  // stem (Q = 32, Wp = 34) spent half its samples outside the FMA loop, in the splitting epilogue, its
+  // reduction being only 27 long (N=32, 3->32, 32x32, NCHW, 2 threads, interleaved with torch: 0.70-0.98
+  // -> 0.45-0.57 ms; torch 0.55-0.65). A row-aligned vector reads at most nvr*L - 1 + maxw < 2*Wp plane
+  // elements from its row start, so it stays inside the plane's rows and slack row.
+  const int64_t nvr = cdiv(g.Q, L);
+  const bool row_aligned = nvr * L <= Wp;
+  const int64_t NCt = row_aligned ? RB * nvr * L : RB * Wp, npan_max = cdiv(NCt, NR), NC = npan_max * NR;
   const int64_t rows_pl = RB + maxr;                 // plane rows read by the taps
   const int64_t ps = (rows_pl + 1) * Wp;             // plane size, with a zeroed slack row
   const int64_t cs = nph * ps + NR;                  // channel stride in the window, with zeroed slack
@@ -310,6 +327,9 @@ void conv_pix_direct(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, O
   const int64_t ldc = NC;
   const int64_t wsz = g.Cg * cs, csz = nkb > 1 ? nIr * MR * NC : 0;
   Buf<T> scratch(nth * (wsz + csz));
+  // Non-temporal stores for a large output, as conv_cl (row-aligned vectors only: whole stores).
+  [[maybe_unused]] const bool stream_out =
+      row_aligned && y.s3 == 1 && g.N * g.Kout * g.P * g.Q * (int64_t)sizeof(T) >= (int64_t(2) << 20);
 
 #pragma omp parallel num_threads(nth)
   {
@@ -321,7 +341,7 @@ void conv_pix_direct(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, O
     for (int64_t task = 0; task < ntask; ++task) {
       const int64_t rb = task % nRb, ng = task / nRb, gi = ng % g.G, n = ng / g.G;
       const int64_t p0 = rb * RB, nrows = std::min(RB, g.P - p0);
-      const int64_t npan = cdiv(nrows * Wp, NR);
+      const int64_t npan = row_aligned ? cdiv(nrows * nvr, NV) : cdiv(nrows * Wp, NR);
       const int64_t nu = (nrows - 1) * sh + span_h + 1;  // input rows of the task
       for (int64_t c = 0; c < g.Cg; ++c) {
         T* wc = win + c * cs;
@@ -347,15 +367,24 @@ void conv_pix_direct(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, O
         const int64_t k0 = kb * kc, kl = std::min(kc, CRS - k0);
         const bool first = kb == 0, last = kb == nkb - 1;
         for (int64_t jr = 0; jr < npan; ++jr) {
-          // lane 0 of each vector of the panel: padded-grid row and column
-          int64_t vrow[NV], vcol[NV];
+          // lane 0 of each vector of the panel: output row (padded-grid row) and column, and its plane offset
+          int64_t vrow[NV], vcol[NV], voff[NV];
           for (int v = 0; v < NV; ++v) {
-            const int64_t j = jr * NR + v * L;
-            vrow[v] = j / Wp;
-            vcol[v] = j % Wp;
+            if (row_aligned) {
+              const int64_t t = jr * NV + v;
+              vrow[v] = t / nvr;
+              vcol[v] = (t % nvr) * L;
+              // vectors past the task's rows (last panel) read row 0 and are never stored
+              voff[v] = vrow[v] < nrows ? vrow[v] * Wp + vcol[v] : 0;
+            } else {
+              const int64_t j = jr * NR + v * L;
+              vrow[v] = j / Wp;
+              vcol[v] = j % Wp;
+              voff[v] = j;
+            }
           }
           for (int64_t ir = 0; ir < nIr; ++ir) {
-            ukr_offs<T, MR, NV>(kl, A.p + ((gi * nIr + ir) * CRS + k0) * MR, win + jr * NR, offs.data() + k0,
+            ukr_offs<T, MR, NV>(kl, Ap + ((gi * nIr + ir) * CRS + k0) * MR, win, offs.data() + k0, voff,
                                 [&](V(&acc)[MR][NV]) {
               T* ct = Cb + ir * MR * ldc + jr * NR;
               if (!first) add_tile<T, MR, NV>(acc, ct, ldc);
@@ -370,6 +399,22 @@ void conv_pix_direct(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, O
                   V val = acc[i][v];
                   if (bias) val = Sd::add(val, bv);
                   if (relu) val = Sd::relu(val);
+                  if (row_aligned) {
+                    if (vrow[v] >= nrows) continue;
+                    T* dst = yk + vrow[v] * y.s2 + vcol[v] * y.s3;
+                    const int nval = (int)std::min<int64_t>(L, g.Q - vcol[v]);
+                    if (y.s3 == 1) {
+                      if (nval == L)
+                        store_maybe_stream<T>(dst, val, stream_out);
+                      else
+                        Sd::store_n(dst, val, nval);
+                    } else {
+                      alignas(64) T tmp[L];
+                      Sd::store(tmp, val);
+                      for (int t = 0; t < nval; ++t) dst[t * y.s3] = tmp[t];
+                    }
+                    continue;
+                  }
                   // split the vector at padded-row boundaries; keep columns q < Q of rows < nrows
                   int64_t pr = vrow[v], qc = vcol[v];
                   for (int l = 0; l < L && pr < nrows;) {
@@ -398,12 +443,16 @@ void conv_pix_direct(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, O
           }
         }
       }
+#if defined(__AVX512F__)
+      if (stream_out) _mm_sfence();  // order this task's streamed stores before the loop's barrier
+#endif
     }
   }
 }
 
 template <typename T, int MR, int NV>
-void conv_pix(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, bool relu, int nth) {
+void conv_pix(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, bool relu, int nth,
+              const T* Apre = nullptr) {
   using Sd = Simd<T>;
   using V = typename Sd::V;
   constexpr int L = Sd::L;
@@ -411,8 +460,9 @@ void conv_pix(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> 
   const int64_t RS = g.R * g.S, CRS = g.Cg * RS, PQ = g.P * g.Q;
   const int64_t nIr = cdiv(g.Kg, MR);
 
-  Buf<T> A(g.G * nIr * CRS * MR);
-  pack_weight_panels<T, MR>(g, w, A.p, nth);
+  Buf<T> Aown(Apre ? 0 : pix_weight_floats<MR>(g));
+  if (!Apre) pack_weight_panels<T, MR>(g, w, Aown.p, nth);
+  const T* const Ap = Apre ? Apre : Aown.p;
 
   // kc: B micro-panel kc x NR <= 24 KiB (L1-resident while the A panels stream from L2).
   const int64_t KC = std::max<int64_t>(32, (24 * 1024) / (NR * (int64_t)sizeof(T)));
@@ -498,7 +548,7 @@ void conv_pix(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> 
         for (int64_t jr = 0; jr < npan; ++jr) {
           const T* bp = Bb + jr * kl * NR;
           for (int64_t ir = 0; ir < nIr; ++ir) {
-            ukr_panel<T, MR, NV>(kl, A.p + ((gi * nIr + ir) * CRS + k0) * MR, bp, [&](V(&acc)[MR][NV]) {
+            ukr_panel<T, MR, NV>(kl, Ap + ((gi * nIr + ir) * CRS + k0) * MR, bp, [&](V(&acc)[MR][NV]) {
               T* ct = Cb + ir * MR * ldc + jr * NR;
               if (!first) add_tile<T, MR, NV>(acc, ct, ldc);
               if (!last) return store_tile<T, MR, NV>(acc, ct, ldc);  // partial sum of a kc block
@@ -670,8 +720,11 @@ void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y
   // Row merge: with dense channels_last pixels and dw == 1 the S taps of one filter row are one
   // contiguous run of S*Cg elements, so a segment covers a whole filter row; border pixels whose run
   // crosses the padding get a materialized copy. Its blocks are whole filter rows, as many as keep
-  // the block's B (all NR panels) within half the L2 cache, so B streams from L2 instead of sitting in
-  // L1. With all R rows in one block a pixel's sum stays in registers for the whole reduction (no
+  // the block's B (all NR panels) within three quarters of the L2 cache, so B streams from L2 instead
+  // of sitting in L1. (Half the L2 split the stride-2 128->128 layer's 590 KB of B into two blocks on
+  // a 1 MiB-L2 core (Zen 4); in one block, 2 threads, interleaved with torch: ratio 0.94-0.96 ->
+  // 0.98-1.02. On 2 MiB L2 both fractions give the same blocks for the bench's layers.)
+  // With all R rows in one block a pixel's sum stays in registers for the whole reduction (no
   // partial sums through C) and an interior pixel needs one pointer (whole_windows below). Measured
   // (2 threads, ms, interleaved runs): stride-2 128->128 channels_last 8.4 -> 7.8 (1 thread 17.2 ->
   // 15.6); 64->64 3x3 direct 8.3 -> 7.5. A block larger than L2 is slower: 256->256 3x3 with all 3
@@ -681,7 +734,7 @@ void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y
   // of one per pixel and segment. 1x1 64->64, 32x32, channels_last, 2 threads: 1.06-1.08 -> 0.98-1.00 ms.
   const int64_t SC = g.S * g.Cg;
   const int64_t row_bytes = SC * Npad * (int64_t)sizeof(T);  // B of one filter row, all panels
-  const int64_t rows_per_block = std::min<int64_t>(g.R, l2_cache_bytes() / 2 / row_bytes);
+  const int64_t rows_per_block = std::min<int64_t>(g.R, l2_cache_bytes() * 3 / 4 / row_bytes);
   const bool rowmerge = indirect && g.G == 1 && g.Cg > 1 && x.s3 == g.Cg && g.dw == 1 && (g.S > 1 || SC <= KC_L1) &&
                         (SC <= KC_L1 || rows_per_block >= 1);
   const int64_t KC = rowmerge ? std::max(KC_L1, rows_per_block * SC) : KC_L1;
@@ -1752,6 +1805,20 @@ void with_rows_shape(int64_t Kg, F&& f) {
 #endif
 }
 
+// The caller's WeightPack as this kernel's packed weight of `count` T elements, filled by fill(p) the
+// first time; null when there is no pack (or one too small), and the kernel packs into its own buffer.
+template <typename T, typename F>
+const T* cached_pack(WeightPack* pack, int64_t count, F&& fill) {
+  if (pack == nullptr || pack->data == nullptr || pack->floats * (int64_t)sizeof(float) < count * (int64_t)sizeof(T))
+    return nullptr;
+  T* p = reinterpret_cast<T*>(pack->data);  // Python allocates float32 buffers 64-byte aligned
+  if (!pack->ready) {
+    fill(p);
+    pack->ready = true;
+  }
+  return p;
+}
+
 template <typename T>
 struct ClRunner {
   const Geo& g;
@@ -1761,17 +1828,22 @@ struct ClRunner {
   Out4<T> y;
   bool relu;
   int nth;
+  WeightPack* pack;
   template <int MR, int NV>
   void operator()() const {
-    conv_cl<T, MR, NV>(g, x, m, w, bias, y, relu, nth);
+    const T* B = cached_pack<T>(pack, cl_weight_floats<T, NV>(g), [&](T* p) { pack_cl_weights<T, NV>(g, w, p, nth); });
+    conv_cl<T, MR, NV>(g, x, m, w, bias, y, relu, nth, B);
   }
 };
 
+// The kernel family conv_run takes. One function, so that conv_run and the pack query
+// (conv2d_fwd_pack_info) cannot disagree about which packed weight a problem uses.
+enum class Route { kDirectCl, kDirectPlane, kCl, kPixDirect, kPix };
+
+// 1x1, stride 1, no padding, dense planes: one flat row of H*W pixels (longer packing runs). Only the
+// pixel geometry changes, never what the weights pack into.
 template <typename T>
-void conv_run(const Geo& g0, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, bool relu, int nth) {
-  if (g0.N == 0 || g0.P <= 0 || g0.Q <= 0 || g0.Kout == 0) return;
-  Geo g = g0;
-  // 1x1, stride 1, no padding, dense planes: one flat row of H*W pixels (longer packing runs).
+void flatten_pointwise(Geo& g, In4<T>& x, In4<T>& m, Out4<T>& y) {
   if (g.R == 1 && g.S == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0 && g.P == g.H && g.Q == g.W &&
       x.s2 == g.W * x.s3 && y.s2 == g.Q * y.s3 && (m.p == nullptr || m.s2 == g.W * m.s3)) {
     g.W = g.Q = g.H * g.W;
@@ -1780,23 +1852,36 @@ void conv_run(const Geo& g0, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T>
     y.s2 = g.Q * y.s3;
     m.s2 = g.W * m.s3;
   }
+}
+
+template <typename T>
+Route conv_route(const Geo& g, const In4<T>& x, const In4<T>& m, const Out4<T>& y) {
   const bool y_cl = (y.s1 == 1 && g.Kout > 1);
-  if (g.Cg == 1) {
-    if (g.Kg == 1 && g.G > 1 && y_cl && x.s1 == 1 && (m.p == nullptr || m.s1 == 1))
-      conv_direct_cl(g, x, m, w, bias, y, relu, nth);
-    else
-      conv_direct_plane(g, x, m, w, bias, y, relu, nth);
-    return;
-  }
-  if (y_cl) {
-    with_rows_shape<T>(g.Kg, ClRunner<T>{g, x, m, w, bias, y, relu, nth});
-  } else {
-    const int64_t Wp = g.Q + cdiv(std::abs((g.S - 1) * g.dw), g.sw);  // upper bound of the plane width
-    if (g.sh <= 2 && g.sw <= 2 && Wp <= 1024 && g.Q * 8 >= Wp * 7)
-      conv_pix_direct<T, kPixMR, kPixNV>(g, x, m, w, bias, y, relu, nth);
-    else
-      conv_pix<T, kPixMR, kPixNV>(g, x, m, w, bias, y, relu, nth);
-  }
+  if (g.Cg == 1)
+    return g.Kg == 1 && g.G > 1 && y_cl && x.s1 == 1 && (m.p == nullptr || m.s1 == 1) ? Route::kDirectCl
+                                                                                      : Route::kDirectPlane;
+  if (y_cl) return Route::kCl;
+  const int64_t Wp = g.Q + cdiv(std::abs((g.S - 1) * g.dw), g.sw);  // upper bound of the plane width
+  return g.sh <= 2 && g.sw <= 2 && Wp <= 1024 && g.Q * 8 >= Wp * 7 ? Route::kPixDirect : Route::kPix;
+}
+
+// pack: the forward's cached weight pack (conv2d_fwd_pack_info says which), or null.
+template <typename T>
+void conv_run(const Geo& g0, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, bool relu, int nth,
+              WeightPack* pack = nullptr) {
+  if (g0.N == 0 || g0.P <= 0 || g0.Q <= 0 || g0.Kout == 0) return;
+  Geo g = g0;
+  flatten_pointwise(g, x, m, y);
+  const Route route = conv_route(g, x, m, y);
+  if (route == Route::kDirectCl) return conv_direct_cl(g, x, m, w, bias, y, relu, nth);
+  if (route == Route::kDirectPlane) return conv_direct_plane(g, x, m, w, bias, y, relu, nth);
+  if (route == Route::kCl) return with_rows_shape<T>(g.Kg, ClRunner<T>{g, x, m, w, bias, y, relu, nth, pack});
+  const T* A = cached_pack<T>(pack, pix_weight_floats<kPixMR>(g),
+                              [&](T* p) { pack_weight_panels<T, kPixMR>(g, w, p, nth); });
+  if (route == Route::kPixDirect)
+    conv_pix_direct<T, kPixMR, kPixNV>(g, x, m, w, bias, y, relu, nth, A);
+  else
+    conv_pix<T, kPixMR, kPixNV>(g, x, m, w, bias, y, relu, nth, A);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2215,10 +2300,16 @@ struct StagedClRunner {
   const Tensor4& y;
   bool relu;
   int nth;
+  WeightPack* pack;
   template <int MR, int NV>
   void operator()() const {
-    Buf<float> B(cl_weight_floats<float, NV>(g));
-    pack_cl_weights<float, NV>(g, w, B.p, nth);
+    const auto fill = [&](float* p) { pack_cl_weights<float, NV>(g, w, p, nth); };
+    const float* B = cached_pack<float>(pack, cl_weight_floats<float, NV>(g), fill);
+    Buf<float> Bown(B ? 0 : cl_weight_floats<float, NV>(g));
+    if (!B) {
+      fill(Bown.p);
+      B = Bown.p;
+    }
     const int64_t image_bytes = g.Cin * g.H * g.W * (int64_t)sizeof(float);
     // Images per batch: half an L2 of input per thread, and at least 4 conv_cl tasks (of <= 192
     // pixels) per thread so that the batch keeps every thread busy (1 image of the layer above:
@@ -2238,7 +2329,7 @@ struct StagedClRunner {
         const In4<float> xcl{xs, g.H * g.W * g.Cin, 1, g.W * g.Cin, g.Cin};
         with_channels_last_output(yc, nth, [&](float* ys) {
           const Out4<float> ycl{ys, g.P * g.Q * g.Kout, 1, g.Q * g.Kout, g.Kout};
-          conv_cl<float, MR, NV>(gc, xcl, In4<float>{}, w, bias, ycl, relu, nth, B.p);
+          conv_cl<float, MR, NV>(gc, xcl, In4<float>{}, w, bias, ycl, relu, nth, B);
         });
       });
     }
@@ -2246,23 +2337,80 @@ struct StagedClRunner {
 };
 #endif
 
+inline Geo geo_of(const ConvDesc& d) {
+  const int64_t G = d.groups;
+  return Geo{d.N, d.C, d.H, d.W, d.K, d.P, d.Q, d.R, d.S, G, d.C / G, d.K / G,
+             d.stride_h, d.stride_w, d.pad_h, d.pad_w, d.dil_h, d.dil_w};
+}
+
 template <typename T>
 void fwd_impl(const ConvDesc& d, const Tensor4& x, const Tensor4& w, const void* bias, const Tensor4& y, bool relu,
-              int nth) {
-  const int64_t G = d.groups;
-  Geo g{d.N, d.C, d.H, d.W, d.K, d.P, d.Q, d.R, d.S, G, d.C / G, d.K / G,
-        d.stride_h, d.stride_w, d.pad_h, d.pad_w, d.dil_h, d.dil_w};
+              WeightPack* pack, int nth) {
+  const Geo g = geo_of(d);
   const WV<T> wv{static_cast<const T*>(w.data), g.Kg * w.stride[0], w.stride[0], w.stride[1], w.stride[2],
                  w.stride[3]};
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>) {
     if (stage_nchw_forward(g, x, y)) {
-      with_rows_shape<float>(g.Kg, StagedClRunner{g, x, wv, static_cast<const float*>(bias), y, relu, nth});
+      with_rows_shape<float>(g.Kg, StagedClRunner{g, x, wv, static_cast<const float*>(bias), y, relu, nth, pack});
       return;
     }
   }
 #endif
-  conv_run<T>(g, in_view<T>(x), In4<T>{}, wv, static_cast<const T*>(bias), out_view<T>(y), relu, nth);
+  conv_run<T>(g, in_view<T>(x), In4<T>{}, wv, static_cast<const T*>(bias), out_view<T>(y), relu, nth, pack);
+}
+
+// ISA level of this translation unit, part of a pack's kind: the microkernel shapes differ per level,
+// and tests switch levels at run time (set_cpu_isa).
+#if defined(__AVX512F__)
+constexpr int64_t kIsaLevel = 2;
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr int64_t kIsaLevel = 1;
+#else
+constexpr int64_t kIsaLevel = 0;
+#endif
+
+enum PackFamily : int64_t { kPackWinograd = 1, kPackClPanels = 2, kPackPixPanels = 3 };
+
+// PackInfo::kind: family, microkernel width (NR columns or MR rows), dtype, ISA level and groups (the
+// same weight tensor used with another groups count packs differently), each in its own digits.
+inline int64_t pack_kind(PackFamily family, int64_t width, DType dt, int64_t groups) {
+  return family + 4 * (width + 256 * (dt + 2 * (kIsaLevel + 4 * groups)));
+}
+
+// conv_cl's pack for a problem: its size and width NR (the microkernel shape with_rows_shape picks).
+template <typename T>
+struct ClPackSize {
+  const Geo& g;
+  int64_t &count, &nr;
+  template <int MR, int NV>
+  void operator()() const {
+    count = cl_weight_floats<T, NV>(g);
+    nr = NV * Simd<T>::L;
+  }
+};
+
+template <typename T>
+PackInfo fwd_pack_info(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& y) {
+  Geo g = geo_of(d);
+  if (g.N == 0 || g.P <= 0 || g.Q <= 0 || g.Kout == 0) return {};
+  In4<T> xv = in_view<T>(x), mv{};
+  Out4<T> yv = out_view<T>(y);
+  constexpr int64_t floats_per = sizeof(T) / sizeof(float);
+  const auto cl_pack = [&]() {
+    int64_t count = 0, nr = 0;
+    with_rows_shape<T>(g.Kg, ClPackSize<T>{g, count, nr});
+    return PackInfo{count * floats_per, pack_kind(kPackClPanels, nr, dt, g.G)};
+  };
+#if defined(__AVX512F__)
+  if (std::is_same_v<T, float> && stage_nchw_forward(g, x, y)) return cl_pack();
+#endif
+  flatten_pointwise(g, xv, mv, yv);
+  const Route route = conv_route(g, xv, mv, yv);
+  if (route == Route::kCl) return cl_pack();
+  if (route == Route::kPixDirect || route == Route::kPix)
+    return PackInfo{pix_weight_floats<kPixMR>(g) * floats_per, pack_kind(kPackPixPanels, kPixMR, dt, g.G)};
+  return {};
 }
 
 // Taps r in [0, R) with (a + pad - r*dil) % stride == 0: r0 + j*step, count.
@@ -2409,9 +2557,9 @@ void conv2d_fwd(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& w,
   if (winograd_usable(d, dt))
     winograd_fwd(d, x, w, static_cast<const float*>(bias), y, relu, pack, nth);
   else if (dt == kFloat32)
-    fwd_impl<float>(d, x, w, bias, y, relu, nth);
+    fwd_impl<float>(d, x, w, bias, y, relu, pack, nth);
   else if (dt == kFloat64)
-    fwd_impl<double>(d, x, w, bias, y, relu, nth);
+    fwd_impl<double>(d, x, w, bias, y, relu, pack, nth);
   else
     throw std::invalid_argument("conv2d_fwd: unsupported dtype");
 }
@@ -2450,6 +2598,14 @@ void conv2d_wgrad(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4&
 
 int64_t conv2d_weight_pack_floats(const ConvDesc& d, DType dt, int pass) {
   return winograd_pack_floats(d, dt, pass == 0 ? WinogradPass::kForward : WinogradPass::kInputGrad);
+}
+
+PackInfo conv2d_fwd_pack_info(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& y) {
+  if (winograd_usable(d, dt))
+    return PackInfo{winograd_pack_floats(d, dt, WinogradPass::kForward), pack_kind(kPackWinograd, 0, dt, d.groups)};
+  if (dt == kFloat32) return fwd_pack_info<float>(d, dt, x, y);
+  if (dt == kFloat64) return fwd_pack_info<double>(d, dt, x, y);
+  throw std::invalid_argument("conv2d_fwd_pack_info: unsupported dtype");
 }
 
 }  // namespace FC_ISA

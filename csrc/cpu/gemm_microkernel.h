@@ -238,20 +238,20 @@ FC_INLINE void ukr_panel(int64_t kc, const T* __restrict a, const T* __restrict 
   epi(acc);
 }
 
-// C[MR x NR] = sum_k A[k][0..MR) (x) b[offs[k] + 0..NR): B rows read in place at per-k offsets
-// (direct convolution on a zero-padded input window, see conv_pix_direct).
+// C[MR x NR] = sum_k A[k][0..MR) (x) B vectors v = b[offs[k] + voff[v] + 0..L): B rows read in place at
+// per-k offsets, each of the NV vectors at its own offset (direct convolution on a zero-padded input
+// window, see conv_pix_direct: voff[v] = v*L for consecutive pixels, or one vector per output row run).
 template <typename T, int MR, int NV, typename Epi>
 FC_INLINE void ukr_offs(int64_t kc, const T* __restrict a, const T* __restrict b, const int64_t* __restrict offs,
-                        Epi&& epi) {
+                        const int64_t (&voff)[NV], Epi&& epi) {
   using S = Simd<T>;
   using V = typename S::V;
-  constexpr int L = S::L;
   V acc[MR][NV];
   FC_UNROLL for (int i = 0; i < MR; ++i) FC_UNROLL for (int v = 0; v < NV; ++v) acc[i][v] = S::zero();
   for (int64_t k = 0; k < kc; ++k) {
     const T* bk = b + offs[k];
     V bv[NV];
-    FC_UNROLL for (int v = 0; v < NV; ++v) bv[v] = S::load(bk + v * L);
+    FC_UNROLL for (int v = 0; v < NV; ++v) bv[v] = S::load(bk + voff[v]);
     FC_UNROLL for (int i = 0; i < MR; ++i) {
       const V av = S::set1(a[i]);
       FC_UNROLL for (int v = 0; v < NV; ++v) acc[i][v] = S::fma(av, bv[v], acc[i][v]);

@@ -49,6 +49,15 @@ struct WeightPack {
   bool ready = false;
 };
 
+// What a forward kernel keeps in a WeightPack: how many floats, and the pack's format. Formats differ
+// by kernel family (the Winograd transform, conv_cl's K-column panels, the NCHW kernels' K-row panels),
+// microkernel shape, dtype, ISA level and groups, and a pack is only ever valid for its own format, so
+// Python caches one pack per (weight, kind); kind 0: the kernel uses no pack.
+struct PackInfo {
+  int64_t floats = 0;
+  int64_t kind = 0;
+};
+
 // Pooling window description; P, Q computed in Python with torch's ceil_mode rule.
 struct PoolDesc {
   int64_t N = 0, C = 0, H = 0, W = 0;
@@ -75,7 +84,10 @@ struct PoolDesc {
 // conv2d_dgrad: dx = d/dx; when relu_y is non-null, dy is multiplied by (relu_y > 0) on the fly
 //               (the fused conv+ReLU backward: relu_y is the fused op's output).
 //               pack (may be null): cache for the packed weight, see WeightPack.
-// conv2d_weight_pack_floats: size of that pack for pass 0 (forward) / 1 (dgrad); 0 = no pack used.
+// conv2d_weight_pack_floats: size of the Winograd pack for pass 0 (forward) / 1 (dgrad); 0 = no
+//               Winograd for that pass.
+// conv2d_fwd_pack_info: the pack conv2d_fwd uses for x and y of these strides (any kernel family),
+//               {0, 0} when it uses none (depthwise direct loops, empty problems).
 // conv2d_wgrad: dw (if non-null) and dbias (contiguous length K, if non-null), with the same mask.
 // max_pool2d_fwd: y and indices (int64, flat h*W+w within the input plane, as torch).
 // max_pool2d_bwd: dx = scatter-add of dy at indices.
@@ -90,6 +102,7 @@ struct PoolDesc {
   void conv2d_dgrad(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& w,             \
                     const Tensor4* relu_y, const Tensor4& dx, WeightPack* pack, int nthreads);    \
   int64_t conv2d_weight_pack_floats(const ConvDesc& d, DType dt, int pass);                       \
+  PackInfo conv2d_fwd_pack_info(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& y); \
   void conv2d_wgrad(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& x,             \
                     const Tensor4* relu_y, const Tensor4* dw, void* dbias, int nthreads);         \
   void max_pool2d_fwd(const PoolDesc& d, DType dt, const Tensor4& x, const Tensor4& y,            \

@@ -65,22 +65,28 @@ class WeightPackCache:
     """Packed (transformed) weights of the C++ kernels, reused while the weight tensor is unchanged.
 
     The Winograd kernels multiply against U = G w G^T (36 x C x K floats, 9 MiB for a 256x256 3x3
-    layer); transforming w costs a pass over U on every call. An entry is keyed by the weight tensor
-    object and the pass (forward / input gradient) and is valid while the tensor is alive and its
+    layer); the implicit-GEMM kernels against w packed into microkernel panels (4.5 MiB for a 256x256
+    3x3 layer); either costs a pass over the pack on every call. An entry is keyed by the weight tensor
+    object and the pack's kind (("forward", format) with the format number the forward kernel reports,
+    ConvFwdCall.pack_info(): kernel family, microkernel shape, dtype, ISA level, groups; or
+    ("input_grad",) for the Winograd input gradient) and is valid while the tensor is alive and its
     data_ptr, shape, strides and version counter (``tensor._version``, bumped by every in-place
     update: optimizer steps, ``copy_``, ``load_state_dict``) are those the pack was made from.
     A weak reference drops the entry when the tensor dies, so a new tensor at the same address
-    never meets a stale pack. Writes that bypass the version counter (through ``.data`` or from
-    outside torch) are invisible here, exactly as they are to autograd's saved-tensor check:
-    call ``clear()`` (``fastconv.backends.cpu.weight_pack_cache.clear()``) after such writes, or
-    set FASTCONV_WEIGHT_CACHE=0. Least recently used entries beyond ``max_bytes`` are evicted.
+    never meets a stale pack. Writes that bypass the version counter (through ``.data``, as
+    gradcheck's perturbations and old-style update loops do, or from outside torch) are invisible
+    here; the C++ side catches them: every pack ends with a copy of (a sample of) the weight's
+    elements, compared before the pack is used (csrc/module.cpp, with_checked_pack). A sparse write
+    through ``.data`` to a weight of more than 4096 elements can fall between the samples: call
+    ``clear()`` (``fastconv.backends.cpu.weight_pack_cache.clear()``) after such writes, or set
+    FASTCONV_WEIGHT_CACHE=0. Least recently used entries beyond ``max_bytes`` are evicted.
     Thread-safe: two threads missing at once both pack (into their own buffers).
     """
 
     def __init__(self, max_bytes: int = 512 << 20):
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._entries: "OrderedDict[Tuple[int, int], dict]" = OrderedDict()
+        self._entries: "OrderedDict[Tuple[int, tuple], dict]" = OrderedDict()
         self._bytes = 0
         self.hits = 0
         self.misses = 0
@@ -93,9 +99,9 @@ class WeightPackCache:
     def _state(w: torch.Tensor):
         return (w.data_ptr(), tuple(w.shape), w.stride(), w._version)
 
-    def lookup(self, w: torch.Tensor, pass_: int, floats: int):
+    def lookup(self, w: torch.Tensor, kind: tuple, floats: int):
         """(buffer, ready) for the kernel: a cached pack (ready) or a new buffer to fill."""
-        key = (id(w), pass_)
+        key = (id(w), kind)
         if self.enabled():
             with self._lock:
                 entry = self._entries.get(key)
@@ -115,11 +121,11 @@ class WeightPackCache:
                 self.misses += 1
         return torch.empty(floats, dtype=torch.float32), False
 
-    def store(self, w: torch.Tensor, pass_: int, buf: torch.Tensor) -> None:
+    def store(self, w: torch.Tensor, kind: tuple, buf: torch.Tensor) -> None:
         """Remembers buf as the pack of w (as it is now) after the kernel filled it."""
         if not self.enabled():
             return
-        key = (id(w), pass_)
+        key = (id(w), kind)
         try:
             ref = weakref.ref(w, functools.partial(self._forget, key))
         except TypeError:  # not weak-referenceable: never cached
@@ -157,17 +163,16 @@ class WeightPackCache:
 weight_pack_cache = WeightPackCache()
 
 
-def _packed_call(kernel, args: tuple, d, dtype_code: int, w: torch.Tensor, pass_: int) -> None:
-    """Calls kernel(*args, pack=...) with the cached pack of w when the kernel of problem (d, dtype_code)
-    for this pass uses one, else kernel(*args)."""
-    floats = _C.conv2d_weight_pack_floats(d, dtype_code, pass_)
+def _packed_call(kernel, args: tuple, w: torch.Tensor, floats: int, kind) -> None:
+    """Calls kernel(*args, pack=...) with the cached pack of w of this kind (a pack of `floats` float32
+    elements) when the kernel uses one (floats > 0), else kernel(*args)."""
     if floats == 0:
         kernel(*args)
         return
-    buf, ready = weight_pack_cache.lookup(w, pass_, floats)
+    buf, ready = weight_pack_cache.lookup(w, kind, floats)
     kernel(*args, pack=(buf.data_ptr(), buf.numel(), ready))
     if not ready:
-        weight_pack_cache.store(w, pass_, buf)
+        weight_pack_cache.store(w, kind, buf)
 
 
 class _FwdPlan(NamedTuple):
@@ -279,9 +284,12 @@ class CpuBackend(Backend):
             y = torch.empty_strided(plan.out_shape, plan.out_stride, dtype=x.dtype)
         if bias is not None:
             bias = bias.contiguous()
+        # The pack's size and format are asked per call, not kept in the plan: they depend on the ISA level,
+        # which tests switch at run time.
+        floats, kind = plan.call.pack_info()
         _packed_call(plan.call, (x.data_ptr(), w.data_ptr(), bias.data_ptr() if bias is not None else 0, y.data_ptr(),
                                  bool(relu), _threads(plan.macs, _CONV_SERIAL_MACS)),
-                     plan.desc, plan.dtype_code, w, 0)
+                     w, floats, ("forward", kind))
         return y
 
     @_upcasting
@@ -294,7 +302,8 @@ class CpuBackend(Backend):
         d = conv_desc(x, w, stride, padding, dilation, groups, dy.shape[2:])
         code = _dtype_code(x)
         _packed_call(_C.conv2d_dgrad, (d, code, _t4(dy), _t4(w), _t4(relu_y) if relu_y is not None else None, _t4(dx),
-                                       _conv_threads(x, w, dy.shape[2:])), d, code, w, 1)
+                                       _conv_threads(x, w, dy.shape[2:])),
+                     w, _C.conv2d_dgrad_pack_floats(d, code), ("input_grad",))
         return dx
 
     @_upcasting
