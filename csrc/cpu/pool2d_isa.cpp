@@ -159,7 +159,7 @@ inline void store_vec(T* p, int64_t stride, typename Vec<T>::v x) {
 // the region is recomputed by the exact scan, so results stay torch's bit for bit.
 template <typename T>
 inline typename Vec<T>::v max_keep(typename Vec<T>::v v, typename Vec<T>::v best) {
-  using V = typename Vec<T>::v;
+  using V [[maybe_unused]] = typename Vec<T>::v;  // (unused at the baseline level)
 #if defined(__AVX512F__)
   if constexpr (sizeof(T) == 4)
     return (V)_mm512_max_ps((__m512)v, (__m512)best);
@@ -178,7 +178,7 @@ inline typename Vec<T>::v max_keep(typename Vec<T>::v v, typename Vec<T>::v best
 // acc + v * 0: stays +-0 while every v is finite, NaN from the first NaN or infinity on (one FMA).
 template <typename T>
 inline typename Vec<T>::v nonfinite_acc(typename Vec<T>::v acc, typename Vec<T>::v v) {
-  using V = typename Vec<T>::v;
+  using V [[maybe_unused]] = typename Vec<T>::v;  // (unused at the baseline level)
 #if defined(__AVX512F__)
   if constexpr (sizeof(T) == 4)
     return (V)_mm512_fmadd_ps((__m512)v, _mm512_setzero_ps(), (__m512)acc);
