@@ -8,7 +8,8 @@ kernels (csrc/cpu/pool2d_isa.cpp) that must still give torch's output bit for bi
   row, then the maxima over the window's rows (max_fwd_nchw_separable); stride-2 rows with 2 or 3 taps
   build the taps from two loads (max_hrow_s2), padding reads the lowest finite value; planes with a
   NaN or an infinity are redone by the exact scan;
-- avg (every path): sums in torch's order, from +0, padding taps adding +0.
+- avg (every path): sums in torch's order, from +0, padding taps adding +0, divided by the divisor
+  (a multiply by the reciprocal only where the divisor is a power of two, which is bitwise the same).
 
 So the grids here compare bit patterns (int views), not values: the sign of a zero that ties with
 another zero (torch keeps the first in row-major order), NaN payloads (the last NaN wins), infinities,
@@ -126,6 +127,9 @@ AVG_CONFIGS = [
     ((2, 3), 2, (1, 1), True, True, None),
     (3, 2, 1, False, False, 5),
     ((3, 2), (1, 2), (1, 0), False, True, None),
+    ((3, 4), 2, (1, 2), False, True, None),  # stride 2, width 4
+    (3, 2, 1, True, True, 4),               # a power-of-two override: the reciprocal multiply
+    ((2, 5), 2, (0, 2), True, False, None),  # width 5, clipped divisors at both row ends
 ]
 
 
