@@ -262,7 +262,10 @@ inline int64_t first_inside(int64_t start, int64_t dil) {
 struct MaxRange {
   int64_t h0, h1, w0, w1;  // dilated taps h0, h0 + dil_h, ... < h1 (likewise w)
 };
-inline MaxRange max_range(const PoolDesc& d, int64_t p, int64_t q) {
+// always_inline (also avg_range): GCC had kept both as out-of-line calls (a .constprop clone), made once
+// per output row, and avg_fwd_nchw's once per chunk for the divisor; inlined, NCHW 2x2 avg in L2 (one
+// thread, C=48, 56x56) went from 0.94-0.95 to 0.71-0.72 us per plane.
+__attribute__((always_inline)) inline MaxRange max_range(const PoolDesc& d, int64_t p, int64_t q) {
   int64_t hs = p * d.stride_h - d.pad_h, ws = q * d.stride_w - d.pad_w;
   return {first_inside(hs, d.dil_h), std::min(hs + (d.kernel_h - 1) * d.dil_h + 1, d.H),
           first_inside(ws, d.dil_w), std::min(ws + (d.kernel_w - 1) * d.dil_w + 1, d.W)};
@@ -311,7 +314,7 @@ inline void prefetch_window_columns(const PoolDesc& d, const T* xn, int64_t sh, 
 struct AvgRange {
   int64_t h0, h1, w0, w1, divisor;  // clipped window [h0, h1) x [w0, w1); empty -> output 0
 };
-inline AvgRange avg_range(const PoolDesc& d, int64_t p, int64_t q) {
+__attribute__((always_inline)) inline AvgRange avg_range(const PoolDesc& d, int64_t p, int64_t q) {
   int64_t h0 = p * d.stride_h - d.pad_h, w0 = q * d.stride_w - d.pad_w;
   int64_t h1 = std::min(h0 + d.kernel_h, d.H + d.pad_h), w1 = std::min(w0 + d.kernel_w, d.W + d.pad_w);
   int64_t pool_size = (h1 - h0) * (w1 - w0);
