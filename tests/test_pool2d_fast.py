@@ -2,12 +2,13 @@
 kernels (csrc/cpu/pool2d_isa.cpp) that must still give torch's output bit for bit:
 
 - max, channels_last: one max instruction per tap (max_pixel_block_fast), which equals torch's rule
-  `v > best || isnan(v)` only while no tap is NaN, so a range that read a NaN or an infinity is redone
-  by the exact scan;
-- max, NCHW, windows taller than the stride (3x3 stride 2 ...): separable, the row maxima of each input
-  row, then the maxima over the window's rows (max_fwd_nchw_separable); stride-2 rows with 2 or 3 taps
-  build the taps from two loads (max_hrow_s2), padding reads the lowest finite value; planes with a
-  NaN or an infinity are redone by the exact scan;
+  `v > best || isnan(v)` only while no tap is NaN, so a range that read a NaN is redone by the exact
+  scan (infinities stay on the fast path: the max instruction is exact for them);
+- max and avg, NCHW, stride 2, 2x2 or 3x3 windows without dilation (pool_s2_nchw): column strips that
+  carry the window row shared by two output rows, taps from two loads per row, padding -inf (max) or
+  +0 (avg), rows outside the plane likewise; max planes with a NaN are redone by the exact scan;
+- max, NCHW, other windows taller than the stride (3x3 stride 1 ...): separable, the row maxima of
+  each input row, then the maxima over the window's rows (max_fwd_nchw_separable);
 - avg (every path): sums in torch's order, from +0, padding taps adding +0, divided by the divisor
   (a multiply by the reciprocal only where the divisor is a power of two, which is bitwise the same).
 
@@ -72,16 +73,20 @@ def _values(kind: str, shape, dtype, gen) -> torch.Tensor:
 
 # (kernel, stride, padding, dilation, ceil_mode)
 MAX_CONFIGS = [
-    (3, 2, 1, 1, False),            # ResNet's pool: separable, two-load stride-2 taps
-    (3, 2, 1, 1, True),
+    (3, 2, 1, 1, False),            # ResNet's pool: NCHW column strips (pool_s2_nchw)
+    (3, 2, 1, 1, True),             # strips, ceil mode: the last window row is outside the plane
+    (3, 2, 0, 1, True),             # strips without padding, ceil mode: the last window hangs over
+    (2, 2, 0, 1, False),            # strips, window = stride (CL: the fast pixel max)
+    (2, 2, 1, 1, True),             # strips: padding on both sides of a 2x2 window
     (3, 1, 1, 1, False),            # separable, stride 1 (generic row taps)
     ((3, 2), 2, (1, 0), 1, False),  # separable (3 rows > stride 2), two-tap stride-2 rows
-    (3, 2, 0, 1, True),             # no padding, ceil mode: the last window hangs over the edge
-    (3, 2, 1, 2, False),            # dilation: generic row taps
+    (3, 2, 1, 2, False),            # dilation: separable with generic row taps
     ((4, 3), (3, 2), (2, 1), 1, True),
-    (2, 2, 0, 1, False),            # window = stride: the row scan (CL: the fast pixel max)
 ]
-SHAPES = [(2, 5, 56, 56), (1, 3, 9, 37), (2, 2, 40, 70), (1, 4, 5, 5)]
+# NCHW strips need N*C >= 2 threads' worth of planes: (1, 3, 9, 37) takes the row scan there, (2, 3, 9, 37)
+# the strips with a chunk narrower than a vector (fp64) or two overlapping ones (fp32, AVX-512). Widths
+# 16 and 32 are 2L for some (dtype, ISA): a padded chunk's last tap is then the row's last column.
+SHAPES = [(2, 5, 56, 56), (1, 3, 9, 37), (2, 3, 9, 37), (2, 2, 40, 70), (1, 4, 5, 5), (2, 2, 10, 16), (2, 2, 12, 32)]
 VALUES = ["randn", "signed_zeros", "nan", "inf", "neg_inf"]
 
 
@@ -130,6 +135,9 @@ AVG_CONFIGS = [
     ((3, 4), 2, (1, 2), False, True, None),  # stride 2, width 4
     (3, 2, 1, True, True, 4),               # a power-of-two override: the reciprocal multiply
     ((2, 5), 2, (0, 2), True, False, None),  # width 5, clipped divisors at both row ends
+    (2, 2, 1, True, False, None),           # NCHW strips: 2x2 padded, clipped divisors 1 and 2
+    (3, 2, 0, True, True, None),            # strips without padding, ceil mode: divisors 9, 6 and 4
+    (2, 2, 0, False, True, 3),              # strips, an override that is not a power of two
 ]
 
 

@@ -22,7 +22,11 @@
 //    whose windows reach into the padding (or rows narrower than L) use masked loads that fill with
 //    the padding value (-inf for max: never taken; 0 for avg: +0 added to a sum that started at +0
 //    leaves it bitwise unchanged), with per-lane initial indices / divisors from small tables built
-//    once per call, so borders cost no scalar windows.
+//    once per call, so borders cost no scalar windows. Without indices, stride-2 2x2 and 3x3 windows
+//    (VGG's, ResNet's) run pool_s2_nchw instead: a plane per task in column strips that carry the
+//    window row shared by two output rows in registers; other max windows taller than their stride
+//    run max_fwd_nchw_separable. The max paths without indices use x86's max instruction and redo a
+//    plane (or channels_last pixel range) that read a NaN with the exact scan.
 //  - anything else: the scalar window per output.
 //  Backward: max is a scatter into a zeroed slice of dx owned by one task ((n, c) plane, or (n, channel
 //  block) for channels_last dx); on these shapes it beat a gather form, whose work grows with the
@@ -100,12 +104,18 @@ template <class VT, size_t... Is>
 inline VT odd_lanes(VT a, VT b, std::index_sequence<Is...>) {
   return __builtin_shufflevector(a, b, (2 * Is + 1)...);
 }
-// Every lane x. (Not V{} + x: +0 + -0 is +0, and a broadcast data value must keep its sign.)
+// Every lane x. (Not V{} + x: +0 + -0 is +0, and a broadcast data value must keep its sign.) Lane 0
+// shuffled to every lane, which is one broadcast instruction; GCC 12 compiled a loop of lane stores
+// into one masked broadcast per lane (16 for fp32 on AVX-512).
+template <class VT, size_t... Is>
+inline VT splat_lane0(VT v, std::index_sequence<Is...>) {
+  return __builtin_shufflevector(v, v, (Is * 0)...);
+}
 template <class VT, class T>
 inline VT splat(T x) {
-  VT v;
-  for (size_t l = 0; l < sizeof(VT) / sizeof(T); ++l) v[l] = x;
-  return v;
+  VT v{};
+  v[0] = x;
+  return splat_lane0(v, std::make_index_sequence<sizeof(VT) / sizeof(T)>{});
 }
 // (v[1], ..., v[L-1], w[0]): v moved down one lane, w's first lane appended.
 template <class VT, size_t... Is>
@@ -155,8 +165,9 @@ inline void store_vec(T* p, int64_t stride, typename Vec<T>::v x) {
 // The max step without indices. torch takes a tap when `v > best || isnan(v)` (so ties keep the first
 // maximum and the last NaN wins); without NaNs that is v > best ? v : best, which is exactly x86's max
 // instruction, one cheap operation instead of two compares, a mask merge and a blend. The fast paths
-// use it and track whether any tap was NaN (or inf, the cheap test) with nonfinite_acc; where one was,
-// the region is recomputed by the exact scan, so results stay torch's bit for bit.
+// use it and track whether any tap was NaN with a NanTest; where one was, the region is recomputed by
+// the exact scan, so results stay torch's bit for bit. (Infinities need nothing: x86's max is exact
+// for them, with windows and padding starting from -inf as torch's scan does.)
 template <typename T>
 inline typename Vec<T>::v max_keep(typename Vec<T>::v v, typename Vec<T>::v best) {
   using V [[maybe_unused]] = typename Vec<T>::v;  // (unused at the baseline level)
@@ -175,46 +186,50 @@ inline typename Vec<T>::v max_keep(typename Vec<T>::v v, typename Vec<T>::v best
 #endif
 }
 
-// acc + v * 0: stays +-0 while every v is finite, NaN from the first NaN or infinity on (one FMA).
+// Whether any lane of the vectors given was NaN: ORed unordered-compare masks, one compare per pair
+// of vectors and a one-cycle OR chain. Hot loops keep their own and add it to the caller's at the end:
+// one the compiler must assume a vector store may alias (storeu is a memcpy) lives in memory, and its
+// ORs become a chain of store-to-load forwards. (The test before, acc = v * 0 + acc, also caught infinities,
+// which max_keep handles exactly, and chained a 4-cycle FMA through every tap of a whole plane or
+// pixel range: on the NCHW 3x3 stride-2 layer that chain alone was 2000 of its cycles per plane.)
 template <typename T>
-inline typename Vec<T>::v nonfinite_acc(typename Vec<T>::v acc, typename Vec<T>::v v) {
-  using V [[maybe_unused]] = typename Vec<T>::v;  // (unused at the baseline level)
+struct NanTest {
+  using V = typename Vec<T>::v;
 #if defined(__AVX512F__)
-  if constexpr (sizeof(T) == 4)
-    return (V)_mm512_fmadd_ps((__m512)v, _mm512_setzero_ps(), (__m512)acc);
-  else
-    return (V)_mm512_fmadd_pd((__m512d)v, _mm512_setzero_pd(), (__m512d)acc);
-#elif defined(__AVX2__) && defined(__FMA__)
-  if constexpr (sizeof(T) == 4)
-    return (V)_mm256_fmadd_ps((__m256)v, _mm256_setzero_ps(), (__m256)acc);
-  else
-    return (V)_mm256_fmadd_pd((__m256d)v, _mm256_setzero_pd(), (__m256d)acc);
-#else
-  return acc + v * T(0);
-#endif
-}
-
-// True when no nonfinite_acc accumulator of acc[0..n) saw a NaN or an infinity.
-template <typename T>
-inline bool all_finite(const typename Vec<T>::v* acc, int n) {
-  typename Vec<T>::v sum = acc[0];
-  for (int k = 1; k < n; ++k) sum += acc[k];
-#if defined(__AVX512F__)
-  if constexpr (sizeof(T) == 4)
-    return _mm512_cmp_ps_mask((__m512)sum, (__m512)sum, _CMP_UNORD_Q) == 0;
-  else
-    return _mm512_cmp_pd_mask((__m512d)sum, (__m512d)sum, _CMP_UNORD_Q) == 0;
+  uint32_t seen = 0;
+  void add(V a, V b) {
+    if constexpr (sizeof(T) == 4)
+      seen |= _mm512_cmp_ps_mask((__m512)a, (__m512)b, _CMP_UNORD_Q);
+    else
+      seen |= _mm512_cmp_pd_mask((__m512d)a, (__m512d)b, _CMP_UNORD_Q);
+  }
+  bool any() const { return seen != 0; }
 #elif defined(__AVX2__)
-  if constexpr (sizeof(T) == 4)
-    return _mm256_movemask_ps(_mm256_cmp_ps((__m256)sum, (__m256)sum, _CMP_UNORD_Q)) == 0;
-  else
-    return _mm256_movemask_pd(_mm256_cmp_pd((__m256d)sum, (__m256d)sum, _CMP_UNORD_Q)) == 0;
+  typename Vec<T>::iv seen{};
+  void add(V a, V b) {
+    if constexpr (sizeof(T) == 4)
+      seen |= (typename Vec<T>::iv)_mm256_cmp_ps((__m256)a, (__m256)b, _CMP_UNORD_Q);
+    else
+      seen |= (typename Vec<T>::iv)_mm256_cmp_pd((__m256d)a, (__m256d)b, _CMP_UNORD_Q);
+  }
+  bool any() const {
+    if constexpr (sizeof(T) == 4)
+      return _mm256_movemask_ps((__m256)seen) != 0;
+    else
+      return _mm256_movemask_pd((__m256d)seen) != 0;
+  }
 #else
-  bool ok = true;
-  for (int l = 0; l < Vec<T>::L; ++l) ok &= sum[l] == sum[l];
-  return ok;
+  typename Vec<T>::iv seen{};
+  void add(V a, V b) { seen |= (a != a) | (b != b); }
+  bool any() const {
+    for (int l = 0; l < Vec<T>::L; ++l)
+      if (seen[l]) return true;
+    return false;
+  }
 #endif
-}
+  void add(T s) { add(splat<V>(s), splat<V>(s)); }
+  void add(const NanTest& o) { seen |= o.seen; }
+};
 
 // Work split: [0, n) in 8 contiguous ranges per thread, taken dynamically, over at most nthreads
 // threads; a few threads at most for small problems (`cost` ~ elements touched), where the fork would
@@ -514,55 +529,20 @@ inline void max_row(const PoolDesc& d, const T* xp, int64_t sxh, T* yr, int64_t 
 }
 
 // The max of every tap of input row h for each chunk's L outputs, into hrow[q .. q + L) (the chunks
-// overlap at the row's end and write equal values); fin accumulates nonfinite_acc over the taps.
-// Padding taps read the lowest finite value, not -inf, so that they pass the finiteness test: every
-// window has a tap inside the row (separable_ok checks), and a real tap ties or beats the pad value,
-// unless it is -inf, which sends the plane to the exact scan anyway.
-// Stride 2, 2 or 3 taps, no dilation (ResNet's 3x3 stride-2 pool, 2x2 pools): the taps come from two
-// loads of the 2L columns from lane 0's first tap: their even lanes are tap 0, the odd lanes tap 1, and
-// tap 2 is tap 0 moved down one lane with column 2L appended. Two loads and two shuffles (plus a
-// scalar and a lane shift) instead of two loads and a shuffle per tap.
-template <typename T>
-inline void max_hrow_s2(const PoolDesc& d, const T* row, const std::vector<Chunk>& chunks, T* hrow,
-                        typename Vec<T>::v& fin) {
-  using V = typename Vec<T>::v;
-  constexpr int L = Vec<T>::L;
-  constexpr T kPad = std::numeric_limits<T>::lowest();
-  const bool three = d.kernel_w == 3;
-  for (const Chunk& ch : chunks) {
-    const int64_t b = 2 * ch.q - d.pad_w;  // column of lane 0's tap 0
-    const bool inside = b >= 0 && b + 2 * L + (three ? 1 : 0) <= d.W;
-    const V a = inside ? loadu<V>(row + b) : load_part(row + b, b, d.W, kPad);
-    const V c = inside ? loadu<V>(row + b + L) : load_part(row + b + L, b + L, d.W, kPad);
-    const V even = even_lanes(a, c, std::make_index_sequence<L>{});
-    V best = max_keep<T>(odd_lanes(a, c, std::make_index_sequence<L>{}), even);
-    fin = nonfinite_acc<T>(nonfinite_acc<T>(fin, a), c);
-    if (three) {
-      const int64_t w = b + 2 * L;
-      const V last = splat<V>(w >= 0 && w < d.W ? row[w] : kPad);
-      best = max_keep<T>(shift_in(even, last, std::make_index_sequence<L>{}), best);
-      fin = nonfinite_acc<T>(fin, last);
-    }
-    storeu(hrow + ch.q, best);
-  }
-}
-
+// overlap at the row's end and write equal values); nan sees every tap. Padding taps read -inf.
 template <typename T, int SW>
-inline void max_hrow(const PoolDesc& d, const T* row, const std::vector<Chunk>& chunks, T* hrow,
-                     typename Vec<T>::v& fin) {
+inline void max_hrow(const PoolDesc& d, const T* row, const std::vector<Chunk>& chunks, T* hrow, NanTest<T>& nan) {
   using V = typename Vec<T>::v;
-  constexpr T kPad = std::numeric_limits<T>::lowest();
+  constexpr T kPad = -std::numeric_limits<T>::infinity();
   const int64_t sw = d.stride_w;
-  if (SW == 2 && d.dil_w == 1 && (d.kernel_w == 2 || d.kernel_w == 3))
-    return max_hrow_s2<T>(d, row, chunks, hrow, fin);
   for (const Chunk& ch : chunks) {
-    V best = V{} + kPad;
+    V best = splat<V>(kPad);
     for (int64_t j = 0; j < d.kernel_w; ++j) {
       const int64_t pos = ch.q * sw + j * d.dil_w - d.pad_w;
       const V v = ch.edge >= 0 ? load_taps<T, SW, true>(row, pos, sw, d.W, kPad)
                                : load_taps<T, SW, false>(row, pos, sw, d.W, kPad);
       best = max_keep<T>(v, best);
-      fin = nonfinite_acc<T>(fin, v);
+      nan.add(v, v);
     }
     storeu(hrow + ch.q, best);
   }
@@ -574,11 +554,12 @@ inline int64_t separable_row_floats(const PoolDesc& d, int64_t L) { return (std:
 // Max pooling without indices, separable, a plane per task: the row maxima of every input row of the
 // plane (max_hrow) into a buffer, then output row p is the max over its rows' maxima. Both passes keep
 // the earlier value on a tie, so every output is the first maximum in row-major order, as torch's scan
-// (this matters only for the sign of a zero); a plane with a NaN or inf is redone by the exact scan
+// (this matters only for the sign of a zero); a plane with a NaN is redone by the exact scan
 // (max_row). Against the one-pass row scan each input row's taps are computed once instead of once per
 // output row that reads it (1.5 times for 3x3 stride 2), and a 3x3 window costs 2 + 2 max instructions
 // per output vector instead of 9 compare-and-blend steps: C=64, 56x56, 3x3 stride 2, fp32, one thread,
-// data in L2, 1.45-1.55 -> 0.82-0.87 us per plane.
+// data in L2, 1.45-1.55 -> 0.82-0.87 us per plane. (Stride-2 2x2 and 3x3 windows have since moved to
+// pool_s2_nchw; this serves the other windows taller than their stride, e.g. 3x3 stride 1.)
 template <typename T, int SW>
 void max_fwd_nchw_separable(const PoolDesc& d, const Tensor4& x, const Tensor4& y, int nthreads) {
   using V = typename Vec<T>::v;
@@ -599,7 +580,7 @@ void max_fwd_nchw_separable(const PoolDesc& d, const Tensor4& x, const Tensor4& 
       // input loads stay spread over its work: emitting every row after the whole plane's row pass
       // left the memory idle during the column pass, and the layer (3x3 stride 2, N=32, C=64, 56x56,
       // 2 threads) took as long as the row scan's 2.3 ms; interleaved, 1.3-1.6 ms.
-      V fin{};
+      NanTest<T> nan;
       int64_t next_p = 0;  // output rows before it are done
       const auto emit = [&](int64_t p) {
         T* yr = yp + p * y.stride[2];
@@ -615,11 +596,11 @@ void max_fwd_nchw_separable(const PoolDesc& d, const Tensor4& x, const Tensor4& 
         }
       };
       for (int64_t h = 0; h < d.H; ++h) {
-        max_hrow<T, SW>(d, xp + h * x.stride[2], chunks, hbuf.data() + h * ldh, fin);
+        max_hrow<T, SW>(d, xp + h * x.stride[2], chunks, hbuf.data() + h * ldh, nan);
         for (; next_p < d.P && rows[next_p].h1 <= h + 1; ++next_p) emit(next_p);
       }
       for (; next_p < d.P; ++next_p) emit(next_p);
-      if (!all_finite<T>(&fin, 1))  // a NaN or inf in the plane: torch's exact scan, row by row
+      if (nan.any())  // a NaN in the plane: torch's exact scan, row by row
         for (int64_t pr = 0; pr < d.P; ++pr)
           max_row<T, false, SW>(d, xp, x.stride[2], yp + pr * y.stride[2], y.stride[3], nullptr, 0, pr, chunks,
                                 nullptr);
@@ -713,14 +694,182 @@ void avg_fwd_nchw(const PoolDesc& d, const Tensor4& x, const Tensor4& y, int nth
 }
 
 // ---------------------------------------------------------------------------------------------------
+// NCHW, stride 2, K x K windows with K = 2 or 3, no dilation, no indices: the pooling layers of VGG,
+// ResNet (3x3 stride 2 pad 1) and most CNNs, a plane per task, in column strips: a chunk of L outputs
+// at q walks down every output row p, so that the window row that two output rows share (K = 3) is
+// read and shuffled once, its taps carried in registers to the next row. Lane l of the chunk reads
+// columns b + 2l + j (b = 2q - pad_w, tap j < K) of each window row: two loads of the 2L columns from
+// b give tap 0 (their even lanes) and tap 1 (odd lanes); tap 2 is tap 0 moved down one lane with
+// column b + 2L appended. The taps are combined in torch's row-major order: max takes each row's max,
+// then the rows' (a tie keeps the earlier value, so the result is the first maximum in row-major
+// order); avg keeps one running sum from +0 over the taps in order.
+// Against the kernels these replace (max_fwd_nchw_separable for 3x3 max, the row scan max_fwd_nchw for
+// 2x2, avg_fwd_nchw, whose runtime tap loops were mostly control), one thread, N=1, C=24, 56x56 fp32
+// planes in L2, min of 3 processes, ns per plane: 3x3 max 1426 -> 404, 3x3 avg 1402 -> 465, 2x2 max
+// 745 -> 279, 2x2 avg 712 -> 294. The same tap code in row-major order (each output row's chunks in
+// turn, the shared row read twice) took 730-760 for 3x3 max; the strips' order also lets the
+// out-of-order core overlap the independent output rows of a strip. At full size (N=32, C=64, 2
+// threads) all four now take 420-500 ns per plane, about 35 GB/s: the memory's rate on this VM.
+// Columns outside the row (padding, or a chunk that ends past the row) come from masked loads filled
+// with the padding value, and rows outside the plane are that value: -inf for max, torch's start
+// value, so it changes no result, and +0 for avg, which leaves a sum that started at +0 bitwise
+// unchanged. Max planes with a NaN are redone by the exact scan (see max_keep).
+template <typename T, bool kMax, int K>
+struct S2Row {  // one window row of a chunk: its max (max) or its K taps (avg)
+  typename Vec<T>::v v[kMax ? 1 : K];
+};
+
+template <typename T, bool kMax, int K, bool kInside>
+inline S2Row<T, kMax, K> s2_row(const T* xp, int64_t sxh, int64_t h, int64_t H, int64_t b, int64_t W,
+                                NanTest<T>& nan) {
+  using V = typename Vec<T>::v;
+  constexpr int L = Vec<T>::L;
+  constexpr T kFill = kMax ? -std::numeric_limits<T>::infinity() : T(0);
+  S2Row<T, kMax, K> r;
+  if (h < 0 || h >= H) {
+    for (V& v : r.v) v = splat<V>(kFill);
+    return r;
+  }
+  const T* row = xp + h * sxh + b;
+  const V a = kInside ? loadu<V>(row) : load_part(row, b, W, kFill);
+  const V c = kInside ? loadu<V>(row + L) : load_part(row + L, b + L, W, kFill);
+  const V t0 = even_lanes(a, c, std::make_index_sequence<L>{});
+  const V t1 = odd_lanes(a, c, std::make_index_sequence<L>{});
+  V t2{};
+  if constexpr (K == 3) {
+    const int64_t w = b + 2 * L;
+    const T last = kInside || (w >= 0 && w < W) ? row[2 * L] : kFill;
+    t2 = shift_in(t0, splat<V>(last), std::make_index_sequence<L>{});
+    if constexpr (kMax) nan.add(last);
+  }
+  if constexpr (kMax) {
+    nan.add(a, c);
+    r.v[0] = max_keep<T>(t1, t0);
+    if constexpr (K == 3) r.v[0] = max_keep<T>(t2, r.v[0]);
+  } else {
+    r.v[0] = t0;
+    r.v[1] = t1;
+    if constexpr (K == 3) r.v[2] = t2;
+  }
+  return r;
+}
+
+// The window rows' combination, in order.
+template <typename T, bool kMax, int K>
+inline typename Vec<T>::v s2_combine(const S2Row<T, kMax, K>* rows) {
+  using V = typename Vec<T>::v;
+  if constexpr (kMax) {
+    V m = rows[0].v[0];
+    for (int i = 1; i < K; ++i) m = max_keep<T>(rows[i].v[0], m);
+    return m;
+  } else {
+    V s{};
+    for (int i = 0; i < K; ++i)
+      for (int j = 0; j < K; ++j) s = s + rows[i].v[j];
+    return s;
+  }
+}
+
+// One column strip: the chunk of `lanes` outputs at column q (b = 2q - pad_w) of every output row.
+// avg: output (p, q + l) is divided by rowf[p] * colf[l] (multiplied, when the tables hold reciprocals).
+template <typename T, bool kMax, int K, bool kInside>
+void s2_strip(const PoolDesc& d, const T* xp, int64_t sxh, T* yq, int64_t syp, int64_t b, int64_t lanes,
+              const T* rowf, typename Vec<T>::v colf, bool reciprocal, NanTest<T>& strip_nan) {
+  using V = typename Vec<T>::v;
+  constexpr int L = Vec<T>::L;
+  NanTest<T> nan;
+  S2Row<T, kMax, K> rows[K];
+  if constexpr (K == 3) rows[2] = s2_row<T, kMax, K, kInside>(xp, sxh, -d.pad_h, d.H, b, d.W, nan);
+  for (int64_t p = 0; p < d.P; ++p) {
+    const int64_t hs = 2 * p - d.pad_h;
+    if constexpr (K == 3) rows[0] = rows[2];  // the row shared with the previous output row
+    for (int i = K - 2; i < K; ++i) rows[i] = s2_row<T, kMax, K, kInside>(xp, sxh, hs + i, d.H, b, d.W, nan);
+    V out = s2_combine<T, kMax, K>(rows);
+    if constexpr (!kMax) {
+      const V f = splat<V>(rowf[p]) * colf;
+      out = reciprocal ? out * f : out / f;
+    }
+    if (lanes == L)
+      storeu(yq + p * syp, out);
+    else
+      store_lanes<T>(yq + p * syp, 1, out, lanes);
+  }
+  strip_nan.add(nan);
+}
+
+// When pool_s2_nchw serves d (see there) with x and y; K is then d.kernel_h.
+inline bool pool_s2_ok(const PoolDesc& d, const Tensor4& x, const Tensor4& y) {
+  const int64_t K = d.kernel_h;
+  return x.stride[3] == 1 && y.stride[3] == 1 && d.stride_h == 2 && d.stride_w == 2 && d.dil_h == 1 &&
+         d.dil_w == 1 && (K == 2 || K == 3) && d.kernel_w == K && d.pad_h <= K / 2 && d.pad_w <= K / 2 &&
+         (d.P - 1) * 2 - d.pad_h < d.H && (d.Q - 1) * 2 - d.pad_w < d.W;
+}
+
+template <typename T, bool kMax, int K>
+void pool_s2_nchw(const PoolDesc& d, const Tensor4& x, const Tensor4& y, int nthreads) {
+  using V = typename Vec<T>::v;
+  constexpr int L = Vec<T>::L;
+  const T* X = static_cast<const T*>(x.data);
+  T* Y = static_cast<T*>(y.data);
+  const int64_t W = d.W, Q = d.Q, sxh = x.stride[2], syp = y.stride[2];
+  // avg: divisor factors of each output row and column (see avg_range): divisor = rowf[p] * colf[q]
+  std::vector<T> rowf(d.P, T(1)), colf(Q + L, T(1));
+  bool reciprocal = true;
+  if constexpr (!kMax) {
+    const auto extent = [](int64_t o, int64_t pad, int64_t n, bool padded) {
+      const int64_t s = o * 2 - pad, e = std::min(s + K, n + pad);
+      return padded ? e - s : std::min(e, n) - std::max<int64_t>(s, 0);
+    };
+    const bool padded = d.count_include_pad;
+    for (int64_t p = 0; p < d.P; ++p)
+      rowf[p] = d.divisor_override ? T(d.divisor_override) : T(extent(p, d.pad_h, d.H, padded));
+    for (int64_t q = 0; q < Q; ++q) colf[q] = d.divisor_override ? T(1) : T(extent(q, d.pad_w, W, padded));
+    const auto pow2 = [](T f) {
+      const int64_t i = (int64_t)f;
+      return (T)i == f && i > 0 && (i & (i - 1)) == 0;
+    };
+    for (T f : rowf) reciprocal &= pow2(f);
+    for (int64_t q = 0; q < Q; ++q) reciprocal &= pow2(colf[q]);
+    if (reciprocal) {
+      for (T& f : rowf) f = T(1) / f;
+      for (T& f : colf) f = T(1) / f;
+    }
+  }
+  std::vector<Chunk> exact_chunks;  // the exact scan's, for max planes with a NaN
+  if (kMax) exact_chunks = row_chunks<L, 2>(d, chunk_span(d, L, 1));
+  parallel_ranges(d.N * d.C, (d.H * d.W + d.P * Q) * d.N * d.C, nthreads, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / d.C, c = r % d.C;
+      const T* xp = X + n * x.stride[0] + c * x.stride[1];
+      T* yp = Y + n * y.stride[0] + c * y.stride[1];
+      NanTest<T> nan;
+      for (int64_t qc = 0; qc < Q; qc += L) {
+        const int64_t q = Q >= L ? std::min(qc, Q - L) : 0, b = 2 * q - d.pad_w;
+        const V f = loadu<V>(colf.data() + q);
+        const int64_t lanes = std::min<int64_t>(Q, L);
+        if (b >= 0 && b + 2 * L + (K - 2) <= W)  // every column the strip reads is inside the row
+          s2_strip<T, kMax, K, true>(d, xp, sxh, yp + q, syp, b, lanes, rowf.data(), f, reciprocal, nan);
+        else
+          s2_strip<T, kMax, K, false>(d, xp, sxh, yp + q, syp, b, lanes, rowf.data(), f, reciprocal, nan);
+      }
+      if (kMax && nan.any())  // a NaN in the plane: torch's exact scan, row by row
+        for (int64_t p = 0; p < d.P; ++p)
+          max_row<T, false, 2>(d, xp, sxh, yp + p * syp, 1, nullptr, 0, p, exact_chunks, nullptr);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------
 // channels_last: one output pixel, channels [c, c + NV*L) as NV vectors.
 
 // Calls f(n, p, q, xn, yp) for the flattened output pixels r0 .. r1 of (n, p, q): xn the input image n,
 // yp output pixel (p, q) of image n; first prefetches the input that the window kPrefetchPixels
 // pixels ahead adds (prefetch_window_columns; past the range's end too: the next range is usually
-// this thread's or about to start on the other).
+// this thread's or about to start on the other). Always inlined, so that the caller's NanTest stays in
+// a register (see NanTest).
 template <typename T, class F>
-inline void for_pixels(const PoolDesc& d, const Tensor4& x, const Tensor4& y, int64_t r0, int64_t r1, const F& f) {
+__attribute__((always_inline)) inline void for_pixels(const PoolDesc& d, const Tensor4& x, const Tensor4& y,
+                                                      int64_t r0, int64_t r1, const F& f) {
   const T* X = static_cast<const T*>(x.data);
   T* Y = static_cast<T*>(y.data);
   const int64_t pixels = d.N * d.P * d.Q;
@@ -733,10 +882,10 @@ inline void for_pixels(const PoolDesc& d, const Tensor4& x, const Tensor4& y, in
   }
 }
 
-// The fast max of one pixel block (no indices): max_keep, with every tap fed to fin[0..NV).
+// The fast max of one pixel block (no indices): max_keep, with every tap fed to nan.
 template <typename T, int NV>
 inline void max_pixel_block_fast(const PoolDesc& d, const T* xn, int64_t sh, int64_t sw, const MaxRange& mr, T* yp,
-                                 int64_t syc, typename Vec<T>::v* fin) {
+                                 int64_t syc, NanTest<T>& nan) {
   using V = typename Vec<T>::v;
   constexpr int L = Vec<T>::L;
   V best[NV];
@@ -744,11 +893,12 @@ inline void max_pixel_block_fast(const PoolDesc& d, const T* xn, int64_t sh, int
   for (int64_t h = mr.h0; h < mr.h1; h += d.dil_h)
     for (int64_t w = mr.w0; w < mr.w1; w += d.dil_w) {
       const T* px = xn + h * sh + w * sw;
+      V v[NV];
       for (int k = 0; k < NV; ++k) {
-        const V v = loadu<V>(px + k * L);
-        best[k] = max_keep<T>(v, best[k]);
-        fin[k] = nonfinite_acc<T>(fin[k], v);
+        v[k] = loadu<V>(px + k * L);
+        best[k] = max_keep<T>(v[k], best[k]);
       }
+      for (int k = 0; k < NV; k += 2) nan.add(v[k], v[k + 1 < NV ? k + 1 : k]);
     }
   for (int k = 0; k < NV; ++k) store_vec<T>(yp + k * L * syc, syc, best[k]);
 }
@@ -792,19 +942,19 @@ void max_fwd_nhwc(const PoolDesc& d, const Tensor4& x, const Tensor4& y, const T
   parallel_ranges(pixels, (d.H * d.W + d.P * d.Q) * d.N * d.C, nthreads, [&](int64_t r0, int64_t r1) {
     if constexpr (!kIdx) {
       // Without indices: the fast max over the range, redone by the exact scan below if a tap was
-      // NaN or inf (C=64, 56x56, fp32, one thread, data in L2: 3x3 stride 2 850 -> 530 ns per plane,
+      // NaN (C=64, 56x56, fp32, one thread, data in L2: 3x3 stride 2 850 -> 530 ns per plane,
       // 2x2 480 -> 360).
-      typename Vec<T>::v fin[4] = {};
+      NanTest<T> nan;
       for_pixels<T>(d, x, y, r0, r1, [&](int64_t, int64_t p, int64_t q, const T* xn, T* yp) {
         const MaxRange mr = max_range(d, p, q);
         int64_t c = 0;
         for (; c + 4 * L <= d.C; c += 4 * L)
-          max_pixel_block_fast<T, 4>(d, xn + c, x.stride[2], x.stride[3], mr, yp + c * syc, syc, fin);
+          max_pixel_block_fast<T, 4>(d, xn + c, x.stride[2], x.stride[3], mr, yp + c * syc, syc, nan);
         for (; c + L <= d.C; c += L)
-          max_pixel_block_fast<T, 1>(d, xn + c, x.stride[2], x.stride[3], mr, yp + c * syc, syc, fin);
+          max_pixel_block_fast<T, 1>(d, xn + c, x.stride[2], x.stride[3], mr, yp + c * syc, syc, nan);
         for (; c < d.C; ++c) max_window(d, xn + c, x.stride[2], x.stride[3], p, q, yp + c * syc, nullptr);
       });
-      if (all_finite<T>(fin, 4)) return;
+      if (!nan.any()) return;
     }
     for_pixels<T>(d, x, y, r0, r1, [&](int64_t n, int64_t p, int64_t q, const T* xn, T* yp) {
       int64_t* ip = kIdx ? IND + n * ind->stride[0] + p * ind->stride[2] + q * ind->stride[3] : nullptr;
@@ -898,20 +1048,13 @@ inline bool int32_indices_ok(const PoolDesc& d) {
 }
 
 // The separable max serves planes with rows shared by output rows (kernel_h > stride_h; otherwise the
-// row scan does the same loads with less bookkeeping), enough planes for the threads, a row-maxima
-// buffer within 256 KiB, and windows that all have a column inside the input (max_hrow pads with the
-// lowest finite value, which an empty window would return instead of torch's -inf).
+// row scan does the same loads with less bookkeeping), enough planes for the threads and a row-maxima
+// buffer within 256 KiB.
 template <typename T>
 bool separable_ok(const PoolDesc& d, int nthreads) {
   const int64_t L = Vec<T>::L;
-  if (d.kernel_h <= d.stride_h || d.N * d.C < 2 * nthreads ||
-      d.H * separable_row_floats(d, L) * (int64_t)sizeof(T) > 256 * 1024)
-    return false;
-  for (int64_t q = 0; q < d.Q; ++q) {
-    const MaxRange mr = max_range(d, 0, q);
-    if (mr.w0 >= mr.w1) return false;
-  }
-  return true;
+  return d.kernel_h > d.stride_h && d.N * d.C >= 2 * nthreads &&
+         d.H * separable_row_floats(d, L) * (int64_t)sizeof(T) <= 256 * 1024;
 }
 
 template <typename T, bool kIdx>
@@ -919,6 +1062,8 @@ void max_fwd(const PoolDesc& d, const Tensor4& x, const Tensor4& y, const Tensor
   const bool idx_ok = sizeof(T) == 8 || !kIdx || int32_indices_ok(d);
   if (idx_ok && x.stride[1] == 1 && d.C > 1)
     max_fwd_nhwc<T, kIdx>(d, x, y, ind, nthreads);
+  else if (!kIdx && pool_s2_ok(d, x, y) && d.N * d.C >= 2 * nthreads)
+    d.kernel_h == 2 ? pool_s2_nchw<T, true, 2>(d, x, y, nthreads) : pool_s2_nchw<T, true, 3>(d, x, y, nthreads);
   else if (!kIdx && x.stride[3] == 1 && d.stride_w == 1 && separable_ok<T>(d, nthreads))
     max_fwd_nchw_separable<T, 1>(d, x, y, nthreads);
   else if (!kIdx && x.stride[3] == 1 && d.stride_w == 2 && separable_ok<T>(d, nthreads))
@@ -937,6 +1082,8 @@ template <typename T>
 void avg_fwd(const PoolDesc& d, const Tensor4& x, const Tensor4& y, int nthreads) {
   if (x.stride[1] == 1 && d.C > 1)
     avg_fwd_nhwc<T>(d, x, y, nthreads);
+  else if (pool_s2_ok(d, x, y) && d.N * d.C >= 2 * nthreads)
+    d.kernel_h == 2 ? pool_s2_nchw<T, false, 2>(d, x, y, nthreads) : pool_s2_nchw<T, false, 3>(d, x, y, nthreads);
   else if (x.stride[3] == 1 && d.stride_w == 1)
     avg_fwd_nchw<T, 1>(d, x, y, nthreads);
   else if (x.stride[3] == 1 && d.stride_w == 2)
