@@ -327,19 +327,22 @@ inline void prefetch_window_columns(const PoolDesc& d, const T* xn, int64_t sh, 
 }
 
 struct AvgRange {
-  int64_t h0, h1, w0, w1, divisor;  // clipped window [h0, h1) x [w0, w1); empty -> output 0
+  int64_t h0, h1, w0, w1;  // clipped window [h0, h1) x [w0, w1); empty -> output 0
+  // divisor = div_h * div_w: the window's height and width (padded with count_include_pad, else
+  // clipped), or divisor_override and 1; div_h depends on p alone, div_w on q alone
+  int64_t div_h, div_w, divisor;
 };
 __attribute__((always_inline)) inline AvgRange avg_range(const PoolDesc& d, int64_t p, int64_t q) {
   int64_t h0 = p * d.stride_h - d.pad_h, w0 = q * d.stride_w - d.pad_w;
   int64_t h1 = std::min(h0 + d.kernel_h, d.H + d.pad_h), w1 = std::min(w0 + d.kernel_w, d.W + d.pad_w);
-  int64_t pool_size = (h1 - h0) * (w1 - w0);
+  const int64_t padded_h = h1 - h0, padded_w = w1 - w0;
   h0 = std::max<int64_t>(h0, 0);
   w0 = std::max<int64_t>(w0, 0);
   h1 = std::min(h1, d.H);
   w1 = std::min(w1, d.W);
-  int64_t div = d.divisor_override ? d.divisor_override
-                                   : (d.count_include_pad ? pool_size : (h1 - h0) * (w1 - w0));
-  return {h0, h1, w0, w1, div};
+  int64_t div_h = d.count_include_pad ? padded_h : h1 - h0, div_w = d.count_include_pad ? padded_w : w1 - w0;
+  if (d.divisor_override) div_h = d.divisor_override, div_w = 1;
+  return {h0, h1, w0, w1, div_h, div_w, div_h * div_w};
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -634,13 +637,18 @@ void max_fwd_nchw(const PoolDesc& d, const Tensor4& x, const Tensor4& y, const T
   });
 }
 
-// Exact division by a divisor d: multiplying by 1/d is bitwise the same when d is a power of two
-// (both are the correctly rounded value of the same real number).
+// Whether div is a power of two (1, 2, 4, ...), so that multiplying by 1/div is bitwise the same as
+// dividing by it (both are the correctly rounded value of the same real number).
+template <typename T>
+inline bool exact_reciprocal(T div) {
+  const int64_t i = (int64_t)div;
+  return (T)i == div && i > 0 && (i & (i - 1)) == 0;
+}
+
+// Exact division by a divisor d.
 template <typename VT, typename T>
 inline VT divide(VT s, T div) {
-  int64_t i = (int64_t)div;
-  if ((T)i == div && i > 0 && (i & (i - 1)) == 0) return s * (T(1) / div);
-  return s / div;
+  return exact_reciprocal(div) ? s * (T(1) / div) : s / div;
 }
 
 template <typename T, int SW, bool kEdge>
@@ -797,12 +805,13 @@ void s2_strip(const PoolDesc& d, const T* xp, int64_t sxh, T* yq, int64_t syp, i
   strip_nan.add(nan);
 }
 
-// When pool_s2_nchw serves d (see there) with x and y; K is then d.kernel_h.
-inline bool pool_s2_ok(const PoolDesc& d, const Tensor4& x, const Tensor4& y) {
+// When pool_s2_nchw serves d (see there) with x and y: also enough planes for the threads (a plane is a
+// task). K is then d.kernel_h.
+inline bool pool_s2_ok(const PoolDesc& d, const Tensor4& x, const Tensor4& y, int nthreads) {
   const int64_t K = d.kernel_h;
-  return x.stride[3] == 1 && y.stride[3] == 1 && d.stride_h == 2 && d.stride_w == 2 && d.dil_h == 1 &&
-         d.dil_w == 1 && (K == 2 || K == 3) && d.kernel_w == K && d.pad_h <= K / 2 && d.pad_w <= K / 2 &&
-         (d.P - 1) * 2 - d.pad_h < d.H && (d.Q - 1) * 2 - d.pad_w < d.W;
+  return d.N * d.C >= 2 * nthreads && x.stride[3] == 1 && y.stride[3] == 1 && d.stride_h == 2 &&
+         d.stride_w == 2 && d.dil_h == 1 && d.dil_w == 1 && (K == 2 || K == 3) && d.kernel_w == K &&
+         d.pad_h <= K / 2 && d.pad_w <= K / 2 && (d.P - 1) * 2 - d.pad_h < d.H && (d.Q - 1) * 2 - d.pad_w < d.W;
 }
 
 template <typename T, bool kMax, int K>
@@ -812,24 +821,14 @@ void pool_s2_nchw(const PoolDesc& d, const Tensor4& x, const Tensor4& y, int nth
   const T* X = static_cast<const T*>(x.data);
   T* Y = static_cast<T*>(y.data);
   const int64_t W = d.W, Q = d.Q, sxh = x.stride[2], syp = y.stride[2];
-  // avg: divisor factors of each output row and column (see avg_range): divisor = rowf[p] * colf[q]
+  // avg: divisor factors of each output row and column (avg_range): divisor = rowf[p] * colf[q]
   std::vector<T> rowf(d.P, T(1)), colf(Q + L, T(1));
   bool reciprocal = true;
   if constexpr (!kMax) {
-    const auto extent = [](int64_t o, int64_t pad, int64_t n, bool padded) {
-      const int64_t s = o * 2 - pad, e = std::min(s + K, n + pad);
-      return padded ? e - s : std::min(e, n) - std::max<int64_t>(s, 0);
-    };
-    const bool padded = d.count_include_pad;
-    for (int64_t p = 0; p < d.P; ++p)
-      rowf[p] = d.divisor_override ? T(d.divisor_override) : T(extent(p, d.pad_h, d.H, padded));
-    for (int64_t q = 0; q < Q; ++q) colf[q] = d.divisor_override ? T(1) : T(extent(q, d.pad_w, W, padded));
-    const auto pow2 = [](T f) {
-      const int64_t i = (int64_t)f;
-      return (T)i == f && i > 0 && (i & (i - 1)) == 0;
-    };
-    for (T f : rowf) reciprocal &= pow2(f);
-    for (int64_t q = 0; q < Q; ++q) reciprocal &= pow2(colf[q]);
+    for (int64_t p = 0; p < d.P; ++p) rowf[p] = T(avg_range(d, p, 0).div_h);
+    for (int64_t q = 0; q < Q; ++q) colf[q] = T(avg_range(d, 0, q).div_w);
+    for (T f : rowf) reciprocal &= exact_reciprocal(f);
+    for (int64_t q = 0; q < Q; ++q) reciprocal &= exact_reciprocal(colf[q]);
     if (reciprocal) {
       for (T& f : rowf) f = T(1) / f;
       for (T& f : colf) f = T(1) / f;
@@ -1062,7 +1061,7 @@ void max_fwd(const PoolDesc& d, const Tensor4& x, const Tensor4& y, const Tensor
   const bool idx_ok = sizeof(T) == 8 || !kIdx || int32_indices_ok(d);
   if (idx_ok && x.stride[1] == 1 && d.C > 1)
     max_fwd_nhwc<T, kIdx>(d, x, y, ind, nthreads);
-  else if (!kIdx && pool_s2_ok(d, x, y) && d.N * d.C >= 2 * nthreads)
+  else if (!kIdx && pool_s2_ok(d, x, y, nthreads))
     d.kernel_h == 2 ? pool_s2_nchw<T, true, 2>(d, x, y, nthreads) : pool_s2_nchw<T, true, 3>(d, x, y, nthreads);
   else if (!kIdx && x.stride[3] == 1 && d.stride_w == 1 && separable_ok<T>(d, nthreads))
     max_fwd_nchw_separable<T, 1>(d, x, y, nthreads);
@@ -1082,7 +1081,7 @@ template <typename T>
 void avg_fwd(const PoolDesc& d, const Tensor4& x, const Tensor4& y, int nthreads) {
   if (x.stride[1] == 1 && d.C > 1)
     avg_fwd_nhwc<T>(d, x, y, nthreads);
-  else if (pool_s2_ok(d, x, y) && d.N * d.C >= 2 * nthreads)
+  else if (pool_s2_ok(d, x, y, nthreads))
     d.kernel_h == 2 ? pool_s2_nchw<T, false, 2>(d, x, y, nthreads) : pool_s2_nchw<T, false, 3>(d, x, y, nthreads);
   else if (x.stride[3] == 1 && d.stride_w == 1)
     avg_fwd_nchw<T, 1>(d, x, y, nthreads);
