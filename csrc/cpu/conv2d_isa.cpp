@@ -976,21 +976,32 @@ void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y
               T* ct = Cb + ir * MR * ldc + kb;
               if (!first) add_tile<T, MR, NV>(acc, ct, ldc);
               if (!last) return store_tile<T, MR, NV>(acc, ct, ldc);  // partial sum of a kc block
+              // Everything the stores below need is read into locals first: they are captured by
+              // reference, and a store through yp may alias them as far as the compiler knows, so it
+              // had reloaded every flag and the bias from memory per vector (RGB stem: ~20% of the
+              // kernel's samples in this epilogue).
+              const bool relu_out = relu, stream = stream_out, whole = full;
+              const int64_t nst = std::min<int64_t>(MR, mc - ir * MR), ys1 = y.s1;
+              const int64_t* const yo = yoff + ir * MR;
+              T* const yb = y.p + (gi * g.Kg + kb) * ys1;
+              V bv[NV];
+              FC_UNROLL for (int v = 0; v < NV; ++v)
+                  bv[v] = bias ? Sd::load(biasp.data() + gi * Npad + kb + v * L) : Sd::zero();
+              const bool add_bias = bias != nullptr;
               FC_UNROLL for (int i = 0; i < MR; ++i) {
-                const int64_t jj = ir * MR + i;
-                if (jj >= mc) break;
-                T* yp = y.p + yoff[jj] + (gi * g.Kg + kb) * y.s1;
+                if (i >= nst) break;
+                T* yp = yb + yo[i];
                 FC_UNROLL for (int v = 0; v < NV; ++v) {
                   V val = acc[i][v];
-                  if (bias) val = Sd::add(val, Sd::load(biasp.data() + gi * Npad + kb + v * L));
-                  if (relu) val = Sd::relu(val);
-                  if (full) {
-                    store_maybe_stream<T>(yp + v * L, val, stream_out);
+                  if (add_bias) val = Sd::add(val, bv[v]);
+                  if (relu_out) val = Sd::relu(val);
+                  if (whole) {
+                    store_maybe_stream<T>(yp + v * L, val, stream);
                   } else {
                     alignas(64) T tmp[L];
                     Sd::store(tmp, val);
                     for (int l = 0; l < L; ++l)
-                      if (kb + v * L + l < g.Kg) yp[(v * L + l) * y.s1] = tmp[l];
+                      if (kb + v * L + l < g.Kg) yp[(v * L + l) * ys1] = tmp[l];
                   }
                 }
               }
