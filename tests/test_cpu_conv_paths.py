@@ -14,6 +14,8 @@ every gradient vs torch in float64:
   sizes, stride (2, 1) and (1, 2), dilation, groups;
 - NCHW conv_pix_direct with row-aligned vectors (one output row's run of columns per vector): the RGB
   stem, masked row tails, stride 2, 5x5, groups, dilation, a streamed (2 MiB) output;
+- non-temporal output stores forced on and off (fastconv._C.set_stream_stores) in every forward kernel
+  that has them: the same bits either way;
 - the weight-pack cache of the implicit-GEMM kernels: hits, in-place updates, one weight in several
   pack formats (kernel family, groups, ISA level), and ConvFwdCall.pack_info.
 
@@ -74,7 +76,7 @@ DW_CASES = [
     (1, 16, 9, 20, (5, 3), 1, (2, 1), 1),  # R != S: single rows
     (1, 16, 9, 20, 3, (2, 1), 1, 1),   # row stride 2: single rows
     (1, 16, 9, 20, 3, 1, 1, (2, 1)),   # row dilation 2: single rows
-    (4, 128, 33, 32, 3, 1, 1, 1),      # 2.1 MiB output (float32): streamed stores; row pairs, a last single row
+    (4, 128, 33, 32, 3, 1, 1, 1),      # 2.1 MiB output (float32): streamed where stream_output says; row pairs, a last single row
 ]
 
 
@@ -269,6 +271,55 @@ def test_nchw_direct_row_aligned(backend, isa, case, relu, dtype):
     w = torch.randn(K, C // groups, k, k)
     _check(backend, isa, x, w, torch.randn(K), relu, dtype, stride=stride, padding=padding, dilation=dilation,
            groups=groups)
+
+
+# Non-temporal output stores, forced on and off (_C.set_stream_stores) whatever each layer's automatic
+# choice on this machine (which depends on its L3 cache): the streamed and the plain store paths of every
+# forward kernel that has both must write the same bits, and match torch.
+# (N, C, H, W, K, kernel, stride, padding, groups, channels_last)
+STREAM_CASES = [
+    (2, 8, 19, 21, 40, 5, 1, 2, 1, True),     # conv_cl: whole vectors and a K tail of 8
+    (2, 16, 13, 11, 48, 1, 1, 0, 1, True),    # conv_cl_pointwise: 1x1 over the batch's pixels
+    (2, 3, 32, 32, 32, 3, 1, 1, 1, True),     # conv_cl row merge with the padded copy (the RGB stem)
+    (2, 40, 9, 35, 40, 3, 1, 1, 40, True),    # depthwise row pairs, a channel tail
+    (1, 40, 9, 35, 40, 5, 2, 2, 40, True),    # depthwise single rows
+    (2, 3, 32, 32, 32, 3, 1, 1, 1, False),    # NCHW conv_pix_direct with row-aligned vectors
+]
+
+
+@pytest.fixture
+def stream_stores_restored():
+    previous = _C.stream_stores()
+    yield
+    _C.set_stream_stores(previous)
+
+
+@pytest.mark.parametrize("case", STREAM_CASES, ids=[str(i) for i in range(len(STREAM_CASES))])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_streamed_and_plain_output_stores_agree(backend, isa, stream_stores_restored, case, relu, dtype):
+    N, C, H, W, K, k, stride, padding, groups, channels_last = case
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(N, C, H, W, dtype=dtype).contiguous(memory_format=fmt)
+    w, b = torch.randn(K, C // groups, k, k, dtype=dtype), torch.randn(K, dtype=dtype)
+    f = FC.conv2d_relu if relu else FC.conv2d
+    ys = {}
+    for mode in ("always", "never"):
+        _C.set_stream_stores(mode)
+        ys[mode] = f(x, w, b, stride=stride, padding=padding, groups=groups)
+    ref = F.conv2d(x.double(), w.double(), b.double(), stride=stride, padding=padding, groups=groups)
+    assert_rel(ys["never"], ref.relu() if relu else ref, dtype, "output")
+    assert torch.equal(ys["always"], ys["never"])
+
+
+def test_stream_stores_setting(stream_stores_restored):
+    assert _C.stream_stores() in ("auto", "always", "never")
+    for mode in ("always", "never", "auto"):
+        _C.set_stream_stores(mode)
+        assert _C.stream_stores() == mode
+    with pytest.raises(ValueError, match="set_stream_stores: expected 'auto', 'always' or 'never', got 'on'"):
+        _C.set_stream_stores("on")
+    assert _C.stream_stores() == "auto"
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -73,6 +73,16 @@ inline int64_t l2_cache_bytes() {
   return bytes;
 }
 
+// Bytes of the last-level (L3) cache as the system reports it (a VM may report its host's); 0 when
+// the system does not say.
+inline int64_t l3_cache_bytes() {
+  static const int64_t bytes = [] {
+    const long v = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    return v > 0 ? (int64_t)v : int64_t(0);
+  }();
+  return bytes;
+}
+
 // 64-byte aligned, uninitialized scratch; allocated outside parallel regions so bad_alloc propagates.
 template <typename T>
 struct Buf {
@@ -92,6 +102,31 @@ struct Geo {
   int64_t N, Cin, H, W, Kout, P, Q, R, S, G, Cg, Kg;
   int64_t sh, sw, ph, pw, dh, dw;
 };
+
+// Whether a forward kernel writes its output with non-temporal stores (store_maybe_stream). Streaming
+// skips the read-for-ownership of every output line and leaves the caches to the input, but the next
+// layer then reads the output from memory, and the streamed lines take fill buffers that the input's
+// loads also need. Rules, from the bench's layers (2 threads, fp32; ratios to torch in the bench harness):
+// - an output within the L2 caches (< 2 MiB) is written plainly: it is read back from cache;
+// - a write-dominated layer (output >= 4x its input, e.g. the RGB stem: 4 MiB out of 0.4 MiB) streams:
+//   its plain stores stall on the read-for-ownership with little else to overlap (Intel Xeon, L3 480
+//   MiB, stem channels_last 0.30-0.32 -> 0.25-0.26 ms with streaming);
+// - otherwise stream only an output of at least half the L3 cache, which would not stay cached anyway
+//   (AMD Zen 4 VMs, 32 MiB: the 16 MiB depthwise output). On the Xeon, where the bench's outputs stay
+//   in L3, plain stores were 4-7% faster for the 1x1 64->64 (8 MiB out) and depthwise 128-channel
+//   (16 MiB) layers and even elsewhere.
+// StreamStores::kAlways / kNever (kernels.h) override the rules.
+template <typename T>
+bool stream_output(const Geo& g) {
+  const StreamStores mode = stream_stores();
+  if (mode != StreamStores::kAuto) return mode == StreamStores::kAlways;
+  const int64_t out_bytes = g.N * g.Kout * g.P * g.Q * (int64_t)sizeof(T);
+  const int64_t in_bytes = g.N * g.Cin * g.H * g.W * (int64_t)sizeof(T);
+  if (out_bytes < (int64_t(2) << 20)) return false;
+  if (out_bytes >= 4 * in_bytes) return true;
+  const int64_t l3 = l3_cache_bytes();
+  return l3 == 0 || 2 * out_bytes >= l3;
+}
 
 template <typename T>
 struct In4 {
@@ -328,8 +363,7 @@ void conv_pix_direct(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, O
   const int64_t wsz = g.Cg * cs, csz = nkb > 1 ? nIr * MR * NC : 0;
   Buf<T> scratch(nth * (wsz + csz));
   // Non-temporal stores for a large output, as conv_cl (row-aligned vectors only: whole stores).
-  [[maybe_unused]] const bool stream_out =
-      row_aligned && y.s3 == 1 && g.N * g.Kout * g.P * g.Q * (int64_t)sizeof(T) >= (int64_t(2) << 20);
+  [[maybe_unused]] const bool stream_out = row_aligned && y.s3 == 1 && stream_output<T>(g);
 
 #pragma omp parallel num_threads(nth)
   {
@@ -763,11 +797,9 @@ void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y
   const int64_t ntask = g.N * g.G * nIb;
   const bool out_vec = (y.s1 == 1);
   const int64_t ldc = Npad;
-  // Non-temporal stores for an output larger than half the L2 caches (2 x 2 MiB here): it will not be
-  // read back from cache anyway, and streaming skips the read-for-ownership of every output line.
-  // Measured on the RGB stem layer (N=32, 3->32, 32x32, channels_last, 4 MiB out): 0.60 -> 0.55 ms
-  // with 2 threads; no change on the 64-channel layers.
-  [[maybe_unused]] const bool stream_out = out_vec && g.N * PQ * g.Kout * (int64_t)sizeof(T) >= (int64_t(2) << 20);
+  // Non-temporal stores as stream_output says. Measured on the RGB stem layer (N=32, 3->32, 32x32,
+  // channels_last, 4 MiB out), streamed against plain: 0.60 -> 0.55 ms with 2 threads.
+  [[maybe_unused]] const bool stream_out = out_vec && stream_output<T>(g);
   // Pointwise layers on dense channels_last tensors: one GEMM over the batch's pixels (see
   // conv_cl_pointwise). A B panel of up to half the L2 streams from L2 like the row-merge blocks below.
   const bool pointwise = g.R == 1 && g.S == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0 && g.G == 1 &&
@@ -1633,12 +1665,14 @@ void conv_dwcl_rows(const Geo& g, In4<T> x, In4<T> m, const T* wT, int64_t Cp, i
   // more cache line, so the blocks of two threads are always more than a line apart (no false sharing).
   const int64_t scr_stride = cdiv(2 * kDwClQB * Cp * (int64_t)sizeof(T) + 4096 + 64, 64) * 64 / (int64_t)sizeof(T);
   std::vector<T> scr_all(nth * scr_stride + 64 / sizeof(T));
-  // Non-temporal output stores from 2 MiB of output (larger than half the L2 caches, as conv_cl). With
+  // Non-temporal output stores as stream_output says. (Earlier rule, from 2 MiB of output: with
   // plain stores the layer's time depended on where the previous call's output lay: 128 channels, N=32,
   // 32x32, 2 threads, in the bench harness (each call's output alive until the next returns) 0.91-1.46
   // ms over runs; streamed 0.85-0.90 ms in every run. Plain stores are faster only when one output
-  // buffer is rewritten while still cached (0.71 vs 0.77-0.83 ms raw), which no network does.
-  const bool stream_out = g.N * g.P * g.Q * C * (int64_t)sizeof(T) >= (int64_t(2) << 20);
+  // buffer is rewritten while still cached (0.71 vs 0.77-0.83 ms raw), which no network does. On the
+  // Xeon of 2026-12-05, in the bench harness, plain stores through the scratch block measured the
+  // same as streamed ones, 0.80 ms.)
+  const bool stream_out = stream_output<T>(g);
 #pragma omp parallel num_threads(nth)
   {
     T* const scr0 = scr_all.data() + thread_id() * scr_stride;

@@ -55,7 +55,42 @@ const KernelTable* initial_table() {
 
 std::atomic<const KernelTable*> g_table{nullptr};
 
+const char* const kStreamNames[] = {"auto", "always", "never"};
+
+StreamStores stream_mode_of(const std::string& mode, const char* who) {
+  for (int i = 0; i < 3; ++i)
+    if (mode == kStreamNames[i]) return static_cast<StreamStores>(i);
+  throw std::invalid_argument(std::string(who) + ": expected 'auto', 'always' or 'never', got '" + mode + "'");
+}
+
+StreamStores initial_stream_mode() {
+  const char* env = std::getenv("FASTCONV_CPU_STREAM_STORES");
+  if (env == nullptr || *env == '\0') return StreamStores::kAuto;
+  try {
+    return stream_mode_of(env, "FASTCONV_CPU_STREAM_STORES");
+  } catch (const std::invalid_argument&) {
+    return StreamStores::kAuto;  // as FASTCONV_CPU_ISA: a bad environment value falls back, never crashes
+  }
+}
+
+std::atomic<int> g_stream{-1};  // -1: not read from the environment yet
+
 }  // namespace
+
+StreamStores stream_stores() {
+  int m = g_stream.load(std::memory_order_relaxed);
+  if (m < 0) {
+    m = static_cast<int>(initial_stream_mode());
+    g_stream.store(m, std::memory_order_relaxed);
+  }
+  return static_cast<StreamStores>(m);
+}
+
+std::string stream_stores_name() { return kStreamNames[static_cast<int>(stream_stores())]; }
+
+void set_stream_stores(const std::string& mode) {
+  g_stream.store(static_cast<int>(stream_mode_of(mode, "set_stream_stores")), std::memory_order_relaxed);
+}
 
 std::string detected_isa() { return table_for_rank(detected_rank())->isa; }
 

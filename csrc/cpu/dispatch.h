@@ -33,6 +33,10 @@ std::string detected_isa();
 const KernelTable& kernels();
 // Select a level by name; throws std::invalid_argument for an unknown level or one the CPU lacks.
 void set_isa(const std::string& isa);
+// The streaming-store mode (kernels.h: StreamStores) by name: "auto", "always" or "never"; set_ throws
+// std::invalid_argument for another name.
+std::string stream_stores_name();
+void set_stream_stores(const std::string& mode);
 
 }  // namespace cpu
 }  // namespace fastconv
