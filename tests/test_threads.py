@@ -276,3 +276,17 @@ def test_choice_is_thread_local_in_a_pool(two_omp_threads):
         fastconv.set_backend("reference")
         assert pool.submit(without_choice).result(30) == ("reference", "reference")
     assert fastconv.get_backend() == "reference"  # the main thread: process-wide choice, no context
+
+
+@pytest.mark.parametrize("x_shape, w_shape, out_hw, threads", [
+    ((32, 6, 4, 4), (16, 6, 5, 5), (4, 4), 1),        # LeNet's second convolution on 8x8 digits: 1.2M multiply-adds
+    ((4, 128, 32, 32), (128, 1, 3, 3), (32, 32), 2),  # depthwise: 4.7M multiply-adds but 1M elements moved
+    ((1, 64, 56, 56), (64, 64, 3, 3), (56, 56), 2),   # 116M multiply-adds
+    ((1, 8, 16, 16), (8, 1, 3, 3), (16, 16), 1),      # a small depthwise layer
+])
+def test_conv_thread_count_counts_elements_moved(two_omp_threads, x_shape, w_shape, out_hw, threads):
+    """The cpu backend runs a convolution on one thread below _CONV_SERIAL_MACS of work, counting the
+    elements it reads and writes as well as its multiply-adds, so a depthwise layer of a few images gets
+    both cores although it has few multiply-adds."""
+    from fastconv.backends import cpu as cpu_backend
+    assert cpu_backend._conv_threads(torch.empty(x_shape), torch.empty(w_shape), out_hw) == threads

@@ -40,7 +40,13 @@ def _t4(t: torch.Tensor):
 # on 8x8 digits whose second convolution (1.2M multiply-adds, ~10 us of work) ran on 2 threads had a
 # p90 of 66 ms against 3.6 ms on one thread with one core busy elsewhere. 8M multiply-adds is ~100 us
 # of single-thread work, where a second thread pays for itself even on a busy machine.
-_CONV_SERIAL_MACS = 1 << 23      # multiply-adds of one convolution pass
+# A convolution's work counts the elements it reads and writes as well (_CONV_ELEMENT_MACS multiply-adds
+# each: a core computes ~80 multiply-adds per ns and moves ~5 floats per ns from beyond its L2), so that
+# layers with few multiply-adds per element still get both cores: a depthwise 3x3 layer (9 per output)
+# of N=4, 128 channels, 32x32 (4.7M multiply-adds, 1M elements) took 200 us on one thread and
+# 105-110 us on two (torch's: 108 us).
+_CONV_SERIAL_MACS = 1 << 23      # multiply-add equivalents of one convolution pass
+_CONV_ELEMENT_MACS = 16          # multiply-adds that take as long as moving one input/output element
 _POOL_SERIAL_ELEMENTS = 1 << 16  # input elements of one pooling pass
 
 
@@ -48,13 +54,16 @@ def _threads(work: int, serial_below: int) -> int:
     return 1 if work < serial_below else torch.get_num_threads()
 
 
-def _conv_macs(x: torch.Tensor, w: torch.Tensor, out_hw) -> int:
-    """Multiply-adds of one convolution pass."""
-    return x.shape[0] * w.shape[0] * out_hw[0] * out_hw[1] * w.shape[1] * w.shape[2] * w.shape[3]
+def _conv_work(x: torch.Tensor, w: torch.Tensor, out_hw) -> int:
+    """Multiply-add equivalents of one convolution pass: its multiply-adds plus _CONV_ELEMENT_MACS per
+    element of the input and the output."""
+    N, K = x.shape[0], w.shape[0]
+    macs = N * K * out_hw[0] * out_hw[1] * w.shape[1] * w.shape[2] * w.shape[3]
+    return macs + _CONV_ELEMENT_MACS * (x.numel() + N * K * out_hw[0] * out_hw[1])
 
 
 def _conv_threads(x: torch.Tensor, w: torch.Tensor, out_hw) -> int:
-    return _threads(_conv_macs(x, w, out_hw), _CONV_SERIAL_MACS)
+    return _threads(_conv_work(x, w, out_hw), _CONV_SERIAL_MACS)
 
 
 def _pool_threads(x: torch.Tensor) -> int:
@@ -179,13 +188,13 @@ class _FwdPlan(NamedTuple):
     """What conv2d_fwd derives from a call's geometry alone (shapes, strides, dtype, conv parameters):
     the output's shape and strides (torch's memory format for it), the kernel's ConvDesc, the kernel call
     with every tensor's sizes and strides already checked (_C.ConvFwdCall: only data pointers pass per
-    call) and the multiply-add count."""
+    call) and its work (_conv_work: what sets its thread count)."""
     out_shape: Tuple[int, ...]
     out_stride: Tuple[int, ...]
     desc: object
     dtype_code: int
     call: object
-    macs: int
+    work: int
 
 
 # conv2d_fwd's plans by geometry. Deriving one costs ~10 us of Python per call on a warm cache and
@@ -276,7 +285,7 @@ class CpuBackend(Backend):
                 return y
             desc, code = conv_desc(x, w, stride, padding, dilation, groups, out_hw), _dtype_code(x)
             call = _C.ConvFwdCall(desc, code, x.shape, x.stride(), w.shape, w.stride(), y.shape, y.stride())
-            plan = _FwdPlan(tuple(y.shape), y.stride(), desc, code, call, _conv_macs(x, w, out_hw))
+            plan = _FwdPlan(tuple(y.shape), y.stride(), desc, code, call, _conv_work(x, w, out_hw))
             if len(_FWD_PLANS) >= _FWD_PLANS_MAX:
                 _FWD_PLANS.clear()
             _FWD_PLANS[key] = plan
@@ -288,7 +297,7 @@ class CpuBackend(Backend):
         # which tests switch at run time.
         floats, kind = plan.call.pack_info()
         _packed_call(plan.call, (x.data_ptr(), w.data_ptr(), bias.data_ptr() if bias is not None else 0, y.data_ptr(),
-                                 bool(relu), _threads(plan.macs, _CONV_SERIAL_MACS)),
+                                 bool(relu), _threads(plan.work, _CONV_SERIAL_MACS)),
                      w, floats, ("forward", kind))
         return y
 
