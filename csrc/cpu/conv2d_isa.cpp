@@ -104,26 +104,26 @@ struct Geo {
 };
 
 // Whether a forward kernel writes its output with non-temporal stores (store_maybe_stream). Streaming
-// skips the read-for-ownership of every output line and leaves the caches to the input, but the next
-// layer then reads the output from memory, and the streamed lines take fill buffers that the input's
-// loads also need. Rules, from the bench's layers (2 threads, fp32; ratios to torch in the bench harness):
+// skips the read-for-ownership of every output line, but the next layer then reads the output from
+// memory instead of the L3 cache. Rules, from the bench's layers (2 threads, fp32, N=32; ratios to
+// torch in the bench harness, where each call's output lives until the next call returns):
 // - an output within the L2 caches (< 2 MiB) is written plainly: it is read back from cache;
-// - a write-dominated layer (output >= 4x its input, e.g. the RGB stem: 4 MiB out of 0.4 MiB) streams:
-//   its plain stores stall on the read-for-ownership with little else to overlap (Intel Xeon, L3 480
-//   MiB, stem channels_last 0.30-0.32 -> 0.25-0.26 ms with streaming);
-// - otherwise stream only an output of at least half the L3 cache, which would not stay cached anyway
-//   (AMD Zen 4 VMs, 32 MiB: the 16 MiB depthwise output). On the Xeon, where the bench's outputs stay
-//   in L3, plain stores were 4-7% faster for the 1x1 64->64 (8 MiB out) and depthwise 128-channel
-//   (16 MiB) layers and even elsewhere.
+// - a layer with few multiply-adds per output element (C/groups*R*S < 64) streams: it is bound by
+//   moving data, and its plain stores wait on the read-for-ownership with little work to overlap.
+//   Intel Xeon (L3 480 MiB): RGB stem channels_last (27 per output) 0.30-0.32 -> 0.25-0.26 ms streamed;
+//   depthwise 3x3 128 channels (9 per output) 0.86-0.90 streamed against 0.76-0.87 plain, whose time
+//   depended on where the outputs lay (earlier sessions: 0.91-1.46 ms plain, 0.85-0.90 streamed);
+// - other layers stream only an output of at least half the L3 cache, which would not stay cached for
+//   the next layer anyway. On the Xeon, plain stores were ahead for the 1x1 64->64 (8 MiB out; 1.00-1.07
+//   against 0.92-1.03 streamed) and the stride-2 128->128 layer (0.92-0.96 against 0.91).
 // StreamStores::kAlways / kNever (kernels.h) override the rules.
 template <typename T>
 bool stream_output(const Geo& g) {
   const StreamStores mode = stream_stores();
   if (mode != StreamStores::kAuto) return mode == StreamStores::kAlways;
   const int64_t out_bytes = g.N * g.Kout * g.P * g.Q * (int64_t)sizeof(T);
-  const int64_t in_bytes = g.N * g.Cin * g.H * g.W * (int64_t)sizeof(T);
   if (out_bytes < (int64_t(2) << 20)) return false;
-  if (out_bytes >= 4 * in_bytes) return true;
+  if (g.Cg * g.R * g.S < 64) return true;
   const int64_t l3 = l3_cache_bytes();
   return l3 == 0 || 2 * out_bytes >= l3;
 }
@@ -1669,9 +1669,7 @@ void conv_dwcl_rows(const Geo& g, In4<T> x, In4<T> m, const T* wT, int64_t Cp, i
   // plain stores the layer's time depended on where the previous call's output lay: 128 channels, N=32,
   // 32x32, 2 threads, in the bench harness (each call's output alive until the next returns) 0.91-1.46
   // ms over runs; streamed 0.85-0.90 ms in every run. Plain stores are faster only when one output
-  // buffer is rewritten while still cached (0.71 vs 0.77-0.83 ms raw), which no network does. On the
-  // Xeon of 2026-12-05, in the bench harness, plain stores through the scratch block measured the
-  // same as streamed ones, 0.80 ms.)
+  // buffer is rewritten while still cached (0.71 vs 0.77-0.83 ms raw), which no network does.)
   const bool stream_out = stream_output<T>(g);
 #pragma omp parallel num_threads(nth)
   {
