@@ -381,9 +381,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_cpu_isa", &set_isa, py::arg("isa"),
         "use the kernels of another ISA level ('baseline', 'avx2', 'avx512'); for tests and benchmarks");
   m.def("stream_stores", &stream_stores_name,
-        "non-temporal output stores of the forward convolution kernels: 'auto', 'always' or 'never'");
+        "non-temporal output stores of the convolution kernels (forward, input gradient): 'auto', 'always' or 'never'");
   m.def("set_stream_stores", &set_stream_stores, py::arg("mode"),
-        "force the forward convolution kernels' non-temporal output stores on ('always') or off ('never'), "
+        "force the convolution kernels' non-temporal output stores on ('always') or off ('never'), "
         "or let each layer decide ('auto'); for tests and benchmarks");
   m.def("build_info", []() {
     py::dict info;

@@ -103,7 +103,8 @@ struct Geo {
   int64_t sh, sw, ph, pw, dh, dw;
 };
 
-// Whether a forward kernel writes its output with non-temporal stores (store_maybe_stream). Streaming
+// Whether a conv_run kernel (forward, or dgrad's correlations) writes its output with non-temporal
+// stores (store_maybe_stream). Streaming
 // skips the read-for-ownership of every output line, but the next layer then reads the output from
 // memory instead of the L3 cache. Rules, from the bench's layers (2 threads, fp32, N=32; ratios to
 // torch in the bench harness, where each call's output lives until the next call returns):
