@@ -64,22 +64,21 @@ namespace {
 
 inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Bytes of one core's L2 cache (glibc reads it from CPUID); 1 MiB when the system does not say.
+// A cache size that sysconf reports (glibc reads it from CPUID), or fallback when it does not say.
+inline int64_t cache_bytes(int name, int64_t fallback) {
+  const long v = sysconf(name);
+  return v > 0 ? (int64_t)v : fallback;
+}
+
+// Bytes of one core's L2 cache; 1 MiB when the system does not say.
 inline int64_t l2_cache_bytes() {
-  static const int64_t bytes = [] {
-    const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
-    return v > 0 ? (int64_t)v : (int64_t(1) << 20);
-  }();
+  static const int64_t bytes = cache_bytes(_SC_LEVEL2_CACHE_SIZE, int64_t(1) << 20);
   return bytes;
 }
 
-// Bytes of the last-level (L3) cache as the system reports it (a VM may report its host's); 0 when
-// the system does not say.
+// Bytes of the last-level (L3) cache (a VM may report its host's); 0 when the system does not say.
 inline int64_t l3_cache_bytes() {
-  static const int64_t bytes = [] {
-    const long v = sysconf(_SC_LEVEL3_CACHE_SIZE);
-    return v > 0 ? (int64_t)v : int64_t(0);
-  }();
+  static const int64_t bytes = cache_bytes(_SC_LEVEL3_CACHE_SIZE, 0);
   return bytes;
 }
 
@@ -104,9 +103,8 @@ struct Geo {
 };
 
 // Whether a conv_run kernel (forward, or dgrad's correlations) writes its output with non-temporal
-// stores (store_maybe_stream). Streaming
-// skips the read-for-ownership of every output line, but the next layer then reads the output from
-// memory instead of the L3 cache. Rules, from the bench's layers (2 threads, fp32, N=32; ratios to
+// stores (store_maybe_stream). Streaming skips the read-for-ownership of every output line, but the
+// next layer then reads the output from memory instead of the L3 cache. Rules, from the bench's layers (2 threads, fp32, N=32; ratios to
 // torch in the bench harness, where each call's output lives until the next call returns):
 // - an output within the L2 caches (< 2 MiB) is written plainly: it is read back from cache;
 // - a layer with few multiply-adds per output element (C/groups*R*S < 64) streams: it is bound by

@@ -72,10 +72,10 @@ struct PoolDesc {
 
 // Non-temporal (streaming) output stores of the convolution kernels behind conv_run (the forward and
 // the input gradient): kAuto decides per call (stream_output in conv2d_isa.cpp, by output size,
-// multiply-adds per output element and the L3 cache); kAlways / kNever
-// force them on / off for every output of at least one whole vector, so that tests run both store
-// paths on any machine (they write the same bits) and benchmarks can compare them. Initially
-// FASTCONV_CPU_STREAM_STORES=auto|always|never (default auto); set_stream_stores in dispatch.h.
+// multiply-adds per output element and the L3 cache); kAlways / kNever force them on / off for every
+// output of at least one whole vector, so that tests run both store paths on any machine (they write
+// the same bits) and benchmarks can compare them. Initially FASTCONV_CPU_STREAM_STORES=
+// auto|always|never (default auto); set_stream_stores in dispatch.h.
 enum class StreamStores : int { kAuto = 0, kAlways = 1, kNever = 2 };
 StreamStores stream_stores();
 

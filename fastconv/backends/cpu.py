@@ -57,9 +57,9 @@ def _threads(work: int, serial_below: int) -> int:
 def _conv_work(x: torch.Tensor, w: torch.Tensor, out_hw) -> int:
     """Multiply-add equivalents of one convolution pass: its multiply-adds plus _CONV_ELEMENT_MACS per
     element of the input and the output."""
-    N, K = x.shape[0], w.shape[0]
-    macs = N * K * out_hw[0] * out_hw[1] * w.shape[1] * w.shape[2] * w.shape[3]
-    return macs + _CONV_ELEMENT_MACS * (x.numel() + N * K * out_hw[0] * out_hw[1])
+    outputs = x.shape[0] * w.shape[0] * out_hw[0] * out_hw[1]
+    macs = outputs * w.shape[1] * w.shape[2] * w.shape[3]
+    return macs + _CONV_ELEMENT_MACS * (x.numel() + outputs)
 
 
 def _conv_threads(x: torch.Tensor, w: torch.Tensor, out_hw) -> int:
