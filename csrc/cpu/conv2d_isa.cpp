@@ -109,20 +109,21 @@ struct Geo {
 // - an output within the L2 caches (< 2 MiB) is written plainly: it is read back from cache;
 // - a layer with few multiply-adds per output element (C/groups*R*S < 64) streams: it is bound by
 //   moving data, and its plain stores wait on the read-for-ownership with little work to overlap.
-//   Intel Xeon (L3 480 MiB): RGB stem channels_last (27 per output) 0.30-0.32 -> 0.25-0.26 ms streamed;
-//   depthwise 3x3 128 channels (9 per output) 0.86-0.90 streamed against 0.76-0.87 plain, whose time
-//   depended on where the outputs lay (earlier sessions: 0.91-1.46 ms plain, 0.85-0.90 streamed);
+//   Intel Xeon (L3 480 MiB): RGB stem channels_last (27 per output) 0.30-0.32 -> 0.25-0.26 ms streamed.
+//   A kernel that prefetches its output lines for writing a block ahead of the stores passes
+//   few_macs_stream = false: the read-for-ownership then overlaps the work of the block before, and
+//   plain stores win (the channels_last depthwise kernel, 9 per output: see dwcl_scratch_at);
 // - other layers stream only an output of at least half the L3 cache, which would not stay cached for
 //   the next layer anyway. On the Xeon, plain stores were ahead for the 1x1 64->64 (8 MiB out; 1.00-1.07
 //   against 0.92-1.03 streamed) and the stride-2 128->128 layer (0.92-0.96 against 0.91).
 // StreamStores::kAlways / kNever (kernels.h) override the rules.
 template <typename T>
-bool stream_output(const Geo& g) {
+bool stream_output(const Geo& g, bool few_macs_stream = true) {
   const StreamStores mode = stream_stores();
   if (mode != StreamStores::kAuto) return mode == StreamStores::kAlways;
   const int64_t out_bytes = g.N * g.Kout * g.P * g.Q * (int64_t)sizeof(T);
   if (out_bytes < (int64_t(2) << 20)) return false;
-  if (g.Cg * g.R * g.S < 64) return true;
+  if (few_macs_stream && g.Cg * g.R * g.S < 64) return true;
   const int64_t l3 = l3_cache_bytes();
   return l3 == 0 || 2 * out_bytes >= l3;
 }
@@ -1574,15 +1575,19 @@ constexpr int kDwClQB = 8, kDwClCVB = 1;  // 16 ymm / xmm registers
 constexpr bool kDwClPairs = false;
 #endif
 
-// Why the blocks write to a scratch block first: the output lines are not in the cache, so their
-// stores wait in the store buffer for the line (write-allocate from L3) for many cycles, and until
-// then every later load whose address equals a waiting store's in the low 12 bits is held back as a
-// possible overlap (4K aliasing). In channels_last a pixel is C*4 bytes, so (y - x) mod 4096 decides
-// which of the next input columns alias pending outputs: 128 channels, 2 threads, measured
-// 0.69-0.84 ms over the 4 KiB offsets. The scratch is in L1, so those stores leave the buffer at once;
-// it sits at the output block's own 4 KiB offset, so the copy's loads (a scratch vector equals its
-// output's low 12 bits) never alias a waiting output store of an earlier vector. Measured 0.71-0.74 ms
-// at every offset.
+// Output stores and 4K aliasing. A store to a line that is not in the cache waits in the store buffer
+// for the line (read-for-ownership from L3 or memory) for many cycles, and until then every later load
+// whose address equals a waiting store's in the low 12 bits is held back as a possible overlap (4K
+// aliasing). In channels_last a pixel is C*4 bytes, so (y - x) mod 4096 decides which of the next
+// input columns alias pending outputs: a block storing straight into cold output lines took 0.69-1.03
+// ms over the 4 KiB offsets (128 channels, N=32, 32x32, 2 threads). Two ways out, both at every offset:
+// - plain stores: while a block computes, prefetch (for writing) the output lines of the block after
+//   it, so by the time that block stores, its lines are in L1 and the stores leave the buffer at once
+//   (dwcl_prefetch_next); 0.75-0.80 ms, torch 0.75-0.86 in the same runs;
+// - streamed stores: the blocks compute into an L1 scratch block first, which sits at the output
+//   block's own 4 KiB offset, so the copy's loads (a scratch vector equals its output's low 12 bits)
+//   never alias a waiting store of an earlier vector; the copy streams to y (0.85-0.87 ms at the same
+//   offsets: bound by the two cores' memory write bandwidth, where plain stores stay in the L3).
 // Returns the position in buf (at least 4 KiB + the block) with the same address mod 4 KiB as yo.
 template <typename T>
 FC_INLINE T* dwcl_scratch_at(T* buf, const T* yo) {
@@ -1591,11 +1596,11 @@ FC_INLINE T* dwcl_scratch_at(T* buf, const T* yo) {
 }
 
 // Copies nrow rows x nq pixels of channel vectors [cv0, cv1) from a scratch block (row stride srs,
-// pixel stride Cp) to the output (row stride yrs, pixel stride ysi); vector nfull is the tail.
-// stream: non-temporal stores for the whole vectors (store_maybe_stream, see conv_dwcl_rows).
+// pixel stride Cp) to the output (row stride yrs, pixel stride ysi) with non-temporal stores for the
+// whole vectors (store_maybe_stream); vector nfull is the tail.
 template <typename T>
-FC_INLINE void dwcl_copy_out(const T* sc, int64_t srs, int64_t Cp, T* yo, int64_t yrs, int64_t ysi, int nrow, int nq,
-                             int64_t cv0, int64_t cv1, int64_t nfull, int tail, bool stream) {
+FC_INLINE void dwcl_stream_out(const T* sc, int64_t srs, int64_t Cp, T* yo, int64_t yrs, int64_t ysi, int nrow, int nq,
+                               int64_t cv0, int64_t cv1, int64_t nfull, int tail) {
   using Sd = Simd<T>;
   constexpr int L = Sd::L;
   for (int o = 0; o < nrow; ++o)
@@ -1604,11 +1609,38 @@ FC_INLINE void dwcl_copy_out(const T* sc, int64_t srs, int64_t Cp, T* yo, int64_
       T* yp = yo + o * yrs + i * ysi;
       for (int64_t cv = cv0; cv < cv1; ++cv) {
         if (cv < nfull)
-          store_maybe_stream<T>(yp + cv * L, Sd::load(sp + cv * L), stream);
+          store_maybe_stream<T>(yp + cv * L, Sd::load(sp + cv * L), true);
         else
           Sd::store_n(yp + cv * L, Sd::load_n(sp + cv * L, tail), tail);
       }
     }
+}
+
+// The output lines the task's next pixel block will store, for dwcl_prefetch_next: nrow rows (stride
+// yrs) x npix pixels (stride ysi) from p, or none (p null) after the task's last block.
+template <typename T>
+struct DwClNext {
+  T* p = nullptr;
+  int64_t nrow = 0, npix = 0;
+};
+
+// The block after pixels [q0, q0 + nq) of output rows [row, row + nrow) in a task whose rows end at
+// pend: the next pixels of the same rows, else the first block (<= kDwClQB pixels) of the next rows.
+template <typename T>
+FC_INLINE DwClNext<T> dwcl_next_block(T* yrow, int64_t yrs, int64_t ysi, int64_t row, int64_t nrow, int64_t pend,
+                                      int64_t q0, int64_t nq, int64_t Q, int64_t QB) {
+  if (q0 + nq < Q) return {yrow + (q0 + nq) * ysi, nrow, std::min(nq, Q - q0 - nq)};
+  if (row + nrow < pend) return {yrow + nrow * yrs, std::min(nrow, pend - row - nrow), std::min(QB, Q)};
+  return {};
+}
+
+// Prefetches for writing the next block's vectors at channel offset c (one line each when y is
+// 64-byte aligned and C*sizeof(T) a multiple of 64): called once per channel vector of a block, so
+// the prefetches spread over the block's work instead of queueing behind each other.
+template <typename T>
+FC_INLINE void dwcl_prefetch_next(const DwClNext<T>& nb, int64_t yrs, int64_t ysi, int64_t c) {
+  for (int64_t o = 0; o < nb.nrow; ++o)
+    for (int64_t i = 0; i < nb.npix; ++i) __builtin_prefetch(nb.p + o * yrs + i * ysi + c, 1, 3);
 }
 
 // Pixel blocks of one output row (or row pair): whole blocks of kDwClQB, then whole blocks of 4, then
@@ -1637,8 +1669,9 @@ FC_INLINE void dwcl_pixel_blocks(int64_t Q, int64_t W, int64_t pw, F&& f) {
 // Tasks are (n, block of output rows, block of channel vectors), rows in order inside a task so the
 // input rows shared by consecutive output rows are still in L1/L2 (3x3 stride 1: rows in pairs, see
 // dwcl_block_r2). Per row: pixel blocks, channel vectors innermost (kDwClCVB at a time), so a block
-// streams through contiguous runs of the input rows and of the output row. Each pixel block is
-// computed into a per-thread scratch block and then copied to y (see dwcl_scratch_at).
+// streams through contiguous runs of the input rows and of the output row. A pixel block stores into
+// y while prefetching the next block's output lines, or, when the output streams, into a per-thread
+// scratch block that is then copied to y (see dwcl_scratch_at).
 // ph/dh: the row padding and dilation with mirrored rows already flipped (dh > 0).
 template <typename T, int S, int SW, bool MASK>
 void conv_dwcl_rows(const Geo& g, In4<T> x, In4<T> m, const T* wT, int64_t Cp, int64_t ph, int64_t dh, int64_t pw,
@@ -1664,12 +1697,10 @@ void conv_dwcl_rows(const Geo& g, In4<T> x, In4<T> m, const T* wT, int64_t Cp, i
   // more cache line, so the blocks of two threads are always more than a line apart (no false sharing).
   const int64_t scr_stride = cdiv(2 * kDwClQB * Cp * (int64_t)sizeof(T) + 4096 + 64, 64) * 64 / (int64_t)sizeof(T);
   std::vector<T> scr_all(nth * scr_stride + 64 / sizeof(T));
-  // Non-temporal output stores as stream_output says. (Earlier rule, from 2 MiB of output: with
-  // plain stores the layer's time depended on where the previous call's output lay: 128 channels, N=32,
-  // 32x32, 2 threads, in the bench harness (each call's output alive until the next returns) 0.91-1.46
-  // ms over runs; streamed 0.85-0.90 ms in every run. Plain stores are faster only when one output
-  // buffer is rewritten while still cached (0.71 vs 0.77-0.83 ms raw), which no network does.)
-  const bool stream_out = stream_output<T>(g);
+  // Non-temporal output stores only for an output that would not stay in the L3 anyway: the prefetched
+  // plain stores beat streaming for the few-multiply-add layers that stream_output streams otherwise
+  // (see dwcl_scratch_at; 128 channels, N=32, 32x32, 2 threads, Xeon: 0.75-0.80 ms against 0.85-0.87).
+  const bool stream_out = stream_output<T>(g, /*few_macs_stream=*/false);
 #pragma omp parallel num_threads(nth)
   {
     T* const scr0 = scr_all.data() + thread_id() * scr_stride;
@@ -1699,9 +1730,13 @@ void conv_dwcl_rows(const Geo& g, In4<T> x, In4<T> m, const T* wT, int64_t Cp, i
             constexpr int QB = decltype(qb_tag)::value;
             constexpr bool EDGE = decltype(edge_tag)::value;
             T* yo = yrow + q0 * y.s3;
-            T* sc = dwcl_scratch_at(scr0, yo);
-            const int64_t sr = QB * Cp;  // scratch row stride
+            // Destination: y itself, or a scratch block whose rows are QB * Cp apart.
+            T* const dst = stream_out ? dwcl_scratch_at(scr0, yo) : yo;
+            const int64_t drs = stream_out ? QB * Cp : y.s2, dps = stream_out ? Cp : y.s3;
+            const DwClNext<T> nb =
+                stream_out ? DwClNext<T>{} : dwcl_next_block(yrow, y.s2, y.s3, p, 2, pend, q0, nq, g.Q, kDwClQB);
             for (int64_t cv = cv0; cv < cv1; ++cv) {
+              dwcl_prefetch_next(nb, y.s2, y.s3, cv * L);
               for (int u = 0; u < 4; ++u) {
                 xr[u] = xr0[u] ? xr0[u] + cv * L : nullptr;
                 if (MASK) mr[u] = mr0[u] ? mr0[u] + cv * L : nullptr;
@@ -1709,12 +1744,12 @@ void conv_dwcl_rows(const Geo& g, In4<T> x, In4<T> m, const T* wT, int64_t Cp, i
               const T* bc = bpp ? bpp + cv * L : nullptr;
               if (cv < nfull)
                 dwcl_block_r2<T, QB, false, MASK, EDGE>(xr, mr, wT + cv * L, iw0, x.s3, m.s3, Cp, jlo, jhi, bc, relu,
-                                                        sc + cv * L, sr, Cp, nq, L);
+                                                        dst + cv * L, drs, dps, nq, L);
               else
                 dwcl_block_r2<T, QB, true, MASK, EDGE>(xr, mr, wT + cv * L, iw0, x.s3, m.s3, Cp, jlo, jhi, bc, relu,
-                                                       sc + cv * L, sr, Cp, nq, tail);
+                                                       dst + cv * L, drs, dps, nq, tail);
             }
-            dwcl_copy_out(sc, sr, Cp, yo, y.s2, y.s3, 2, nq, cv0, cv1, nfull, tail, stream_out);
+            if (stream_out) dwcl_stream_out(dst, drs, Cp, yo, y.s2, y.s3, 2, nq, cv0, cv1, nfull, tail);
           });
           p += 2;
           continue;
@@ -1733,8 +1768,12 @@ void conv_dwcl_rows(const Geo& g, In4<T> x, In4<T> m, const T* wT, int64_t Cp, i
           constexpr int QB = decltype(qb_tag)::value;
           constexpr bool EDGE = decltype(edge_tag)::value;
           T* yo = yrow + q0 * y.s3;
-          T* sc = dwcl_scratch_at(scr0, yo);
-          auto at = [&](int64_t cv) {
+          T* const dst = stream_out ? dwcl_scratch_at(scr0, yo) : yo;  // y, or a scratch block (one row)
+          const int64_t dps = stream_out ? Cp : y.s3;
+          const DwClNext<T> nb =
+              stream_out ? DwClNext<T>{} : dwcl_next_block(yrow, y.s2, y.s3, p, 1, pend, q0, nq, g.Q, kDwClQB);
+          auto at = [&](int64_t cv, int ncv) {  // pointers at channel vector cv; prefetches ncv vectors
+            for (int v = 0; v < ncv; ++v) dwcl_prefetch_next(nb, y.s2, y.s3, (cv + v) * L);
             for (int64_t k = 0; k < nrv; ++k) {
               xr[k] = xr0[k] + cv * L;
               if (MASK) mr[k] = mr0[k] + cv * L;
@@ -1743,23 +1782,23 @@ void conv_dwcl_rows(const Geo& g, In4<T> x, In4<T> m, const T* wT, int64_t Cp, i
           };
           int64_t cv = cv0;
           for (; cv + kDwClCVB <= std::min(cv1, nfull); cv += kDwClCVB) {
-            at(cv);
+            at(cv, kDwClCVB);
             dwcl_block<T, S, SW, QB, kDwClCVB, false, MASK, EDGE>(xr, mr, wr, nrv, iw0, x.s3, m.s3, Cp, jlo, jhi,
-                                                                  bpp ? bpp + cv * L : nullptr, relu, sc + cv * L,
-                                                                  Cp, nq, L);
+                                                                  bpp ? bpp + cv * L : nullptr, relu, dst + cv * L,
+                                                                  dps, nq, L);
           }
           for (; cv < cv1; ++cv) {
-            at(cv);
+            at(cv, 1);
             if (cv < nfull)
               dwcl_block<T, S, SW, QB, 1, false, MASK, EDGE>(xr, mr, wr, nrv, iw0, x.s3, m.s3, Cp, jlo, jhi,
-                                                             bpp ? bpp + cv * L : nullptr, relu, sc + cv * L, Cp,
+                                                             bpp ? bpp + cv * L : nullptr, relu, dst + cv * L, dps,
                                                              nq, L);
             else
               dwcl_block<T, S, SW, QB, 1, true, MASK, EDGE>(xr, mr, wr, nrv, iw0, x.s3, m.s3, Cp, jlo, jhi,
-                                                            bpp ? bpp + cv * L : nullptr, relu, sc + cv * L, Cp,
+                                                            bpp ? bpp + cv * L : nullptr, relu, dst + cv * L, dps,
                                                             nq, tail);
           }
-          dwcl_copy_out(sc, 0, Cp, yo, 0, y.s3, 1, nq, cv0, cv1, nfull, tail, stream_out);
+          if (stream_out) dwcl_stream_out(dst, 0, Cp, yo, 0, y.s3, 1, nq, cv0, cv1, nfull, tail);
         });
         ++p;
       }
