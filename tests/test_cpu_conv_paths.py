@@ -4,7 +4,8 @@ every gradient vs torch in float64:
 - channels_last depthwise (conv_dwcl_rows): 3x3 and 5x5 taps, column stride 1 and 2, row pairs
   (3x3 stride 1) and single rows (odd P, stride 2, non-square filters), pixel blocks of 8 / 4 / a
   partial block (Q = 32, 13, 7, 3), channel tails (C not a multiple of the vector length), bias,
-  fused ReLU (its backward runs the masked dgrad through the same kernel with mirrored taps);
+  fused ReLU (its backward runs the masked dgrad through the same kernel with mirrored taps); the 3x3
+  weight gradient's register-blocked rows with and without the bias gradient they carry along;
 - channels_last with few input channels (conv_cl's row merge, e.g. an RGB stem): a filter row's S taps
   are one run of S*C floats; pixels whose whole window is inside the input are grouped first and run
   ukr_rows_strided (one pointer per pixel), the border pixels the per-segment pointer kernel; row
@@ -77,6 +78,7 @@ DW_CASES = [
     (1, 16, 9, 20, 3, (2, 1), 1, 1),   # row stride 2: single rows
     (1, 16, 9, 20, 3, 1, 1, (2, 1)),   # row dilation 2: single rows
     (4, 128, 33, 32, 3, 1, 1, 1),      # 2.1 MiB output (float32): streamed where stream_output says; row pairs, a last single row
+    (2, 24, 10, 17, 3, (1, 2), 1, (1, 2)),  # column stride and dilation 2 (the generic forward loops)
 ]
 
 
@@ -90,6 +92,17 @@ def test_depthwise_channels_last(backend, isa, case, relu, dtype):
     w = torch.randn(C, 1, *ks)
     b = torch.randn(C)
     _check(backend, isa, x, w, b, relu, dtype, stride=stride, padding=padding, dilation=dilation, groups=C)
+
+
+# Without a bias the 3x3 weight gradient (wgrad_dwcl_row) runs without the bias sums it otherwise
+# carries along; with one, test_depthwise_channels_last checks both gradients.
+@pytest.mark.parametrize("case", [DW_CASES[1], DW_CASES[4], DW_CASES[-1]], ids=["tail", "stride2", "dil2"])
+@pytest.mark.parametrize("relu", [False, True])
+def test_depthwise_channels_last_without_bias(backend, isa, case, relu):
+    N, C, H, W, k, stride, padding, dilation = case
+    x = torch.randn(N, C, H, W).contiguous(memory_format=torch.channels_last)
+    _check(backend, isa, x, torch.randn(C, 1, k, k), None, relu, torch.float32, stride=stride, padding=padding,
+           dilation=dilation, groups=C)
 
 
 # (N, C, H, W, K, kernel, stride, padding, dilation): channels_last inputs of 2-4 channels. Their input

@@ -2206,11 +2206,107 @@ struct WgradRunner {
   }
 };
 
+// One output row p of one image for the channels_last depthwise wgrad, R x S taps (compile-time) of
+// CVB channel vectors from channel c0: the R*S*CVB tap sums stay in registers over the row's pixels
+// (acc[(r*S + s)*C + c], read before and written after), so a pixel costs one dy load per vector and
+// one x load per tap instead of the generic loop's load-add-store of every tap's sum. Each tap's sum
+// still adds its pixels in (p, q) order with one fused multiply-add each, like the generic loop: the
+// bits do not change. qr[s]: the columns q whose tap s reads a valid input column. BIAS: the bias
+// gradient's sums (bacc[c]) ride along on the dy vectors already loaded, in bias_grad's order (a plain
+// add per pixel, (p, q) order), which saves bias_grad's own pass over dy.
+template <typename T, int R, int S, int CVB, bool TAIL, bool MASK, bool BIAS>
+FC_INLINE void wgrad_dwcl_row(const ConvDesc& d, const In4<T>& x, const In4<T>& dy, const In4<T>& m, int64_t n, int64_t p,
+                              int64_t c0, int nl, const QRange* qr, T* acc, T* bacc) {
+  using Sd = Simd<T>;
+  using V = typename Sd::V;
+  constexpr int L = Sd::L;
+  static_assert(!TAIL || CVB == 1, "a channel tail is one vector");
+  const int64_t C = d.C;
+  const T* xr[R];
+  bool rok[R];
+  FC_UNROLL for (int r = 0; r < R; ++r) {
+    const int64_t ih = p * d.stride_h - d.pad_h + r * d.dil_h;
+    rok[r] = ih >= 0 && ih < d.H;
+    xr[r] = rok[r] ? x.p + n * x.s0 + ih * x.s2 + c0 : nullptr;
+  }
+  V a[R * S][CVB], ab[CVB];
+  FC_UNROLL for (int t = 0; t < R * S; ++t) FC_UNROLL for (int v = 0; v < CVB; ++v)
+      a[t][v] = TAIL ? Sd::load_n(acc + t * C + c0, nl) : Sd::load(acc + t * C + c0 + v * L);
+  if (BIAS) FC_UNROLL for (int v = 0; v < CVB; ++v) ab[v] = TAIL ? Sd::load_n(bacc + c0, nl) : Sd::load(bacc + c0 + v * L);
+  const T* dp = dy.p + n * dy.s0 + p * dy.s2 + c0;
+  const T* mp = MASK ? m.p + n * m.s0 + p * m.s2 + c0 : nullptr;
+  int64_t qlo = 0, qhi = d.Q;  // columns where every tap is valid
+  for (int s = 0; s < S; ++s) qlo = std::max(qlo, qr[s].lo), qhi = std::min(qhi, qr[s].hi);
+  qhi = std::max(qlo, qhi);
+  const auto pixel = [&](int64_t q, auto all_taps) {
+    V dv[CVB];
+    FC_UNROLL for (int v = 0; v < CVB; ++v) {
+      dv[v] = TAIL ? Sd::load_n(dp + q * dy.s3, nl) : Sd::load(dp + q * dy.s3 + v * L);
+      if (MASK) dv[v] = Sd::mask_le0(dv[v], TAIL ? Sd::load_n(mp + q * m.s3, nl) : Sd::load(mp + q * m.s3 + v * L));
+      if (BIAS) ab[v] = Sd::add(ab[v], dv[v]);
+    }
+    FC_UNROLL for (int r = 0; r < R; ++r) {
+      if (!rok[r]) continue;
+      FC_UNROLL for (int s = 0; s < S; ++s) {
+        if (!decltype(all_taps)::value && (q < qr[s].lo || q >= qr[s].hi)) continue;
+        const T* xp = xr[r] + (q * d.stride_w - d.pad_w + s * d.dil_w) * x.s3;
+        FC_UNROLL for (int v = 0; v < CVB; ++v)
+            a[r * S + s][v] = Sd::fma(dv[v], TAIL ? Sd::load_n(xp, nl) : Sd::load(xp + v * L), a[r * S + s][v]);
+      }
+    }
+  };
+  int64_t q = 0;
+  for (; q < qlo; ++q) pixel(q, std::false_type{});
+  for (; q < qhi; ++q) pixel(q, std::true_type{});
+  for (; q < d.Q; ++q) pixel(q, std::false_type{});
+  FC_UNROLL for (int t = 0; t < R * S; ++t) FC_UNROLL for (int v = 0; v < CVB; ++v) {
+      if (TAIL)
+        Sd::store_n(acc + t * C + c0, a[t][v], nl);
+      else
+        Sd::store(acc + t * C + c0 + v * L, a[t][v]);
+    }
+  if (BIAS) FC_UNROLL for (int v = 0; v < CVB; ++v) {
+      if (TAIL)
+        Sd::store_n(bacc + c0, ab[v], nl);
+      else
+        Sd::store(bacc + c0 + v * L, ab[v]);
+    }
+}
+
+// The rows of image n for wgrad_dwcl_row, channel vectors in blocks of CVB, then one at a time, then
+// the tail; acc (R*S x C) and bacc (C, with BIAS) start zeroed.
+template <typename T, int R, int S, int CVB, bool MASK, bool BIAS>
+void wgrad_dwcl_image(const ConvDesc& d, const In4<T>& x, const In4<T>& dy, const In4<T>& m, int64_t n,
+                      const QRange* qr, T* acc, T* bacc) {
+  constexpr int L = Simd<T>::L;
+  const int64_t nfull = d.C / L;
+  const int tail = (int)(d.C % L);
+  for (int64_t p = 0; p < d.P; ++p) {
+    int64_t cv = 0;
+    for (; cv + CVB <= nfull; cv += CVB)
+      wgrad_dwcl_row<T, R, S, CVB, false, MASK, BIAS>(d, x, dy, m, n, p, cv * L, L, qr, acc, bacc);
+    for (; cv < nfull; ++cv) wgrad_dwcl_row<T, R, S, 1, false, MASK, BIAS>(d, x, dy, m, n, p, cv * L, L, qr, acc, bacc);
+    if (tail) wgrad_dwcl_row<T, R, S, 1, true, MASK, BIAS>(d, x, dy, m, n, p, nfull * L, tail, qr, acc, bacc);
+  }
+}
+
+// The bias gradient from per-image partial sums part[n][K]: db[k] = sum over n in order (from +0).
+template <typename T>
+void bias_grad_sum_images(const T* part, int64_t N, int64_t K, T* db) {
+  for (int64_t k = 0; k < K; ++k) {
+    T acc = T(0);
+    for (int64_t n = 0; n < N; ++n) acc += part[n * K + k];
+    db[k] = acc;
+  }
+}
+
 // Depthwise wgrad (Cg == 1): dw[k][0][r][s] = sum_{n,p,q} dy[n,k,p,q] * x[n, k/Kg, ih, iw].
 // channels_last (Kg == 1): tasks own L-channel slices, vectors along C. Otherwise tasks own one
 // output channel k, vectors along Q when rows are contiguous. Fixed order either way.
+// db (may be null): the bias gradient, computed on the way where the kernel can (3x3 channels_last,
+// see wgrad_dwcl_row) with the same bits as bias_grad. Returns whether it wrote db.
 template <typename T>
-void wgrad_depthwise(const ConvDesc& d, In4<T> x, In4<T> dy, In4<T> m, Out4<T> dw, int nth) {
+bool wgrad_depthwise(const ConvDesc& d, In4<T> x, In4<T> dy, In4<T> m, Out4<T> dw, T* db, int nth) {
   using Sd = Simd<T>;
   using V = typename Sd::V;
   constexpr int L = Sd::L;
@@ -2222,10 +2318,32 @@ void wgrad_depthwise(const ConvDesc& d, In4<T> x, In4<T> dy, In4<T> m, Out4<T> d
     // per-image partials part[n][RS][C] (vectors along C), then summed over n in order
     const int64_t C = d.C, nfull = C / L, tail = C % L;
     Buf<T> part(d.N * RS * C);
+#if defined(__AVX512F__)
+    constexpr int kCVB = 2;  // 18 accumulators + 2 dy vectors + an x vector of the 32 zmm
+#else
+    constexpr int kCVB = 1;  // 9 + 1 + 1 of 16
+#endif
+    // 3x3 filters (all but a few depthwise layers): the register-blocked rows (wgrad_dwcl_row), with
+    // the bias gradient's per-image partials bpart[n][C] when db is wanted.
+    const bool blocked3 = d.R == 3 && d.S == 3;
+    const bool with_bias = blocked3 && db != nullptr;
+    std::vector<T> bpart(with_bias ? d.N * C : 0, T(0));
 #pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
     for (int64_t n = 0; n < d.N; ++n) {
       T* acc = part.p + n * RS * C;
       for (int64_t i = 0; i < RS * C; ++i) acc[i] = T(0);
+      if (blocked3) {
+        T* bacc = with_bias ? bpart.data() + n * C : nullptr;
+        if (m.p && with_bias)
+          wgrad_dwcl_image<T, 3, 3, kCVB, true, true>(d, x, dy, m, n, qrange.data(), acc, bacc);
+        else if (m.p)
+          wgrad_dwcl_image<T, 3, 3, kCVB, true, false>(d, x, dy, m, n, qrange.data(), acc, bacc);
+        else if (with_bias)
+          wgrad_dwcl_image<T, 3, 3, kCVB, false, true>(d, x, dy, m, n, qrange.data(), acc, bacc);
+        else
+          wgrad_dwcl_image<T, 3, 3, kCVB, false, false>(d, x, dy, m, n, qrange.data(), acc, bacc);
+        continue;
+      }
       for (int64_t p = 0; p < d.P; ++p)
         for (int64_t q = 0; q < d.Q; ++q) {
           const T* dp = dy.p + n * dy.s0 + p * dy.s2 + q * dy.s3;
@@ -2261,7 +2379,8 @@ void wgrad_depthwise(const ConvDesc& d, In4<T> x, In4<T> dy, In4<T> m, Out4<T> d
       const int64_t rs = i / C, c = i % C;
       dw.p[c * dw.s0 + (rs / d.S) * dw.s2 + (rs % d.S) * dw.s3] = tot;
     }
-    return;
+    if (with_bias) bias_grad_sum_images(bpart.data(), d.N, C, db);
+    return with_bias;
   }
   const bool qvec = x.s3 == 1 && dy.s3 == 1 && d.stride_w == 1 && m.p == nullptr;
 #pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
@@ -2300,6 +2419,7 @@ void wgrad_depthwise(const ConvDesc& d, In4<T> x, In4<T> dy, In4<T> m, Out4<T> d
         dw.p[k * dw.s0 + r * dw.s2 + s * dw.s3] = tot + as;
       }
   }
+  return false;
 }
 
 // dbias[k] = sum_n (sum_{p,q} masked dy[n,k,p,q]): per-image partials, then summed over n in order.
@@ -2338,11 +2458,7 @@ void bias_grad(const ConvDesc& d, In4<T> dy, In4<T> m, T* db, int nth) {
       }
     }
   }
-  for (int64_t k = 0; k < K; ++k) {
-    T acc = T(0);
-    for (int64_t n = 0; n < d.N; ++n) acc += part[n * K + k];
-    db[k] = acc;
-  }
+  bias_grad_sum_images(part.data(), d.N, K, db);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2620,13 +2736,14 @@ void wgrad_impl(const ConvDesc& d, const Tensor4& dy, const Tensor4& x, const Te
       for (int64_t k = 0; k < d.K; ++k) static_cast<T*>(dbias)[k] = T(0);
     return;
   }
+  bool bias_done = false;
   if (dw && d.C == d.groups)
-    wgrad_depthwise<T>(d, in_view<T>(x), in_view<T>(dy), mv, out_view<T>(*dw), nth);
+    bias_done = wgrad_depthwise<T>(d, in_view<T>(x), in_view<T>(dy), mv, out_view<T>(*dw), static_cast<T*>(dbias), nth);
   else if (dw && x.stride[1] == 1)
     wgrad_gemm_cl<T, kPixMR, kPixNV>(d, in_view<T>(x), in_view<T>(dy), mv, out_view<T>(*dw), nth);
   else if (dw)
     with_rows_shape<T>(d.K / d.groups, WgradRunner<T>{d, in_view<T>(x), in_view<T>(dy), mv, out_view<T>(*dw), nth});
-  if (dbias) bias_grad<T>(d, in_view<T>(dy), mv, static_cast<T*>(dbias), nth);
+  if (dbias && !bias_done) bias_grad<T>(d, in_view<T>(dy), mv, static_cast<T*>(dbias), nth);
 }
 
 }  // namespace
