@@ -28,7 +28,7 @@ def info_dict() -> Dict[str, Any]:
         build["cpu_isa_in_use"] = C.cpu_isa()
         out["_C"] = build
     else:
-        out["_C"] = f"not built: {cpu_backend._IMPORT_ERROR}"
+        out["_C"] = cpu_backend._IMPORT_ERROR.removeprefix("is ")
     out["_C_cuda"] = _cuda_module_info()
     out["_C_emu"] = _emu_module_info()
     out["triton"] = _triton_info()
@@ -46,7 +46,7 @@ def _cuda_module_info():
 
     m = cuda_backend._C_cuda
     if m is None:
-        return f"not built: {cuda_backend._CUDA_IMPORT_ERROR}"
+        return cuda_backend._CUDA_IMPORT_ERROR.removeprefix("is ")
     archs = m.build_info["archs"].split(";")
     gpu = "GPU present" if torch.cuda.is_available() else "no GPU present"
     return f"built by nvcc for sm_{', sm_'.join(archs)} (+PTX for sm_{archs[-1]}); {gpu}"
@@ -57,7 +57,7 @@ def _emu_module_info():
 
     m = cuda_backend._C_emu
     if m is None:
-        return f"not built: {cuda_backend._EMU_IMPORT_ERROR}"
+        return cuda_backend._EMU_IMPORT_ERROR.removeprefix("is ")
     return "built (the CUDA kernels on the SIMT emulator, backend 'cuda_emu' for tests)"
 
 

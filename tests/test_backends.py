@@ -223,6 +223,25 @@ def test_info_dict(restore_choice, capsys):
     assert "fastconv" in text and "reference" in text
 
 
+def test_missing_extension_module_is_reported_as_not_built():
+    # Python's own ImportError here blames "a partially initialized module (most likely due to a
+    # circular import)"; the reason a user reads must say that the module was not built.
+    module, why = backends.import_extension("_C_no_such_module")
+    assert module is None
+    assert why == "is not built (the package has no compiled file for it)"
+
+
+@pytest.mark.skipif(backends.cpu._C is None, reason="needs fastconv._C's file in the package")
+def test_extension_module_that_does_not_load_gives_its_import_error(monkeypatch):
+    def fail(name):
+        raise ImportError(f"{name}: libcudart.so.13: cannot open shared object file")
+
+    monkeypatch.setattr(backends.importlib, "import_module", fail)
+    module, why = backends.import_extension("_C")
+    assert module is None
+    assert why == "is built but does not load: fastconv._C: libcudart.so.13: cannot open shared object file"
+
+
 def test_cli_main_in_process(capsys):
     from fastconv import cli
 

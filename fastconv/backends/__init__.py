@@ -14,6 +14,8 @@ that is not in AUTO_ORDER for that device, and logs (logger 'fastconv') which on
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.util
 import logging
 import os
 import threading
@@ -85,6 +87,23 @@ class Backend:
 _REGISTRY: Dict[str, Backend] = {}
 _global_choice: str = AUTO
 _local = threading.local()
+
+
+def import_extension(name: str) -> Tuple[Optional[object], Optional[str]]:
+    """Imports the compiled module fastconv.<name>: (module, None), or (None, why it is missing) as a
+    phrase that follows the module's name: "is not built (...)" when the package has no file for it
+    (no nvcc, FASTCONV_CUDA=0, a subset in FASTCONV_EXTENSIONS, a source checkout without
+    `pip install -e .`), "is built but does not load: <the import error>" for a file that fails to load
+    (a missing shared library, a build against another torch). Python's own message for the first case
+    blames a circular import, because fastconv is still initializing while its backends load.
+    """
+    full = f"{__name__.rpartition('.')[0]}.{name}"
+    try:
+        return importlib.import_module(full), None
+    except ImportError as exc:
+        if importlib.util.find_spec(full) is None:
+            return None, "is not built (the package has no compiled file for it)"
+        return None, f"is built but does not load: {exc}"
 
 
 def register_backend(backend: Backend) -> None:

@@ -18,14 +18,9 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 
 from .. import _utils
-from . import Backend
+from . import Backend, import_extension
 
-try:
-    from .. import _C
-    _IMPORT_ERROR: Optional[str] = None
-except ImportError as exc:  # the package was not built (e.g. a source checkout without pip install)
-    _C = None
-    _IMPORT_ERROR = str(exc)
+_C, _IMPORT_ERROR = import_extension("_C")
 
 _DTYPE_CODE = {torch.float32: 0, torch.float64: 1}
 _UPCAST = (torch.float16, torch.bfloat16)
@@ -264,7 +259,7 @@ class CpuBackend(Backend):
 
     def availability(self):
         if _C is None:
-            return False, f"fastconv._C is not built ({_IMPORT_ERROR}); run `pip install -e .`"
+            return False, f"fastconv._C {_IMPORT_ERROR}; run `pip install -e .`"
         isa = _C.cpu_isa()
         def off(var):
             return " (off: " + var + "=0)" if os.environ.get(var, "1") == "0" else ""

@@ -17,21 +17,10 @@ from typing import Optional
 import torch
 
 from .. import _utils
-from . import Backend, cuda_nvrtc
+from . import Backend, cuda_nvrtc, import_extension
 
-try:
-    from .. import _C_cuda
-    _CUDA_IMPORT_ERROR: Optional[str] = None
-except ImportError as exc:  # built without nvcc, or FASTCONV_CUDA=0
-    _C_cuda = None
-    _CUDA_IMPORT_ERROR = str(exc)
-
-try:
-    from .. import _C_emu
-    _EMU_IMPORT_ERROR: Optional[str] = None
-except ImportError as exc:
-    _C_emu = None
-    _EMU_IMPORT_ERROR = str(exc)
+_C_cuda, _CUDA_IMPORT_ERROR = import_extension("_C_cuda")  # not built without nvcc, or with FASTCONV_CUDA=0
+_C_emu, _EMU_IMPORT_ERROR = import_extension("_C_emu")
 
 _DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 
@@ -88,7 +77,7 @@ class CudaBackend(Backend):
     def availability(self):
         if _use_nvrtc():
             built = ("forced by FASTCONV_CUDA_JIT=1" if _C_cuda is not None
-                     else f"fastconv._C_cuda is not built ({_CUDA_IMPORT_ERROR})")
+                     else f"fastconv._C_cuda {_CUDA_IMPORT_ERROR}")
             if cuda_nvrtc.load() is None:
                 return False, f"{built}, and the NVRTC path is unavailable: {cuda_nvrtc.reason()}"
             if not torch.cuda.is_available():
@@ -194,6 +183,6 @@ class EmulatedCudaBackend(CudaBackend):
 
     def availability(self):
         if _C_emu is None:
-            return False, f"fastconv._C_emu is not built ({_EMU_IMPORT_ERROR}); run `pip install -e .`"
+            return False, f"fastconv._C_emu {_EMU_IMPORT_ERROR}; run `pip install -e .`"
         return True, (f"the CUDA kernels on the SIMT emulator (CPU tensors; threads in "
                       f"{_C_emu.thread_order()} order)")

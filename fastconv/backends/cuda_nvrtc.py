@@ -140,7 +140,7 @@ def load() -> Optional[NvrtcModule]:
     from . import cuda as cuda_backend
 
     if cuda_backend._C_emu is None:
-        _reason = f"fastconv._C_emu is not built ({cuda_backend._EMU_IMPORT_ERROR})"
+        _reason = f"fastconv._C_emu {cuda_backend._EMU_IMPORT_ERROR}"
         return None
     source_dir = kernels_dir()
     if source_dir is None:
