@@ -12,7 +12,6 @@ backend does. float16 and bfloat16 run natively with float32 accumulation; float
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import torch
 
