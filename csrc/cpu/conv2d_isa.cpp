@@ -772,6 +772,9 @@ void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y
   const bool rowmerge = indirect && g.G == 1 && g.Cg > 1 && x.s3 == g.Cg && g.dw == 1 && (g.S > 1 || SC <= KC_L1) &&
                         (SC <= KC_L1 || rows_per_block >= 1);
   const int64_t KC = rowmerge ? std::max(KC_L1, rows_per_block * SC) : KC_L1;
+  // A row-merged block's B panel (KC x NR) larger than the L1 blocks streams from L2: the kernels
+  // prefetch it (see kRowsPrefetchSteps).
+  const bool prefetch_b = KC > KC_L1;
   std::vector<Seg> segs;
   std::vector<int64_t> bstart;
   if (rowmerge)
@@ -1038,8 +1041,12 @@ void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y
                 }
               }
             };
-            if (ir < nir_whole)
+            if (ir < nir_whole && prefetch_b)
+              ukr_rows_strided<T, MR, NV, true>(g.R, seg_stride, SC, rbase + ir * MR, bp, epilogue);
+            else if (ir < nir_whole)
               ukr_rows_strided<T, MR, NV>(g.R, seg_stride, SC, rbase + ir * MR, bp, epilogue);
+            else if (prefetch_b)
+              ukr_rows<T, MR, NV, true>(nseg_eff, rows + ir * nseg_eff * MR, lens, bp, epilogue);
             else
               ukr_rows<T, MR, NV>(nseg_eff, rows + ir * nseg_eff * MR, lens, bp, epilogue);
           }
