@@ -164,6 +164,17 @@ FC_INLINE T masked(T v, T m) {
   return v;
 }
 
+// The lanes of v added from lane 0 up, starting from +0: a fixed order, so a reduction that keeps
+// per-lane sums and finishes with this gives the same bits on every run.
+template <typename T>
+FC_INLINE T sum_lanes_in_order(typename Simd<T>::V v) {
+  alignas(64) T lanes[Simd<T>::L];
+  Simd<T>::store(lanes, v);
+  T tot = T(0);
+  for (int l = 0; l < Simd<T>::L; ++l) tot += lanes[l];
+  return tot;
+}
+
 // Tiles of a reduction split over blocks (row stride ld): the first block stores its MR x NR tile,
 // later blocks add the stored partial sum into their accumulators.
 template <typename T, int MR, int NV>
@@ -2428,11 +2439,7 @@ bool wgrad_depthwise(const ConvDesc& d, In4<T> x, In4<T> dy, In4<T> m, Out4<T> d
     }
   };
   const auto store_tap = [&](const V& av, T as, int64_t k, int64_t r, int64_t s) {
-    alignas(64) T tmp[L];
-    Sd::store(tmp, av);
-    T tot = T(0);
-    for (int l = 0; l < L; ++l) tot += tmp[l];
-    dw.p[k * dw.s0 + r * dw.s2 + s * dw.s3] = tot + as;
+    dw.p[k * dw.s0 + r * dw.s2 + s * dw.s3] = sum_lanes_in_order<T>(av) + as;
   };
 #pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
   for (int64_t k = 0; k < d.K; ++k) {
@@ -2484,20 +2491,17 @@ void bias_grad(const ConvDesc& d, In4<T> dy, In4<T> m, T* db, int nth) {
           const T* src = dy.p + n * dy.s0 + k * dy.s1 + p * dy.s2;
           const T* ms = m.p ? m.p + n * m.s0 + k * m.s1 + p * m.s2 : nullptr;
           int64_t q = 0;
-          if (qvec && ms)
-            for (; q + L <= d.Q; q += L) av = Sd::add(av, Sd::mask_le0(Sd::load(src + q), Sd::load(ms + q)));
-          else if (qvec)
-            for (; q + L <= d.Q; q += L) av = Sd::add(av, Sd::load(src + q));
+          for (; qvec && q + L <= d.Q; q += L) {
+            V v = Sd::load(src + q);
+            if (ms) v = Sd::mask_le0(v, Sd::load(ms + q));
+            av = Sd::add(av, v);
+          }
           if (ms)
             for (; q < d.Q; ++q) acc += masked(src[q * dy.s3], ms[q * m.s3]);
           else
             for (; q < d.Q; ++q) acc += src[q * dy.s3];
         }
-        alignas(64) T lanes[L];
-        Sd::store(lanes, av);
-        T tot = T(0);
-        for (int l = 0; l < L; ++l) tot += lanes[l];
-        pn[k] = tot + acc;
+        pn[k] = sum_lanes_in_order<T>(av) + acc;
       }
     }
   }
