@@ -184,6 +184,7 @@ ROWMERGE_CASES = [
     (2, 300, 3, 3, 24, 1, 1, 0, 1),          # 300-long reduction: B larger than an L1 block
     (1, 16, 7, 6, 24, (3, 1), 1, (1, 0), 1),  # S == 1, R == 3, row padding (padded copy)
     (1, 8, 9, 9, 16, 1, 2, 1, 1),            # 1x1 stride 2 with padding: zero border pixels
+    (1, 96, 6, 7, 80, 3, 1, 2, 1),           # padding 2: border groups leave out padding rows and taps
     # Wide channels: blocks of whole filter rows, as many as fit 3/4 of the L2 (conv_cl). float32 rows
     # of B (all output channels) and the blocks they make on a 1 MiB / 2 MiB L2:
     (1, 128, 9, 10, 128, 3, 2, 1, 1),        # stride 2, 384-long rows (196 KB): all 3 rows in one block

@@ -763,12 +763,13 @@ void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y
   const int64_t KC_L1 = std::max<int64_t>(32, std::min<int64_t>(256, (32 * 1024) / (NR * (int64_t)sizeof(T))));
   const bool indirect = (x.s1 == 1 || g.Cg == 1) && m.p == nullptr;
   // Row merge: with dense channels_last pixels and dw == 1 the S taps of one filter row are one
-  // contiguous run of S*Cg elements, so a segment covers a whole filter row; border pixels whose run
-  // crosses the padding get a materialized copy. Its blocks are whole filter rows, as many as keep
-  // the block's B (all NR panels) within three quarters of the L2 cache, so B streams from L2 instead
-  // of sitting in L1. (Half the L2 split the stride-2 128->128 layer's 590 KB of B into two blocks on
-  // a 1 MiB-L2 core (Zen 4); in one block, 2 threads, interleaved with torch: ratio 0.94-0.96 ->
-  // 0.98-1.02. On 2 MiB L2 both fractions give the same blocks for the bench's layers.)
+  // contiguous run of S*Cg elements, so a segment covers a whole filter row; groups with border
+  // pixels, whose runs cross the padding, take the row's S taps as segments instead. Its blocks are
+  // whole filter rows, as many as keep the block's B (all NR panels) within three quarters of the L2
+  // cache, so B streams from L2 instead of sitting in L1. (Half the L2 split the stride-2 128->128
+  // layer's 590 KB of B into two blocks on a 1 MiB-L2 core (Zen 4); in one block, 2 threads,
+  // interleaved with torch: ratio 0.94-0.96 -> 0.98-1.02. On 2 MiB L2 both fractions give the same
+  // blocks for the bench's layers.)
   // With all R rows in one block a pixel's sum stays in registers for the whole reduction (no
   // partial sums through C) and an interior pixel needs one pointer (whole_windows below). Measured
   // (2 threads, ms, interleaved runs): stride-2 128->128 channels_last 8.4 -> 7.8 (1 thread 17.2 ->
@@ -805,7 +806,9 @@ void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y
     maxklen = std::max(maxklen, kl);
   }
 
-  const int64_t nIrb = std::min(cdiv(PQ, MR), cdiv(192, MR));
+  // Tasks of up to 192 pixels, an image's split into equal ones: a 16x16 output in 132 + 124 pixels,
+  // not 192 + 64 (the last task of a thread's share then ends close to the other thread's).
+  const int64_t nIrb = cdiv(cdiv(PQ, cdiv(PQ, std::min(cdiv(PQ, MR), cdiv(192, MR)) * MR)), MR);
   const int64_t MC = nIrb * MR;  // pixels per task
   const int64_t nIb = cdiv(PQ, MC);
   const int64_t ntask = g.N * g.G * nIb;
@@ -836,11 +839,14 @@ void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y
   const int64_t xp_sz = xp_rows * Wp * g.Cg;
   const bool pad_copy = whole_windows && (g.ph > 0 || g.pw > 0) && xp_sz * (int64_t)sizeof(T) <= 16 * 1024;
   const int64_t csz = nblk > 1 ? MC * Npad : 0;
-  const int64_t asz = pad_copy ? xp_sz : indirect ? (rowmerge ? MC * g.R * SC : 0) : MC * maxklen;
+  const int64_t asz = pad_copy ? xp_sz : indirect ? 0 : MC * maxklen;
   Buf<T> scratch(nth * (csz + asz));
-  const int64_t rows_sz = nIrb * std::max<int64_t>(maxnseg, 1) * MR;
+  // Segments of one group of MR pixels in a block: a row-merged block's filter rows split into their
+  // S taps for groups with border pixels (see the indirect rows below).
+  const int64_t gsegs = std::max<int64_t>(maxnseg, 1) * (rowmerge ? g.S : 1);
+  const int64_t rows_sz = nIrb * gsegs * MR;
   std::vector<const T*> rows_all(nth * rows_sz);
-  std::vector<int64_t> lens_all(nth * std::max<int64_t>(maxnseg, 1));
+  std::vector<int64_t> lens_all(nth * nIrb * gsegs), boffs_all(nth * nIrb * gsegs), nsg_all(nth * nIrb);
   std::vector<int64_t> yoff_all(nth * MC), ihb_all(nth * MC), iwb_all(nth * MC);
   std::vector<const T*> rbase_all(nth * MC);
   std::vector<T> zeros(std::max(g.Cg, SC), T(0));
@@ -851,7 +857,9 @@ void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y
     T* Cb = scratch.p + tid * (csz + asz);
     T* Ab = Cb + csz;
     const T** rows = rows_all.data() + tid * rows_sz;
-    int64_t* lens = lens_all.data() + tid * std::max<int64_t>(maxnseg, 1);
+    int64_t* lens = lens_all.data() + tid * nIrb * gsegs;
+    int64_t* boffs = boffs_all.data() + tid * nIrb * gsegs;
+    int64_t* nsg = nsg_all.data() + tid * nIrb;
     int64_t* yoff = yoff_all.data() + tid * MC;
     int64_t* ihb = ihb_all.data() + tid * MC;
     int64_t* iwb = iwb_all.data() + tid * MC;
@@ -882,7 +890,7 @@ void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y
           ihb[jj] = ih0;
           iwb[jj] = iw0;
           // Row merge: the pixel's S*Cg run of filter row 0 when it lies inside the input columns
-          // (rows are checked per tap below); null for border pixels, which get a materialized copy.
+          // (rows are checked per tap below); null for border pixels, whose groups take per-tap segments.
           rbase[jj] = (rowmerge && iw0 >= 0 && iw0 + S <= W) ? xn + ih0 * xs2 + iw0 * xs3 : nullptr;
         }
       };
@@ -945,49 +953,67 @@ void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y
         const Seg* bs = segs.data() + bstart[b];
         int64_t kl = 0;
         for (int64_t si = 0; si < nseg; ++si) kl += bs[si].len;
-        int64_t nseg_eff;
         if (indirect) {
-          nseg_eff = nseg;
-          for (int64_t si = 0; si < nseg; ++si) lens[si] = bs[si].len;
-          for (int64_t ir = nir_whole; ir < nir; ++ir)
+          // Each group of MR pixels gets the block's segments whose rows are not all padding (those
+          // would only multiply zeros), each with its B rows' offset in the block. Row-merged blocks:
+          // a group whose pixels all have their filter rows as whole runs (rbase) takes the rows as
+          // segments; a group with a border pixel takes the S taps of every filter row as segments,
+          // which point into x or at the zeros, so a window's padding costs neither a copy nor
+          // multiply-adds (the stride-2 128->128 layer: 31 of a 16x16 output's 256 pixels, a third of
+          // each one's taps).
+          const T* const z = zeros.data();
+          for (int64_t ir = nir_whole; ir < nir; ++ir) {
+            const T** rg = rows + ir * gsegs * MR;
+            int64_t* lg = lens + ir * gsegs;
+            int64_t* og = boffs + ir * gsegs;
+            bool runs = rowmerge;
+            for (int i = 0; i < MR; ++i)
+              if (ir * MR + i < mc && rbase[ir * MR + i] == nullptr) runs = false;
+            const int64_t npiece = rowmerge && !runs ? g.S : 1;
+            int64_t ns = 0, koff = 0;
             for (int64_t si = 0; si < nseg; ++si) {
-              const T** rp = rows + (ir * nseg + si) * MR;
-              const int64_t tap = bs[si].t;
-              for (int i = 0; i < MR; ++i) {
-                const int64_t jj = ir * MR + i;
-                const T* pt = zeros.data();
-                if (jj < mc) {
-                  if (rowmerge) {
-                    const int64_t ih = ihb[jj] + tap * g.dh, iw0 = iwb[jj];
-                    if (rbase[jj] != nullptr) {
-                      if (ih >= 0 && ih < g.H) pt = rbase[jj] + tap * g.dh * x.s2;
-                    } else if (ih >= 0 && ih < g.H) {  // border pixel: copy the run, zeros in the padding
-                      const T* xr = xn + ih * x.s2;
-                      T* dst = Ab + (jj * g.R + tap) * SC;
-                      for (int64_t s = 0; s < g.S; ++s) {
-                        const int64_t iw = iw0 + s;
-                        if (iw >= 0 && iw < g.W)
-                          copy_n(dst + s * g.Cg, xr + iw * x.s3, g.Cg);
-                        else
-                          zero_n(dst + s * g.Cg, g.Cg);
-                      }
-                      pt = dst;
+              const int64_t tap = bs[si].t, plen = npiece > 1 ? g.Cg : bs[si].len;
+              for (int64_t s = 0; s < npiece; ++s) {
+                const T** rp = rg + ns * MR;
+                bool any = false;
+                for (int i = 0; i < MR; ++i) {
+                  const int64_t jj = ir * MR + i;
+                  const T* pt = z;
+                  if (jj < mc && rowmerge) {
+                    const int64_t ih = ihb[jj] + tap * g.dh, iw = iwb[jj] + s;  // dw == 1
+                    if (ih >= 0 && ih < g.H) {
+                      if (runs)
+                        pt = rbase[jj] + tap * g.dh * x.s2;
+                      else if (iw >= 0 && iw < g.W)
+                        pt = xn + ih * x.s2 + iw * x.s3;
                     }
-                  } else {
-                    const int64_t r = tap / g.S, s = tap - r * g.S;
-                    const int64_t ih = ihb[jj] + r * g.dh, iw = iwb[jj] + s * g.dw;
+                  } else if (jj < mc) {
+                    const int64_t r = tap / g.S, st = tap - r * g.S;
+                    const int64_t ih = ihb[jj] + r * g.dh, iw = iwb[jj] + st * g.dw;
                     if (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) pt = xn + ih * x.s2 + iw * x.s3 + bs[si].c0 * x.s1;
                   }
+                  rp[i] = pt;
+                  any = any || pt != z;
                 }
-                rp[i] = pt;
+                if (any) {
+                  lg[ns] = plen;
+                  og[ns] = koff + s * plen;
+                  ++ns;
+                }
               }
+              koff += bs[si].len;
             }
+            nsg[ir] = ns;
+          }
         } else {
-          nseg_eff = 1;
-          lens[0] = kl;
+          for (int64_t ir = 0; ir < nir; ++ir) {
+            nsg[ir] = 1;
+            lens[ir * gsegs] = kl;
+            boffs[ir * gsegs] = 0;
+          }
           for (int64_t jj = 0; jj < nir * MR; ++jj) {
             T* dst = Ab + jj * kl;
-            rows[jj] = dst;
+            rows[(jj / MR) * gsegs * MR + jj % MR] = dst;
             if (jj >= mc) {
               for (int64_t t = 0; t < kl; ++t) dst[t] = T(0);
               continue;
@@ -1057,9 +1083,10 @@ void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y
             else if (ir < nir_whole)
               ukr_rows_strided<T, MR, NV>(g.R, seg_stride, SC, rbase + ir * MR, bp, epilogue);
             else if (prefetch_b)
-              ukr_rows<T, MR, NV, true>(nseg_eff, rows + ir * nseg_eff * MR, lens, bp, epilogue);
+              ukr_rows<T, MR, NV, true>(nsg[ir], rows + ir * gsegs * MR, lens + ir * gsegs, bp, epilogue,
+                                        boffs + ir * gsegs);
             else
-              ukr_rows<T, MR, NV>(nseg_eff, rows + ir * nseg_eff * MR, lens, bp, epilogue);
+              ukr_rows<T, MR, NV>(nsg[ir], rows + ir * gsegs * MR, lens + ir * gsegs, bp, epilogue, boffs + ir * gsegs);
           }
         }
         k0 += kl;

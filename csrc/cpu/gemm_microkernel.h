@@ -284,21 +284,24 @@ FC_INLINE void rows_rank1(typename Simd<T>::V (&acc)[MR][NV], const T* const (&r
   }
 }
 
-// C[MR x NR] = sum over segments s, k < lens[s] of rows[s*MR + i][k] * B[.][0..NR), B consumed
-// sequentially across segments.
+// C[MR x NR] = sum over segments s, k < lens[s] of rows[s*MR + i][k] * B[.][0..NR). B is consumed
+// sequentially across segments, or, given boffs, segment s reads B rows boffs[s] .. boffs[s] + lens[s]
+// (a caller that leaves out segments whose rows are all padding: conv_cl's border pixels).
 template <typename T, int MR, int NV, bool PFB = false, typename Epi>
 FC_INLINE void ukr_rows(int64_t nseg, const T* const* rows, const int64_t* lens, const T* __restrict b,
-                        Epi&& epi) {
+                        Epi&& epi, const int64_t* boffs = nullptr) {
   using S = Simd<T>;
   using V = typename S::V;
   constexpr int L = S::L;
   V acc[MR][NV];
   FC_UNROLL for (int i = 0; i < MR; ++i) FC_UNROLL for (int v = 0; v < NV; ++v) acc[i][v] = S::zero();
+  const T* bs = b;
   for (int64_t sg = 0; sg < nseg; ++sg) {
     const T* r[MR];
     FC_UNROLL for (int i = 0; i < MR; ++i) r[i] = rows[sg * MR + i];
     const int64_t len = lens[sg];
-    for (int64_t k = 0; k < len; ++k, b += NV * L) rows_rank1<T, MR, NV, PFB>(acc, r, k, b);
+    if (boffs) bs = b + boffs[sg] * (NV * L);
+    for (int64_t k = 0; k < len; ++k, bs += NV * L) rows_rank1<T, MR, NV, PFB>(acc, r, k, bs);
   }
   epi(acc);
 }
