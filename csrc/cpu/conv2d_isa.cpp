@@ -2853,11 +2853,13 @@ void conv2d_wgrad(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4&
                   const Tensor4* dw, void* dbias, int nthreads) {
   const int nth = std::max(1, nthreads);
   if (dw != nullptr && (winograd_usable(d, dt) || wgrad_blocked_usable(d, dt))) {
-    if (winograd_usable(d, dt))
+    if (winograd_usable(d, dt)) {
       winograd_wgrad(d, dy, x, relu_y, *dw, nth);
-    else
-      wgrad_blocked(d, dy, x, relu_y, *dw, nth);
-    dw = nullptr;  // the bias gradient (if asked) still comes from wgrad_impl
+    } else {
+      wgrad_blocked(d, dy, x, relu_y, *dw, static_cast<float*>(dbias), nth);
+      dbias = nullptr;  // summed on the way
+    }
+    dw = nullptr;  // the bias gradient (if still asked) comes from wgrad_impl
     if (dbias == nullptr) return;
   }
   if (dt == kFloat32)

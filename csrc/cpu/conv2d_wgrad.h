@@ -12,9 +12,10 @@ namespace FC_ISA {
 // winograd_usable() accepts go to Winograd first.)
 bool wgrad_blocked_usable(const ConvDesc& d, DType dt);
 
-// dw[k][c][r][s] = sum_{n,p,q} dy[n,k,p,q] (masked by relu_y > 0) * x[n, c, p*sh - ph + r*dh, q*sw - pw + s*dw].
+// dw[k][c][r][s] = sum_{n,p,q} dy[n,k,p,q] (masked by relu_y > 0) * x[n, c, p*sh - ph + r*dh, q*sw - pw + s*dw],
+// and, unless dbias is null, dbias[k] = sum_{n,p,q} of the same masked dy.
 void wgrad_blocked(const ConvDesc& d, const Tensor4& dy, const Tensor4& x, const Tensor4* relu_y,
-                   const Tensor4& dw, int nth);
+                   const Tensor4& dw, float* dbias, int nth);
 
 }  // namespace FC_ISA
 }  // namespace cpu
