@@ -95,7 +95,9 @@ def ratio_chart(report: Dict[str, Any], path: Path) -> Path:
         groups.setdefault(f"{r['op']}/{r['mode']} {r['dtype']} ({r['backend']})", []).append(r)
     n = max(1, len(groups))
     heights = [max(2.0, 0.28 * len({r["shape"] for r in rows}) + 1.2) for rows in groups.values()] or [2.0]
-    fig, axes = plt.subplots(n, 1, figsize=(9, sum(heights)), squeeze=False,
+    # constrained layout keeps the figure title clear of the first panel's title (tight_layout
+    # ignores suptitle and drew the two over each other)
+    fig, axes = plt.subplots(n, 1, figsize=(9, sum(heights)), squeeze=False, layout="constrained",
                              gridspec_kw={"height_ratios": heights})
     for ax, (title, rows) in zip(axes[:, 0], groups.items()):
         shapes = list(OrderedDict.fromkeys(r["shape"] for r in rows))
@@ -114,7 +116,6 @@ def ratio_chart(report: Dict[str, Any], path: Path) -> Path:
         ax.set_xlabel("ratio = torch time / fastconv time (> 1: fastconv faster)", fontsize=8)
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(f"fastconv vs torch on {_device_name(report)} ({report.get('date', '')[:10]})", fontsize=10)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
