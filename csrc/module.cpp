@@ -203,11 +203,7 @@ Tensor4 at(Tensor4 t, uintptr_t p, const char* name) {
   return t;
 }
 
-}  // namespace
-
-PYBIND11_MODULE(_C, m) {
-  m.doc() = "fastconv CPU kernels (C++17, OpenMP, runtime ISA dispatch); no libtorch dependency";
-
+void bind_descriptors(py::module_& m) {
   py::class_<ConvDesc>(m, "ConvDesc")
       .def(py::init<>())
       .def_readwrite("N", &ConvDesc::N).def_readwrite("C", &ConvDesc::C)
@@ -231,7 +227,9 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("dil_h", &PoolDesc::dil_h).def_readwrite("dil_w", &PoolDesc::dil_w)
       .def_readwrite("count_include_pad", &PoolDesc::count_include_pad)
       .def_readwrite("divisor_override", &PoolDesc::divisor_override);
+}
 
+void bind_conv(py::module_& m) {
   m.def(
       "conv2d_fwd",
       [](const ConvDesc& d, int dtype, const PyTensor& x, const PyTensor& w, uintptr_t bias,
@@ -326,6 +324,27 @@ PYBIND11_MODULE(_C, m) {
       py::arg("grad_weight"), py::arg("grad_bias"), py::arg("nthreads"));
 
   m.def(
+      "conv2d_path",
+      [](const ConvDesc& d, int dtype, const std::string& pass, const Dims& x_stride, const Dims& y_stride, bool relu) {
+        check_conv(d);
+        const int p = pass == "fwd" ? kConvFwd : pass == "dgrad" ? kConvDgrad : pass == "wgrad" ? kConvWgrad : -1;
+        if (p < 0)
+          throw std::invalid_argument("fastconv._C.conv2d_path: pass_ must be 'fwd', 'dgrad' or 'wgrad', got '" +
+                                      pass + "'");
+        const uintptr_t some = 1;  // only sizes and strides decide the path
+        const Tensor4 x = as_tensor(PyTensor{some, xshape(d), x_stride}, "input", xshape(d));
+        const Tensor4 y = as_tensor(PyTensor{some, yshape(d), y_stride}, "output", yshape(d));
+        return kernels().conv2d_path(p, d, as_dtype(dtype), x, y, relu);
+      },
+      py::arg("desc"), py::arg("dtype"), py::arg("pass_"), py::arg("input_stride"), py::arg("output_stride"),
+      py::arg("relu") = false,
+      "The algorithm the CPU kernels run for this convolution pass ('fwd', 'dgrad', 'wgrad') at the current ISA "
+      "level, as the path chooser decides it: input_stride is the strides of the input (of dx for 'dgrad'), "
+      "output_stride those of the output (of dy for 'dgrad' and 'wgrad'); relu: the fused op's backward.");
+}
+
+void bind_pool(py::module_& m) {
+  m.def(
       "max_pool2d_fwd",
       [](const PoolDesc& d, int dtype, const PyTensor& x, const PyTensor& y,
          std::optional<PyTensor> indices, int nthreads) {
@@ -375,7 +394,9 @@ PYBIND11_MODULE(_C, m) {
         kernels().avg_pool2d_bwd(d, dt, tdy, tdx, threads(nthreads));
       },
       py::arg("desc"), py::arg("dtype"), py::arg("grad_output"), py::arg("grad_input"), py::arg("nthreads"));
+}
 
+void bind_runtime(py::module_& m) {
   m.def("cpu_isa", []() { return std::string(kernels().isa); }, "ISA level of the kernels in use");
   m.def("detected_cpu_isa", &detected_isa, "best ISA level this CPU supports");
   m.def("set_cpu_isa", &set_isa, py::arg("isa"),
@@ -398,9 +419,11 @@ PYBIND11_MODULE(_C, m) {
     info["cplusplus"] = static_cast<long>(__cplusplus);
     return info;
   });
+}
 
-  // Machine-peak probes (csrc/cpu/peak_isa.cpp) for the benchmark report's roofs; they run at the ISA
-  // level in use (cpu_isa()), with the GIL released.
+// Machine-peak probes (csrc/cpu/peak_isa.cpp) for the benchmark report's roofs; they run at the ISA
+// level in use (cpu_isa()), with the GIL released.
+void bind_peak_probes(py::module_& m) {
   m.def(
       "fma_peak",
       [](int64_t iterations, int repeats, int nthreads) {
@@ -485,4 +508,15 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("a"), py::arg("b"), py::arg("n"), py::arg("scalar"), py::arg("repeats"), py::arg("nthreads"),
       "stream_scale on caller buffers of n contiguous floats (data pointers): b = scalar * a");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fastconv CPU kernels (C++17, OpenMP, runtime ISA dispatch); no libtorch dependency";
+  bind_descriptors(m);
+  bind_conv(m);
+  bind_pool(m);
+  bind_runtime(m);
+  bind_peak_probes(m);
 }

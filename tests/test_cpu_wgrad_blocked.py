@@ -1,4 +1,4 @@
-"""The cpu backend's blocked weight gradient (csrc/cpu/conv2d_wgrad_isa.cpp): float32, groups 1, any
+"""The cpu backend's blocked weight gradient (csrc/cpu/conv2d_wgrad_blocked_isa.cpp): float32, groups 1, any
 filter / stride / dilation / padding, on AVX-512. Run with 2 OpenMP threads explicitly (the xdist
 workers otherwise run 1), against torch in float64, and 1 thread vs 2 threads bit for bit, a few
 times: each thread has its own gather buffers and the tile groups are fixed by the problem, so any

@@ -1,4 +1,4 @@
-"""The cpu backend's Winograd F(4x4, 3x3) path (csrc/cpu/winograd_isa.cpp) and its weight-pack cache.
+"""The cpu backend's Winograd F(4x4, 3x3) path (csrc/cpu/conv2d_winograd_isa.cpp) and its weight-pack cache.
 
 3x3 stride-1 float32 convolutions with >= 16 channels on both sides run through Winograd on AVX-512
 machines: forward (bias + ReLU fused), input gradient and weight gradient. These tests

@@ -1,6 +1,6 @@
-// Shared pieces of the AVX-512 float32 kernels that work on channels_last blocks
-// (winograd_isa.cpp, conv2d_wgrad_isa.cpp): a per-thread scratch arena, the channels_last staging
-// copy (with the fused ReLU's mask) and its inverse, a 16 x 16 register transpose, the ordered sum of
+// Shared pieces of the AVX-512 float32 kernels that work on channels_last blocks (conv2d_winograd_isa.cpp,
+// conv2d_wgrad_blocked_isa.cpp): a per-thread scratch arena, the channels_last staging copy (with the
+// fused ReLU's mask) and its inverse, a 16 x 16 register transpose, the ordered sum of
 // per-group partial sums, and the rank-update microkernel
 // that accumulates S[c][k] += sum_t A[t][c] B[t][k] over blocks of rows.
 //
@@ -234,7 +234,7 @@ void stage_channels_last(const Tensor4& t, const Tensor4* m, float* dst, int nth
 
 // The inverse copy: channels_last src[((n*H + h)*W + w)*C + c] into t (any strides), through the
 // register transpose where t's rows are unit-stride, the edges element by element.
-inline void unstage_channels_last(const float* src, const Tensor4& t, int nth) {  // inline: unused in winograd_isa.cpp
+inline void unstage_channels_last(const float* src, const Tensor4& t, int nth) {  // inline: unused in conv2d_winograd_isa.cpp
   const int64_t N = t.size[0], C = t.size[1], H = t.size[2], W = t.size[3];
   float* tp = static_cast<float*>(t.data);
   const bool unit = t.stride[3] == 1;

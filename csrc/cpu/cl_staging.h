@@ -1,5 +1,5 @@
 // A channels_last staging copy of a float32 tensor for kernels outside the cl_blocks.h files
-// (defined in conv2d_wgrad_isa.cpp, which owns the copy loop and the per-thread scratch arena).
+// (defined in conv2d_wgrad_blocked_isa.cpp, which owns the copy loop and the per-thread scratch arena).
 #pragma once
 
 #include <functional>

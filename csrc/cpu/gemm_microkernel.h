@@ -1,4 +1,4 @@
-// Register-blocked GEMM microkernels for the CPU convolution kernels (conv2d_isa.cpp).
+// Register-blocked GEMM microkernels for the CPU convolution kernels (the conv2d_*_isa.cpp files).
 //
 // Compiled once per ISA level (this header is included by *_isa.cpp files, which are built with
 // -DFC_ISA=baseline|avx2|avx512), so everything lives in namespace fastconv::cpu::FC_ISA: the three

@@ -13,11 +13,15 @@
 
 #include <array>
 #include <cstdint>
+#include <string>
 
 namespace fastconv {
 namespace cpu {
 
 enum DType : int { kFloat32 = 0, kFloat64 = 1 };
+
+// The three passes of a convolution, as conv2d_path names them.
+enum ConvPass : int { kConvFwd = 0, kConvDgrad = 1, kConvWgrad = 2 };
 
 // A strided 4-d view. Logical dims are N, C, H, W (for a weight: K, C/groups, R, S).
 struct Tensor4 {
@@ -71,7 +75,7 @@ struct PoolDesc {
 };
 
 // Non-temporal (streaming) output stores of the convolution kernels behind conv_run (the forward and
-// the input gradient): kAuto decides per call (stream_output in conv2d_isa.cpp, by output size,
+// the input gradient): kAuto decides per call (stream_output in conv2d_common.h, by output size,
 // multiply-adds per output element and the L3 cache); kAlways / kNever force them on / off for every
 // output of at least one whole vector, so that tests run both store paths on any machine (they write
 // the same bits) and benchmarks can compare them. Initially FASTCONV_CPU_STREAM_STORES=
@@ -97,6 +101,9 @@ StreamStores stream_stores();
 //               Winograd for that pass.
 // conv2d_fwd_pack_info: the pack conv2d_fwd uses for x and y of these strides (any kernel family),
 //               {0, 0} when it uses none (depthwise direct loops, empty problems).
+// conv2d_path: the algorithm the pass (ConvPass) runs for tensors of these sizes and strides (x: the
+//               input or dx, y: the output or dy; relu: the fused op's mask in dgrad), named as the
+//               path chooser in conv2d_isa.cpp decides it, e.g. "igemm_nhwc/rows_whole_windows".
 // conv2d_wgrad: dw (if non-null) and dbias (contiguous length K, if non-null), with the same mask.
 // max_pool2d_fwd: y and indices (int64, flat h*W+w within the input plane, as torch).
 // max_pool2d_bwd: dx = scatter-add of dy at indices.
@@ -114,6 +121,8 @@ StreamStores stream_stores();
   PackInfo conv2d_fwd_pack_info(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& y); \
   void conv2d_wgrad(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& x,             \
                     const Tensor4* relu_y, const Tensor4* dw, void* dbias, int nthreads);         \
+  std::string conv2d_path(int pass, const ConvDesc& d, DType dt, const Tensor4& x,                \
+                          const Tensor4& y, bool relu);                                           \
   void max_pool2d_fwd(const PoolDesc& d, DType dt, const Tensor4& x, const Tensor4& y,            \
                       const Tensor4* indices, int nthreads);                                      \
   void max_pool2d_bwd(const PoolDesc& d, DType dt, const Tensor4& dy, const Tensor4& indices,     \

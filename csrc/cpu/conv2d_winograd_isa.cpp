@@ -51,7 +51,7 @@
 #include "cpu/cl_blocks.h"
 #include "cpu/gemm_microkernel.h"
 #include "cpu/kernels.h"
-#include "cpu/winograd.h"
+#include "cpu/conv2d_winograd.h"
 
 namespace fastconv {
 namespace cpu {

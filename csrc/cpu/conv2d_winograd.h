@@ -1,4 +1,4 @@
-// Winograd F(4x4, 3x3) convolution for float32 3x3 stride-1 layers (winograd_isa.cpp).
+// Winograd F(4x4, 3x3) convolution for float32 3x3 stride-1 layers (conv2d_winograd_isa.cpp).
 //
 // Declared per ISA level (this header is included inside the FC_ISA builds); only the avx512 build
 // implements the fast path, the others report it unusable and the direct kernels run.

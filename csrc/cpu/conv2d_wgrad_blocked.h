@@ -1,4 +1,4 @@
-// Blocked weight gradient for float32 convolutions on AVX-512 (conv2d_wgrad_isa.cpp).
+// Blocked weight gradient for float32 convolutions on AVX-512 (conv2d_wgrad_blocked_isa.cpp).
 #pragma once
 
 #include "cpu/kernels.h"

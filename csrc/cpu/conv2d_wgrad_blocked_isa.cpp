@@ -4,7 +4,7 @@
 // with D[t] = dy's channel row of output pixel t (ReLU-masked for the fused op) and X_tap[t] = x's
 // channel row at the input pixel tap (r, s) of t reads (zeros in the padding).
 //
-// Why: the direct wgrad kernels (conv2d_isa.cpp) reduce over N*P*Q inside one long GEMM whose
+// Why: the GEMM wgrad kernels (conv2d_wgrad_gemm_isa.cpp) reduce over N*P*Q inside one long GEMM whose
 // operands are re-packed per reduction chunk; on channels_last layers with few channels (the C=3
 // stem: 4.6 ms vs oneDNN's 0.7 ms on 1 thread) or a 64x64 output (1x1 layer: 5.8 vs 3.0 ms) that
 // packing and the 64-row output tiles left most of the FMA units idle.
@@ -29,7 +29,7 @@
 
 #include "cpu/cl_blocks.h"
 #include "cpu/cl_staging.h"
-#include "cpu/conv2d_wgrad.h"
+#include "cpu/conv2d_wgrad_blocked.h"
 #include "cpu/kernels.h"
 
 namespace fastconv {

@@ -1,0 +1,725 @@
+// conv2d forward on channels_last output, implicit GEMM (conv_cl): per group,
+//     C[pixels x Kg] = col^T[pixels x RSCg] * W^T[RSCg x Kg],
+// vectors along K, reduction order (r, s, c). The same engine runs dgrad's stride-1 correlations
+// (conv2d_isa.cpp: conv_run).
+//
+// - B = the weights, packed once per call (or cached by Python: WeightPack) into K-column panels
+//   [G][ceil(Kg/NR)][RS*Cg][NR] (pack_cl_weights).
+// - A = the input patches. With a channels_last input, row i of A for tap (r, s) is the contiguous
+//   channel run of one input pixel, so the microkernel reads it in place through a pointer table
+//   (indirect convolution; padding taps point at a zero run or are left out). A masked input (the
+//   fused ReLU's backward) or one whose channels are not contiguous packs its rows per block instead.
+// - Modes (ClMode, named by the path chooser), chosen by cl_plan from the geometry and strides:
+//     pointwise          1x1 stride 1 on dense tensors: one GEMM over the batch's pixels;
+//     rows_padded_copy   whole filter rows in one block, few channels with padding (the RGB stem):
+//                        each task copies its input rows with zero padding, every pixel a whole window;
+//     rows_whole_windows whole filter rows in one block: interior pixels need one pointer each;
+//     row_blocks         blocks of whole filter rows (dense channels_last, dw == 1);
+//     taps               blocks of taps / channel chunks (grouped, dilated columns);
+//     packed             A rows copied per block (masked or channel-strided input).
+// - Tasks: up to 192 output pixels of one (image, group), dynamic schedule; each pixel's sum has one
+//   order fixed by the plan, so results do not depend on the thread count.
+// Tiling (AVX-512): 6x64 / 12x32 / 8x32 / 8x16 microkernels (with_rows_shape); a per-tap B block
+// kc x NR is kept <= 32 KiB so it stays in the 48 KiB L1; row-merged blocks take up to 3/4 of the L2.
+//
+// The staged NCHW forward (AVX-512 float32, conv2d_isa.cpp decides when) runs conv_cl on
+// channels_last copies of a few images at a time.
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "cpu/cl_staging.h"
+#include "cpu/conv2d_paths.h"
+
+namespace fastconv {
+namespace cpu {
+namespace FC_ISA {
+namespace {
+
+struct Seg {
+  int64_t t, c0, len;
+};
+
+// Reduction blocks over (tap, c): whole taps while Cg <= KC, else channel chunks of one tap.
+inline void make_blocks(int64_t RS, int64_t Cg, int64_t KC, std::vector<Seg>& segs, std::vector<int64_t>& bstart) {
+  segs.clear();
+  bstart.clear();
+  if (Cg <= KC) {
+    const int64_t TB = std::max<int64_t>(1, KC / Cg);
+    for (int64_t t0 = 0; t0 < RS; t0 += TB) {
+      bstart.push_back((int64_t)segs.size());
+      for (int64_t t = t0; t < std::min(RS, t0 + TB); ++t) segs.push_back({t, 0, Cg});
+    }
+  } else {
+    const int64_t nch = cdiv(Cg, KC), ch = cdiv(Cg, nch);
+    for (int64_t t = 0; t < RS; ++t)
+      for (int64_t c0 = 0; c0 < Cg; c0 += ch) {
+        bstart.push_back((int64_t)segs.size());
+        segs.push_back({t, c0, std::min(ch, Cg - c0)});
+      }
+  }
+  bstart.push_back((int64_t)segs.size());
+}
+
+// conv_cl's packed weights: B[G][nJr][RS*Cg (kk = tap*Cg + c)][NR], NR = NV * L output channels per
+// panel (zero past Kg).
+template <typename T, int NV>
+int64_t cl_weight_floats(const Geo& g) {
+  constexpr int NR = NV * Simd<T>::L;
+  return g.G * cdiv(g.Kg, NR) * g.Cg * g.R * g.S * NR;
+}
+template <typename T, int NV>
+void pack_cl_weights(const Geo& g, WV<T> w, T* B, int nth) {
+  constexpr int NR = NV * Simd<T>::L;
+  const int64_t nJr = cdiv(g.Kg, NR), CRS = g.Cg * g.R * g.S;
+#pragma omp parallel for num_threads(nth) schedule(static)
+  for (int64_t t = 0; t < g.G * nJr; ++t) {
+    const int64_t gi = t / nJr, jr = t % nJr;
+    T* dst = B + t * CRS * NR;
+    for (int64_t r = 0; r < g.R; ++r)
+      for (int64_t s = 0; s < g.S; ++s)
+        for (int64_t c = 0; c < g.Cg; ++c)
+          for (int l = 0; l < NR; ++l) {
+            const int64_t k = jr * NR + l;
+            *dst++ = k < g.Kg ? w.at(gi, k, c, r, s) : T(0);
+          }
+  }
+}
+
+// Pointwise layers (1x1, stride 1, no padding, one group) on dense channels_last tensors are one GEMM
+// C[N*P*Q x Kg] = X[N*P*Q x Cg] * B over the batch's pixels, which are consecutive rows of Cg (x) and
+// Kout (y) elements, so it needs none of conv_cl's per-task machinery (pixel lists, row runs, output
+// offsets, reduction blocks): each thread walks a contiguous range of MR-pixel tiles, a tile's row
+// pointers are x + pixel * Cg and its whole reduction runs against one B panel (Cg x NR, up to half
+// the L2: cl_plan's condition); the bias initializes the accumulators and the k loop is unrolled by 4.
+// Measured (2 threads, raw kernel call): 1x1 64->64 N=32 32x32 0.775 ms against conv_cl's 0.87-0.98
+// (torch 0.80-0.85).
+template <typename T, int MR, int NV>
+void conv_cl_pointwise(const Geo& g, const T* x, const T* Bp, const T* biasp, T* y, bool relu, bool stream_out,
+                       int nth) {
+  using Sd = Simd<T>;
+  using V = typename Sd::V;
+  constexpr int L = Sd::L;
+  constexpr int NR = NV * L;
+  const int64_t M = g.N * g.P * g.Q, Cg = g.Cg, Kg = g.Kg, nJr = cdiv(Kg, NR);
+  const int64_t ntile = cdiv(M, MR);
+#pragma omp parallel num_threads(nth)
+  {
+#pragma omp for schedule(static)
+    for (int64_t tile = 0; tile < ntile; ++tile) {
+      const int64_t j0 = tile * MR, mr = std::min<int64_t>(MR, M - j0);
+      const T* r[MR];
+      FC_UNROLL for (int i = 0; i < MR; ++i) r[i] = x + (j0 + std::min<int64_t>(i, mr - 1)) * Cg;  // tail lanes: never stored
+      for (int64_t jr = 0; jr < nJr; ++jr) {
+        const int64_t kb = jr * NR;
+        // The bias is the accumulators' initial value, which saves MR * NV additions per tile.
+        V acc[MR][NV];
+        FC_UNROLL for (int i = 0; i < MR; ++i) FC_UNROLL for (int v = 0; v < NV; ++v)
+            acc[i][v] = biasp ? Sd::load(biasp + kb + v * L) : Sd::zero();
+        const T* bp = Bp + jr * Cg * NR;
+#pragma GCC unroll 4
+        for (int64_t k = 0; k < Cg; ++k) rows_rank1<T, MR, NV>(acc, r, k, bp + k * NR);
+        FC_UNROLL for (int i = 0; i < MR; ++i) {
+          if (i >= mr) break;
+          T* yp = y + (j0 + i) * Kg + kb;
+          FC_UNROLL for (int v = 0; v < NV; ++v) {
+            V val = acc[i][v];
+            if (relu) val = Sd::relu(val);
+            const int64_t left = Kg - kb - v * L;  // output channels left from this vector on
+            if (left >= L) {
+              store_maybe_stream<T>(yp + v * L, val, stream_out);
+            } else if (left > 0) {
+              Sd::store_n(yp + v * L, val, (int)left);
+            }
+          }
+        }
+      }
+    }
+#if defined(__AVX512F__)
+    if (stream_out) _mm_sfence();
+#endif
+  }
+}
+
+// One conv_cl call's plan: reduction blocks, task size, mode and scratch sizes, from the geometry and
+// the strides alone (no data), so that the path chooser can name the mode conv_cl will take.
+template <typename T, int MR, int NV>
+struct ClPlan {
+  static constexpr int NR = NV * Simd<T>::L;
+  int64_t nJr, Npad, SC, KC;
+  bool indirect, rowmerge, prefetch_b, whole_windows, pointwise, pad_copy, stream_out;
+  std::vector<Seg> segs;
+  std::vector<int64_t> bstart;
+  int64_t nblk, maxnseg = 0, maxklen = 0;
+  int64_t nIrb, MC, nIb, ntask;
+  int64_t Wp, xp_sz;  // the padded copy: columns of every window, floats per task
+  int64_t csz, asz, gsegs, rows_sz;
+
+  ClMode mode() const {
+    if (pointwise) return ClMode::kPointwise;
+    if (!indirect) return ClMode::kPacked;
+    if (!rowmerge) return ClMode::kTaps;
+    if (pad_copy) return ClMode::kRowsPaddedCopy;
+    if (whole_windows) return ClMode::kRowsWholeWindows;
+    return ClMode::kRowBlocks;
+  }
+};
+
+template <typename T, int MR, int NV>
+ClPlan<T, MR, NV> cl_plan(const Geo& g, const In4<T>& x, const In4<T>& m, const Out4<T>& y) {
+  constexpr int NR = NV * Simd<T>::L;
+  ClPlan<T, MR, NV> pl;
+  const int64_t PQ = g.P * g.Q;
+  pl.nJr = cdiv(g.Kg, NR);
+  pl.Npad = pl.nJr * NR;
+  // Reduction blocks. Default: a B block kc x NR <= 32 KiB, L1-resident (48 KiB) next to the A rows,
+  // which keeps a 128-channel tap whole (stride-2 128->128 layer, 1 thread: 153-158 GFLOP/s against
+  // 142-150 with 24 KiB blocks of 64 channels).
+  const int64_t KC_L1 = std::max<int64_t>(32, std::min<int64_t>(256, (32 * 1024) / (NR * (int64_t)sizeof(T))));
+  pl.indirect = (x.s1 == 1 || g.Cg == 1) && m.p == nullptr;
+  // Row merge: with dense channels_last pixels and dw == 1 the S taps of one filter row are one
+  // contiguous run of S*Cg elements, so a segment covers a whole filter row; groups with border
+  // pixels, whose runs cross the padding, take the row's S taps as segments instead. Its blocks are
+  // whole filter rows, as many as keep the block's B (all NR panels) within three quarters of the L2
+  // cache, so B streams from L2 instead of sitting in L1 (the stride-2 128->128 layer's 590 KB of B in
+  // one block on a 1 MiB-L2 Zen 4 core: ratio to torch 0.98-1.02, 0.94-0.96 in two blocks).
+  // With all R rows in one block a pixel's sum stays in registers for the whole reduction (no
+  // partial sums through C) and an interior pixel needs one pointer (whole_windows below): stride-2
+  // 128->128 channels_last, 2 threads, 7.8 ms against 8.4 per tap. A block larger than L2 is slower
+  // (256->256 3x3 with all 3 rows, 2.4 MB of B: 17.6 ms, one row per block 11.8).
+  // With S == 1 a filter row is one tap; it is merged only when it fits one L1 block, for the
+  // whole-window pixel walk (one division per row run, not per pixel and segment: 1x1 64->64, 32x32,
+  // channels_last, 2 threads, 0.98-1.00 ms against 1.06-1.08).
+  pl.SC = g.S * g.Cg;
+  const int64_t row_bytes = pl.SC * pl.Npad * (int64_t)sizeof(T);  // B of one filter row, all panels
+  const int64_t rows_per_block = std::min<int64_t>(g.R, l2_cache_bytes() * 3 / 4 / row_bytes);
+  pl.rowmerge = pl.indirect && g.G == 1 && g.Cg > 1 && x.s3 == g.Cg && g.dw == 1 && (g.S > 1 || pl.SC <= KC_L1) &&
+                (pl.SC <= KC_L1 || rows_per_block >= 1);
+  pl.KC = pl.rowmerge ? std::max(KC_L1, rows_per_block * pl.SC) : KC_L1;
+  // A row-merged block's B panel (KC x NR) larger than the L1 blocks streams from L2: the kernels
+  // prefetch it (see kRowsPrefetchSteps).
+  pl.prefetch_b = pl.KC > KC_L1;
+  if (pl.rowmerge)
+    make_blocks(g.R, pl.SC, pl.KC, pl.segs, pl.bstart);  // "tap" = filter row r
+  else
+    make_blocks(g.R * g.S, g.Cg, pl.KC, pl.segs, pl.bstart);
+  pl.nblk = (int64_t)pl.bstart.size() - 1;
+  // Row merge with the whole reduction in one block (all R filter rows, e.g. the RGB stem or a 3x3
+  // layer of 128 channels): a pixel whose window is inside the input needs one pointer; its R row runs
+  // are dh*x.s2 apart.
+  pl.whole_windows = pl.rowmerge && pl.nblk == 1;
+  for (int64_t b = 0; b < pl.nblk; ++b) {
+    int64_t kl = 0;
+    for (int64_t si = pl.bstart[b]; si < pl.bstart[b + 1]; ++si) kl += pl.segs[si].len;
+    pl.maxnseg = std::max(pl.maxnseg, pl.bstart[b + 1] - pl.bstart[b]);
+    pl.maxklen = std::max(pl.maxklen, kl);
+  }
+  // Tasks of up to 192 pixels, an image's split into equal ones: a 16x16 output in 132 + 124 pixels,
+  // not 192 + 64 (the last task of a thread's share then ends close to the other thread's).
+  pl.nIrb = cdiv(cdiv(PQ, cdiv(PQ, std::min(cdiv(PQ, MR), cdiv(192, MR)) * MR)), MR);
+  pl.MC = pl.nIrb * MR;  // pixels per task
+  pl.nIb = cdiv(PQ, pl.MC);
+  pl.ntask = g.N * g.G * pl.nIb;
+  // Non-temporal stores as stream_output says (RGB stem, N=32, 3->32, 32x32, channels_last, 4 MiB
+  // out, 2 threads: 0.55 ms streamed, 0.60 plain).
+  pl.stream_out = y.s1 == 1 && stream_output<T>(g);
+  // Pointwise layers on dense channels_last tensors: one GEMM over the batch's pixels (see
+  // conv_cl_pointwise). A B panel of up to half the L2 streams from L2 like the row-merge blocks.
+  pl.pointwise = g.R == 1 && g.S == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0 && g.G == 1 &&
+                 m.p == nullptr && g.Cg * NR * (int64_t)sizeof(T) <= l2_cache_bytes() / 2 && x.s1 == 1 &&
+                 x.s3 == g.Cg && x.s2 == g.W * x.s3 && x.s0 == g.H * x.s2 && y.s1 == 1 && y.s3 == g.Kout &&
+                 y.s2 == g.Q * y.s3 && y.s0 == g.P * y.s2;
+  // Padded copy for whole windows with padding and few input channels (e.g. the RGB stem): a task
+  // copies the input rows its pixels read into Xp, zero rows and columns in the padding, so that every
+  // pixel is a whole window of Xp and runs ukr_rows_strided; without it the border pixels (12% of a
+  // 32x32 image with a 3x3 filter) took per-pixel copies and the per-segment row kernel. The copy is
+  // (rows of the task + R - 1) x (padded width) x Cg, a few KiB for the stem, next to 24 KiB of the
+  // task's output. Stem (N=32, 3->32, 32x32, channels_last), kernel alone, 2 threads: 0.25-0.29 ms
+  // against 0.33 without the copy.
+  pl.Wp = (g.Q - 1) * g.sw + g.S;  // padded columns of every window: iw = -pw .. Wp - pw - 1
+  const int64_t task_rows = cdiv(pl.MC, g.Q) + 1;  // output rows one task's pixels can touch
+  const int64_t xp_rows = (task_rows - 1) * g.sh + (g.R - 1) * g.dh + 1;
+  pl.xp_sz = xp_rows * pl.Wp * g.Cg;
+  pl.pad_copy = pl.whole_windows && (g.ph > 0 || g.pw > 0) && pl.xp_sz * (int64_t)sizeof(T) <= 16 * 1024;
+  pl.csz = pl.nblk > 1 ? pl.MC * pl.Npad : 0;
+  pl.asz = pl.pad_copy ? pl.xp_sz : pl.indirect ? 0 : pl.MC * pl.maxklen;
+  // Segments of one group of MR pixels in a block: a row-merged block's filter rows split into their
+  // S taps for groups with border pixels (see cl_indirect_rows).
+  pl.gsegs = std::max<int64_t>(pl.maxnseg, 1) * (pl.rowmerge ? g.S : 1);
+  pl.rows_sz = pl.nIrb * pl.gsegs * MR;
+  return pl;
+}
+
+// One thread's scratch for conv_cl's tasks: partial sums C (blocks > 1), the packed rows or padded
+// copy A, and the task's pixel tables.
+template <typename T>
+struct ClTaskBufs {
+  T* Cb;
+  T* Ab;
+  const T** rows;
+  int64_t *lens, *boffs, *nsg;
+  int64_t *yoff, *ihb, *iwb;
+  const T** rbase;
+};
+
+// The pixels j0 .. j0 + mc of a task in the order the blocks walk them: their output offsets (yoff),
+// window origins (ihb, iwb) and, for row merge, each pixel's filter-row-0 run (rbase; null for border
+// pixels). The task's pixels are walked as row runs [qa, qb) of output row p: one division per run,
+// not per pixel (a 64-bit division costs 40+ cycles, as much as the whole reduction of a pixel of the
+// RGB stem layer, 27 multiply-adds per output channel).
+// Whole-window mode: pixels whose whole window lies inside the input come first, so that the groups
+// of MR of them run ukr_rows_strided; the rest follow. The order of pixels inside a task is free (each
+// has its own output offset) and does not change any pixel's sum. Whole windows are the columns
+// [qlo, qhi) of the rows whose R taps are all inside the input.
+// Returns the number of whole-window pixels; seg_stride gets the distance between a whole window's
+// filter-row runs.
+template <typename T, int MR, int NV>
+FC_INLINE int64_t cl_task_pixels(const ClPlan<T, MR, NV>& pl, const Geo& g, const In4<T>& x, const Out4<T>& y,
+                                 const T* xn, int64_t n, int64_t j0, int64_t mc, const ClTaskBufs<T>& tb,
+                                 int64_t& seg_stride) {
+  // The geometry is read into locals: stores into the int64 arrays below could alias g's fields,
+  // which made the compiler reload them per pixel.
+  const int64_t Q = g.Q, sh = g.sh, sw = g.sw, ph = g.ph, pw = g.pw, S = g.S, W = g.W;
+  const int64_t ih_last = (g.R - 1) * g.dh, H = g.H, ys0 = n * y.s0, ys2 = y.s2, ys3 = y.s3;
+  const int64_t xs2 = x.s2, xs3 = x.s3;
+  const bool rowmerge = pl.rowmerge;
+  int64_t* const yoff = tb.yoff;
+  int64_t* const ihb = tb.ihb;
+  int64_t* const iwb = tb.iwb;
+  const T** const rbase = tb.rbase;
+  int64_t jj = 0;
+  const auto emit = [&](int64_t p, int64_t qa, int64_t qb) {
+    const int64_t ih0 = p * sh - ph;
+    for (int64_t q = qa; q < qb; ++q, ++jj) {
+      const int64_t iw0 = q * sw - pw;
+      yoff[jj] = ys0 + p * ys2 + q * ys3;
+      ihb[jj] = ih0;
+      iwb[jj] = iw0;
+      // Row merge: the pixel's S*Cg run of filter row 0 when it lies inside the input columns
+      // (rows are checked per tap in cl_indirect_rows); null for border pixels, whose groups take
+      // per-tap segments.
+      rbase[jj] = (rowmerge && iw0 >= 0 && iw0 + S <= W) ? xn + ih0 * xs2 + iw0 * xs3 : nullptr;
+    }
+  };
+  const auto row_runs = [&](auto&& f) {  // f(p, qa, qb) for the task's pixels j0 .. j0 + mc
+    for (int64_t j = j0; j < j0 + mc;) {
+      const int64_t p = j / Q, qa = j - p * Q, qb = std::min(Q, qa + (j0 + mc - j));
+      f(p, qa, qb);
+      j += qb - qa;
+    }
+  };
+  seg_stride = g.dh * x.s2;  // whole windows: from one filter row's run to the next
+  if (pl.pad_copy) {
+    // Input rows ih_a .. ih_a + nrow - 1 (padding rows included) into Xp = Ab, row stride Wp * Cg.
+    const int64_t Wp = pl.Wp;
+    const int64_t p_a = j0 / Q, p_b = (j0 + mc - 1) / Q;
+    const int64_t ih_a = p_a * sh - ph, nrow = (p_b - p_a) * sh + ih_last + 1;
+    const int64_t xps2 = Wp * g.Cg;
+    for (int64_t r = 0; r < nrow; ++r) {
+      T* dst = tb.Ab + r * xps2;
+      const int64_t ih = ih_a + r;
+      const int64_t lo = std::min(Wp, pw), hi = std::max(lo, std::min(Wp, W + pw));  // columns in [0, W)
+      if (ih < 0 || ih >= H || hi == lo) {
+        zero_n(dst, Wp * g.Cg);
+        continue;
+      }
+      zero_n(dst, lo * g.Cg);
+      copy_n(dst + lo * g.Cg, xn + ih * xs2 + (lo - pw) * xs3, (hi - lo) * g.Cg);  // dense pixels (rowmerge)
+      zero_n(dst + hi * g.Cg, (Wp - hi) * g.Cg);
+    }
+    row_runs([&](int64_t p, int64_t qa, int64_t qb) {
+      const T* xr = tb.Ab + (p * sh - ph - ih_a) * xps2;
+      for (int64_t q = qa; q < qb; ++q, ++jj) {
+        yoff[jj] = ys0 + p * ys2 + q * ys3;
+        rbase[jj] = xr + q * sw * g.Cg;
+      }
+    });
+    const int64_t nir = cdiv(mc, MR);
+    for (int64_t k = jj; k < nir * MR; ++k) rbase[k] = rbase[0];  // lanes past mc: read, never stored
+    seg_stride = g.dh * xps2;
+    return nir * MR;
+  }
+  if (pl.whole_windows) {
+    const int64_t qlo = std::min(Q, cdiv(pw, sw)), qhi = std::max(qlo, std::min(Q, (W - S + pw) / sw + 1));
+    const auto h_whole = [&](int64_t p) { return p * sh - ph >= 0 && p * sh - ph + ih_last < H; };
+    row_runs([&](int64_t p, int64_t qa, int64_t qb) {
+      if (h_whole(p)) emit(p, std::max(qa, qlo), std::max(std::max(qa, qlo), std::min(qb, qhi)));
+    });
+    const int64_t nwhole = jj;
+    row_runs([&](int64_t p, int64_t qa, int64_t qb) {
+      if (!h_whole(p)) return emit(p, qa, qb);
+      emit(p, qa, std::max(qa, std::min(qb, qlo)));
+      emit(p, std::max(qa, std::min(qb, qhi)), qb);
+    });
+    return nwhole;
+  }
+  row_runs(emit);
+  return 0;
+}
+
+// Indirect rows of one reduction block for the task's groups of MR pixels from nir_whole on: each
+// group gets the block's segments whose rows are not all padding (those would only multiply zeros),
+// each with its B rows' offset in the block. Row-merged blocks: a group whose pixels all have their
+// filter rows as whole runs (rbase) takes the rows as segments; a group with a border pixel takes the
+// S taps of every filter row as segments, which point into x or at the zeros, so a window's padding
+// costs neither a copy nor multiply-adds (the stride-2 128->128 layer: 31 of a 16x16 output's 256
+// pixels, a third of each one's taps).
+template <typename T, int MR, int NV>
+FC_INLINE void cl_indirect_rows(const ClPlan<T, MR, NV>& pl, const Geo& g, const In4<T>& x, const T* xn,
+                                const Seg* bs, int64_t nseg, int64_t nir_whole, int64_t nir, int64_t mc,
+                                const ClTaskBufs<T>& tb, const T* z) {
+  const bool rowmerge = pl.rowmerge;
+  const int64_t gsegs = pl.gsegs;
+  for (int64_t ir = nir_whole; ir < nir; ++ir) {
+    const T** rg = tb.rows + ir * gsegs * MR;
+    int64_t* lg = tb.lens + ir * gsegs;
+    int64_t* og = tb.boffs + ir * gsegs;
+    bool runs = rowmerge;
+    for (int i = 0; i < MR; ++i)
+      if (ir * MR + i < mc && tb.rbase[ir * MR + i] == nullptr) runs = false;
+    const int64_t npiece = rowmerge && !runs ? g.S : 1;
+    int64_t ns = 0, koff = 0;
+    for (int64_t si = 0; si < nseg; ++si) {
+      const int64_t tap = bs[si].t, plen = npiece > 1 ? g.Cg : bs[si].len;
+      for (int64_t s = 0; s < npiece; ++s) {
+        const T** rp = rg + ns * MR;
+        bool any = false;
+        for (int i = 0; i < MR; ++i) {
+          const int64_t jj = ir * MR + i;
+          const T* pt = z;
+          if (jj < mc && rowmerge) {
+            const int64_t ih = tb.ihb[jj] + tap * g.dh, iw = tb.iwb[jj] + s;  // dw == 1
+            if (ih >= 0 && ih < g.H) {
+              if (runs)
+                pt = tb.rbase[jj] + tap * g.dh * x.s2;
+              else if (iw >= 0 && iw < g.W)
+                pt = xn + ih * x.s2 + iw * x.s3;
+            }
+          } else if (jj < mc) {
+            const int64_t r = tap / g.S, st = tap - r * g.S;
+            const int64_t ih = tb.ihb[jj] + r * g.dh, iw = tb.iwb[jj] + st * g.dw;
+            if (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) pt = xn + ih * x.s2 + iw * x.s3 + bs[si].c0 * x.s1;
+          }
+          rp[i] = pt;
+          any = any || pt != z;
+        }
+        if (any) {
+          lg[ns] = plen;
+          og[ns] = koff + s * plen;
+          ++ns;
+        }
+      }
+      koff += bs[si].len;
+    }
+    tb.nsg[ir] = ns;
+  }
+}
+
+// Packed rows of one reduction block (masked or channel-strided input): pixel jj's kl values in Ab,
+// zeros in the padding and past the task's pixels; one segment per group.
+template <typename T>
+FC_INLINE void cl_packed_rows(int MR, int64_t gsegs, const Geo& g, const In4<T>& x, const In4<T>& m, const T* xn,
+                              const T* mn, const Seg* bs, int64_t nseg, int64_t kl, int64_t nir, int64_t mc,
+                              const ClTaskBufs<T>& tb) {
+  for (int64_t ir = 0; ir < nir; ++ir) {
+    tb.nsg[ir] = 1;
+    tb.lens[ir * gsegs] = kl;
+    tb.boffs[ir * gsegs] = 0;
+  }
+  for (int64_t jj = 0; jj < nir * MR; ++jj) {
+    T* dst = tb.Ab + jj * kl;
+    tb.rows[(jj / MR) * gsegs * MR + jj % MR] = dst;
+    if (jj >= mc) {
+      for (int64_t t = 0; t < kl; ++t) dst[t] = T(0);
+      continue;
+    }
+    for (int64_t si = 0; si < nseg; ++si) {
+      const int64_t tap = bs[si].t, r = tap / g.S, s = tap % g.S, len = bs[si].len;
+      const int64_t ih = tb.ihb[jj] + r * g.dh, iw = tb.iwb[jj] + s * g.dw;
+      if (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) {
+        const T* src = xn + ih * x.s2 + iw * x.s3 + bs[si].c0 * x.s1;
+        if (mn) {
+          const T* ms = mn + ih * m.s2 + iw * m.s3 + bs[si].c0 * m.s1;
+          for (int64_t c = 0; c < len; ++c) dst[c] = masked(src[c * x.s1], ms[c * m.s1]);
+        } else if (x.s1 == 1) {
+          for (int64_t c = 0; c < len; ++c) dst[c] = src[c];
+        } else {
+          for (int64_t c = 0; c < len; ++c) dst[c] = src[c * x.s1];
+        }
+      } else {
+        for (int64_t c = 0; c < len; ++c) dst[c] = T(0);
+      }
+      dst += len;
+    }
+  }
+}
+
+// The microkernel calls of one reduction block for every group of MR pixels and panel of NR output
+// channels; the last block's epilogue adds the bias, applies ReLU and stores into y, earlier blocks
+// leave partial sums in Cb.
+template <typename T, int MR, int NV>
+FC_INLINE void cl_block_compute(const ClPlan<T, MR, NV>& pl, const Geo& g, const Out4<T>& y, const T* Bp,
+                                const T* biasp, bool relu, int64_t gi, int64_t k0, int64_t b, int64_t nir,
+                                int64_t nir_whole, int64_t mc, int64_t seg_stride, const ClTaskBufs<T>& tb) {
+  using Sd = Simd<T>;
+  using V = typename Sd::V;
+  constexpr int L = Sd::L;
+  constexpr int NR = NV * L;
+  const int64_t CRS = g.Cg * g.R * g.S, ldc = pl.Npad, gsegs = pl.gsegs;
+  const bool first = b == 0, last = b == pl.nblk - 1, out_vec = y.s1 == 1;
+  for (int64_t ir = 0; ir < nir; ++ir) {
+    for (int64_t jr = 0; jr < pl.nJr; ++jr) {
+      const T* bp = Bp + ((gi * pl.nJr + jr) * CRS + k0) * NR;
+      const int64_t kb = jr * NR;
+      const bool full = out_vec && kb + NR <= g.Kg;
+      const auto epilogue = [&](V(&acc)[MR][NV]) {
+        T* ct = tb.Cb + ir * MR * ldc + kb;
+        if (!first) add_tile<T, MR, NV>(acc, ct, ldc);
+        if (!last) return store_tile<T, MR, NV>(acc, ct, ldc);  // partial sum of a kc block
+        // Everything the stores below need is read into locals first: they are captured by
+        // reference, and a store through yp may alias them as far as the compiler knows, so it
+        // had reloaded every flag and the bias from memory per vector (RGB stem: ~20% of the
+        // kernel's samples in this epilogue).
+        const bool relu_out = relu, stream = pl.stream_out, whole = full;
+        const int64_t nst = std::min<int64_t>(MR, mc - ir * MR), ys1 = y.s1;
+        const int64_t* const yo = tb.yoff + ir * MR;
+        T* const yb = y.p + (gi * g.Kg + kb) * ys1;
+        V bv[NV];
+        FC_UNROLL for (int v = 0; v < NV; ++v) bv[v] = biasp ? Sd::load(biasp + gi * ldc + kb + v * L) : Sd::zero();
+        const bool add_bias = biasp != nullptr;
+        FC_UNROLL for (int i = 0; i < MR; ++i) {
+          if (i >= nst) break;
+          T* yp = yb + yo[i];
+          FC_UNROLL for (int v = 0; v < NV; ++v) {
+            V val = acc[i][v];
+            if (add_bias) val = Sd::add(val, bv[v]);
+            if (relu_out) val = Sd::relu(val);
+            if (whole) {
+              store_maybe_stream<T>(yp + v * L, val, stream);
+            } else {
+              alignas(64) T tmp[L];
+              Sd::store(tmp, val);
+              for (int l = 0; l < L; ++l)
+                if (kb + v * L + l < g.Kg) yp[(v * L + l) * ys1] = tmp[l];
+            }
+          }
+        }
+      };
+      const int64_t* lens = tb.lens + ir * gsegs;
+      const int64_t* boffs = tb.boffs + ir * gsegs;
+      const T* const* rows = tb.rows + ir * gsegs * MR;
+      if (ir < nir_whole && pl.prefetch_b)
+        ukr_rows_strided<T, MR, NV, true>(g.R, seg_stride, pl.SC, tb.rbase + ir * MR, bp, epilogue);
+      else if (ir < nir_whole)
+        ukr_rows_strided<T, MR, NV>(g.R, seg_stride, pl.SC, tb.rbase + ir * MR, bp, epilogue);
+      else if (pl.prefetch_b)
+        ukr_rows<T, MR, NV, true>(tb.nsg[ir], rows, lens, bp, epilogue, boffs);
+      else
+        ukr_rows<T, MR, NV>(tb.nsg[ir], rows, lens, bp, epilogue, boffs);
+    }
+  }
+}
+
+// Bpre: weights already packed by pack_cl_weights (callers that run several batches of one layer),
+// or null to pack w here.
+template <typename T, int MR, int NV>
+void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, bool relu, int nth,
+             const T* Bpre = nullptr) {
+  const ClPlan<T, MR, NV> pl = cl_plan<T, MR, NV>(g, x, m, y);
+  const int64_t PQ = g.P * g.Q, MC = pl.MC, nIb = pl.nIb, Npad = pl.Npad;
+  Buf<T> Bown(Bpre ? 0 : cl_weight_floats<T, NV>(g));
+  if (!Bpre) pack_cl_weights<T, NV>(g, w, Bown.p, nth);
+  const T* const Bp = Bpre ? Bpre : Bown.p;
+  std::vector<T> biasp(bias ? g.G * Npad : 0, T(0));
+  if (bias)
+    for (int64_t gi = 0; gi < g.G; ++gi)
+      for (int64_t k = 0; k < g.Kg; ++k) biasp[gi * Npad + k] = bias[gi * g.Kg + k];
+  if (pl.pointwise)
+    return conv_cl_pointwise<T, MR, NV>(g, x.p, Bp, bias ? biasp.data() : nullptr, y.p, relu, pl.stream_out, nth);
+
+  const int64_t csz = pl.csz, asz = pl.asz, gsegs = pl.gsegs, rows_sz = pl.rows_sz, nIrb = pl.nIrb;
+  Buf<T> scratch(nth * (csz + asz));
+  std::vector<const T*> rows_all(nth * rows_sz);
+  std::vector<int64_t> lens_all(nth * nIrb * gsegs), boffs_all(nth * nIrb * gsegs), nsg_all(nth * nIrb);
+  std::vector<int64_t> yoff_all(nth * MC), ihb_all(nth * MC), iwb_all(nth * MC);
+  std::vector<const T*> rbase_all(nth * MC);
+  std::vector<T> zeros(std::max(g.Cg, pl.SC), T(0));
+
+#pragma omp parallel num_threads(nth)
+  {
+    const int tid = thread_id();
+    ClTaskBufs<T> tb;
+    tb.Cb = scratch.p + tid * (csz + asz);
+    tb.Ab = tb.Cb + csz;
+    tb.rows = rows_all.data() + tid * rows_sz;
+    tb.lens = lens_all.data() + tid * nIrb * gsegs;
+    tb.boffs = boffs_all.data() + tid * nIrb * gsegs;
+    tb.nsg = nsg_all.data() + tid * nIrb;
+    tb.yoff = yoff_all.data() + tid * MC;
+    tb.ihb = ihb_all.data() + tid * MC;
+    tb.iwb = iwb_all.data() + tid * MC;
+    tb.rbase = rbase_all.data() + tid * MC;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < pl.ntask; ++task) {
+      const int64_t ib = task % nIb, ng = task / nIb, gi = ng % g.G, n = ng / g.G;
+      const int64_t j0 = ib * MC, mc = std::min(MC, PQ - j0), nir = cdiv(mc, MR);
+      const T* xn = x.p + n * x.s0 + gi * g.Cg * x.s1;
+      int64_t seg_stride = 0;
+      const int64_t nwhole = cl_task_pixels<T, MR, NV>(pl, g, x, y, xn, n, j0, mc, tb, seg_stride);
+      const int64_t nir_whole = nwhole / MR;  // groups of MR whole-window pixels
+      const T* mn = m.p ? m.p + n * m.s0 + gi * g.Cg * m.s1 : nullptr;
+      int64_t k0 = 0;
+      for (int64_t b = 0; b < pl.nblk; ++b) {
+        const int64_t nseg = pl.bstart[b + 1] - pl.bstart[b];
+        const Seg* bs = pl.segs.data() + pl.bstart[b];
+        int64_t kl = 0;
+        for (int64_t si = 0; si < nseg; ++si) kl += bs[si].len;
+        if (pl.indirect)
+          cl_indirect_rows<T, MR, NV>(pl, g, x, xn, bs, nseg, nir_whole, nir, mc, tb, zeros.data());
+        else
+          cl_packed_rows<T>(MR, gsegs, g, x, m, xn, mn, bs, nseg, kl, nir, mc, tb);
+        cl_block_compute<T, MR, NV>(pl, g, y, Bp, bias ? biasp.data() : nullptr, relu, gi, k0, b, nir, nir_whole, mc,
+                                    seg_stride, tb);
+        k0 += kl;
+      }
+#if defined(__AVX512F__)
+      if (pl.stream_out) _mm_sfence();  // order this task's streamed stores before the loop's barrier
+#endif
+    }
+  }
+}
+
+template <typename T>
+struct ClRunner {
+  const Geo& g;
+  In4<T> x, m;
+  WV<T> w;
+  const T* bias;
+  Out4<T> y;
+  bool relu;
+  int nth;
+  WeightPack* pack;
+  template <int MR, int NV>
+  void operator()() const {
+    const T* B = cached_pack<T>(pack, cl_weight_floats<T, NV>(g), [&](T* p) { pack_cl_weights<T, NV>(g, w, p, nth); });
+    conv_cl<T, MR, NV>(g, x, m, w, bias, y, relu, nth, B);
+  }
+};
+
+// conv_cl's pack for a problem: its size in T elements and its panel width NR, for the microkernel
+// shape with_rows_shape picks (asked on every forward call: no plan).
+template <typename T>
+struct ClPackSize {
+  const Geo& g;
+  int64_t &count, &nr;
+  template <int MR, int NV>
+  void operator()() const {
+    count = cl_weight_floats<T, NV>(g);
+    nr = NV * Simd<T>::L;
+  }
+};
+
+// The mode conv_cl takes for a problem (the path chooser's question).
+template <typename T>
+struct ClModeQuery {
+  const Geo& g;
+  const In4<T>& x;
+  const In4<T>& m;
+  const Out4<T>& y;
+  ClMode& mode;
+  template <int MR, int NV>
+  void operator()() const {
+    mode = cl_plan<T, MR, NV>(g, x, m, y).mode();
+  }
+};
+
+#if defined(__AVX512F__)
+// The staged NCHW forward: a few images at a time are copied to channels_last, convolved by conv_cl
+// into a channels_last buffer and transposed into y. Batches of half an L2 of input per thread keep
+// both copies in the L2 caches (32x128x32x32 -> 128 3x3 s2, 2 threads: 8.5-8.9 ms, 9.5-10.2 staging
+// the whole batch at once, 7.4-8.0 for the same layer on channels_last input); the weights are
+// packed once for all batches.
+struct StagedClRunner {
+  const Geo& g;
+  const Tensor4& x;
+  WV<float> w;
+  const float* bias;
+  const Tensor4& y;
+  bool relu;
+  int nth;
+  WeightPack* pack;
+  template <int MR, int NV>
+  void operator()() const {
+    const auto fill = [&](float* p) { pack_cl_weights<float, NV>(g, w, p, nth); };
+    const float* B = cached_pack<float>(pack, cl_weight_floats<float, NV>(g), fill);
+    Buf<float> Bown(B ? 0 : cl_weight_floats<float, NV>(g));
+    if (!B) {
+      fill(Bown.p);
+      B = Bown.p;
+    }
+    const int64_t image_bytes = g.Cin * g.H * g.W * (int64_t)sizeof(float);
+    // Images per batch: half an L2 of input per thread, and at least 4 conv_cl tasks (of <= 192
+    // pixels) per thread so that the batch keeps every thread busy (the layer above: 8.5-9.0 ms with
+    // 2-8 images per batch, 13.8 with 1, 10.3 with all 32).
+    const int64_t by_cache = nth * (l2_cache_bytes() / 2) / image_bytes;
+    const int64_t by_tasks = cdiv(4 * nth, cdiv(g.P * g.Q, 192));
+    const int64_t NB = std::max<int64_t>({int64_t(1), by_cache, by_tasks});
+    for (int64_t n0 = 0; n0 < g.N; n0 += NB) {
+      const int64_t nb = std::min(NB, g.N - n0);
+      Tensor4 xc = x, yc = y;
+      xc.data = static_cast<float*>(x.data) + n0 * x.stride[0];
+      yc.data = static_cast<float*>(y.data) + n0 * y.stride[0];
+      xc.size[0] = yc.size[0] = nb;
+      Geo gc = g;
+      gc.N = nb;
+      with_channels_last_copy(xc, nth, [&](const float* xs) {
+        const In4<float> xcl{xs, g.H * g.W * g.Cin, 1, g.W * g.Cin, g.Cin};
+        with_channels_last_output(yc, nth, [&](float* ys) {
+          const Out4<float> ycl{ys, g.P * g.Q * g.Kout, 1, g.Q * g.Kout, g.Kout};
+          conv_cl<float, MR, NV>(gc, xcl, In4<float>{}, w, bias, ycl, relu, nth, B);
+        });
+      });
+    }
+  }
+};
+#endif
+
+}  // namespace
+
+template <typename T>
+void igemm_nhwc_fwd(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, bool relu, int nth,
+                    WeightPack* pack) {
+  with_rows_shape<T>(g.Kg, ClRunner<T>{g, x, m, w, bias, y, relu, nth, pack});
+}
+
+template <typename T>
+void igemm_nhwc_pack_size(const Geo& g, int64_t& count, int64_t& nr) {
+  with_rows_shape<T>(g.Kg, ClPackSize<T>{g, count, nr});
+}
+
+template <typename T>
+ClMode igemm_nhwc_mode(const Geo& g, const In4<T>& x, const In4<T>& m, const Out4<T>& y) {
+  ClMode mode = ClMode::kTaps;
+  with_rows_shape<T>(g.Kg, ClModeQuery<T>{g, x, m, y, mode});
+  return mode;
+}
+
+#if defined(__AVX512F__)
+void igemm_nhwc_staged_nchw_fwd(const Geo& g, const Tensor4& x, WV<float> w, const float* bias, const Tensor4& y,
+                                bool relu, int nth, WeightPack* pack) {
+  with_rows_shape<float>(g.Kg, StagedClRunner{g, x, w, bias, y, relu, nth, pack});
+}
+#endif
+
+template void igemm_nhwc_fwd<float>(const Geo&, In4<float>, In4<float>, WV<float>, const float*, Out4<float>, bool,
+                                    int, WeightPack*);
+template void igemm_nhwc_fwd<double>(const Geo&, In4<double>, In4<double>, WV<double>, const double*, Out4<double>,
+                                     bool, int, WeightPack*);
+template void igemm_nhwc_pack_size<float>(const Geo&, int64_t&, int64_t&);
+template void igemm_nhwc_pack_size<double>(const Geo&, int64_t&, int64_t&);
+template ClMode igemm_nhwc_mode<float>(const Geo&, const In4<float>&, const In4<float>&, const Out4<float>&);
+template ClMode igemm_nhwc_mode<double>(const Geo&, const In4<double>&, const In4<double>&, const Out4<double>&);
+
+}  // namespace FC_ISA
+}  // namespace cpu
+}  // namespace fastconv
