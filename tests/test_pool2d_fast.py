@@ -1,5 +1,6 @@
 """The CPU backend's pooling forward without indices (inference: no grad, return_indices=False) runs fast
-kernels (csrc/cpu/pool2d_isa.cpp) that must still give torch's output bit for bit:
+kernels (csrc/cpu/pool2d_fwd_nchw_isa.cpp, pool2d_fwd_nhwc_isa.cpp) that must still give torch's output
+bit for bit:
 
 - max, channels_last: one max instruction per tap (max_pixel_block_fast), which equals torch's rule
   `v > best || isnan(v)` only while no tap is NaN, so a range that read a NaN is redone by the exact
