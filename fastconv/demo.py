@@ -1,4 +1,5 @@
-"""`fastconv demo`: every op once on the chosen backend, checked against torch, with timings.
+"""`fastconv demo`: every op once on the chosen backend, checked against torch, with timings (the
+command-line front-end is fastconv.cli.demo).
 
 A quick end-to-end look for a newcomer: it shows which backend ran, the relative error of each
 result (forward and gradients) against torch in float64, and the time of ours and torch's.

@@ -15,7 +15,7 @@ pytest.importorskip("sklearn")
 
 import torch.distributed as dist  # noqa: E402
 
-from fastconv.train import run_train  # noqa: E402
+from fastconv.cli.train import run_train  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")

@@ -17,7 +17,7 @@ Image = pytest.importorskip("PIL.Image")
 
 from fastconv.cli import main  # noqa: E402
 from fastconv.data import DatasetError, load_dataset, preprocess_image  # noqa: E402
-from fastconv.train import run_train  # noqa: E402
+from fastconv.cli.train import run_train  # noqa: E402
 
 TINY = ["--train-subset", "160", "--test-subset", "80", "--batch-size", "32", "--progress", "off"]
 

@@ -728,6 +728,23 @@ def peak_line(peak: Dict[str, Any]) -> str:
     return _peak_text(peak) + flag
 
 
+def peak_details(p: Dict[str, Any]) -> List[str]:
+    """`fastconv bench --peak`: the roofs of one measure_peak() result, the probes behind them and
+    torch's rates for reference."""
+    lines = [f"{p['device_name']} ({p['device']}, {p['threads']} threads, {p['dtype']}): compute "
+             f"{p['compute_gflops']:.1f} GFLOP/s ({p['compute_roof']}), bandwidth {p['bandwidth_gbps']:.1f} GB/s "
+             f"({p['bandwidth_roof']}); ridge point {p['ridge_flop_per_byte']:.1f} FLOP/byte"]
+    if p.get("fma_gflops") is not None:
+        lines += [f"  FMA probe: {p['fma_gflops']:.1f} GFLOP/s ({p['fma']})",
+                  f"  stream probe: {p['stream_gbps']:.1f} GB/s ({p['stream']})",
+                  f"  torch reference: {p['gemm_gflops']:.1f} GFLOP/s ({p['gemm']}), "
+                  f"{p['copy_gbps']:.1f} GB/s ({p['copy']})"]
+    busy = p.get("others_cpu_share")
+    if busy is not None and busy > BUSY_FLAG:
+        lines.append(f"  !busy {100 * busy:.0f}%: other processes ran while the peak was measured, so it is low")
+    return lines
+
+
 def _num(v: Optional[float]) -> str:
     return "n/a" if v is None else f"{v:.1f}"
 

@@ -252,7 +252,7 @@ def _progress_enabled(cfg: Namespace, is_main: bool) -> bool:
 
 
 def train(cfg: Namespace) -> Dict[str, Any]:
-    """Runs a whole training as configured (see fastconv.train for the options); returns the metrics.
+    """Runs a whole training as configured (options: fastconv.cli.train; defaults: .config); returns the metrics.
 
     Under torch.distributed (WORLD_SIZE > 1 in the environment) every process calls this; rank 0
     returns the metrics, the others return {"rank": r}."""

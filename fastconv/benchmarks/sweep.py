@@ -1,163 +1,11 @@
-"""`fastconv bench`: fastconv's kernels against torch's (oneDNN on CPU, cuDNN on CUDA) on a shape table.
-
-    fastconv bench                                    # table cpu_conv, conv2d + conv2d_relu, fwd, both layouts
-    fastconv bench --table resnet50 --batch 8 --quick # ResNet-50's distinct conv layers at N=8, few rounds
-    fastconv bench --table pool --modes fwd,bwd       # pooling layers (GB/s)
-    fastconv bench --peak                             # the device's measured roofs only (CPU: FMA, stream)
-    fastconv bench --compare A/bench.json B/bench.json
-
-Prints one table per op/mode/dtype/backend: median time of both, GFLOP/s (or GB/s), % of the measured
-peak, ratio = torch_time / fastconv_time (> 1: fastconv faster) and its geometric mean; writes
-bench.json (schema_version 1: device, versions, commit, date, config, peak, rows) and ratio.png /
-roofline.png into --out (default: a new folder under ./bench-out/). Tables: fastconv.benchmarks.TABLES.
+"""The sweep behind `fastconv bench` (front-end: fastconv.cli.bench): every (table row, op, mode, layout,
+dtype) timed for torch and for each fastconv backend, in one process, with the check of our result
+against torch's before timing; run_bench returns the report dict (schema: fastconv.benchmarks.report).
 """
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
 import statistics
-import sys
-from pathlib import Path
 from typing import Any, Dict, List, Optional
-
-from .cli import command
-
-
-def _csv(v: str) -> List[str]:
-    return [p.strip() for p in v.split(",") if p.strip()]
-
-
-def _bench_args(p: argparse.ArgumentParser) -> None:
-    from .benchmarks import TABLES
-
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.epilog = __doc__.split("\n\n")[1]
-    p.add_argument("--table", default="cpu_conv",
-                   help=f"comma-separated shape tables: {', '.join(TABLES)} (default cpu_conv)")
-    p.add_argument("--ops", default="conv2d,conv2d_relu,max_pool2d,avg_pool2d",
-                   help="comma-separated ops; each row runs those that apply to it (conv ops on conv "
-                        "shapes, a pooling row's own op) (default: all)")
-    p.add_argument("--modes", default="fwd", help="comma-separated: fwd, bwd (backward alone), fwdbwd (default fwd)")
-    p.add_argument("--backends", default=None,
-                   help="comma-separated fastconv backends (default: the auto backend for --device)")
-    p.add_argument("--dtypes", default="float32", help="comma-separated: float32, float64, float16, bfloat16")
-    p.add_argument("--layouts", default="nchw,channels_last", help="comma-separated: nchw, channels_last")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and fastconv (default: torch's)")
-    p.add_argument("--batch", type=int, default=None, metavar="N", help="override every row's batch size N")
-    p.add_argument("--filter", default=None, metavar="TEXT", help="only the rows whose shape name contains TEXT")
-    p.add_argument("--quick", action="store_true", help="few rounds (0.05 s per row; numbers are rough)")
-    p.add_argument("--no-check", action="store_true", help="skip the check of our result against torch's")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="folder for bench.json and the PNG charts (default: ./bench-out/<date>-<table>)")
-    p.add_argument("--no-charts", action="store_true", help="write no PNG charts")
-    p.add_argument("--peak", action="store_true",
-                   help="measure and print the device's compute peak and bandwidth only (CPU: the native FMA "
-                        "and STREAM scale probes, torch's GEMM and copy for reference)")
-    p.add_argument("--compare", nargs=2, default=None, metavar=("A.json", "B.json"),
-                   help="print the per-row change from run A to run B and exit")
-
-
-def _die(msg: str) -> int:
-    print(f"fastconv bench: error: {msg}", file=sys.stderr)
-    return 2
-
-
-@command("bench", "benchmark fastconv's kernels against torch on a shape table", _bench_args)
-def _bench(args: argparse.Namespace) -> int:
-    import torch
-
-    from .benchmarks import runner
-
-    if args.compare:
-        from .benchmarks.compare import compare, format_compare
-
-        try:
-            result = compare(*args.compare)
-        except (OSError, ValueError, KeyError) as exc:
-            return _die(str(exc))
-        print("\n".join(format_compare(result, *args.compare)))
-        return 0
-
-    device = args.device.strip().lower()
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        return _die(f"--device {args.device!r}: {exc}")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        return _die("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dtypes = _csv(args.dtypes)
-    bad = [d for d in dtypes if d not in runner.DTYPES]
-    if bad:
-        return _die(f"unknown dtype(s) {bad}; expected {list(runner.DTYPES)}")
-
-    if args.peak:
-        for dt in dtypes:
-            p = runner.measure_peak(device, dt)
-            print(f"{p['device_name']} ({device}, {p['threads']} threads, {dt}): compute {p['compute_gflops']:.1f} "
-                  f"GFLOP/s ({p['compute_roof']}), bandwidth {p['bandwidth_gbps']:.1f} GB/s ({p['bandwidth_roof']}); "
-                  f"ridge point {p['ridge_flop_per_byte']:.1f} FLOP/byte")
-            if p.get("fma_gflops") is not None:
-                print(f"  FMA probe: {p['fma_gflops']:.1f} GFLOP/s ({p['fma']})\n"
-                      f"  stream probe: {p['stream_gbps']:.1f} GB/s ({p['stream']})\n"
-                      f"  torch reference: {p['gemm_gflops']:.1f} GFLOP/s ({p['gemm']}), "
-                      f"{p['copy_gbps']:.1f} GB/s ({p['copy']})")
-            busy = p.get("others_cpu_share")
-            if busy is not None and busy > runner.BUSY_FLAG:
-                print(f"  !busy {100 * busy:.0f}%: other processes ran while the peak was measured, so it is low")
-        return 0
-
-    from .benchmarks import TABLES
-
-    tables = _csv(args.table)
-    bad = [t for t in tables if t not in TABLES]
-    if bad:
-        return _die(f"unknown table(s) {bad}; expected {list(TABLES)}")
-    ops, modes, layouts = _csv(args.ops), _csv(args.modes), _csv(args.layouts)
-    for name, vals, allowed in (("op", ops, runner.OPS), ("mode", modes, runner.MODES),
-                                ("layout", layouts, runner.LAYOUTS)):
-        bad = [v for v in vals if v not in allowed]
-        if bad:
-            return _die(f"unknown {name}(s) {bad}; expected {list(allowed)}")
-    from . import backends as B
-
-    backends = _csv(args.backends) if args.backends else [B.resolve(dev).name]
-    for b in backends:
-        if b not in B.registered():
-            return _die(f"unknown backend {b!r}; expected one of {sorted(B.registered())}")
-    if args.batch is not None and args.batch < 1:
-        return _die("--batch must be >= 1")
-
-    report = run_bench(tables, ops, modes, backends, dtypes, layouts, device, args.batch, args.quick,
-                       args.filter, check=not args.no_check)
-    if not report["rows"]:
-        return _die("no rows selected (check --table, --ops and --filter)")
-    print("\n".join(format_report(report)))
-
-    out = Path(args.out) if args.out else _default_out(tables)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "bench.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nreport: {path}")
-    if not args.no_charts:
-        from .benchmarks.charts import write_charts
-
-        for chart in write_charts(report, out):
-            print(f"chart:  {chart}")
-    return 0
-
-
-def _default_out(tables: List[str]) -> Path:
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path("bench-out") / f"{stamp}-{'+'.join(tables)}"
-    path, i = base, 1
-    while path.exists():
-        i += 1
-        path = Path(f"{base}-{i}")
-    return path
 
 
 def run_bench(tables: List[str], ops: List[str], modes: List[str], backends: List[str], dtypes: List[str],
@@ -167,9 +15,9 @@ def run_bench(tables: List[str], ops: List[str], modes: List[str], backends: Lis
     dict (schema_version 1)."""
     import torch
 
-    from . import backends as B
-    from .benchmarks import TABLES
-    from .benchmarks import runner as R
+    from .. import backends as B
+    from . import TABLES
+    from . import runner as R
 
     R.prepare_device(device)
     timing = R.TimingConfig.quick() if quick else R.TimingConfig()
@@ -272,7 +120,7 @@ def _run_row(R, B, table, shape, op, mode, dtype, layout, device, backends, timi
 
 
 def summarize(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    from .benchmarks.runner import geomean
+    from .runner import geomean
 
     groups: Dict[tuple, List[Dict[str, Any]]] = {}
     for r in rows:
@@ -284,7 +132,7 @@ def summarize(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 def _peak_line(peak: Dict[str, Any]) -> str:
     """The roofs %peak is taken against (native FMA / stream probes on the CPU), torch's for reference."""
-    from .benchmarks.runner import peak_line
+    from .runner import peak_line
 
     if peak.get("fma_gflops") is not None or "compute_roof" not in peak:
         return peak_line(peak)
@@ -293,7 +141,7 @@ def _peak_line(peak: Dict[str, Any]) -> str:
 
 
 def format_report(report: Dict[str, Any]) -> List[str]:
-    from .benchmarks.runner import BUSY_FLAG, fmt_num
+    from .runner import BUSY_FLAG, fmt_num
 
     dev, cfg, peak = report["device"], report["config"], report["peak"]
     lines = [f"fastconv {report['versions']['fastconv']} vs torch {report['versions']['torch']} on "

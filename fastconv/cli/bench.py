@@ -1,0 +1,157 @@
+"""`fastconv bench`: fastconv's kernels against torch's (oneDNN on CPU, cuDNN on CUDA) on a shape table.
+
+    fastconv bench                                    # table cpu_conv, conv2d + conv2d_relu, fwd, both layouts
+    fastconv bench --table resnet50 --batch 8 --quick # ResNet-50's distinct conv layers at N=8, few rounds
+    fastconv bench --table pool --modes fwd,bwd       # pooling layers (GB/s)
+    fastconv bench --peak                             # the device's measured roofs only (CPU: FMA, stream)
+    fastconv bench --compare A/bench.json B/bench.json
+
+Prints one table per op/mode/dtype/backend: median time of both, GFLOP/s (or GB/s), % of the measured
+peak, ratio = torch_time / fastconv_time (> 1: fastconv faster) and its geometric mean; writes
+bench.json (schema: fastconv.benchmarks.report) and ratio.png / roofline.png into --out (default: a
+new folder under ./bench-out/). Tables: fastconv.benchmarks.TABLES; the sweep: fastconv.benchmarks.sweep.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+from pathlib import Path
+from typing import List
+
+from ._util import csv as _csv
+from ._util import fail
+
+NAME = "bench"
+HELP = "benchmark fastconv's kernels against torch on a shape table"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..benchmarks import TABLES
+
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = __doc__.split("\n\n")[1]
+    p.add_argument("--table", default="cpu_conv",
+                   help=f"comma-separated shape tables: {', '.join(TABLES)} (default cpu_conv)")
+    p.add_argument("--ops", default="conv2d,conv2d_relu,max_pool2d,avg_pool2d",
+                   help="comma-separated ops; each row runs those that apply to it (conv ops on conv "
+                        "shapes, a pooling row's own op) (default: all)")
+    p.add_argument("--modes", default="fwd", help="comma-separated: fwd, bwd (backward alone), fwdbwd (default fwd)")
+    p.add_argument("--backends", default=None,
+                   help="comma-separated fastconv backends (default: the auto backend for --device)")
+    p.add_argument("--dtypes", default="float32", help="comma-separated: float32, float64, float16, bfloat16")
+    p.add_argument("--layouts", default="nchw,channels_last", help="comma-separated: nchw, channels_last")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and fastconv (default: torch's)")
+    p.add_argument("--batch", type=int, default=None, metavar="N", help="override every row's batch size N")
+    p.add_argument("--filter", default=None, metavar="TEXT", help="only the rows whose shape name contains TEXT")
+    p.add_argument("--quick", action="store_true", help="few rounds (0.05 s per row; numbers are rough)")
+    p.add_argument("--no-check", action="store_true", help="skip the check of our result against torch's")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="folder for bench.json and the PNG charts (default: ./bench-out/<date>-<table>)")
+    p.add_argument("--no-charts", action="store_true", help="write no PNG charts")
+    p.add_argument("--peak", action="store_true",
+                   help="measure and print the device's compute peak and bandwidth only (CPU: the native FMA "
+                        "and STREAM scale probes, torch's GEMM and copy for reference)")
+    p.add_argument("--compare", nargs=2, default=None, metavar=("A.json", "B.json"),
+                   help="print the per-row change from run A to run B and exit")
+
+
+def _die(msg: str) -> int:
+    return fail(NAME, msg)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..benchmarks import runner
+
+    if args.compare:
+        from ..benchmarks.compare import compare, format_compare
+
+        try:
+            result = compare(*args.compare)
+        except (OSError, ValueError, KeyError) as exc:
+            return _die(str(exc))
+        print("\n".join(format_compare(result, *args.compare)))
+        return 0
+
+    device = args.device.strip().lower()
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        return _die(f"--device {args.device!r}: {exc}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        return _die("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtypes = _csv(args.dtypes)
+    bad = [d for d in dtypes if d not in runner.DTYPES]
+    if bad:
+        return _die(f"unknown dtype(s) {bad}; expected {list(runner.DTYPES)}")
+
+    if args.peak:
+        for dt in dtypes:
+            print("\n".join(runner.peak_details(runner.measure_peak(device, dt))))
+        return 0
+
+    from ..benchmarks import TABLES
+
+    tables = _csv(args.table)
+    bad = [t for t in tables if t not in TABLES]
+    if bad:
+        return _die(f"unknown table(s) {bad}; expected {list(TABLES)}")
+    ops, modes, layouts = _csv(args.ops), _csv(args.modes), _csv(args.layouts)
+    for name, vals, allowed in (("op", ops, runner.OPS), ("mode", modes, runner.MODES),
+                                ("layout", layouts, runner.LAYOUTS)):
+        bad = [v for v in vals if v not in allowed]
+        if bad:
+            return _die(f"unknown {name}(s) {bad}; expected {list(allowed)}")
+    from .. import backends as B
+
+    backends = _csv(args.backends) if args.backends else [B.resolve(dev).name]
+    for b in backends:
+        if b not in B.registered():
+            return _die(f"unknown backend {b!r}; expected one of {sorted(B.registered())}")
+    if args.batch is not None and args.batch < 1:
+        return _die("--batch must be >= 1")
+
+    from ..benchmarks.sweep import format_report, run_bench
+
+    report = run_bench(tables, ops, modes, backends, dtypes, layouts, device, args.batch, args.quick,
+                       args.filter, check=not args.no_check)
+    if not report["rows"]:
+        return _die("no rows selected (check --table, --ops and --filter)")
+    print("\n".join(format_report(report)))
+
+    out = Path(args.out) if args.out else _default_out(tables)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "bench.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nreport: {path}")
+    if not args.no_charts:
+        from ..benchmarks.charts import write_charts
+
+        for chart in write_charts(report, out):
+            print(f"chart:  {chart}")
+    return 0
+
+
+def _default_out(tables: List[str]) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("bench-out") / f"{stamp}-{'+'.join(tables)}"
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = Path(f"{base}-{i}")
+    return path
+
+
+def _default_out(tables: List[str]) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("bench-out") / f"{stamp}-{'+'.join(tables)}"
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = Path(f"{base}-{i}")
+    return path

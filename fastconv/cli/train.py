@@ -1,0 +1,117 @@
+"""`fastconv train`: train a CNN on fastconv's kernels (the training itself: fastconv.training).
+
+    fastconv train                                   # LeNet-5 on scikit-learn's digits, a few seconds
+    fastconv train --dataset cifar10 --data-dir ~/data/cifar-10-batches-py --model resnet18_cifar
+    fastconv train --backend torch ...               # the same model on torch.nn layers, for comparison
+    torchrun --nproc_per_node=2 -m fastconv train    # data-parallel (gloo on CPU, nccl on GPU)
+    fastconv train --resume runs/X/checkpoint.pt --epochs 30
+    fastconv evaluate runs/X/checkpoint.pt
+    fastconv predict runs/X/checkpoint.pt image.png folder/
+
+Every option defaults to None here; fastconv.training.resolve_config fills in the checkpoint's values
+(on --resume) and the defaults (fastconv.training.config). scikit-learn (digits), matplotlib (the
+curves), tqdm (the progress bar) and Pillow (image folders) come with the 'train' extra and are
+imported only when needed; a missing one stops the command with a one-line message.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Dict, List, Optional
+
+from ..training.config import BACKEND_CHOICES, MODEL_NAMES
+from ._util import fail, missing_train_extra
+
+NAME = "train"
+HELP = "train a CNN (default: LeNet-5 on scikit-learn's digits) on fastconv's kernels"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Every option defaults to None here; resolve_config() fills in checkpoint values and defaults, so
+    that a resumed run can tell an option given on the command line from one left out."""
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = __doc__.split("\n\n")[1]
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", choices=("digits", "cifar10", "folder"), default=None,
+                   help="digits: scikit-learn's 8x8 handwritten digits (no download); cifar10: the CIFAR-10 "
+                        "python batches in --data-dir; folder: an image folder, one sub-folder per class "
+                        "(or train/ and test/ each with one per class) (default: digits)")
+    d.add_argument("--data-dir", default=None, metavar="DIR", help="dataset directory (cifar10, folder)")
+    d.add_argument("--image-size", type=int, default=None, metavar="N",
+                   help="resize images to NxN (default: digits 8, folder 32; cifar10 is 32)")
+    d.add_argument("--train-subset", type=int, default=None, metavar="N", help="train on the first N samples only")
+    d.add_argument("--test-subset", type=int, default=None, metavar="N", help="test on the first N samples only")
+    d.add_argument("--workers", type=int, default=None, metavar="N", help="DataLoader worker processes (default 0)")
+
+    m = p.add_argument_group("model and optimization")
+    m.add_argument("--model", choices=MODEL_NAMES, default=None,
+                   help="default: lenet5 for digits, resnet18_cifar for cifar10, resnet18 for folder")
+    m.add_argument("--width", type=float, default=None, metavar="W",
+                   help="multiply the model's channel counts by W (default: 2 for lenet5 on digits, else 1)")
+    m.add_argument("--epochs", type=int, default=None, help="epochs in all (default: digits 20, cifar10 30, folder 20)")
+    m.add_argument("--batch-size", type=int, default=None, metavar="B",
+                   help="global batch size, split over the processes under torchrun (default: digits 32, "
+                        "cifar10 128, folder 64)")
+    m.add_argument("--lr", type=float, default=None, help="learning rate (default: sgd 0.05, adam/adamw 1e-3)")
+    m.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default=None,
+                   help="default sgd (momentum 0.9, Nesterov)")
+    m.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.9)")
+    m.add_argument("--weight-decay", type=float, default=None, help="default 5e-4")
+    m.add_argument("--lr-schedule", choices=("cosine", "constant"), default=None, help="per-epoch schedule (default cosine)")
+    m.add_argument("--label-smoothing", type=float, default=None, help="cross-entropy label smoothing (default 0)")
+    m.add_argument("--seed", type=int, default=None, help="seed of the weights, the shuffling and the digits/folder "
+                                                          "train/test split (default 0)")
+
+    r = p.add_argument_group("execution")
+    r.add_argument("--device", default=None, help="auto (the GPU if one is usable, else the CPU), cpu, cuda, cuda:N")
+    r.add_argument("--backend", choices=BACKEND_CHOICES, default=None,
+                   help="what computes conv/pool: auto (fastconv layers, fastconv's automatic kernel choice), "
+                        "cpu/cuda/triton (fastconv layers on that kernel backend; cuda and triton are not in "
+                        "this build), torch (the same model on torch.nn layers), reference (fastconv layers on "
+                        "the pure-torch reference backend) (default auto)")
+    r.add_argument("--dtype", choices=("float32", "float64"), default=None, help="parameter dtype (default float32)")
+    r.add_argument("--amp", choices=("none", "fp16", "bf16"), default=None,
+                   help="autocast to float16/bfloat16. Supported with --backend torch (fp16 uses a GradScaler); "
+                        "fastconv's kernel backends do not support AMP yet (their custom ops are not "
+                        "autocast-aware) and stop with an error (default none)")
+    r.add_argument("--channels-last", action="store_true", default=None, help="channels_last memory format")
+    r.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    r.add_argument("--progress", choices=("auto", "on", "off"), default=None,
+                   help="per-epoch progress bar: auto = when stderr is a terminal (default); a summary line "
+                        "per epoch is printed in any case")
+
+    o = p.add_argument_group("output and checkpoints")
+    o.add_argument("--out", default=None, metavar="DIR",
+                   help="output directory for metrics.json, curves.png, checkpoint.pt (default: a new "
+                        "runs/<model>-<dataset>-<time>/ under the current directory; with --resume, the "
+                        "checkpoint's directory)")
+    o.add_argument("--resume", default=None, metavar="CHECKPOINT",
+                   help="continue from a checkpoint exactly as if training had not stopped (model, optimizer, "
+                        "LR schedule, epoch, RNG states); training options not given are taken from it")
+    o.add_argument("--save-every", type=int, default=None, metavar="N",
+                   help="also keep checkpoint_epochN.pt every N epochs (checkpoint.pt is rewritten every epoch)")
+    o.add_argument("--eval-every", type=int, default=None, metavar="N",
+                   help="evaluate on the test set every N epochs (default 1; always after the last)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..training import resolve_config, train, user_errors
+
+    try:
+        train(resolve_config(args))
+    except user_errors() as exc:
+        return fail(NAME, exc)
+    except ImportError as exc:
+        msg = missing_train_extra(exc)
+        if msg is None:
+            raise
+        return fail(NAME, msg)
+    return 0
+
+
+def run_train(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    """`fastconv train ARGS` as a function: parses argv, trains, returns the metrics (raises on errors)."""
+    from ..training import resolve_config, train
+
+    parser = argparse.ArgumentParser(prog="fastconv train")
+    add_arguments(parser)
+    return train(resolve_config(parser.parse_args(argv)))

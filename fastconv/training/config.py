@@ -1,0 +1,65 @@
+"""The configuration of a training run: the defaults of the options `fastconv train` leaves unset, per
+dataset and in general, and resolve_config, which fills them in (from the checkpoint first, on
+--resume). The options themselves are defined by fastconv.cli.train."""
+from __future__ import annotations
+
+from argparse import Namespace
+from typing import Any, Dict, Tuple, Type
+
+# Per-dataset defaults for the options left unset. digits: LeNet-5 at twice the standard width
+# (12 and 32 channels), SGD + weight decay: 98.1-98.9% test accuracy over seeds 0-4 in about 5 s of
+# training on 2 CPU cores (plain width: 97.2-98.6%; Adam: 95-97%).
+DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "digits": {"model": "lenet5", "epochs": 20, "batch_size": 32, "weight_decay": 5e-4},
+    "cifar10": {"model": "resnet18_cifar", "epochs": 30, "batch_size": 128, "weight_decay": 5e-4},
+    "folder": {"model": "resnet18", "epochs": 20, "batch_size": 64, "weight_decay": 5e-4},
+}
+LR_DEFAULTS = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
+GENERAL_DEFAULTS: Dict[str, Any] = {
+    "dataset": "digits", "data_dir": None, "optimizer": "sgd", "momentum": 0.9, "lr_schedule": "cosine",
+    "seed": 0, "image_size": None, "train_subset": None, "test_subset": None, "dtype": "float32",
+    "label_smoothing": 0.0, "amp": "none", "channels_last": False,
+    "device": "auto", "backend": "auto", "compile": False, "out": None, "resume": None, "save_every": 0,
+    "eval_every": 1, "workers": 0, "progress": "auto",
+}
+# Options that define the training itself: on --resume they come from the checkpoint unless given.
+FROM_CHECKPOINT = ("dataset", "data_dir", "model", "epochs", "batch_size", "lr", "optimizer", "momentum",
+                   "weight_decay", "lr_schedule", "seed", "image_size", "width", "train_subset", "test_subset",
+                   "dtype", "label_smoothing", "amp", "channels_last", "eval_every")
+
+BACKEND_CHOICES = ("auto", "cpu", "cuda", "triton", "torch", "reference")
+MODEL_NAMES = ("lenet5", "vgg_small", "resnet18", "resnet18_cifar", "resnet18_imagenet", "mobilenet")
+
+
+def resolve_config(args: Namespace) -> Namespace:
+    """Fills the options left unset (None): from the checkpoint (on --resume), then dataset and general
+    defaults."""
+    from .checkpoint import load
+
+    given = {k: v for k, v in vars(args).items() if k not in ("command",)}
+    cfg: Dict[str, Any] = {}
+    if given.get("resume"):
+        saved = load(given["resume"])["args"]
+        for k in FROM_CHECKPOINT:
+            if given.get(k) is None and k in saved:
+                cfg[k] = saved[k]
+    for k, v in given.items():
+        if v is not None:
+            cfg[k] = v
+    dataset = cfg.get("dataset") or GENERAL_DEFAULTS["dataset"]
+    for k, v in {**GENERAL_DEFAULTS, **DATASET_DEFAULTS[dataset]}.items():
+        cfg.setdefault(k, v)
+    cfg.setdefault("lr", LR_DEFAULTS[cfg["optimizer"]])
+    cfg.setdefault("width", 2.0 if (dataset, cfg["model"]) == ("digits", "lenet5") else 1.0)
+    cfg["channels_last"] = bool(cfg["channels_last"])
+    cfg["compile"] = bool(cfg["compile"])
+    return Namespace(**cfg)
+
+
+def user_errors() -> Tuple[Type[Exception], ...]:
+    """The exceptions that mean a wrong option, dataset or checkpoint (reported in one line, not a trace)."""
+    from ..data import DatasetError
+    from .checkpoint import CheckpointError
+    from .engine import ConfigError
+
+    return (DatasetError, CheckpointError, ConfigError)
