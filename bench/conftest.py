@@ -2,9 +2,10 @@
 
 Every benchmark is parametrized impl in {torch, fastconv} x shape x layout (x op x mode) and put in the
 pytest-benchmark group "op/mode/shape/layout", so each torch baseline sits next to ours. A session
-collector keeps the median of both, writes the ratio into both benchmarks' extra_info, and at the end
-prints one table per op/mode (median ms, GFLOP/s or GB/s, % of the measured machine peak, ratio =
-torch_time / our_time, > 1 means fastconv is faster, and the geometric mean of the ratios).
+collector (fastconv.benchmarks.records.Collector) keeps both timings, writes the ratio into both
+benchmarks' extra_info, and at the end prints the same tables as `fastconv bench`, one per op/mode/dtype
+(median ms, GFLOP/s or GB/s, % of the measured machine peak, ratio = torch_time / our_time, > 1 means
+fastconv is faster, and the geometric mean of the ratios, overall and per layout).
 
     pytest bench/ --benchmark-only                        # full tables (a few minutes on 2 cores)
     pytest bench/ --benchmark-only --bench-short          # smoke test for CI (seconds)
@@ -13,8 +14,9 @@ torch_time / our_time, > 1 means fastconv is faster, and the geometric mean of t
 Options (command line, or the environment for CI):
   --bench-short / FASTCONV_BENCH_SHORT=1      a few shapes at N=2, few rounds
   --fastconv-backend / FASTCONV_BENCH_BACKEND  backend for the 'fastconv' impl (default 'cpu')
-  --fastconv-report PATH                      also write the tables, machine, versions and measured peak
-                                              as JSON, and next to it PATH-stem-roofline.png (every conv
+  --fastconv-report PATH                      also write the report as JSON (fastconv.benchmarks.report,
+                                              kind "bench-suite": the rows, machine, versions and measured
+                                              peak), and next to it PATH-stem-roofline.png (every conv
                                               row against the FMA and stream roofs, pooling GB/s beside
                                               it) and PATH-stem-ratio.png; the PNGs need matplotlib (the
                                               'train' extra): without it a note is printed, no PNG
@@ -40,11 +42,8 @@ implemented" skips that benchmark (its torch baseline still runs and the table s
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import json
 import math
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -54,10 +53,11 @@ import pytest
 import torch
 
 import fastconv
+from fastconv.benchmarks.tables import ConvShape, PoolShape
 
-from ._harness import (BusyMeter, Case, Collector, Record, cpu_isa, cpu_model, device_name, format_tables,
-                       git_commit, machine_peak, measure_peak, not_implemented, prepare_device, quantile, synced,
-                       synchronize, time_once, versions)
+from ._harness import (BASELINE, BusyMeter, Case, Collector, Timing, format_report, machine_peak, make_report,
+                       measure_peak, not_implemented, prepare_device, synced, synchronize, time_once,
+                       write_report)
 
 IMPLS = ("torch", "fastconv")
 LAYOUTS = ("nchw", "channels_last")
@@ -121,7 +121,7 @@ def pytest_configure(config):
     )
     prepare_device(cfg.device)
     config._fastconv_bench = cfg
-    config._fastconv_collector = Collector()
+    config._fastconv_collector = Collector([cfg.backend])
     config._fastconv_busy = BusyMeter()
     torch.set_num_threads(cfg.threads)
 
@@ -162,6 +162,9 @@ def run_case(benchmark, pytestconfig):
     collector: Collector = pytestconfig._fastconv_collector
 
     def run(case: Case, fn: Callable[[], Any], check: Optional[Callable[[], None]] = None) -> None:
+        if case.table is None and isinstance(case.shape, (ConvShape, PoolShape)):
+            case = dataclasses.replace(case, table=cfg.conv_table if isinstance(case.shape, ConvShape)
+                                       else cfg.pool_table)
         fn = synced(fn, case.device)
         benchmark.group = case.group  # must be set before pedantic(): pytest-benchmark copies it then
         info = benchmark.extra_info
@@ -175,7 +178,7 @@ def run_case(benchmark, pytestconfig):
             backend = fastconv.backends.registered().get(cfg.backend)
             ok, why = backend.availability() if backend else (False, "unknown backend")
             if not ok:
-                collector.skip(case, f"backend {cfg.backend!r} unavailable: {why}")
+                collector.skip(case, f"backend {cfg.backend!r} unavailable: {why}", cfg.backend)
                 pytest.skip(f"fastconv backend {cfg.backend!r} unavailable: {why}")
             ctx = fastconv.use_backend(cfg.backend)
         with ctx:
@@ -192,7 +195,7 @@ def run_case(benchmark, pytestconfig):
                     times.append(time_once(fn))
             except Exception as exc:  # noqa: BLE001
                 if case.impl == "fastconv" and _not_implemented(exc):
-                    collector.skip(case, str(exc))
+                    collector.skip(case, str(exc), cfg.backend)
                     pytest.skip(f"fastconv {cfg.backend}: {case.op} {case.mode} not implemented yet ({exc})")
                 raise
             one = statistics.median(times[1:])
@@ -203,12 +206,10 @@ def run_case(benchmark, pytestconfig):
         stats = getattr(benchmark, "stats", None)
         if not stats:  # --benchmark-disable: the check ran, nothing was timed
             return
-        data = sorted(stats.stats.data)
-        rec = Record(case=case, median=statistics.median(data), p20=quantile(data, 0.2),
-                     p80=quantile(data, 0.8), rounds=len(data), busy=busy, extra_info=info)
-        info.update(median_ms=rec.median * 1e3, p20_ms=rec.p20 * 1e3, p80_ms=rec.p80 * 1e3,
-                    throughput=rec.throughput, others_cpu_share=busy)
-        collector.add(rec)
+        timing = Timing.of(stats.stats.data, busy=busy)
+        info.update(median_ms=timing.median * 1e3, p20_ms=timing.p20 * 1e3, p80_ms=timing.p80 * 1e3,
+                    throughput=case.work / timing.median / 1e9, others_cpu_share=busy)
+        collector.add(case, timing, BASELINE if case.impl == "torch" else cfg.backend, info)
 
     return run
 
@@ -228,43 +229,23 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         return
     cfg: BenchConfig = config._fastconv_bench
     busy_run = config._fastconv_busy.others()
-    timed = any(r["torch"] or r["fastconv"] for r in collector.rows.values())
+    timed = any(row["times"] for row in collector.rows.values())
     if timed and cfg.device != "cpu":
-        p = measure_peak(cfg.device, "float32")
-        peak = {"sgemm_gflops": p["compute_gflops"], "copy_gbps": p["copy_gbps"]}
+        peak = measure_peak(cfg.device, "float32")
     else:
         peak = dict(machine_peak()) if timed else {}
-    tables = collector.tables(peak)
+    run_config = {"backends": [cfg.backend], "dtypes": list(cfg.dtypes), "tables": [cfg.conv_table, cfg.pool_table],
+                  "threads": cfg.threads, "quick": cfg.short, "short": cfg.short, "warmup_s": cfg.warmup_s,
+                  "target_s": cfg.target_s, "min_rounds": cfg.min_rounds, "max_rounds": cfg.max_rounds}
+    report = make_report("bench-suite", collector.records(peak), cfg.device, run_config, peak,
+                         others_cpu_share=busy_run)
     terminalreporter.section("fastconv vs torch")
-    for line in format_tables(tables, cfg.backend, cfg.threads, peak):
+    for line in format_report(report):
         terminalreporter.write_line(line)
     if busy_run is not None:
         terminalreporter.write_line(f"\nother processes used {100 * busy_run:.1f}% of the CPU time during the run")
     if cfg.report:
-        report = {
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "device": cfg.device,
-            "device_name": device_name(cfg.device),
-            "cpu": cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "cpu_isa": cpu_isa(),
-            "threads": cfg.threads,
-            "fastconv": fastconv.__version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "git_commit": git_commit(),
-            "backend": cfg.backend,
-            "short": cfg.short,
-            "dtype": ",".join(cfg.dtypes),
-            "versions": versions(),
-            "others_cpu_share": busy_run,
-            "peak": peak,
-            "ratio": "torch_time / fastconv_time (> 1: fastconv faster)",
-            "tables": tables,
-        }
-        path = Path(cfg.report)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2) + "\n")
+        path = write_report(report, cfg.report)
         terminalreporter.write_line(f"fastconv report written to {path}")
         for line in _write_charts(report, path):
             terminalreporter.write_line(line)

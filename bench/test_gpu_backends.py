@@ -14,32 +14,32 @@ unfused cuDNN conv + bias + ReLU our fused kernel replaces. float32 runs with cu
 setting (torch.backends.cudnn.allow_tf32), which our kernels follow. Pooling: torch's CUDA kernels.
 
 Timing: each measurement launches the step `inner` times back to back and synchronizes once (so the
-launch latency of a small layer is not counted as its run time); the median over rounds, divided by
-`inner`, is the time per call. Reported per row: median ms of both, TFLOP/s (2*N*K*P*Q*C/g*R*S per
-forward, x3 for forward+backward) or GB/s for pooling, % of the device's measured peak (torch.mm in the
-same dtype for FLOP/s - the tensor-core peak for float16/bfloat16/TF32 - and a 1 GiB copy for GB/s;
-fastconv.benchmarks.runner.measure_peak) and ratio = cuDNN time / backend time (> 1: fastconv faster),
-with the geometric mean per table and backend. dgrad and wgrad are timed alone by detaching the other
-operand in the forward (autograd then asks the backward op for that gradient only).
+launch latency of a small layer is not counted as its run time); the median (and 20/80 % quantiles)
+over rounds, divided by `inner`, is the time per call. The rows are fastconv.benchmarks.records'
+BenchRecords and print as `fastconv bench`'s tables: median ms of both, TFLOP/s (2*N*K*P*Q*C/g*R*S per
+forward, x3 for forward+backward) or GB/s for pooling, % of the device's measured peak in the row's
+dtype (torch.mm in the same dtype for FLOP/s - the tensor-core peak for float16/bfloat16/TF32 - and a
+1 GiB copy for GB/s; fastconv.benchmarks.runner.measure_peak) and ratio = cuDNN time / backend time
+(> 1: fastconv faster), with the geometric mean per table (overall and per layout). The JSON report
+is fastconv.benchmarks.report's (kind "bench-gpu-backends"; throughputs in GFLOP/s there). dgrad and
+wgrad are timed alone by detaching the other operand in the forward (autograd then asks the backward
+op for that gradient only).
 
 Without a CUDA GPU every test is skipped at once (CI's short mode has no GPU).
 """
 from __future__ import annotations
 
-import datetime
-import json
-import math
 import os
-import statistics
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from fastconv.benchmarks import TABLES
-from fastconv.benchmarks.runner import (conv_forward, conv_inputs, conv_step, device_info, git_commit, measure_peak,
-                                        pool_inputs, pool_step, versions)
+from fastconv.benchmarks.records import BASELINE, Collector, Timing
+from fastconv.benchmarks.report import format_report, make_report, write_report
+from fastconv.benchmarks.runner import (Case, conv_forward, conv_inputs, conv_step, measure_peak, pool_inputs,
+                                        pool_step, versions)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="the GPU-backend-vs-cuDNN benchmarks need a CUDA GPU")
@@ -56,7 +56,7 @@ CONV_SHAPES = [s for s in TABLES["resnet50"] if not SHORT or s.name in SHORT_LAY
 POOL_SHAPES = TABLES["pool"][:3] if SHORT else TABLES["pool"]
 CONV_DTYPES = ("float16",) if SHORT else DTYPES
 
-_ROWS: dict = {}  # (op, mode, shape, layout, dtype) -> {"cudnn": s, "<backend>": s, "work": ..., "unit": ...}
+COLLECTOR = Collector(BACKENDS)  # cuDNN's Timing (side BASELINE) and each backend's, per case
 
 
 # Relative error (Frobenius norm) of a backend's result against cuDNN's, above which no speed is recorded:
@@ -71,11 +71,12 @@ def _check(ours, ref, names, dt):
         assert err <= _CHECK_TOL[dt], f"{name}: relative error {err:.2e} against cuDNN ({dt})"
 
 
-def _backend_ready(name):
+def _backend_ready(name, case):
     import fastconv
 
     ok, why = fastconv.backends.registered()[name].availability()
     if not ok:
+        COLLECTOR.skip(case, f"backend {name!r} unavailable: {why}", name)
         pytest.skip(f"{name} backend unavailable: {why}")
 
 
@@ -96,8 +97,8 @@ _GRAD_NAMES = {"fwd": ("output",), "dgrad": ("grad_input",), "wgrad": ("grad_wei
                "fwdbwd": ("grad_input", "grad_weight", "grad_bias")}
 
 
-def _time(benchmark, fn, target_s: float):
-    """Median seconds per call: rounds of `inner` back-to-back calls, one synchronize per round."""
+def _time(benchmark, fn, target_s: float) -> Timing:
+    """Seconds per call: rounds of `inner` back-to-back calls, one synchronize per round."""
     fn()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -113,15 +114,14 @@ def _time(benchmark, fn, target_s: float):
 
     n = int(min(100, max(5, target_s / (one * inner))))
     benchmark.pedantic(rounds, rounds=n, iterations=1, warmup_rounds=2)
-    return statistics.median(benchmark.stats.stats.data) / inner
+    return Timing.of([t / inner for t in benchmark.stats.stats.data])
 
 
-def _record(key, impl, seconds, work, unit, benchmark):
-    row = _ROWS.setdefault(key, {"work": work, "unit": unit})
-    row[impl] = seconds
-    scale = 1e12 if unit == "TFLOP/s" else 1e9
-    benchmark.extra_info.update(op=key[0], mode=key[1], shape=key[2], layout=key[3], dtype=key[4], impl=impl,
-                                median_ms=seconds * 1e3, throughput=work / seconds / scale, unit=unit)
+def _record(case, which, timing, benchmark):
+    COLLECTOR.add(case, timing, BASELINE if which == "cudnn" else which)
+    benchmark.extra_info.update(op=case.op, mode=case.mode, shape=case.shape.name, layout=case.layout,
+                                dtype=case.dtype, impl=which, median_ms=timing.median * 1e3,
+                                throughput=case.work / timing.median / 1e9, unit=case.unit)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -141,18 +141,19 @@ def _cudnn_benchmark():
 def test_gpu_conv(benchmark, shape, dt, fmt, op, mode, which):
     import fastconv
 
-    if which != "cudnn":
-        _backend_ready(which)
-    x, w, b, dy = conv_inputs(shape, fmt, grad=(mode != "fwd"), dtype=dt, device=DEVICE)
     impl = "torch" if which == "cudnn" else "fastconv"
+    work = shape.flops_fwd_bwd if mode == "fwdbwd" else shape.flops
+    case = Case(op, mode, shape, fmt, impl, work, "GFLOP/s", dtype=dt, device=DEVICE, table="resnet50")
+    if which != "cudnn":
+        _backend_ready(which, case)
+    x, w, b, dy = conv_inputs(shape, fmt, grad=(mode != "fwd"), dtype=dt, device=DEVICE)
     fn = _conv_step(impl, op, mode, shape, x, w, b, dy)
     ctx = fastconv.use_backend(which) if which != "cudnn" else _null()
     with ctx:
         if which != "cudnn":  # a wrong result records no speed
             _check(fn(), _conv_step("torch", op, mode, shape, x, w, b, dy)(), _GRAD_NAMES[mode], dt)
-        seconds = _time(benchmark, fn, 0.3 if SHORT else 1.0)
-    work = shape.flops_fwd_bwd if mode == "fwdbwd" else shape.flops
-    _record((op, mode, shape.name, fmt, dt), which, seconds, work, "TFLOP/s", benchmark)
+        timing = _time(benchmark, fn, 0.3 if SHORT else 1.0)
+    _record(case, which, timing, benchmark)
 
 
 @pytest.mark.parametrize("which", ["cudnn"] + BACKENDS)
@@ -163,18 +164,20 @@ def test_gpu_conv(benchmark, shape, dt, fmt, op, mode, which):
 def test_gpu_pool(benchmark, shape, dt, fmt, mode, which):
     import fastconv
 
+    impl = "torch" if which == "cudnn" else "fastconv"
+    size = torch.empty(0, dtype=getattr(torch, dt)).element_size()
+    work = shape.bytes(size) if mode == "fwd" else shape.bytes_backward(size)
+    case = Case(f"{shape.op}_pool2d", mode, shape, fmt, impl, work, "GB/s", dtype=dt, device=DEVICE, table="pool")
     if which != "cudnn":
-        _backend_ready(which)
+        _backend_ready(which, case)
     x, dy = pool_inputs(shape, fmt, dt, DEVICE)
-    fn = pool_step("torch" if which == "cudnn" else "fastconv", mode, shape, x, dy)
+    fn = pool_step(impl, mode, shape, x, dy)
     ctx = fastconv.use_backend(which) if which != "cudnn" else _null()
     with ctx:
         if which != "cudnn":
             _check((fn(),), (pool_step("torch", mode, shape, x, dy)(),), ("pool",), dt)
-        seconds = _time(benchmark, fn, 0.3 if SHORT else 1.0)
-    size = torch.empty(0, dtype=getattr(torch, dt)).element_size()
-    work = shape.bytes(size) if mode == "fwd" else shape.bytes_backward(size)
-    _record((f"{shape.op}_pool2d", mode, shape.name, fmt, dt), which, seconds, work, "GB/s", benchmark)
+        timing = _time(benchmark, fn, 0.3 if SHORT else 1.0)
+    _record(case, which, timing, benchmark)
 
 
 class _null:
@@ -186,54 +189,41 @@ class _null:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Report: printed at the end of the module, and written as JSON when FASTCONV_TRITON_BENCH_REPORT is set
+# Report: printed at the end of the module, and written as JSON when FASTCONV_GPU_BENCH_REPORT is set
 
 
-def _tables():
-    peaks = {}
-    tables: dict = {}
-    for (op, mode, shape, fmt, dt), row in _ROWS.items():
-        if "cudnn" not in row:
-            continue
-        if dt not in peaks:
-            peaks[dt] = measure_peak(DEVICE, dt)
-        scale = 1e12 if row["unit"] == "TFLOP/s" else 1e9
-        peak = peaks[dt]["compute_gflops"] * 1e9 if row["unit"] == "TFLOP/s" else peaks[dt]["copy_gbps"] * 1e9
-        for backend in BACKENDS:
-            if backend not in row:
-                continue
-            thr = row["work"] / row[backend]
-            tables.setdefault(f"{backend}/{op}/{mode}/{dt}", []).append({
-                "shape": shape, "layout": fmt, "cudnn_ms": row["cudnn"] * 1e3, "ours_ms": row[backend] * 1e3,
-                "ours_throughput": thr / scale, "cudnn_throughput": row["work"] / row["cudnn"] / scale,
-                "unit": row["unit"], "pct_peak": 100 * thr / peak, "ratio": row["cudnn"] / row[backend]})
-    return tables, peaks
+def gpu_report(collector: Collector) -> dict:
+    """The report (fastconv.benchmarks.report, kind "bench-gpu-backends") of the collected rows, each
+    row's %peak against the measured peak of its own dtype."""
+    import fastconv
+
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    dtypes = list(dict.fromkeys(row["case"].dtype for row in collector.rows.values()))
+    peaks = {dt: measure_peak(DEVICE, dt) for dt in dtypes}
+    availability = {}
+    for b in collector.backends:
+        backend = fastconv.backends.registered().get(b)
+        availability[b] = backend.availability()[1] if backend else "unknown backend"
+    config = {"backends": list(collector.backends), "dtypes": dtypes, "layouts": list(LAYOUTS),
+              "tables": ["resnet50", "pool"], "modes": list(CONV_MODES),
+              "threads": torch.get_num_threads(), "quick": SHORT, "short": SHORT,
+              "tf32": torch.backends.cudnn.allow_tf32, "autotune": os.environ.get("FASTCONV_AUTOTUNE", "1"),
+              "backend_availability": availability}
+    return make_report("bench-gpu-backends", collector.records(lambda dt: peaks[dt]), DEVICE, config,
+                       peaks[dtypes[0]], peaks=peaks, versions=dict(versions(), triton=triton_version))
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _report(request):
     yield
-    if not _ROWS:
+    if not COLLECTOR.rows:
         return
-    tables, peaks = _tables()
-    lines = ["", f"fastconv GPU backends vs cuDNN on {torch.cuda.get_device_name(0)} (ratio = cuDNN time / "
-                 f"backend time, > 1: fastconv faster)"]
-    for dt, p in peaks.items():
-        lines.append(f"  measured peak {dt}: {p['compute_gflops'] / 1e3:.1f} TFLOP/s (torch.mm), "
-                     f"{p['copy_gbps']:.0f} GB/s (copy)")
-    for name, rows in tables.items():
-        unit = rows[0]["unit"]
-        lines.append(f"\n{name}")
-        lines.append(f"  {'shape':<32} {'layout':<14} {'cuDNN ms':>9} {'ours ms':>9} {unit:>9} {'% peak':>7} "
-                     f"{'ratio':>6}")
-        for r in rows:
-            lines.append(f"  {r['shape']:<32} {r['layout']:<14} {r['cudnn_ms']:>9.3f} {r['ours_ms']:>9.3f} "
-                         f"{r['ours_throughput']:>9.1f} {r['pct_peak']:>6.1f}% {r['ratio']:>6.2f}")
-        for fmt in LAYOUTS:
-            ratios = [r["ratio"] for r in rows if r["layout"] == fmt]
-            if ratios:
-                geo = math.exp(sum(math.log(v) for v in ratios) / len(ratios))
-                lines.append(f"  geomean ratio ({fmt}): {geo:.3f}")
+    report = gpu_report(COLLECTOR)
+    lines = ["", "fastconv GPU backends vs cuDNN", *format_report(report)]
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     for line in lines:
         if reporter is not None:
@@ -242,18 +232,4 @@ def _report(request):
             print(line)
     path = os.environ.get("FASTCONV_GPU_BENCH_REPORT")
     if path:
-        try:
-            import triton
-            triton_version = triton.__version__
-        except ImportError:
-            triton_version = None
-        import fastconv
-
-        report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                  "device": device_info(DEVICE), "versions": dict(versions(), triton=triton_version),
-                  "backends": {b: fastconv.backends.registered()[b].availability()[1] for b in BACKENDS},
-                  "git_commit": git_commit(), "short": SHORT, "tf32": torch.backends.cudnn.allow_tf32,
-                  "autotune": os.environ.get("FASTCONV_AUTOTUNE", "1"), "peaks": peaks,
-                  "ratio": "cudnn_time / backend_time (> 1: fastconv faster)", "tables": tables}
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(report, indent=2) + "\n")
+        write_report(report, path)

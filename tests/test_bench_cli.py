@@ -8,7 +8,8 @@ import platform
 import pytest
 
 from fastconv.benchmarks import TABLES
-from fastconv.benchmarks.runner import SCHEMA_VERSION, make_step, work_of
+from fastconv.benchmarks.report import SCHEMA_VERSION
+from fastconv.benchmarks.runner import make_step, work_of
 from fastconv.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -42,7 +43,7 @@ def test_tables_are_consistent():
 
 def test_json_schema(report_dir):
     report = json.loads((report_dir / "bench.json").read_text())
-    assert report["schema_version"] == SCHEMA_VERSION
+    assert report["schema_version"] == SCHEMA_VERSION == 2
     assert report["kind"] == "fastconv-bench"
     for key, typ in (("date", str), ("device", dict), ("versions", dict), ("config", dict), ("peak", dict),
                      ("rows", list), ("summary", list), ("ratio", str)):
@@ -67,6 +68,7 @@ def test_json_schema(report_dir):
             assert r["intensity"] > 0
     for s in report["summary"]:
         assert s["geomean_ratio"] > 0 and s["rows"] > 0
+        assert set(s["geomean_ratio_by_layout"]) == {"nchw"}
 
 
 def test_charts_written(report_dir):

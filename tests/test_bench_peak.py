@@ -184,19 +184,22 @@ def test_bench_report_has_peak_fields_and_pngs(tmp_path):
     out = proc.stdout
     assert "measured peak: FMA " in out and "stream scale" in out and "torch SGEMM" in out
     data = json.loads(report.read_text())
+    assert data["schema_version"] == 2 and data["kind"] == "bench-suite"
     peak = data["peak"]
     for key in ("fma_gflops", "stream_gbps", "sgemm_gflops", "copy_gbps", "compute_gflops", "bandwidth_gbps"):
         assert _positive(peak[key]), key
-    assert peak["fma_threads"] == data["threads"] and peak["isa"] == data["cpu_isa"]
-    conv = data["tables"]["conv2d/fwd"]["rows"]
-    pool = data["tables"]["avg_pool2d/fwd"]["rows"]
-    assert len(conv) == 1 and len(pool) == 1
+    assert peak["fma_threads"] == data["config"]["threads"] and peak["isa"] == data["device"]["cpu_isa"]
+    conv = [r for r in data["rows"] if (r["op"], r["mode"]) == ("conv2d", "fwd")]
+    pool = [r for r in data["rows"] if (r["op"], r["mode"]) == ("avg_pool2d", "fwd")]
+    assert len(conv) == 1 and len(pool) == 1 and len(data["rows"]) == 2
     for r in conv + pool:
-        for key in ("fastconv_throughput", "torch_throughput", "fastconv_pct_peak", "torch_pct_peak", "ratio"):
+        assert r["backend"] == "cpu" and r["table"] in ("cpu_conv", "cpu_pool") and r["work"] > 0
+        for key in ("ours_throughput", "torch_throughput", "ours_pct_peak", "torch_pct_peak", "ratio"):
             assert _positive(r[key]), (key, r)
-    assert conv[0]["fastconv_pct_peak"] == pytest.approx(100 * conv[0]["fastconv_throughput"] / peak["fma_gflops"])
-    assert pool[0]["fastconv_pct_peak"] == pytest.approx(100 * pool[0]["fastconv_throughput"] / peak["stream_gbps"])
+    assert conv[0]["ours_pct_peak"] == pytest.approx(100 * conv[0]["ours_throughput"] / peak["fma_gflops"])
+    assert pool[0]["ours_pct_peak"] == pytest.approx(100 * pool[0]["ours_throughput"] / peak["stream_gbps"])
     assert conv[0]["intensity"] > 0 and pool[0]["intensity"] is None
+    assert "== conv2d/fwd float32 (fastconv backend cpu) ==" in out
     try:
         import matplotlib  # noqa: F401
     except ImportError:

@@ -1,7 +1,6 @@
 """PNG charts of a benchmark report (plotting is a separate step from measuring: these read only the
-report dict, so an old run can be redrawn). Both report kinds are read: `fastconv bench`'s bench.json
-(schema_version 1, "rows") and the pytest suites' --fastconv-report file ("tables"); report_rows turns
-either into one list of rows.
+report dict, so an old run can be redrawn). Every report benchmarks.report reads is drawn (schema 2 from
+any producer, and the older files); report_rows turns it into one list of row dicts (BenchRecord's fields).
 
 - ratio.png: per layer, torch_time / fastconv_time (> 1: fastconv faster), one panel per
   op/mode/dtype/backend, one bar per layout.
@@ -18,7 +17,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 LAYOUT_COLORS = {"nchw": "#1f77b4", "channels_last": "#ff7f0e"}
 OURS_STYLE = {"marker": "o", "s": 26, "alpha": 0.85}
@@ -34,47 +33,12 @@ def _plt():
     return plt
 
 
-def _intensity_from_table(op: str, mode: str, shape_name: str, dtype: str) -> Optional[float]:
-    """FLOP per byte of a conv row of an older report that did not record it, found by shape name in
-    the shape tables (short-mode rows are named 'name@nN')."""
-    from . import TABLES
-    from .runner import CONV_OPS, conv_bytes, conv_flops, itemsize
-    from .tables import ConvShape
-
-    if op not in CONV_OPS:
-        return None
-    base, _, batch = shape_name.partition("@n")
-    for shapes in TABLES.values():
-        for s in shapes:
-            if isinstance(s, ConvShape) and s.name == base:
-                if batch.isdigit():
-                    s = s.with_batch(int(batch))
-                try:
-                    return conv_flops(s, mode) / conv_bytes(s, mode, itemsize(dtype))
-                except KeyError:
-                    return None
-    return None
-
-
 def report_rows(report: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """The rows of either report kind with the keys of `fastconv bench`'s: op, mode, shape, layout, dtype,
-    backend, unit, intensity, ours_throughput, torch_throughput, ratio."""
-    if "rows" in report:
-        return list(report["rows"])
-    rows = []
-    for name, table in (report.get("tables") or {}).items():
-        parts = name.split("/")
-        op, mode = parts[0], parts[1] if len(parts) > 1 else "?"
-        dtype = parts[2] if len(parts) > 2 else "float32"
-        for r in table["rows"]:
-            intensity = r.get("intensity")
-            if intensity is None and table.get("unit") == "GFLOP/s":
-                intensity = _intensity_from_table(op, mode, r["shape"], dtype)
-            rows.append({"op": op, "mode": mode, "shape": r["shape"], "layout": r["layout"], "dtype": dtype,
-                         "backend": report.get("backend", "?"), "unit": table.get("unit"),
-                         "intensity": intensity, "ours_throughput": r.get("fastconv_throughput"),
-                         "torch_throughput": r.get("torch_throughput"), "ratio": r.get("ratio")})
-    return rows
+    """The rows of a report of any schema, as dicts of BenchRecord's fields (op, mode, shape, layout,
+    dtype, backend, unit, intensity, ours_throughput, torch_throughput, ratio, ...)."""
+    from .report import read_records
+
+    return [r.to_dict() for r in read_records(report)]
 
 
 def _device_name(report: Dict[str, Any]) -> str:

@@ -1,33 +1,24 @@
 """`fastconv bench --compare A.json B.json`: per-row change of fastconv's time and of the ratio to
-torch between two runs (B against A), with geometric means. Accepts the `fastconv bench` report
-(schema_version 1) and the pytest suites' `--fastconv-report` file."""
+torch between two runs (B against A), with geometric means. Accepts every report that
+benchmarks.report reads: schema_version 2 from any producer (`fastconv bench`, the pytest suites'
+--fastconv-report, the GPU-backend suite), and the older files (schema_version 1 bench.json, the
+suites' "tables" files); rows are matched on (op, mode, shape, layout, dtype, backend)."""
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
+from .records import BenchRecord
+from .report import load_report, read_records
 from .runner import fmt_num, geomean
 
 
-def load_rows(path) -> Tuple[Dict[str, Any], "OrderedDict[tuple, Dict[str, Any]]"]:
-    """(report, rows keyed by (op, mode, shape, layout, dtype, backend))."""
-    data = json.loads(Path(path).read_text())
-    rows: "OrderedDict[tuple, Dict[str, Any]]" = OrderedDict()
-    if "rows" in data:
-        for r in data["rows"]:
-            rows[(r["op"], r["mode"], r["shape"], r["layout"], r.get("dtype", "float32"), r.get("backend", "?"))] = r
-    elif "tables" in data:  # the pytest suites' report: {"op/mode": {"rows": [...]}}
-        for name, t in data["tables"].items():
-            parts = name.split("/")
-            op, mode = parts[0], parts[1]
-            dtype = parts[2] if len(parts) > 2 else "float32"
-            for r in t["rows"]:
-                rows[(op, mode, r["shape"], r["layout"], dtype, data.get("backend", "?"))] = {
-                    "ours_ms": r.get("fastconv_ms"), "torch_ms": r.get("torch_ms"), "ratio": r.get("ratio")}
-    else:
-        raise ValueError(f"{path}: not a fastconv benchmark report (no 'rows' or 'tables')")
+def load_rows(path) -> Tuple[Dict[str, Any], "OrderedDict[tuple, BenchRecord]"]:
+    """(report, its records keyed by (op, mode, shape, layout, dtype, backend))."""
+    data = load_report(path)
+    rows: "OrderedDict[tuple, BenchRecord]" = OrderedDict()
+    for r in read_records(data):
+        rows[(r.op, r.mode, r.shape, r.layout, r.dtype, r.backend)] = r
     return data, rows
 
 
@@ -40,10 +31,10 @@ def compare(path_a, path_b) -> Dict[str, Any]:
         rb = b.get(key)
         if rb is None:
             continue
-        ta, tb = ra.get("ours_ms"), rb.get("ours_ms")
+        ta, tb = ra.ours_ms, rb.ours_ms
         out.append({"key": key, "a_ms": ta, "b_ms": tb, "time_change": tb / ta if ta and tb else None,
-                    "a_ratio": ra.get("ratio"), "b_ratio": rb.get("ratio"),
-                    "ratio_change": rb["ratio"] / ra["ratio"] if ra.get("ratio") and rb.get("ratio") else None})
+                    "a_ratio": ra.ratio, "b_ratio": rb.ratio,
+                    "ratio_change": rb.ratio / ra.ratio if ra.ratio and rb.ratio else None})
     return {"rows": out, "only_a": [k for k in a if k not in b], "only_b": [k for k in b if k not in a],
             "geomean_time_change": geomean([r["time_change"] for r in out]),
             "geomean_a_ratio": geomean([r["a_ratio"] for r in out]),

@@ -1,6 +1,6 @@
 """The measurement core shared by `fastconv bench` and the pytest-benchmark suites in bench/.
 
-- Case / Record: one benchmark (op, mode, shape, layout, impl, dtype, device) and its timing.
+- Case: one benchmark of the suites (op, mode, shape, layout, impl, dtype, device, work).
 - make_step: the callable to time for a table row (fastconv or the torch baseline) and a check of our
   result against torch's, built the same way for the CLI and the suites.
 - time_step: warm-up (first calls, allocator, OpenMP pool, caches, cuDNN autotuning), then rounds
@@ -9,7 +9,8 @@
   throughput and STREAM scale bandwidth, at the kernels' ISA level and thread count), with torch's SGEMM
   and copy rates kept for reference; CUDA: torch's GEMM and a large copy.
 - BusyMeter: other processes' share of the CPUs while something was timed.
-- Collector / format_tables: the suites' ratio tables; bench_report: the CLI's JSON (SCHEMA_VERSION).
+- peak_line / peak_details: the measured roofs as text.
+The rows these measurements make, and their table: benchmarks.records; the JSON report: benchmarks.report.
 
 The torch baseline is torch's own kernels: oneDNN (mkldnn) on CPU, cuDNN on CUDA with
 `torch.backends.cudnn.benchmark = True` (set by prepare_device), so both sides get their best
@@ -25,7 +26,6 @@ import platform
 import statistics
 import subprocess
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -33,9 +33,6 @@ import torch
 import torch.nn.functional as F
 
 from .tables import ConvShape, PoolShape
-
-SCHEMA_VERSION = 1
-RATIO_DEFINITION = "torch_time / fastconv_time (> 1: fastconv faster)"
 
 # A benchmark during which other processes used more than this share of the machine's CPU time is
 # flagged: on a 2-core machine one busy neighbour halves the cores an OpenMP kernel can use.
@@ -61,6 +58,7 @@ class Case:
     unit: str        # "GFLOP/s" or "GB/s"
     dtype: str = "float32"
     device: str = "cpu"
+    table: Optional[str] = None   # the shape table (TABLES) the shape came from, if any
 
     @property
     def key(self):
@@ -71,24 +69,6 @@ class Case:
         """pytest-benchmark group: the torch baseline and ours of one row."""
         suffix = "" if self.dtype == "float32" else f"/{self.dtype}"
         return f"{self.op}/{self.mode}/{self.shape.name}/{self.layout}{suffix}"
-
-
-@dataclasses.dataclass
-class Record:
-    case: Case
-    median: float
-    p20: float
-    p80: float
-    rounds: int
-    busy: Optional[float]          # other processes' share of the CPUs while this was timed
-    extra_info: Dict[str, Any]     # the benchmark's extra_info (the ratio is added once both ran)
-
-    @property
-    def throughput(self) -> float:
-        return self.case.work / self.median / 1e9
-
-    def pct_peak(self, peak: Dict[str, float]) -> Optional[float]:
-        return pct_of_peak(self.throughput, self.case.unit, peak)
 
 
 def pct_of_peak(throughput: Optional[float], unit: str, peak: Dict[str, Any]) -> Optional[float]:
@@ -654,65 +634,7 @@ class BusyMeter:
 
 
 # ----------------------------------------------------------------------------------------------------
-# The suites' collector and ratio tables
-
-
-def intensity_of(case: Case) -> Optional[float]:
-    """FLOP per byte of minimum traffic of a GFLOP/s row of the shape tables (x of the roofline), else
-    None (pooling, the whole-model suite)."""
-    if case.unit != "GFLOP/s" or case.op not in CONV_OPS or not isinstance(case.shape, ConvShape):
-        return None
-    nbytes = conv_bytes(case.shape, case.mode, itemsize(case.dtype))
-    return case.work / nbytes if nbytes else None
-
-
-class Collector:
-    def __init__(self):
-        self.rows: "OrderedDict[tuple, Dict[str, Any]]" = OrderedDict()
-
-    def _row(self, case: Case) -> Dict[str, Any]:
-        return self.rows.setdefault(case.key, {"case": case, "torch": None, "fastconv": None, "skip": None})
-
-    def skip(self, case: Case, why: str) -> None:
-        self._row(case)["skip"] = why
-
-    def add(self, rec: Record) -> None:
-        row = self._row(rec.case)
-        row[rec.case.impl] = rec
-        ours, base = row["fastconv"], row["torch"]
-        if ours is not None and base is not None:
-            ratio = base.median / ours.median
-            ours.extra_info["ratio_vs_torch"] = ratio
-            base.extra_info["ratio_vs_torch"] = ratio
-
-    def tables(self, peak: Dict[str, float]) -> "OrderedDict[str, Dict[str, Any]]":
-        out: "OrderedDict[str, Dict[str, Any]]" = OrderedDict()
-        for (op, mode, _, _, dtype), row in self.rows.items():
-            name = f"{op}/{mode}" if dtype == "float32" else f"{op}/{mode}/{dtype}"
-            t = out.setdefault(name, {"unit": row["case"].unit, "rows": [], "geomean_ratio": None})
-            ours, base = row["fastconv"], row["torch"]
-            busy = [r.busy for r in (ours, base) if r is not None and r.busy is not None]
-            t["rows"].append({
-                "shape": row["case"].shape.name,
-                "layout": row["case"].layout,
-                "fastconv_ms": ours.median * 1e3 if ours else None,
-                "fastconv_p20_ms": ours.p20 * 1e3 if ours else None,
-                "fastconv_p80_ms": ours.p80 * 1e3 if ours else None,
-                "torch_ms": base.median * 1e3 if base else None,
-                "torch_p20_ms": base.p20 * 1e3 if base else None,
-                "torch_p80_ms": base.p80 * 1e3 if base else None,
-                "fastconv_throughput": ours.throughput if ours else None,
-                "torch_throughput": base.throughput if base else None,
-                "fastconv_pct_peak": ours.pct_peak(peak) if ours else None,
-                "torch_pct_peak": base.pct_peak(peak) if base else None,
-                "intensity": intensity_of(row["case"]),
-                "ratio": base.median / ours.median if ours and base else None,
-                "others_cpu_share": max(busy) if busy else None,
-                "note": row["skip"],
-            })
-        for t in out.values():
-            t["geomean_ratio"] = geomean([r["ratio"] for r in t["rows"] if r["ratio"]])
-        return out
+# The measured peak as text
 
 
 def fmt_num(v, width: int, prec: int) -> str:
@@ -750,6 +672,9 @@ def _num(v: Optional[float]) -> str:
 
 
 def _peak_text(peak: Dict[str, Any]) -> str:
+    if peak.get("fma_gflops") is None and "compute_roof" in peak:  # CUDA, or a CPU without fastconv._C
+        return (f"measured peak: {peak['compute_gflops']:.1f} GFLOP/s ({peak['compute_roof']}), "
+                f"{peak['bandwidth_gbps']:.1f} GB/s ({peak['bandwidth_roof']}); %peak = ours against it")
     if peak.get("fma_gflops") is not None:
         roof = peak.get("compute_gflops")
         scaled = (f" ({_num(roof)} for {peak.get('dtype')})"
@@ -766,40 +691,6 @@ def _peak_text(peak: Dict[str, Any]) -> str:
     bandwidth = peak.get("bandwidth_gbps") or peak.get("copy_gbps")
     return (f"measured peak: torch GEMM {_num(compute)} GFLOP/s, copy {_num(bandwidth)} GB/s "
             f"(%peak: ours against it; no native probe on this device)")
-
-
-def format_tables(tables, backend: str, threads: int, peak: Dict[str, float]) -> List[str]:
-    lines = [f"fastconv ({backend} backend) vs torch {torch.__version__}, float32 unless the table says, "
-             f"{threads} threads; "
-             f"ratio = {RATIO_DEFINITION}"]
-    if peak:
-        lines.append(peak_line(peak))
-    lines.append("GFLOP/s = 2*N*K*P*Q*C*R*S/groups / time (direct convolution's count, for every algorithm): "
-                 "the cpu backend's Winograd F(4x4,3x3) layers (3x3, stride 1, float32) do ~1/4 of those "
-                 "multiplies, so their effective GFLOP/s can exceed the FMA peak")
-    flagged = False
-    for name, t in tables.items():
-        u = t["unit"]
-        head = (f"{'shape':<26} {'layout':<13} {'ours ms':>9} {'torch ms':>9} {'ours ' + u:>13} "
-                f"{'torch ' + u:>14} {'%peak':>6} {'ratio':>7}")
-        lines += ["", f"== {name} ==", head, "-" * len(head)]
-        for r in t["rows"]:
-            line = (f"{r['shape']:<26} {r['layout']:<13} {fmt_num(r['fastconv_ms'], 9, 3)} "
-                    f"{fmt_num(r['torch_ms'], 9, 3)} {fmt_num(r['fastconv_throughput'], 13, 1)} "
-                    f"{fmt_num(r['torch_throughput'], 14, 1)} {fmt_num(r['fastconv_pct_peak'], 6, 1)} "
-                    f"{fmt_num(r['ratio'], 7, 2)}")
-            if r["others_cpu_share"] is not None and r["others_cpu_share"] > BUSY_FLAG:
-                line += f" !busy {100 * r['others_cpu_share']:.0f}%"
-                flagged = True
-            if r["note"] and r["ratio"] is None:
-                line += f"   ({r['note'][:60]})"
-            lines.append(line)
-        lines.append(f"{'geomean ratio':<26} {'':<13} {'':>9} {'':>9} {'':>13} {'':>14} {'':>6} "
-                     f"{fmt_num(t['geomean_ratio'], 7, 2)}")
-    if flagged:
-        lines += ["", f"!busy N%: other processes used N% of the machine's CPU time while that row was "
-                      f"timed (> {100 * BUSY_FLAG:.0f}%); re-run those rows on a quiet machine"]
-    return lines
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 from pathlib import Path
 from typing import List
 
@@ -116,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     if args.batch is not None and args.batch < 1:
         return _die("--batch must be >= 1")
 
-    from ..benchmarks.sweep import format_report, run_bench
+    from ..benchmarks.report import format_report, write_report
+    from ..benchmarks.sweep import run_bench
 
     report = run_bench(tables, ops, modes, backends, dtypes, layouts, device, args.batch, args.quick,
                        args.filter, check=not args.no_check)
@@ -126,8 +126,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else _default_out(tables)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "bench.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    path = write_report(report, out / "bench.json")
     print(f"\nreport: {path}")
     if not args.no_charts:
         from ..benchmarks.charts import write_charts
