@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastconv
-from fastconv.models import TorchConv2dReLU, build_model, list_models
+from fastconv.models import TorchConv2dReLU, build_model, imagenet, list_models
 
 # name, constructor kwargs (narrow: the math is the same at any width), input size
 CASES = [
@@ -127,7 +127,8 @@ def test_channels_last_and_eval(backend, name, kw, size):
     torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", list_models())
+# The torchvision ImageNet architectures (full width, minimum input sizes) are tested in test_zoo_torchvision.py.
+@pytest.mark.parametrize("name", [n for n in list_models() if n not in imagenet.SPECS])
 @pytest.mark.parametrize("size", [8, 32])
 def test_every_model_runs_at_small_and_cifar_sizes(name, size):
     kw = {"width": 4} if name.startswith("resnet18") else ({"width": 0.125} if name in ("vgg_small", "mobilenet") else {})

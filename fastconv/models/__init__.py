@@ -5,26 +5,45 @@
     ref = build_model("resnet18_cifar", num_classes=10, backend="torch")   # torch.nn layers
     ref.load_state_dict(fast.state_dict())                                 # same keys, same shapes
 
-Models: lenet5, vgg_small, resnet18 (stem chosen from the image size), resnet18_cifar,
-resnet18_imagenet, mobilenet (depthwise-separable; stem chosen from the image size).
+Two families:
+- The small zoo: lenet5, vgg_small, resnet18 (stem chosen from the image size), resnet18_cifar,
+  resnet18_imagenet, mobilenet (depthwise-separable v1; stem chosen from the image size). Sized for
+  digits and CIFAR-10; conv+ReLU pairs are fused Conv2dReLU layers.
+- torchvision's ImageNet architectures (fastconv.models.imagenet), with torchvision's module trees,
+  parameter/buffer names, initialization and eval semantics, so a torchvision state_dict loads with
+  strict=True: tv_resnet18, resnet50, mobilenet_v2, mobilenet_v3_large, efficientnet_b0,
+  regnet_y_400mf, densenet121, convnext_tiny, shufflenet_v2_x1_0, googlenet, vgg11.
+  Naming: torchvision's name wherever the small zoo does not already use it; the one collision,
+  resnet18, keeps its small-zoo meaning and torchvision's ResNet-18 is registered as tv_resnet18.
+  (resnet18_imagenet has the same state_dict keys, shapes, initialization and eval outputs as
+  torchvision's resnet18 and loads its weights too, but it is the small zoo's class - a `width`
+  argument, a global-pool module that torch.fx cannot trace; tv_resnet18 is the exact module tree.)
+  They take any image_size down to torchvision's documented minimum (1 for most: strided convs are
+  padded and the pooling is adaptive; googlenet 15, densenet121 29, convnext_tiny and vgg11 32) and
+  raise a ValueError naming it below that. GoogLeNet defaults to torchvision's aux_logits=True,
+  transform_input=False (its ImageNet weights have aux_logits=False).
+
 `backend='fastconv'` builds fastconv.nn layers, whose kernels follow fastconv.set_backend();
 `backend='torch'` builds torch.nn layers. With the same torch seed both builds draw the same
 initial weights (same modules, same order).
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Dict, List
 
 from torch import nn
 
-from .layers import BACKENDS, GlobalAvgPool2d, Layers, TorchConv2dReLU
+from . import imagenet
+from .layers import BACKENDS, AdaptiveAvgPool2d, GlobalAvgPool2d, Layers, TorchConv2dReLU
 from .lenet import LeNet5
 from .mobilenet import DepthwiseSeparable, MobileNet
 from .resnet import BasicBlock, ResNet18
 from .vgg import VGG
 
 __all__ = ["build_model", "list_models", "MODELS", "LeNet5", "VGG", "ResNet18", "MobileNet", "BasicBlock",
-           "DepthwiseSeparable", "Layers", "TorchConv2dReLU", "GlobalAvgPool2d", "BACKENDS"]
+           "DepthwiseSeparable", "Layers", "TorchConv2dReLU", "GlobalAvgPool2d", "AdaptiveAvgPool2d", "BACKENDS",
+           "imagenet"]
 
 
 def _stem(image_size: int) -> str:
@@ -66,6 +85,8 @@ MODELS: Dict[str, Callable[..., nn.Module]] = {
     "resnet18_imagenet": _resnet18_imagenet,
     "mobilenet": _mobilenet,
 }
+for _name in imagenet.SPECS:
+    MODELS[_name] = functools.partial(imagenet.build, _name)
 
 
 def list_models() -> List[str]:

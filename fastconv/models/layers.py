@@ -11,7 +11,7 @@ subclasses, hence the identical state_dict keys ('features.0.weight', not 'featu
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +48,28 @@ class GlobalAvgPool2d(nn.Module):
         return "fastconv" if self.use_fastconv else "torch"
 
 
+class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """nn.AdaptiveAvgPool2d on fastconv's avg_pool2d where the windows are uniform.
+
+    When H and W are multiples of the output size (always for a 1x1 output, the global pooling of every
+    classifier head), adaptive pooling is avg_pool2d with kernel = stride = (H // oh, W // ow): fastconv's
+    kernel computes it. Otherwise the windows overlap or differ in size (e.g. GoogLeNet's auxiliary heads
+    pool 14x14 to 4x4), which no fastconv kernel implements: torch's F.adaptive_avg_pool2d does.
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
+        H, W = input.shape[-2:]
+        oh, ow = _output_size(self.output_size, H, W)
+        if oh > 0 and ow > 0 and H % oh == 0 and W % ow == 0:
+            return FC.avg_pool2d(input, (H // oh, W // ow))
+        return F.adaptive_avg_pool2d(input, self.output_size)
+
+
+def _output_size(size: Union[int, Sequence[Optional[int]]], H: int, W: int) -> Tuple[int, int]:
+    oh, ow = (size, size) if isinstance(size, int) else tuple(size)
+    return (H if oh is None else oh), (W if ow is None else ow)
+
+
 class Layers:
     """Factory of the conv/pool modules for one backend ('fastconv' or 'torch')."""
 
@@ -62,6 +84,7 @@ class Layers:
         self.Conv2dReLU = fnn.Conv2dReLU if fast else TorchConv2dReLU
         self.MaxPool2d = fnn.MaxPool2d if fast else nn.MaxPool2d
         self.AvgPool2d = fnn.AvgPool2d if fast else nn.AvgPool2d
+        self.AdaptiveAvgPool2d = AdaptiveAvgPool2d if fast else nn.AdaptiveAvgPool2d
         self._fast = fast
 
     def global_avg_pool(self) -> nn.Module:
