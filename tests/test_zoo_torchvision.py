@@ -378,3 +378,19 @@ def test_adaptive_avg_pool2d(backend, size, out):
     g = torch.randn_like(ref)
     _close(torch.autograd.grad(ours, x, g)[0], torch.autograd.grad(ref, x, g)[0], "grad")
 
+
+def test_train_command(tmp_path):
+    pytest.importorskip("sklearn")
+    from fastconv.train import run_train
+    from fastconv.training.engine import ConfigError
+
+    tiny = ["--dataset", "digits", "--epochs", "1", "--train-subset", "64", "--test-subset", "32",
+            "--progress", "off"]
+    m = run_train(["--model", "mobilenet_v2", "--out", str(tmp_path / "a"), *tiny])  # 8x8 digits
+    assert m["model"] == "mobilenet_v2" and m["test_total"] == 32
+    m = run_train(["--model", "googlenet", "--image-size", "16", "--out", str(tmp_path / "b"), *tiny])
+    assert m["num_parameters"] == 6_624_904 - 1000 * 1024 - 1000 + 10 * 1024 + 10 - 3 * 64 * 49 + 64 * 49
+    with pytest.raises(ConfigError, match="at least 32x32"):
+        run_train(["--model", "vgg11", "--out", str(tmp_path / "c"), *tiny])
+    with pytest.raises(ConfigError, match="no channel-width multiplier"):
+        run_train(["--model", "resnet50", "--width", "0.5", "--out", str(tmp_path / "d"), *tiny])

@@ -44,9 +44,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     m = p.add_argument_group("model and optimization")
     m.add_argument("--model", choices=MODEL_NAMES, default=None,
-                   help="default: lenet5 for digits, resnet18_cifar for cifar10, resnet18 for folder")
+                   help="default: lenet5 for digits, resnet18_cifar for cifar10, resnet18 for folder. The "
+                        "torchvision architectures (tv_resnet18, resnet50, mobilenet_v2, ..., vgg11) need "
+                        "--image-size of at least their minimum on digits (8x8): 15 googlenet, 29 densenet121, "
+                        "32 convnext_tiny and vgg11")
     m.add_argument("--width", type=float, default=None, metavar="W",
-                   help="multiply the model's channel counts by W (default: 2 for lenet5 on digits, else 1)")
+                   help="multiply the model's channel counts by W (default: 2 for lenet5 on digits, else 1; "
+                        "of the torchvision architectures only mobilenet_v2 and mobilenet_v3_large have one)")
     m.add_argument("--epochs", type=int, default=None, help="epochs in all (default: digits 20, cifar10 30, folder 20)")
     m.add_argument("--batch-size", type=int, default=None, metavar="B",
                    help="global batch size, split over the processes under torchrun (default: digits 32, "

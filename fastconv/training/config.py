@@ -6,6 +6,8 @@ from __future__ import annotations
 from argparse import Namespace
 from typing import Any, Dict, Tuple, Type
 
+from ..models import list_models
+
 # Per-dataset defaults for the options left unset. digits: LeNet-5 at twice the standard width
 # (12 and 32 channels), SGD + weight decay: 98.1-98.9% test accuracy over seeds 0-4 in about 5 s of
 # training on 2 CPU cores (plain width: 97.2-98.6%; Adam: 95-97%).
@@ -28,7 +30,7 @@ FROM_CHECKPOINT = ("dataset", "data_dir", "model", "epochs", "batch_size", "lr",
                    "dtype", "label_smoothing", "amp", "channels_last", "eval_every")
 
 BACKEND_CHOICES = ("auto", "cpu", "cuda", "triton", "torch", "reference")
-MODEL_NAMES = ("lenet5", "vgg_small", "resnet18", "resnet18_cifar", "resnet18_imagenet", "mobilenet")
+MODEL_NAMES = tuple(list_models())  # the --model choices: the whole zoo
 
 
 def resolve_config(args: Namespace) -> Namespace:

@@ -126,10 +126,22 @@ def amp_context(amp: str, layers: str, backend_label: str, device: torch.device,
 
 
 def model_kwargs(model: str, width: float) -> Dict[str, Any]:
-    """--width (a multiplier of the model's standard channel counts) as constructor arguments."""
+    """--width (a multiplier of the model's standard channel counts) as constructor arguments, plus the
+    training-time choices of the torchvision architectures."""
+    from ..models import imagenet
+
     w = float(width)
     if w <= 0:
         raise ConfigError(f"--width must be positive, got {width}")
+    if model in imagenet.SPECS:
+        try:
+            kwargs: Dict[str, Any] = imagenet.width_kwargs(model, w)
+        except ValueError as exc:
+            raise ConfigError(f"--width {width}: {exc}") from exc
+        if model == "googlenet":
+            # The loop trains on plain logits: no auxiliary heads (the layout of torchvision's weights).
+            kwargs["aux_logits"] = False
+        return kwargs
     if model == "lenet5":
         return {"channels": (max(1, round(6 * w)), max(1, round(16 * w)))}
     if model.startswith("resnet18"):
@@ -140,8 +152,13 @@ def model_kwargs(model: str, width: float) -> Dict[str, Any]:
 def build(cfg: Namespace, data_info: Dict, layers: str) -> nn.Module:
     from ..models import build_model
 
-    return build_model(cfg.model, len(data_info["classes"]), data_info["in_channels"], data_info["image_size"],
-                       backend=layers, **model_kwargs(cfg.model, cfg.width))
+    try:
+        return build_model(cfg.model, len(data_info["classes"]), data_info["in_channels"], data_info["image_size"],
+                           backend=layers, **model_kwargs(cfg.model, cfg.width))
+    except ConfigError:
+        raise
+    except ValueError as exc:  # the models' argument checks, e.g. an image size below the model's minimum
+        raise ConfigError(f"--model {cfg.model}: {exc}") from exc
 
 
 def make_optimizer(cfg: Namespace, params) -> torch.optim.Optimizer:
