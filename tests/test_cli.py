@@ -67,3 +67,27 @@ def test_other_import_errors_are_not_hidden(monkeypatch):
     monkeypatch.setattr(training, "train", broken)
     with pytest.raises(ModuleNotFoundError):
         cli.main(["train", "--epochs", "1"])
+
+
+def test_info_explain_conv(capsys):
+    """`fastconv info --explain-conv`: the cpu path chooser's answer for each pass at each ISA level the
+    CPU has, the level in use restored afterwards."""
+    from fastconv import _C
+    from fastconv.backends.cpu import conv2d_path
+    import torch
+
+    before = _C.cpu_isa()
+    assert main(["info", "--explain-conv", "2,64,20,20,32,3", "--stride", "2", "--padding", "1",
+                 "--channels-last", "--relu"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert _C.cpu_isa() == before
+    assert out[0].startswith("conv2d_relu 2x64x20x20 -> 32, 3x3, stride 2, padding 1") and "channels_last" in out[0]
+    x = torch.empty(2, 64, 20, 20, device="meta").contiguous(memory_format=torch.channels_last)
+    w = torch.empty(32, 64, 3, 3, device="meta")
+    want = [f"    {p:6s} {conv2d_path(x, w, 2, 1, pass_=p, relu=True)}" for p in ("fwd", "dgrad", "wgrad")]
+    i = out.index(f"  {before} (in use):")
+    assert out[i + 1:i + 4] == want
+    assert main(["info", "--explain-conv", "1,3,4,4,8,7"]) == 2
+    assert "Kernel size can't be greater than actual input size" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["info", "--explain-conv", "1,3,x"])

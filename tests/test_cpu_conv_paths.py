@@ -25,12 +25,15 @@ machine allows, since the specializations differ per ISA level.
 """
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import fastconv.functional as FC
 from fastconv import _C
+from fastconv.backends import cpu as cpu_backend
 from conftest import CPU_ISAS, assert_rel
 
 
@@ -342,7 +345,6 @@ def test_stream_stores_setting(stream_stores_restored):
 # packed weight; the pack's kind (ConvFwdCall.pack_info) separates formats, so one weight used by two
 # kernel families, two groups counts or two ISA levels never reads the other's pack.
 
-from fastconv.backends import cpu as cpu_backend  # noqa: E402
 
 # (name, x shape, w shape, stride, padding, groups, channels_last): non-Winograd layers of each family
 GEMM_LAYERS = [
@@ -504,3 +506,165 @@ def test_strided_weight_view_repacks_every_call(backend, weight_pack_cache):
         assert_rel(FC.conv2d(x, w, None, 1, 1), F.conv2d(x.double(), w.double(), None, 1, 1), torch.float32,
                    "output")
         base.data.add_(1.0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The path chooser (csrc/cpu/conv2d_isa.cpp: choose_fwd, dgrad_route, wgrad_algo), asked through
+# fastconv.backends.cpu.conv2d_path: every case above takes the path its comment says it takes.
+
+def _path(case_x, case_w, pass_="fwd", dtype=torch.float32, relu=False, **kw):
+    return cpu_backend.conv2d_path(case_x.to(dtype), case_w.to(dtype), pass_=pass_, relu=relu, **kw)
+
+
+def _meta(N, C, H, W, K, ks, groups=1, channels_last=False):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.empty(N, C, H, W, device="meta").contiguous(memory_format=fmt)
+    return x, torch.empty(K, C // groups, *ks, device="meta")
+
+
+def _pair(k):
+    return k if isinstance(k, tuple) else (k, k)
+
+
+def _lanes(dtype) -> int:
+    """Vector lanes of the kernels at the ISA level in use."""
+    return {"avx512": 16, "avx2": 8, "baseline": 4}[_C.cpu_isa()] // (2 if dtype == torch.float64 else 1)
+
+
+def _l2_bytes() -> int:
+    """One core's L2 as the kernels read it (sysconf; 1 MiB when the system does not say)."""
+    try:
+        return int(subprocess.run(["getconf", "LEVEL2_CACHE_SIZE"], capture_output=True, text=True).stdout) or 1 << 20
+    except (OSError, ValueError):
+        return 1 << 20
+
+
+@pytest.mark.parametrize("case", DW_CASES, ids=[str(i) for i in range(len(DW_CASES))])
+def test_path_depthwise_channels_last(isa, case):
+    N, C, H, W, k, stride, padding, dilation = case
+    x, w = _meta(N, C, H, W, C, _pair(k), groups=C, channels_last=True)
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=C)
+    assert _path(x, w, **kw) == "depthwise_nhwc"
+    assert _path(x, w, "dgrad", relu=True, **kw) == "residue_classes > depthwise_nhwc"
+    assert _path(x, w, "wgrad", **kw) == "wgrad_depthwise"
+    assert _path(x.contiguous(), w, **kw) == "depthwise_nchw"
+
+
+@pytest.mark.parametrize("case", FEW_CHANNEL_DGRAD_CASES, ids=[str(i) for i in range(len(FEW_CHANNEL_DGRAD_CASES))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_path_few_channels_input_grad(isa, case, dtype):
+    """The channels_last input gradient of C <= L/4 channels runs the NCHW kernels between two copies."""
+    N, C, H, W, K, k, stride, padding, dilation = case
+    x, w = _meta(N, C, H, W, K, _pair(k), channels_last=True)
+    path = _path(x, w, "dgrad", dtype, stride=stride, padding=padding, dilation=dilation)
+    if 4 * C <= _lanes(dtype) and H * W > 1:
+        assert path.startswith("nchw_copies > residue_classes > igemm_nchw_"), path
+    else:
+        assert path.startswith("residue_classes > igemm_nhwc/"), path
+
+
+@pytest.mark.parametrize("case", S2_CASES + ROW_ALIGNED_CASES, ids=[str(i) for i in range(len(S2_CASES + ROW_ALIGNED_CASES))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_path_nchw_direct(isa, case, dtype):
+    N, C, H, W, K, k, stride, padding, dilation, groups = case
+    x, w = _meta(N, C, H, W, K, _pair(k), groups=groups)
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    assert _path(x, w, "fwd", dtype, **kw) == "igemm_nchw_direct"
+    # ReLU's backward on NCHW dy: one masking pass over dy first, then the same engine
+    assert _path(x, w, "dgrad", dtype, relu=True, **kw).startswith("masked_dy_copy > residue_classes > ")
+
+
+def _rows_mode(S, C, K, R, dtype):
+    """conv_cl's blocks of whole filter rows: as many rows per block as keep the block's weights (a row is
+    S*C*K values) within 3/4 of the L2; all R rows in one block run the whole-window kernel."""
+    rows = min(R, (3 * _l2_bytes() // 4) // (S * C * K * dtype.itemsize))
+    return "rows_whole_windows" if rows >= R else "row_blocks" if rows >= 1 else "taps"
+
+
+# conv_cl's mode per ROWMERGE_CASES case for float32 / float64 (a tuple where they differ); callables
+# depend on this machine's L2 cache.
+ROWMERGE_MODES = [
+    "rows_padded_copy", "rows_padded_copy", "rows_padded_copy",
+    "rows_whole_windows",                           # no padding: every window whole
+    "rows_whole_windows",                           # one window covering the input
+    "rows_padded_copy",
+    ("rows_padded_copy", "rows_whole_windows"),     # 7x7: the padded copy outgrows 16 KiB in float64
+    "rows_padded_copy",
+    "pointwise", "pointwise", "pointwise", "pointwise", "pointwise",
+    "rows_padded_copy", "rows_padded_copy",
+    "rows_whole_windows",                           # 96 channels, padding 2: the copy exceeds 16 KiB
+] + [lambda dt, c=c: _rows_mode(3, c, c, 3, dt) for c in (128, 160, 192, 224, 256)]
+
+
+@pytest.mark.parametrize("i", range(len(ROWMERGE_CASES)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_path_channels_last_modes(isa, i, dtype):
+    N, C, H, W, K, k, stride, padding, dilation = ROWMERGE_CASES[i]
+    x, w = _meta(N, C, H, W, K, _pair(k), channels_last=True)
+    mode = ROWMERGE_MODES[i]
+    mode = mode(dtype) if callable(mode) else mode[dtype == torch.float64] if isinstance(mode, tuple) else mode
+    assert _path(x, w, "fwd", dtype, stride=stride, padding=padding, dilation=dilation) == "igemm_nhwc/" + mode
+
+
+@pytest.mark.parametrize("case", STAGED_NCHW_CASES, ids=[str(i) for i in range(len(STAGED_NCHW_CASES))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_path_staged_nchw(isa, case, dtype):
+    """NCHW float32 layers of >= 128 channels with stride 2 run conv_cl on channels_last copies (AVX-512
+    only); float64 and the other levels run the NCHW kernels."""
+    N, C, H, W, K, k, stride, padding, dilation = case
+    x, w = _meta(N, C, H, W, K, _pair(k))
+    path = _path(x, w, "fwd", dtype, stride=stride, padding=padding, dilation=dilation)
+    if dtype == torch.float32 and isa == "avx512":
+        assert path.startswith("igemm_nhwc_staged_nchw/"), path
+    else:
+        assert path in ("igemm_nchw_direct", "igemm_nchw_packed"), path
+
+
+def test_path_winograd_and_weight_gradients(isa, monkeypatch):
+    """3x3 stride-1 float32 layers of >= 16 channels: Winograd for all three passes at AVX-512; other
+    float32 layers' weight gradient: the blocked kernel (AVX-512), else the GEMM kernels by layout."""
+    x, w = _meta(8, 32, 16, 16, 32, (3, 3))
+    xs, ws = _meta(8, 32, 16, 16, 32, (3, 3))
+    avx512 = isa == "avx512"
+    for p in ("fwd", "dgrad", "wgrad"):
+        assert (_path(x, w, p, padding=1) == "winograd_f4x4_3x3") == avx512
+    assert _path(xs, ws, "wgrad", stride=2, padding=1) == ("wgrad_blocked" if avx512 else "wgrad_gemm_nchw")
+    assert _path(xs, ws, "wgrad", torch.float64, stride=2, padding=1) == "wgrad_gemm_nchw"
+    xcl = xs.contiguous(memory_format=torch.channels_last)
+    assert _path(xcl, ws, "wgrad", torch.float64, stride=2, padding=1) == "wgrad_gemm_nhwc"
+    monkeypatch.setenv("FASTCONV_CPU_WINOGRAD", "0")
+    monkeypatch.setenv("FASTCONV_CPU_WGRAD_BLOCKED", "0")
+    assert _path(x, w, "fwd", padding=1) == "igemm_nchw_direct"
+    assert _path(x, w, "wgrad", padding=1) == "wgrad_gemm_nchw"
+
+
+def test_path_empty_problems_and_errors():
+    x, w = _meta(0, 8, 5, 5, 8, (3, 3))
+    assert [_path(x, w, p) for p in ("fwd", "dgrad", "wgrad")] == ["none"] * 3
+    x, w = _meta(2, 8, 5, 5, 8, (3, 3))
+    with pytest.raises(ValueError, match="pass_"):
+        _path(x, w, "backward")
+    with pytest.raises(ValueError, match="Kernel size can't be greater"):
+        _path(x, torch.empty(8, 8, 7, 7, device="meta"))
+    # real tensors work too (only sizes, strides and dtype matter)
+    assert _path(torch.randn(2, 8, 5, 5), torch.randn(8, 8, 1, 1)) == _path(x, torch.empty(8, 8, 1, 1, device="meta"))
+
+
+# The kernel each STREAM_CASES case exercises (its comment), float32 / float64.
+STREAM_PATHS = [
+    ("igemm_nhwc/rows_padded_copy", "igemm_nhwc/rows_whole_windows"),  # the float64 copy outgrows 16 KiB
+    ("igemm_nhwc/pointwise",) * 2,
+    ("igemm_nhwc/rows_padded_copy",) * 2,
+    ("depthwise_nhwc",) * 2,
+    ("depthwise_nhwc",) * 2,
+    ("igemm_nchw_direct",) * 2,
+]
+
+
+@pytest.mark.parametrize("i", range(len(STREAM_CASES)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_path_stream_cases(isa, i, dtype):
+    N, C, H, W, K, k, stride, padding, groups, channels_last = STREAM_CASES[i]
+    x, w = _meta(N, C, H, W, K, (k, k), groups, channels_last)
+    path = _path(x, w, "fwd", dtype, stride=stride, padding=padding, groups=groups)
+    assert path == STREAM_PATHS[i][dtype == torch.float64]

@@ -361,3 +361,37 @@ class CpuBackend(Backend):
         d = pool_desc(x, dy.shape[2:], kernel, stride, padding, (1, 1), count_include_pad, divisor_override)
         _C.avg_pool2d_bwd(d, _dtype_code(x), _t4(dy), _t4(dx), _pool_threads(x))
         return dx
+
+
+CONV_PASSES = ("fwd", "dgrad", "wgrad")
+
+
+def conv2d_path(input: torch.Tensor, weight: torch.Tensor, stride=1, padding=0, dilation=1, groups=1,
+                pass_: str = "fwd", relu: bool = False) -> str:
+    """The algorithm the cpu backend runs for one pass of this convolution at the current ISA level
+    (fastconv._C.cpu_isa()), as its path chooser (csrc/cpu/conv2d_isa.cpp) decides it: e.g.
+    'winograd_f4x4_3x3', 'igemm_nhwc/rows_whole_windows', 'residue_classes > igemm_nchw_direct',
+    'wgrad_blocked'; 'none' when no kernel runs (an empty problem).
+
+    Arguments as F.conv2d's (input and weight may be meta tensors: only their sizes, strides and dtype
+    matter); pass_: 'fwd', 'dgrad' (input gradient, dx in the input's memory format and dy in the
+    output's) or 'wgrad'; relu: the backward of the fused conv2d_relu (dgrad applies its mask).
+    """
+    from ..errors import ArgumentError
+    from ..functional import _conv_args
+
+    if _C is None:
+        raise RuntimeError(f"fastconv.backends.cpu.conv2d_path: fastconv._C {_IMPORT_ERROR}")
+    if pass_ not in CONV_PASSES:
+        raise ArgumentError(f"conv2d_path: pass_ must be one of {CONV_PASSES}, got {pass_!r}")
+    meta = [torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta") for t in (input, weight)]
+    x, _, stride, padding, dilation, groups = _conv_args(*meta[:1], meta[1], None, stride, padding, dilation, groups,
+                                                         "conv2d_path")
+    w = meta[1]
+    y, out_hw, done = _utils.conv_output_or_trivial(x, w, None, stride, padding, dilation, False)
+    if done or (pass_ != "fwd" and x.numel() == 0):
+        return "none"
+    desc = conv_desc(x, w, stride, padding, dilation, groups, out_hw)
+    code = _DTYPE_CODE.get(x.dtype, 0)  # float16 / bfloat16 run the float32 kernels
+    x_stride = _utils.grad_input_like(x).stride() if pass_ == "dgrad" else x.stride()
+    return _C.conv2d_path(desc, code, pass_, list(x_stride), list(y.stride()), bool(relu))
