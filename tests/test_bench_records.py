@@ -16,8 +16,9 @@ from fastconv.benchmarks.runner import Case, conv_bytes
 from fastconv.cli import main
 
 RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results"
-SUITE_V1 = RESULTS / "cpu-2026-12-05-session15.json"        # the pytest suites' file before schema 2
-BENCH_V1 = RESULTS / "cpu_conv-example" / "bench.json"      # `fastconv bench`, schema_version 1
+SUITE_V1 = RESULTS / "cpu-2026-12-05-xeon-vm.json"  # a committed report of the pytest suites before schema 2
+# `fastconv bench`, schema_version 1: the report once committed as bench/results/cpu_conv-example/bench.json
+BENCH_V1 = Path(__file__).resolve().parent / "data" / "bench-schema1-cpu_conv.json"
 PEAK = {"compute_gflops": 400.0, "bandwidth_gbps": 20.0}
 
 CONV = TABLES["cpu_conv"][1]   # c64k64-32x32-3x3
