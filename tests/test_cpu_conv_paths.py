@@ -668,3 +668,62 @@ def test_path_stream_cases(isa, i, dtype):
     x, w = _meta(N, C, H, W, K, (k, k), groups, channels_last)
     path = _path(x, w, "fwd", dtype, stride=stride, padding=padding, groups=groups)
     assert path == STREAM_PATHS[i][dtype == torch.float64]
+
+
+# Small maps of wide layers (ResNet's 14x14 and 7x7 stages at batch 1): few pixel tasks, so the kernels
+# also split the output channels (conv_cl: panels; the pointwise GEMM: panel chunks; the blocked weight
+# gradient: columns of S), and NCHW float32 layers run conv_cl on channels_last copies. All above the
+# backend's serial threshold (8M multiply-adds), so the threads split them.
+# (N, C, H, W, K, kernel, stride, padding)
+SMALL_MAP_CASES = [
+    (1, 256, 7, 7, 256, 3, 1, 1),      # one 49-pixel task: 4 panels of 64 channels
+    (1, 512, 7, 7, 512, 1, 1, 0),      # pointwise, 9 tiles of 6 pixels
+    (1, 256, 9, 9, 192, 3, 2, 1),      # stride 2, 5x5 output
+    (2, 128, 6, 6, 320, 3, 1, 1),      # 320 channels: panels of 32
+    (1, 1024, 5, 5, 640, 1, 1, 0),     # a reduction over several blocks
+]
+
+
+@pytest.mark.parametrize("case", SMALL_MAP_CASES, ids=[str(i) for i in range(len(SMALL_MAP_CASES))])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_small_maps_match_torch_at_any_thread_count(isa, case, channels_last, dtype):
+    """Outputs and every gradient match torch's float64, and are the same bits with 1, 2, 3 and 8
+    threads (more threads than cores: every split runs)."""
+    N, C, H, W, K, k, stride, padding = case
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    gen = torch.Generator().manual_seed(sum(case))
+    x = torch.randn(N, C, H, W, generator=gen).contiguous(memory_format=fmt)
+    w, b = torch.randn(K, C, k, k, generator=gen) / (C * k * k) ** 0.5, torch.randn(K, generator=gen)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3, 8):
+            torch.set_num_threads(threads)
+            xs, ws, bs = (t.to(dtype).requires_grad_() for t in (x, w, b))
+            y = FC.conv2d_relu(xs, ws, bs, stride=stride, padding=padding)
+            g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+            results.append([y.detach(), *torch.autograd.grad(y, (xs, ws, bs), g)])
+    finally:
+        torch.set_num_threads(before)
+    for other in results[1:]:
+        for a, o in zip(results[0], other):
+            assert torch.equal(a, o)
+    xd, wd, bd = (t.double().requires_grad_() for t in (x, w, b))
+    yd = F.conv2d(xd, wd, bd, stride=stride, padding=padding).relu()
+    g = torch.randn(yd.shape, generator=torch.Generator().manual_seed(1)).double()
+    for name, ours, ref in zip(("output", "dx", "dw", "db"), results[0], (yd, *torch.autograd.grad(yd, (xd, wd, bd), g))):
+        assert_rel(ours, ref, dtype, name)
+
+
+@pytest.mark.parametrize("case", SMALL_MAP_CASES, ids=[str(i) for i in range(len(SMALL_MAP_CASES))])
+def test_path_small_maps(isa, case):
+    N, C, H, W, K, k, stride, padding = case
+    x, w = _meta(N, C, H, W, K, (k, k))
+    path = _path(x, w, stride=stride, padding=padding)
+    if isa == "avx512":
+        assert path.startswith("igemm_nhwc_staged_nchw/"), path
+    else:
+        assert path.startswith("igemm_nchw_"), path
+    assert _path(x.contiguous(memory_format=torch.channels_last), w, stride=stride, padding=padding).startswith(
+        "igemm_nhwc/")

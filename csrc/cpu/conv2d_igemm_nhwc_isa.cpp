@@ -103,14 +103,19 @@ void conv_cl_pointwise(const Geo& g, const T* x, const T* Bp, const T* biasp, T*
   constexpr int NR = NV * L;
   const int64_t M = g.N * g.P * g.Q, Cg = g.Cg, Kg = g.Kg, nJr = cdiv(Kg, NR);
   const int64_t ntile = cdiv(M, MR);
+  // Few pixel tiles (a small map at batch 1: 7x7 = 9 tiles) also split the output channels, so that
+  // every thread has work: units (panel chunk, tile), chunk-major, so a thread's static share walks its
+  // panels' tiles with the B panel in cache.
+  const int64_t jper = cdiv(nJr, ntile >= 4 * nth ? 1 : std::min(nJr, cdiv(4 * nth, ntile))), nJs = cdiv(nJr, jper);
 #pragma omp parallel num_threads(nth)
   {
 #pragma omp for schedule(static)
-    for (int64_t tile = 0; tile < ntile; ++tile) {
+    for (int64_t unit = 0; unit < ntile * nJs; ++unit) {
+      const int64_t tile = unit % ntile, js = unit / ntile;
       const int64_t j0 = tile * MR, mr = std::min<int64_t>(MR, M - j0);
       const T* r[MR];
       FC_UNROLL for (int i = 0; i < MR; ++i) r[i] = x + (j0 + std::min<int64_t>(i, mr - 1)) * Cg;  // tail lanes: never stored
-      for (int64_t jr = 0; jr < nJr; ++jr) {
+      for (int64_t jr = js * jper; jr < std::min(nJr, (js + 1) * jper); ++jr) {
         const int64_t kb = jr * NR;
         // The bias is the accumulators' initial value, which saves MR * NV additions per tile.
         V acc[MR][NV];
@@ -151,7 +156,8 @@ struct ClPlan {
   std::vector<Seg> segs;
   std::vector<int64_t> bstart;
   int64_t nblk, maxnseg = 0, maxklen = 0;
-  int64_t nIrb, MC, nIb, ntask;
+  int64_t nIrb, MC, nIb;
+  int64_t nJs, jper, ntask;  // output-channel splits of a task's panels, panels per split
   int64_t Wp, xp_sz;  // the padded copy: columns of every window, floats per task
   int64_t csz, asz, gsegs, rows_sz;
 
@@ -166,7 +172,7 @@ struct ClPlan {
 };
 
 template <typename T, int MR, int NV>
-ClPlan<T, MR, NV> cl_plan(const Geo& g, const In4<T>& x, const In4<T>& m, const Out4<T>& y) {
+ClPlan<T, MR, NV> cl_plan(const Geo& g, const In4<T>& x, const In4<T>& m, const Out4<T>& y, int nth = 1) {
   constexpr int NR = NV * Simd<T>::L;
   ClPlan<T, MR, NV> pl;
   const int64_t PQ = g.P * g.Q;
@@ -219,7 +225,14 @@ ClPlan<T, MR, NV> cl_plan(const Geo& g, const In4<T>& x, const In4<T>& m, const 
   pl.nIrb = cdiv(cdiv(PQ, cdiv(PQ, std::min(cdiv(PQ, MR), cdiv(192, MR)) * MR)), MR);
   pl.MC = pl.nIrb * MR;  // pixels per task
   pl.nIb = cdiv(PQ, pl.MC);
-  pl.ntask = g.N * g.G * pl.nIb;
+  // Few pixel tasks (small maps at batch 1: a 7x7 output is one task) also split the output channels:
+  // at least two tasks per thread, each a run of whole panels. A pixel's sums do not change with the
+  // split (each output element is still one microkernel reduction).
+  const int64_t pixel_tasks = g.N * g.G * pl.nIb;
+  pl.nJs = pixel_tasks >= 2 * nth ? 1 : std::min(pl.nJr, cdiv(2 * nth, pixel_tasks));
+  pl.jper = cdiv(pl.nJr, pl.nJs);
+  pl.nJs = cdiv(pl.nJr, pl.jper);
+  pl.ntask = pixel_tasks * pl.nJs;
   // Non-temporal stores as stream_output says (RGB stem, N=32, 3->32, 32x32, channels_last, 4 MiB
   // out, 2 threads: 0.55 ms streamed, 0.60 plain).
   pl.stream_out = y.s1 == 1 && stream_output<T>(g);
@@ -454,13 +467,14 @@ FC_INLINE void cl_packed_rows(int MR, int64_t gsegs, const Geo& g, const In4<T>&
   }
 }
 
-// The microkernel calls of one reduction block for every group of MR pixels and panel of NR output
-// channels; the last block's epilogue adds the bias, applies ReLU and stores into y, earlier blocks
+// The microkernel calls of one reduction block for every group of MR pixels and panel jr0 .. jr1 - 1 of
+// NR output channels; the last block's epilogue adds the bias, applies ReLU and stores into y, earlier blocks
 // leave partial sums in Cb.
 template <typename T, int MR, int NV>
 FC_INLINE void cl_block_compute(const ClPlan<T, MR, NV>& pl, const Geo& g, const Out4<T>& y, const T* Bp,
-                                const T* biasp, bool relu, int64_t gi, int64_t k0, int64_t b, int64_t nir,
-                                int64_t nir_whole, int64_t mc, int64_t seg_stride, const ClTaskBufs<T>& tb) {
+                                const T* biasp, bool relu, int64_t gi, int64_t jr0, int64_t jr1, int64_t k0,
+                                int64_t b, int64_t nir, int64_t nir_whole, int64_t mc, int64_t seg_stride,
+                                const ClTaskBufs<T>& tb) {
   using Sd = Simd<T>;
   using V = typename Sd::V;
   constexpr int L = Sd::L;
@@ -468,7 +482,7 @@ FC_INLINE void cl_block_compute(const ClPlan<T, MR, NV>& pl, const Geo& g, const
   const int64_t CRS = g.Cg * g.R * g.S, ldc = pl.Npad, gsegs = pl.gsegs;
   const bool first = b == 0, last = b == pl.nblk - 1, out_vec = y.s1 == 1;
   for (int64_t ir = 0; ir < nir; ++ir) {
-    for (int64_t jr = 0; jr < pl.nJr; ++jr) {
+    for (int64_t jr = jr0; jr < jr1; ++jr) {
       const T* bp = Bp + ((gi * pl.nJr + jr) * CRS + k0) * NR;
       const int64_t kb = jr * NR;
       const bool full = out_vec && kb + NR <= g.Kg;
@@ -525,7 +539,7 @@ FC_INLINE void cl_block_compute(const ClPlan<T, MR, NV>& pl, const Geo& g, const
 template <typename T, int MR, int NV>
 void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, bool relu, int nth,
              const T* Bpre = nullptr) {
-  const ClPlan<T, MR, NV> pl = cl_plan<T, MR, NV>(g, x, m, y);
+  const ClPlan<T, MR, NV> pl = cl_plan<T, MR, NV>(g, x, m, y, nth);
   const int64_t PQ = g.P * g.Q, MC = pl.MC, nIb = pl.nIb, Npad = pl.Npad;
   Buf<T> Bown(Bpre ? 0 : cl_weight_floats<T, NV>(g));
   if (!Bpre) pack_cl_weights<T, NV>(g, w, Bown.p, nth);
@@ -561,7 +575,9 @@ void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y
     tb.rbase = rbase_all.data() + tid * MC;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < pl.ntask; ++task) {
-      const int64_t ib = task % nIb, ng = task / nIb, gi = ng % g.G, n = ng / g.G;
+      const int64_t js = task % pl.nJs, pt = task / pl.nJs;
+      const int64_t ib = pt % nIb, ng = pt / nIb, gi = ng % g.G, n = ng / g.G;
+      const int64_t jr0 = js * pl.jper, jr1 = std::min(pl.nJr, jr0 + pl.jper);
       const int64_t j0 = ib * MC, mc = std::min(MC, PQ - j0), nir = cdiv(mc, MR);
       const T* xn = x.p + n * x.s0 + gi * g.Cg * x.s1;
       int64_t seg_stride = 0;
@@ -578,8 +594,8 @@ void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y
           cl_indirect_rows<T, MR, NV>(pl, g, x, xn, bs, nseg, nir_whole, nir, mc, tb, zeros.data());
         else
           cl_packed_rows<T>(MR, gsegs, g, x, m, xn, mn, bs, nseg, kl, nir, mc, tb);
-        cl_block_compute<T, MR, NV>(pl, g, y, Bp, bias ? biasp.data() : nullptr, relu, gi, k0, b, nir, nir_whole, mc,
-                                    seg_stride, tb);
+        cl_block_compute<T, MR, NV>(pl, g, y, Bp, bias ? biasp.data() : nullptr, relu, gi, jr0, jr1, k0, b, nir,
+                                    nir_whole, mc, seg_stride, tb);
         k0 += kl;
       }
 #if defined(__AVX512F__)

@@ -108,16 +108,23 @@ void conv_run(const Geo& g0, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T>
 // ---------------------------------------------------------------------------------------------
 // Forward.
 
-// NCHW float32 layers that run faster through the channels_last engine (conv_cl, whole filter rows
-// per reduction block) than through conv_pix_direct, counting a channels_last copy of the input and
-// the transpose of the output back to NCHW: strided spatial filters on wide channels, where the input
-// is 4x the output and conv_cl's long register-resident sums win (2 threads: 32x128x32x32 -> 128 3x3 s2
-// 8.4-9.2 ms staged against 10.3; 8x256x28x28 -> 256 3x3 s2 6.6 against 7.2). 64 channels gain nothing
-// (8x64x56x56 3x3 s2 2.14 against 2.18); a 1x1 stride 2 (1.29 against 0.68) and the 7x7 s2 RGB stem
-// (12.5 against 7.8) are slower staged.
+// NCHW float32 layers that run faster through the channels_last engine (conv_cl) than through the NCHW
+// kernels, counting a channels_last copy of the input and the transpose of the output back to NCHW:
+// - strided spatial filters on wide channels, where the input is 4x the output and conv_cl's long
+//   register-resident sums win (2 threads: 32x128x32x32 -> 128 3x3 s2 8.4-9.2 ms staged against 10.3;
+//   8x256x28x28 -> 256 3x3 s2 6.6 against 7.2). 64 channels gain nothing (8x64x56x56 3x3 s2 2.14
+//   against 2.18); a 1x1 stride 2 (1.29 against 0.68) and the 7x7 s2 RGB stem (12.5 against 7.8) are
+//   slower staged.
+// - small maps of wide layers (P*Q <= kStageSmallMap: ResNet's 14x14 and 7x7 stages at batch 1), where
+//   the NCHW kernels' vectors along a few output columns waste lanes.
+constexpr int64_t kStageSmallMap = 256;
 inline bool stage_nchw_forward(const Geo& g, const Tensor4& x, const Tensor4& y) {
-  return g.N > 0 && g.P > 0 && g.Q > 0 && x.stride[1] != 1 && y.stride[1] != 1 && g.G == 1 && g.Cg >= 128 &&
-         g.R * g.S > 1 && g.sh >= 2 && g.sw >= 2 && g.dh == 1 && g.dw == 1;
+  if (g.N == 0 || g.P <= 0 || g.Q <= 0 || x.stride[1] == 1 || y.stride[1] == 1 || g.G != 1 || g.dh != 1 ||
+      g.dw != 1)
+    return false;
+  const bool strided_wide = g.Cg >= 128 && g.R * g.S > 1 && g.sh >= 2 && g.sw >= 2;
+  const bool small_map = g.P * g.Q <= kStageSmallMap && g.Cg >= 64 && g.Kg >= 64;
+  return strided_wide || small_map;
 }
 
 template <typename T>

@@ -52,12 +52,12 @@ bool wgrad_blocked_usable(const ConvDesc& d, DType dt) {
 
 namespace {
 
-// sum[0..Kp) += the nt rows of D (row stride Kp) while they are in L1, with four partial sums per
+// sum[k_begin..k_end) += the nt rows of D (row stride Kp) while they are in L1, with four partial sums per
 // vector (rows t % 4) so the adds do not wait on each other; a fixed order for a given nt. (Adding
 // each row into sum as it was gathered, a load-add-store per vector and pixel, cost 0.25-0.3 ms of a
 // 1.5 ms weight gradient of the 1x1 64->64 layer, N=32 32x32: as much as the pass it replaced.)
-void add_rows(const float* D, int64_t nt, int64_t Kp, float* sum) {
-  for (int64_t k = 0; k < Kp; k += L) {
+void add_rows(const float* D, int64_t nt, int64_t Kp, int64_t k_begin, int64_t k_end, float* sum) {
+  for (int64_t k = k_begin; k < k_end; k += L) {
     V a0 = Sf::zero(), a1 = Sf::zero(), a2 = Sf::zero(), a3 = Sf::zero();
     int64_t t = 0;
     for (; t + 4 <= nt; t += 4) {
@@ -85,6 +85,13 @@ void wgrad_blocked(const ConvDesc& d, const Tensor4& dy, const Tensor4& x, const
       1, std::min<int64_t>({8, blocks / 2, (int64_t(64) << 20) / (4 * s_floats)}));
   const int64_t per_group = cdiv(blocks, max_groups) * kTileBlock;
   const int64_t groups = cdiv(pixels, per_group);  // every group non-empty (its S_g is written)
+  // Few groups (a small map at batch 1: 7x7 is one block) also split the columns k of S into chunks of
+  // whole kChunk-wide microkernel columns, so that every thread has work; each S element's sum is the
+  // same either way. A task (group, column chunk) gathers its group's rows itself.
+  const int64_t kchunks_all = cdiv(Kp, kChunk);
+  const int64_t kchunks_per = cdiv(kchunks_all, groups >= 2 * nth ? 1 : std::min(kchunks_all, cdiv(2 * nth, groups)));
+  const int64_t kper = kChunk * kchunks_per;
+  const int64_t ksplit = cdiv(Kp, kper);
   FBuf Sb(kSums, groups * s_floats);
   std::vector<float> bsum(dbias ? groups * Kp : 0);  // [g][Kp]: group g's sums of its D rows
   // Per thread: a block of rows plus L floats of slack, which the last row block reads (and
@@ -95,7 +102,8 @@ void wgrad_blocked(const ConvDesc& d, const Tensor4& dy, const Tensor4& x, const
   const Src& xv = xs.src;
   const Src& gv = gs.src;
 #pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
-  for (int64_t g = 0; g < groups; ++g) {
+  for (int64_t task = 0; task < groups * ksplit; ++task) {
+    const int64_t g = task / ksplit, k_begin = (task % ksplit) * kper, k_end = std::min(Kp, k_begin + kper);
     const int tid = thread_id();
     float* X = Xb.p + tid * x_block;
     float* D = Db.p + tid * kTileBlock * Kp;
@@ -105,7 +113,7 @@ void wgrad_blocked(const ConvDesc& d, const Tensor4& dy, const Tensor4& x, const
     std::fill(X + kTileBlock * crsp, X + kTileBlock * crsp + L, 0.f);
     const int64_t begin = std::min(pixels, g * per_group), end = std::min(pixels, begin + per_group);
     float* bs = dbias ? bsum.data() + g * Kp : nullptr;
-    if (bs) std::fill(bs, bs + Kp, 0.f);
+    if (bs) std::fill(bs + k_begin, bs + k_end, 0.f);
     for (int64_t t0 = begin; t0 < end; t0 += kTileBlock) {
       const int64_t nt = std::min<int64_t>(kTileBlock, end - t0);
       int64_t n = t0 / (d.P * d.Q), p = (t0 / d.Q) % d.P, q = t0 % d.Q;  // pixel t0 + tt, stepped below
@@ -124,8 +132,8 @@ void wgrad_blocked(const ConvDesc& d, const Tensor4& dy, const Tensor4& x, const
           }
         }
       }
-      if (bs) add_rows(D, nt, Kp, bs);
-      accumulate_positions(X, crsp, crs, D, Kp, nt, 0, Kp, Sb.p + g * s_floats, t0 == begin);
+      if (bs) add_rows(D, nt, Kp, k_begin, k_end, bs);
+      accumulate_positions(X, crsp, crs, D, Kp, nt, k_begin, k_end, Sb.p + g * s_floats, t0 == begin);
     }
   }
   // Sum the groups in order, then dw[k][c][r][s] = S[(r*S + s)*C + c][k].
