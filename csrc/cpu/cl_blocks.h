@@ -39,7 +39,7 @@ constexpr int kTileBlock = 64;   // weight gradients: rows (tiles, pixels) summe
 
 // Scratch memory, 64-byte aligned, taken outside parallel regions (bad_alloc reaches the caller).
 // Fresh multi-MiB allocations come from mmap and pay a page fault per 4 KiB on first touch: staging an
-// 8 MiB input into a new buffer took 3.5 ms against 1.7 ms into a reused one (1 thread). So each
+// 8 MiB input into a new buffer takes 3.5 ms against 1.7 ms into a reused one (1 thread). So each
 // calling thread keeps its buffers per slot (`Arena`) and reuses them; a request beyond kArenaCap
 // bytes in total is allocated for the call only, so one huge layer does not pin its memory forever.
 constexpr size_t kArenaCap = size_t(256) << 20;
@@ -233,8 +233,9 @@ void stage_channels_last(const Tensor4& t, const Tensor4* m, float* dst, int nth
 }
 
 // The inverse copy: channels_last src[((n*H + h)*W + w)*C + c] into t (any strides), through the
-// register transpose where t's rows are unit-stride, the edges element by element.
-inline void unstage_channels_last(const float* src, const Tensor4& t, int nth) {  // inline: unused in conv2d_winograd_isa.cpp
+// register transpose where t's rows are unit-stride, the edges element by element. inline: unused in
+// conv2d_winograd_isa.cpp.
+inline void unstage_channels_last(const float* src, const Tensor4& t, int nth) {
   const int64_t N = t.size[0], C = t.size[1], H = t.size[2], W = t.size[3];
   float* tp = static_cast<float*>(t.data);
   const bool unit = t.stride[3] == 1;

@@ -71,18 +71,20 @@ struct Geo {
 
 // Whether a conv_run kernel (forward, or dgrad's correlations) writes its output with non-temporal
 // stores (store_maybe_stream). Streaming skips the read-for-ownership of every output line, but the
-// next layer then reads the output from memory instead of the L3 cache. Rules, from the bench's layers (2 threads, fp32, N=32; ratios to
-// torch in the bench harness, where each call's output lives until the next call returns):
+// next layer then reads the output from memory instead of the L3 cache. Rules, from the bench's layers
+// (2 threads, fp32, N=32; ratios to torch in the bench harness, where each call's output lives until the
+// next call returns):
 // - an output within the L2 caches (< 2 MiB) is written plainly: it is read back from cache;
 // - a layer with few multiply-adds per output element (C/groups*R*S < 64) streams: it is bound by
 //   moving data, and its plain stores wait on the read-for-ownership with little work to overlap.
-//   Intel Xeon (L3 480 MiB): RGB stem channels_last (27 per output) 0.30-0.32 -> 0.25-0.26 ms streamed.
+//   Intel Xeon (L3 480 MiB): RGB stem channels_last (27 per output) 0.25-0.26 ms streamed, against
+//   0.30-0.32 plain.
 //   A kernel that prefetches its output lines for writing a block ahead of the stores passes
 //   few_macs_stream = false: the read-for-ownership then overlaps the work of the block before, and
 //   plain stores win (the channels_last depthwise kernel, 9 per output: see dwcl_scratch_at);
 // - other layers stream only an output of at least half the L3 cache, which would not stay cached for
-//   the next layer anyway. On the Xeon, plain stores were ahead for the 1x1 64->64 (8 MiB out; 1.00-1.07
-//   against 0.92-1.03 streamed) and the stride-2 128->128 layer (0.92-0.96 against 0.91).
+//   the next layer anyway. On the Xeon, plain stores win for the 1x1 64->64 (8 MiB out; ratio 1.00-1.07
+//   against 0.92-1.03 streamed).
 // StreamStores::kAlways / kNever (kernels.h) override the rules.
 template <typename T>
 bool stream_output(const Geo& g, bool few_macs_stream = true) {
@@ -117,9 +119,9 @@ struct WV {
 
 // torch's threshold_backward(grad, relu_out, 0): relu_out <= 0 ? 0 : grad (a NaN relu_out keeps grad).
 // Written as a bit mask, not a select: about half of a ReLU mask is zeros in no pattern, and gcc
-// compiled the select in the scalar layout-copy loops to a branch that mispredicted on every other
-// element (RGB stem channels_last input gradient with ReLU, 2 threads: 3.55 ms against 1.50 without
-// the mask).
+// compiles a select in the scalar layout-copy loops to a branch that mispredicts on every other
+// element (RGB stem channels_last input gradient with ReLU, 2 threads, with a select: 3.55 ms against
+// 1.50 without the mask).
 template <typename T>
 FC_INLINE T masked(T v, T m) {
   using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;

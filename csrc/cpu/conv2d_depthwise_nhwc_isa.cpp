@@ -291,11 +291,11 @@ constexpr bool kDwClPairs = false;
 // for the line (read-for-ownership from L3 or memory) for many cycles, and until then every later load
 // whose address equals a waiting store's in the low 12 bits is held back as a possible overlap (4K
 // aliasing). In channels_last a pixel is C*4 bytes, so (y - x) mod 4096 decides which of the next
-// input columns alias pending outputs: a block storing straight into cold output lines took 0.69-1.03
+// input columns alias pending outputs: a block storing straight into cold output lines takes 0.69-1.03
 // ms over the 4 KiB offsets (128 channels, N=32, 32x32, 2 threads). Two ways out, both at every offset:
 // - plain stores: while a block computes, prefetch (for writing) the output lines of the block after
 //   it, so by the time that block stores, its lines are in L1 and the stores leave the buffer at once
-//   (dwcl_prefetch_next); 0.75-0.80 ms, torch 0.75-0.86 in the same runs;
+//   (dwcl_prefetch_next); 0.75-0.80 ms;
 // - streamed stores: the blocks compute into an L1 scratch block first, which sits at the output
 //   block's own 4 KiB offset, so the copy's loads (a scratch vector equals its output's low 12 bits)
 //   never alias a waiting store of an earlier vector; the copy streams to y (0.85-0.87 ms at the same
@@ -394,8 +394,8 @@ void conv_dwcl_rows(const Geo& g, In4<T> x, In4<T> m, const T* wT, int64_t Cp, i
   const int64_t nfull = tail == L ? nCV : nCV - 1;  // whole channel vectors
   const bool pairs = kDwClPairs && S == 3 && SW == 1 && g.R == 3 && g.sh == 1 && dh == 1;
   // Work units: runs of output rows as long as 8 units per thread allow, up to a whole image (each unit
-  // reads 2 - 3 input rows beyond its own: 128 channels, 2 threads, 8-row units 0.77 ms, 32-row units
-  // 0.745); channel blocks only when rows alone leave cores idle.
+  // reads 2 - 3 input rows beyond its own: 128 channels, 2 threads, 32-row units 0.745 ms against 0.77
+  // with 8-row units); channel blocks only when rows alone leave cores idle.
   const int64_t RB = std::max<int64_t>(1, std::min<int64_t>(g.P, cdiv(g.N * g.P, 8 * nth)));
   const int64_t nRB = cdiv(g.P, RB);
   int64_t nCB = 1;

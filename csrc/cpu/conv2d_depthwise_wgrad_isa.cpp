@@ -181,7 +181,7 @@ bool wgrad_depthwise(const ConvDesc& d, In4<T> x, In4<T> dy, In4<T> m, Out4<T> d
     return with_bias;
   }
   // Vectors along q when the rows are contiguous, the ReLU mask's too (a fused layer's backward: the
-  // scalar loop took 9.6 of the 20.6 ms of a 128-channel N=32 32x32 NCHW conv2d_relu backward).
+  // scalar loop takes 9.6 of the 20.6 ms of a 128-channel N=32 32x32 NCHW conv2d_relu backward).
   const bool qvec = x.s3 == 1 && dy.s3 == 1 && d.stride_w == 1 && (m.p == nullptr || m.s3 == 1);
   // Adds row p of image n's tap (r, s) for output channel k into av (vector lanes) and as (scalars).
   const auto row_tap = [&](V& av, T& as, int64_t k, int64_t n, int64_t p, int64_t r, int64_t s) {

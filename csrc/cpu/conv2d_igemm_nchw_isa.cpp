@@ -52,7 +52,7 @@ void pack_weight_panels(const Geo& g, const WV<T>& w, T* A, int nth) {
 // (RB-1)*sh + (R-1)*|dh| + 1 input rows it needs for all Cg channels (padded copy, ReLU mask applied
 // here), split into sh x sw phase planes for a strided problem so that B rows stay contiguous: each
 // input element is copied once per task instead of once per tap as an im2col packing of strided
-// columns would (c128k128 3x3 stride 2 on 32x32: conv_pix spent ~1/4 of its time packing B).
+// columns would (c128k128 3x3 stride 2 on 32x32: conv_pix spends ~1/4 of its time packing B).
 //
 // Window rows u / columns v <-> input row p0*sh + hlo + u / column wlo + v. Tap (r, s) of output
 // (p0 + pl, q) reads u = pl*sh + offr[r], v = q*sw + offw[s]; the window is split into sh x sw
@@ -97,7 +97,7 @@ PixDirectPlan pix_direct_plan(const Geo& g, const Out4<T>& y) {
   // q >= Q, and the epilogue splits it lane by lane. Row-aligned, vector t of a task covers output row
   // t / nvr, columns (t % nvr)*L .. +L (the row's last vector masked when L does not divide Q): one
   // store per vector. Taken when it computes no more lanes than the grid, ceil(Q/L)*L <= Wp: the RGB
-  // stem (Q = 32, Wp = 34), whose reduction is only 27 long, spent half its samples in the splitting
+  // stem (Q = 32, Wp = 34), whose reduction is only 27 long, spends half its samples in the splitting
   // epilogue on the grid (N=32, 3->32, 32x32, NCHW, 2 threads: 0.45-0.57 ms row-aligned, torch
   // 0.55-0.65). A row-aligned vector reads at most nvr*L - 1 + maxw < 2*Wp plane elements from its row
   // start, so it stays inside the plane's rows and slack row.

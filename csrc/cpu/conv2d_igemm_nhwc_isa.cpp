@@ -92,8 +92,7 @@ void pack_cl_weights(const Geo& g, WV<T> w, T* B, int nth) {
 // offsets, reduction blocks): each thread walks a contiguous range of MR-pixel tiles, a tile's row
 // pointers are x + pixel * Cg and its whole reduction runs against one B panel (Cg x NR, up to half
 // the L2: cl_plan's condition); the bias initializes the accumulators and the k loop is unrolled by 4.
-// Measured (2 threads, raw kernel call): 1x1 64->64 N=32 32x32 0.775 ms against conv_cl's 0.87-0.98
-// (torch 0.80-0.85).
+// 1x1 64->64, N=32, 32x32, 2 threads, raw kernel call: 0.775 ms against conv_cl's 0.87-0.98.
 template <typename T, int MR, int NV>
 void conv_cl_pointwise(const Geo& g, const T* x, const T* Bp, const T* biasp, T* y, bool relu, bool stream_out,
                        int nth) {
@@ -114,7 +113,8 @@ void conv_cl_pointwise(const Geo& g, const T* x, const T* Bp, const T* biasp, T*
       const int64_t tile = unit % ntile, js = unit / ntile;
       const int64_t j0 = tile * MR, mr = std::min<int64_t>(MR, M - j0);
       const T* r[MR];
-      FC_UNROLL for (int i = 0; i < MR; ++i) r[i] = x + (j0 + std::min<int64_t>(i, mr - 1)) * Cg;  // tail lanes: never stored
+      // Rows past mr repeat the last pixel: tail lanes, never stored.
+      FC_UNROLL for (int i = 0; i < MR; ++i) r[i] = x + (j0 + std::min<int64_t>(i, mr - 1)) * Cg;
       for (int64_t jr = js * jper; jr < std::min(nJr, (js + 1) * jper); ++jr) {
         const int64_t kb = jr * NR;
         // The bias is the accumulators' initial value, which saves MR * NV additions per tile.
@@ -188,11 +188,12 @@ ClPlan<T, MR, NV> cl_plan(const Geo& g, const In4<T>& x, const In4<T>& m, const 
   // pixels, whose runs cross the padding, take the row's S taps as segments instead. Its blocks are
   // whole filter rows, as many as keep the block's B (all NR panels) within three quarters of the L2
   // cache, so B streams from L2 instead of sitting in L1 (the stride-2 128->128 layer's 590 KB of B in
-  // one block on a 1 MiB-L2 Zen 4 core: ratio to torch 0.98-1.02, 0.94-0.96 in two blocks).
+  // one block on a 1 MiB-L2 Zen 4 core: ratio to torch 0.98-1.02, against 0.94-0.96 in two blocks).
   // With all R rows in one block a pixel's sum stays in registers for the whole reduction (no
   // partial sums through C) and an interior pixel needs one pointer (whole_windows below): stride-2
   // 128->128 channels_last, 2 threads, 7.8 ms against 8.4 per tap. A block larger than L2 is slower
-  // (256->256 3x3 with all 3 rows, 2.4 MB of B: 17.6 ms, one row per block 11.8).
+  // (256->256 3x3, 2.4 MB of B: 17.6 ms with all 3 rows in one block, against 11.8 with one row per
+  // block).
   // With S == 1 a filter row is one tap; it is merged only when it fits one L1 block, for the
   // whole-window pixel walk (one division per row run, not per pixel and segment: 1x1 64->64, 32x32,
   // channels_last, 2 threads, 0.98-1.00 ms against 1.06-1.08).
@@ -245,7 +246,7 @@ ClPlan<T, MR, NV> cl_plan(const Geo& g, const In4<T>& x, const In4<T>& m, const 
   // Padded copy for whole windows with padding and few input channels (e.g. the RGB stem): a task
   // copies the input rows its pixels read into Xp, zero rows and columns in the padding, so that every
   // pixel is a whole window of Xp and runs ukr_rows_strided; without it the border pixels (12% of a
-  // 32x32 image with a 3x3 filter) took per-pixel copies and the per-segment row kernel. The copy is
+  // 32x32 image with a 3x3 filter) take per-pixel copies and the per-segment row kernel. The copy is
   // (rows of the task + R - 1) x (padded width) x Cg, a few KiB for the stem, next to 24 KiB of the
   // task's output. Stem (N=32, 3->32, 32x32, channels_last), kernel alone, 2 threads: 0.25-0.29 ms
   // against 0.33 without the copy.
@@ -291,7 +292,7 @@ FC_INLINE int64_t cl_task_pixels(const ClPlan<T, MR, NV>& pl, const Geo& g, cons
                                  const T* xn, int64_t n, int64_t j0, int64_t mc, const ClTaskBufs<T>& tb,
                                  int64_t& seg_stride) {
   // The geometry is read into locals: stores into the int64 arrays below could alias g's fields,
-  // which made the compiler reload them per pixel.
+  // and the compiler would reload them per pixel.
   const int64_t Q = g.Q, sh = g.sh, sw = g.sw, ph = g.ph, pw = g.pw, S = g.S, W = g.W;
   const int64_t ih_last = (g.R - 1) * g.dh, H = g.H, ys0 = n * y.s0, ys2 = y.s2, ys3 = y.s3;
   const int64_t xs2 = x.s2, xs3 = x.s3;
@@ -492,8 +493,8 @@ FC_INLINE void cl_block_compute(const ClPlan<T, MR, NV>& pl, const Geo& g, const
         if (!last) return store_tile<T, MR, NV>(acc, ct, ldc);  // partial sum of a kc block
         // Everything the stores below need is read into locals first: they are captured by
         // reference, and a store through yp may alias them as far as the compiler knows, so it
-        // had reloaded every flag and the bias from memory per vector (RGB stem: ~20% of the
-        // kernel's samples in this epilogue).
+        // would reload every flag and the bias from memory per vector (RGB stem, without the locals:
+        // ~20% of the kernel's samples in this epilogue).
         const bool relu_out = relu, stream = pl.stream_out, whole = full;
         const int64_t nst = std::min<int64_t>(MR, mc - ir * MR), ys1 = y.s1;
         const int64_t* const yo = tb.yoff + ir * MR;
@@ -652,9 +653,8 @@ struct ClModeQuery {
 #if defined(__AVX512F__)
 // The staged NCHW forward: a few images at a time are copied to channels_last, convolved by conv_cl
 // into a channels_last buffer and transposed into y. Batches of half an L2 of input per thread keep
-// both copies in the L2 caches (32x128x32x32 -> 128 3x3 s2, 2 threads: 8.5-8.9 ms, 9.5-10.2 staging
-// the whole batch at once, 7.4-8.0 for the same layer on channels_last input); the weights are
-// packed once for all batches.
+// both copies in the L2 caches (32x128x32x32 -> 128 3x3 s2, 2 threads: 8.5-8.9 ms, against 9.5-10.2
+// staging the whole batch at once); the weights are packed once for all batches.
 struct StagedClRunner {
   const Geo& g;
   const Tensor4& x;
@@ -676,7 +676,7 @@ struct StagedClRunner {
     const int64_t image_bytes = g.Cin * g.H * g.W * (int64_t)sizeof(float);
     // Images per batch: half an L2 of input per thread, and at least 4 conv_cl tasks (of <= 192
     // pixels) per thread so that the batch keeps every thread busy (the layer above: 8.5-9.0 ms with
-    // 2-8 images per batch, 13.8 with 1, 10.3 with all 32).
+    // 2-8 images per batch, against 13.8 with 1).
     const int64_t by_cache = nth * (l2_cache_bytes() / 2) / image_bytes;
     const int64_t by_tasks = cdiv(4 * nth, cdiv(g.P * g.Q, 192));
     const int64_t NB = std::max<int64_t>({int64_t(1), by_cache, by_tasks});

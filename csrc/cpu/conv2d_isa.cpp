@@ -111,10 +111,8 @@ void conv_run(const Geo& g0, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T>
 // NCHW float32 layers that run faster through the channels_last engine (conv_cl) than through the NCHW
 // kernels, counting a channels_last copy of the input and the transpose of the output back to NCHW:
 // - strided spatial filters on wide channels, where the input is 4x the output and conv_cl's long
-//   register-resident sums win (2 threads: 32x128x32x32 -> 128 3x3 s2 8.4-9.2 ms staged against 10.3;
-//   8x256x28x28 -> 256 3x3 s2 6.6 against 7.2). 64 channels gain nothing (8x64x56x56 3x3 s2 2.14
-//   against 2.18); a 1x1 stride 2 (1.29 against 0.68) and the 7x7 s2 RGB stem (12.5 against 7.8) are
-//   slower staged.
+//   register-resident sums win (2 threads: 32x128x32x32 -> 128 3x3 s2 8.4-9.2 ms staged against 10.3
+//   direct). 64 channels gain nothing, and a 1x1 stride 2 or the 7x7 s2 RGB stem is slower staged;
 // - small maps of wide layers (P*Q <= kStageSmallMap: ResNet's 14x14 and 7x7 stages at batch 1), where
 //   the NCHW kernels' vectors along a few output columns waste lanes.
 constexpr int64_t kStageSmallMap = 256;
@@ -255,7 +253,7 @@ enum class DgradRoute : int { kNone, kWinograd, kMaskDyFirst, kNchwCopies, kResi
 // The input gradient's route:
 // - kMaskDyFirst: NCHW dy of the fused op is masked in one streaming pass first; the NCHW paths would
 //   apply the mask element by element while filling their windows (1x1 64-channel bench layer, N=32,
-//   32x32, 1 thread: 13.4 ms against 3.9 unmasked; RGB stem 8.6 against 1.6).
+//   32x32, 1 thread, masked there: 13.4 ms against 3.9 unmasked).
 // - kNchwCopies: a channels_last input gradient with few channels (C <= L/4: the gradient of an RGB
 //   input). The engine's kernels vectorize over the C output channels, so 3 of 16 float lanes would
 //   work (RGB stem, N=32, 32->3, 32x32, 2 threads: 1.8-2.1 ms against 0.84 for the NCHW kernels), so

@@ -5,9 +5,9 @@
 // channel row at the input pixel tap (r, s) of t reads (zeros in the padding).
 //
 // Why: the GEMM wgrad kernels (conv2d_wgrad_gemm_isa.cpp) reduce over N*P*Q inside one long GEMM whose
-// operands are re-packed per reduction chunk; on channels_last layers with few channels (the C=3
-// stem: 4.6 ms vs oneDNN's 0.7 ms on 1 thread) or a 64x64 output (1x1 layer: 5.8 vs 3.0 ms) that
-// packing and the 64-row output tiles left most of the FMA units idle.
+// operands are re-packed per reduction chunk; on channels_last layers with few channels or a 64x64
+// output that packing and the 64-row output tiles leave most of the FMA units idle (the C=3 stem,
+// 1 thread: 4.6 ms against oneDNN's 0.7 ms).
 //
 // Schedule: pixels in (n, p, q) order are cut into blocks of 64 (kTileBlock); a block's D[64][Kp]
 // and its im2col rows X[64][R*S*C] (taps side by side, so a 3-channel stem has 27-long rows and
@@ -54,8 +54,8 @@ namespace {
 
 // sum[k_begin..k_end) += the nt rows of D (row stride Kp) while they are in L1, with four partial sums per
 // vector (rows t % 4) so the adds do not wait on each other; a fixed order for a given nt. (Adding
-// each row into sum as it was gathered, a load-add-store per vector and pixel, cost 0.25-0.3 ms of a
-// 1.5 ms weight gradient of the 1x1 64->64 layer, N=32 32x32: as much as the pass it replaced.)
+// each row into sum as it is gathered, a load-add-store per vector and pixel, costs 0.25-0.3 ms of a
+// 1.5 ms weight gradient of the 1x1 64->64 layer, N=32 32x32: as much as a separate pass over dy.)
 void add_rows(const float* D, int64_t nt, int64_t Kp, int64_t k_begin, int64_t k_end, float* sum) {
   for (int64_t k = k_begin; k < k_end; k += L) {
     V a0 = Sf::zero(), a1 = Sf::zero(), a2 = Sf::zero(), a3 = Sf::zero();

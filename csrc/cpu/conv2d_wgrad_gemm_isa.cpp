@@ -290,8 +290,8 @@ void bias_grad(const ConvDesc& d, In4<T> dy, In4<T> m, T* db, int nth) {
           }
         }
     } else {
-      // Contiguous rows (NCHW): vectors along q, lanes summed in order at the end; the scalar loop
-      // (no reassociation without -ffast-math) took 2 of the 20.6 ms of a 128-channel N=32 32x32
+      // Contiguous rows (NCHW): vectors along q, lanes summed in order at the end; a scalar loop
+      // (no reassociation without -ffast-math) takes 2 of the 20.6 ms of a 128-channel N=32 32x32
       // NCHW conv2d_relu backward.
       using Sd = Simd<T>;
       using V = typename Sd::V;

@@ -81,8 +81,8 @@ bool winograd_usable(const ConvDesc& d, DType dt) {
   if (!geometry_ok(d.C, d.K, d.P, d.Q, d.pad_h, d.pad_w)) return false;
   // At least 32 tiles: the transformed weight U (and the weight gradient's S) is 36 x C x K floats,
   // 4x the weight, re-made every training step; with few tiles that traffic outweighs the saved
-  // FLOPs. ResNet-18 at batch 4, 512 channels at 4x4 (4 tiles): 7.8 ms with a fresh U against 8.1 ms
-  // direct for the forward, and the weight gradient lost 4x; at 32 tiles 13 ms against 33 ms.
+  // FLOPs. ResNet-18 at batch 4, 512 channels at 4x4 (4 tiles): the weight gradient is 4x slower than
+  // direct; at 32 tiles 13 ms against 33 ms direct.
   if (d.N * cdiv(d.P, 4) * cdiv(d.Q, 4) < 32) return false;
   return !env_disabled();
 #else
@@ -206,10 +206,9 @@ struct WAcc {
 
 // U[i][chunk][c][k in chunk] = (G g G^T)_i, chunk = 64 output channels (the last one Kp - 64j wide),
 // 16 output channels per vector. Columns k in [Kout, Kp) are zero. In training the weights change
-// every step, so this runs twice per layer and step (forward and input-gradient packs): the scalar
-// double-precision version took ~30 ms for a 512x512 layer and made a ResNet-18 step 4x slower than
-// torch's; vectorized it is ~1 ms. float32 with FMAs adds ~1e-7 relative error to U, far below the
-// transforms' own ~1e-6.
+// every step, so this runs twice per layer and step (forward and input-gradient packs), vectorized:
+// ~1 ms for a 512x512 layer, against ~30 ms in scalar double precision (a ResNet-18 step 4x slower
+// than torch's). float32 with FMAs adds ~1e-7 relative error to U, far below the transforms' own ~1e-6.
 void pack_weights(const WAcc& w, int64_t Cin, int64_t Kout, float* U, int nth) {
   const int64_t Kp = round_up(Kout, L), nkv = Kp / L;
 #pragma omp parallel for num_threads(nth) schedule(static)
@@ -322,9 +321,9 @@ void forward_engine(const Src& src, int64_t Kout, int64_t P, int64_t Q, int64_t 
   const int64_t Cin = src.C, Cp = round_up(Cin, L), Kp = round_up(Kout, L);
   const TileGrid grid(N, P, Q);
   // T = 60 tiles up to 256 channels (V block 0.55 MiB at 64, 2.2 MiB at 256 channels); wider
-  // inputs keep V near 2.2 MiB. Measured on the bench layers (1 thread, CPU time): 64 channels
-  // T = 30/60/120/240 -> 6.5/6.3/7.2/8.2 ms; 256 channels T = 18/30/64/96 -> 12.2/10.4/9.4/10.2 ms
-  // (U is re-read from L3 once per block, so small blocks pay in U traffic, big ones in L2 misses).
+  // inputs keep V near 2.2 MiB. U is re-read from L3 once per block, so small blocks pay in U traffic,
+  // big ones in L2 misses (64-channel bench layer, 1 thread, CPU time: 6.3 ms at T = 60, against 6.5
+  // at T = 30 and 7.2 at T = 120).
   int64_t T = std::min<int64_t>(60, std::max<int64_t>(kMR, (600000 / (36 * Cp)) / kMR * kMR));
   // Enough blocks for the threads (at least 4 per thread when the grid allows).
   while (T > kMR && cdiv(grid.count, T) < 4 * nth) T -= kMR;
@@ -429,7 +428,7 @@ void winograd_wgrad(const ConvDesc& d, const Tensor4& dy, const Tensor4& x, cons
   // accumulated chunk by chunk from transforms that stay in L2, then the groups summed in order.
   // Materializing every tile's transforms instead (the path for wide layers, whose S would not fit
   // in L2) writes and re-reads 36 x tiles x (Cp + Kp) floats: 38 MiB at 64 channels and 2048 tiles,
-  // which made the transforms 6 of the 12 ms (1 thread) of that layer's weight gradient.
+  // where the transforms then take 6 of the 12 ms (1 thread) of that layer's weight gradient.
   const bool grouped = C * Kp <= 128 * 128 && tiles >= 2 * kTileBlock;
   const int64_t per_group = grouped ? round_up(cdiv(tiles, std::min<int64_t>(8, tiles / kTileBlock)), kTileBlock) : tiles;
   const int64_t groups = cdiv(tiles, per_group);  // every group non-empty (its S_g is written)

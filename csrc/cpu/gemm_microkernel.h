@@ -263,9 +263,9 @@ FC_INLINE void ukr_offs(int64_t kc, const T* __restrict a, const T* __restrict b
 
 // How far ahead (rank-1 steps) the row kernels prefetch B into L1 when asked to (PFB): for a B block
 // that streams from L2 (conv_cl's row-merged blocks, hundreds of KiB), the hardware prefetchers leave
-// the kernel waiting on L2. Measured with a 6 x 4 kernel alone (one core, AVX-512, Intel Xeon VM): B
-// of 288 KiB 178 -> 191-194 GFLOP/s with 4-16 steps ahead (B in L1: 200-208, where the prefetches
-// cost ~5%, so the callers ask only for blocks larger than L1).
+// the kernel waiting on L2. A 6 x 4 kernel alone (one core, AVX-512, Intel Xeon VM), B of 288 KiB:
+// 191-194 GFLOP/s with the prefetch 4-16 steps ahead, against 178 without. With B in L1 the prefetches
+// cost ~5%, so the callers ask only for blocks larger than L1.
 constexpr int kRowsPrefetchSteps = 8;
 
 // One rank-1 update of the row kernels: acc[i][.] += r[i][k] * b[0..NR); PFB: prefetch the B row
