@@ -4,8 +4,8 @@
 // and zeroes it first. Which kernel serves a call is pool2d_isa.cpp's choice (from dx's strides).
 //
 //  - max_bwd_scatter: a scatter into a zeroed slice of dx owned by one task ((n, c) plane, or (n,
-//    channel block) for channels_last dx); on these shapes it beat a gather form, whose work grows with
-//    the window overlap.
+//    channel block) for channels_last dx); on these shapes it beats a gather form, whose work grows
+//    with the window overlap.
 //  - avg_bwd_nchw: a gather along w: dy/divisor rows are spread with zeros to the input columns they
 //    cover, and each dx element sums its terms in the scatter's (p, q) order (bitwise torch's) with
 //    contiguous vector loads; a plane per task.

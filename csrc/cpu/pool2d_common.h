@@ -69,7 +69,7 @@ inline void storeu(T* p, const VT& v) {
 }
 
 // Every lane x. (Not V{} + x: +0 + -0 is +0, and a broadcast data value must keep its sign.) Lane 0
-// shuffled to every lane, which is one broadcast instruction; GCC 12 compiled a loop of lane stores
+// shuffled to every lane, which is one broadcast instruction; GCC 12 compiles a loop of lane stores
 // into one masked broadcast per lane (16 for fp32 on AVX-512).
 template <class VT, size_t... Is>
 inline VT splat_lane0(VT v, std::index_sequence<Is...>) {
@@ -140,9 +140,9 @@ inline typename Vec<T>::v max_keep(typename Vec<T>::v v, typename Vec<T>::v best
 // Whether any lane of the vectors given was NaN: ORed unordered-compare masks, one compare per pair
 // of vectors and a one-cycle OR chain. Hot loops keep their own and add it to the caller's at the end:
 // one the compiler must assume a vector store may alias (storeu is a memcpy) lives in memory, and its
-// ORs become a chain of store-to-load forwards. (The test before, acc = v * 0 + acc, also caught infinities,
-// which max_keep handles exactly, and chained a 4-cycle FMA through every tap of a whole plane or
-// pixel range: on the NCHW 3x3 stride-2 layer that chain alone was 2000 of its cycles per plane.)
+// ORs become a chain of store-to-load forwards. (Not acc = v * 0 + acc: that also catches infinities,
+// which max_keep handles exactly, and chains a 4-cycle FMA through every tap of a whole plane or pixel
+// range: on the NCHW 3x3 stride-2 layer that chain alone costs 2000 cycles per plane.)
 template <typename T>
 struct NanTest {
   using V = typename Vec<T>::v;
@@ -185,7 +185,7 @@ struct NanTest {
 // Work split: [0, n) in 8 contiguous ranges per thread, taken dynamically, over at most nthreads
 // threads; a few threads at most for small problems (`cost` ~ elements touched), where the fork would
 // cost more than the work. Dynamic, because on a shared machine one core is often slower for a while:
-// with one fixed range per thread the other waited at the barrier (pools of the bench table, 2
+// with one fixed range per thread the other waits at the barrier (pools of the bench table, 2
 // threads: 5-10% of the samples in libgomp's wait). The split never changes a result: every output
 // element is computed by one range, from its own inputs.
 template <class F>
@@ -228,9 +228,9 @@ inline int64_t first_inside(int64_t start, int64_t dil) {
 struct MaxRange {
   int64_t h0, h1, w0, w1;  // dilated taps h0, h0 + dil_h, ... < h1 (likewise w)
 };
-// always_inline (also avg_range): GCC had kept both as out-of-line calls (a .constprop clone), made once
-// per output row, and avg_fwd_nchw's once per chunk for the divisor; inlined, NCHW 2x2 avg in L2 (one
-// thread, C=48, 56x56) went from 0.94-0.95 to 0.71-0.72 us per plane.
+// always_inline (also avg_range): otherwise GCC keeps both as out-of-line calls (a .constprop clone),
+// made once per output row, and avg_fwd_nchw's once per chunk for the divisor (NCHW 2x2 avg in L2, one
+// thread, C=48, 56x56: 0.71-0.72 us per plane inlined, against 0.94-0.95).
 __attribute__((always_inline)) inline MaxRange max_range(const PoolDesc& d, int64_t p, int64_t q) {
   int64_t hs = p * d.stride_h - d.pad_h, ws = q * d.stride_w - d.pad_w;
   return {first_inside(hs, d.dil_h), std::min(hs + (d.kernel_h - 1) * d.dil_h + 1, d.H),

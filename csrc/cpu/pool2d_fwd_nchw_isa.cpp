@@ -247,9 +247,9 @@ inline typename Vec<T>::v avg_chunk(const PoolDesc& d, const T* xp, int64_t sxh,
 // (this matters only for the sign of a zero); a plane with a NaN is redone by the exact scan
 // (max_row). Against the one-pass row scan each input row's taps are computed once instead of once per
 // output row that reads it (1.5 times for 3x3 stride 2), and a 3x3 window costs 2 + 2 max instructions
-// per output vector instead of 9 compare-and-blend steps: C=64, 56x56, 3x3 stride 2, fp32, one thread,
-// data in L2, 1.45-1.55 -> 0.82-0.87 us per plane. (Stride-2 2x2 and 3x3 windows have since moved to
-// pool_s2_nchw; this serves the other windows taller than their stride, e.g. 3x3 stride 1.)
+// per output vector instead of 9 compare-and-blend steps (C=64, 56x56, 3x3 stride 2, fp32, one thread,
+// data in L2: 0.82-0.87 us per plane against 1.45-1.55). It serves the windows taller than their stride
+// that pool_s2_nchw does not take (stride-2 2x2 and 3x3 go there), e.g. 3x3 stride 1.
 template <typename T, int SW>
 void max_fwd_nchw_separable(const PoolDesc& d, const Tensor4& x, const Tensor4& y, int nthreads) {
   using V = typename Vec<T>::v;
@@ -268,8 +268,8 @@ void max_fwd_nchw_separable(const PoolDesc& d, const Tensor4& x, const Tensor4& 
       T* yp = Y + n * y.stride[0] + c * y.stride[1];
       // Output row p is emitted as soon as its last input row has its maxima, so that the plane's
       // input loads stay spread over its work: emitting every row after the whole plane's row pass
-      // left the memory idle during the column pass, and the layer (3x3 stride 2, N=32, C=64, 56x56,
-      // 2 threads) took as long as the row scan's 2.3 ms; interleaved, 1.3-1.6 ms.
+      // leaves the memory idle during the column pass (3x3 stride 2, N=32, C=64, 56x56, 2 threads:
+      // 1.3-1.6 ms interleaved, against 2.3 ms emitted after the row pass, no faster than the row scan).
       NanTest<T> nan;
       int64_t next_p = 0;  // output rows before it are done
       const auto emit = [&](int64_t p) {
@@ -375,13 +375,13 @@ namespace {
 // column b + 2L appended. The taps are combined in torch's row-major order: max takes each row's max,
 // then the rows' (a tie keeps the earlier value, so the result is the first maximum in row-major
 // order); avg keeps one running sum from +0 over the taps in order.
-// Against the kernels these replace (max_fwd_nchw_separable for 3x3 max, the row scan max_fwd_nchw for
-// 2x2, avg_fwd_nchw, whose runtime tap loops were mostly control), one thread, N=1, C=24, 56x56 fp32
-// planes in L2, min of 3 processes, ns per plane: 3x3 max 1426 -> 404, 3x3 avg 1402 -> 465, 2x2 max
-// 745 -> 279, 2x2 avg 712 -> 294. The same tap code in row-major order (each output row's chunks in
-// turn, the shared row read twice) took 730-760 for 3x3 max; the strips' order also lets the
-// out-of-order core overlap the independent output rows of a strip. At full size (N=32, C=64, 2
-// threads) all four now take 420-500 ns per plane, about 35 GB/s: the memory's rate on this VM.
+// Against the general kernels (max_fwd_nchw_separable for 3x3 max, the row scan max_fwd_nchw for 2x2,
+// avg_fwd_nchw, whose runtime tap loops are mostly control), one thread, N=1, C=24, 56x56 fp32 planes
+// in L2, min of 3 processes: 3x3 max 404 ns per plane against 1426. The same tap code in row-major
+// order (each output row's chunks in turn, the shared row read twice) runs 3x3 max at 730-760; the
+// strips' order also lets the out-of-order core overlap the independent output rows of a strip. At
+// full size (N=32, C=64, 2 threads) all four take 420-500 ns per plane, about 35 GB/s: the memory's
+// rate on the machine measured.
 // Columns outside the row (padding, or a chunk that ends past the row) come from masked loads filled
 // with the padding value, and rows outside the plane are that value: -inf for max, torch's start
 // value, so it changes no result, and +0 for avg, which leaves a sum that started at +0 bitwise

@@ -24,16 +24,16 @@ namespace FC_ISA {
 namespace {
 
 // ---------------------------------------------------------------------------------------------------
-// Software prefetch into L2 for the channels_last forward kernels (for_pixels). On the AMD Zen 4 VM of
-// the bench (2 threads, N=32, C=64, 56x56, fp32) those pools took about the sum of their in-cache
-// compute time and the time to stream their input, not the larger of the two: the hardware prefetchers
-// do not run far enough ahead of a window loop that walks three rows at once. Prefetching (prefetcht1;
-// prefetcht0 gained less) the columns that the window 8 pixels ahead adds, medians interleaved in one
-// process: 3x3 stride-2 max 1.20 -> 1.01 ms, 2x2 max 1.01 -> 0.93, 3x3 stride-2 avg 1.43 -> 1.06,
-// 2x2 avg 1.05 -> 0.89. NCHW is one sequential stream that the hardware follows: prefetching the next
-// plane's rows, or the stream 1-16 KiB ahead, made those kernels slower (2x2 max 1.09 -> 1.36 ms), so
-// they have none. An asm statement, not __builtin_prefetch: GCC 12 deletes a loop whose only
-// statements are builtin prefetches.
+// Software prefetch into L2 for the channels_last forward kernels (for_pixels). Without it those pools
+// take about the sum of their in-cache compute time and the time to stream their input, not the larger
+// of the two: the hardware prefetchers do not run far enough ahead of a window loop that walks three
+// rows at once. The kernels prefetch (prefetcht1, which gains more than prefetcht0) the columns that
+// the window 8 pixels ahead adds: on the bench's AMD Zen 4 VM (2 threads, N=32, C=64, 56x56, fp32,
+// medians interleaved in one process) 3x3 stride-2 max 1.01 ms, against 1.20 without. NCHW is one
+// sequential stream that the hardware follows, and prefetching the next plane's rows or the stream
+// 1-16 KiB ahead makes those kernels slower (2x2 max 1.36 ms against 1.09), so they have none. An asm
+// statement, not __builtin_prefetch: GCC 12 deletes a loop whose only statements are builtin
+// prefetches.
 inline void prefetch_l2(const void* p) {
 #if defined(__x86_64__) || defined(__i386__)
   asm volatile("prefetcht1 %0" ::"m"(*static_cast<const char*>(p)));
@@ -49,8 +49,8 @@ inline void prefetch_l2_span(const void* p, int64_t bytes) {
     prefetch_l2(reinterpret_cast<const void*>(a));
 }
 
-// Output pixels ahead of the one computed whose input a channels_last kernel prefetches: 4-8 were
-// best on the bench's pools (16 about even with none; 32 worse).
+// Output pixels ahead of the one computed whose input a channels_last kernel prefetches: 4-8 are best
+// on the bench's pools (16 gains nothing over no prefetch).
 constexpr int64_t kPrefetchPixels = 8;
 
 // channels_last: the columns that output pixel (p, q)'s window adds to its left neighbour's (its last
@@ -195,8 +195,8 @@ void max_fwd_nhwc(const PoolDesc& d, const Tensor4& x, const Tensor4& y, const T
   parallel_ranges(pixels, (d.H * d.W + d.P * d.Q) * d.N * d.C, nthreads, [&](int64_t r0, int64_t r1) {
     if constexpr (!kIdx) {
       // Without indices: the fast max over the range, redone by the exact scan below if a tap was
-      // NaN (C=64, 56x56, fp32, one thread, data in L2: 3x3 stride 2 850 -> 530 ns per plane,
-      // 2x2 480 -> 360).
+      // NaN (C=64, 56x56, fp32, one thread, data in L2: 3x3 stride 2 530 ns per plane, against 850
+      // with the exact scan).
       NanTest<T> nan;
       for_pixels<T>(d, x, y, r0, r1, [&](int64_t, int64_t p, int64_t q, const T* xn, T* yp) {
         const MaxRange mr = max_range(d, p, q);

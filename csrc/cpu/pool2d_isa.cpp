@@ -27,7 +27,7 @@
 //  scatter of C-vectors for channels_last dx (avg_bwd_nhwc), else a gather along w (avg_bwd_nchw).
 // Results do not depend on the work split: bitwise identical for any thread count, and equal to torch's
 // on every path.
-// Measured (bench/results/cpu-2026-12-05-session15.txt: Intel Xeon AVX-512 VM, 2 threads, N=32, C=64,
+// Measured (bench/results/cpu-2026-12-05-xeon-vm.txt: Intel Xeon AVX-512 VM, 2 threads, N=32, C=64,
 // 56x56, fp32, 2x2 and 3x3/pad 1 windows of stride 2): forward 0.70-0.85 ms on both layouts, 38-46 GB/s
 // of minimum traffic, 7.4-27x torch's speed NCHW and 1.1-2.5x channels_last; backward 1.3-2.1 ms,
 // 0.93-3.6x torch's.
