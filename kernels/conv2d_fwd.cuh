@@ -7,8 +7,8 @@
 // reduction = Cg*R*S (input channel x filter tap). A[m][kk] is gathered from x (zero outside the
 // image: padding), B[kk][k] from w; the engine in conv2d_igemm.cuh does the tiling (128x128x8 or
 // 128x64x8 blocks with 8x8 micro-tiles for fp32/fp16/bf16, 64x64x8 with 4x4 for fp64; the launcher
-// picks 128x64 when Kg <= 64; see conv2d_igemm.cuh for the numbers). Accumulation in fp32 (fp64 for fp64); fp16/bf16 are widened when they
-// are staged in shared memory and rounded once at the store.
+// picks 128x64 when Kg <= 64; see conv2d_igemm.cuh for the numbers). Accumulation in fp32 (fp64 for
+// fp64); fp16/bf16 are widened when they are staged in shared memory and rounded once at the store.
 //
 // Layout (CL = channels-last input): the reduction index is ordered (c, r, s) for NCHW and (r, s, c)
 // for NHWC, so that a thread's run of consecutive reduction indices is adjacent in memory where it can

@@ -12,7 +12,7 @@
 // own strides, so any strided view is correct under either mapping (only slower).
 // j is split in 32-bit (the launcher checks a sample has fewer than 2^31 elements): a 32-bit division
 // by a runtime size is ~20 inline instructions, a 64-bit one a subroutine call, whose calling
-// convention made ptxas spill registers. Element offsets are 64-bit (fc::offset): N can be large, and
+// convention makes ptxas spill registers. Element offsets are 64-bit (fc::offset): N can be large, and
 // strided views address far more than 2^31 elements.
 #pragma once
 
@@ -22,8 +22,8 @@ namespace fc {
 
 // Threads per block of every pooling kernel: elementwise, no shared memory, so the block size only
 // needs to be a multiple of the warp and big enough to keep a few blocks' worth of loads in flight.
-// The kernels deliberately carry no __launch_bounds__(256): with it, ptxas (nvcc 13) held the
-// backward kernels to 32 registers on sm_80 and spilled around the IEEE division's slow-path call;
+// The kernels deliberately carry no __launch_bounds__(256): with it, ptxas (nvcc 13) holds the
+// backward kernels to 32 registers on sm_80 and spills around the IEEE division's slow-path call;
 // without it they take 39-52 registers and spill nothing.
 constexpr int kPoolThreads = 256;
 
