@@ -52,8 +52,8 @@ bool wgrad_blocked_usable(const ConvDesc& d, DType dt) {
 
 namespace {
 
-// sum[k_begin..k_end) += the nt rows of D (row stride Kp) while they are in L1, with four partial sums per
-// vector (rows t % 4) so the adds do not wait on each other; a fixed order for a given nt. (Adding
+// sum[k_begin..k_end) += the nt rows of D (row stride Kp) while they are in L1, with four partial sums
+// per vector (rows t % 4) so the adds do not wait on each other; a fixed order for a given nt. (Adding
 // each row into sum as it is gathered, a load-add-store per vector and pixel, costs 0.25-0.3 ms of a
 // 1.5 ms weight gradient of the 1x1 64->64 layer, N=32 32x32: as much as a separate pass over dy.)
 void add_rows(const float* D, int64_t nt, int64_t Kp, int64_t k_begin, int64_t k_end, float* sum) {
