@@ -15,12 +15,14 @@ from torch import Tensor
 
 from . import ops  # noqa: F401  (registers torch.ops.fastconv.*)
 from .ops import conv2d as conv_ops
+from .ops import conv2d_fused as fused_ops
+from .ops._eager import direct_ok
 from .ops._autocast import autocast_unifies
 from .ops._eager import _PLAIN_TYPES
 from ._utils import as_int, pair, pool_out_hw
 from .errors import ArgumentError, ArgumentTypeError
 
-__all__ = ["conv2d", "conv2d_relu", "max_pool2d", "avg_pool2d"]
+__all__ = ["conv2d", "conv2d_relu", "conv2d_epilogue", "max_pool2d", "avg_pool2d"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -205,6 +207,69 @@ def conv2d_relu(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                                                          groups, "conv2d_relu")
     y = conv_ops.forward(x, weight, bias, stride, padding, dilation, groups, relu=True)
     return y.squeeze(0) if unbatched else y
+
+
+def conv2d_epilogue(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                    stride: Union[int, Sequence[int]] = 1, padding: Union[str, int, Sequence[int]] = 0,
+                    dilation: Union[int, Sequence[int]] = 1, groups: int = 1, *, scale: Optional[Tensor] = None,
+                    activation: str = "none", residual: Optional[Tensor] = None,
+                    residual_after_activation: bool = False) -> Tensor:
+    """A convolution and its epilogue in one op:
+
+        y = act(conv2d(input, weight) * scale + bias + residual)       (residual_after_activation=False)
+        y = act(conv2d(input, weight) * scale + bias) + residual       (residual_after_activation=True)
+
+    with scale and bias per output channel (optional), act one of 'none', 'relu', 'relu6', 'silu',
+    'hardswish', 'hardsigmoid', 'gelu', 'sigmoid' (torch's definitions) and residual (optional) a tensor of
+    the output's shape. The arguments before `*` are F.conv2d's. Autograd gives every tensor's gradient.
+    """
+    op = "conv2d_epilogue"
+    x, unbatched, stride, padding, dilation, groups = _conv_args(input, weight, bias, stride, padding, dilation,
+                                                         groups, op)
+    if not isinstance(activation, str) or activation not in fused_ops.ACTIVATIONS:
+        raise ArgumentError(f"{op}: activation must be one of {list(fused_ops.ACTIVATIONS)}, got {activation!r}")
+    if not isinstance(residual_after_activation, bool):
+        raise ArgumentTypeError(f"{op}: residual_after_activation must be a bool, got "
+                                f"{type(residual_after_activation).__name__}")
+    K = weight.shape[0]
+    if scale is not None:
+        _check_tensor(scale, "scale", op)
+        if scale.dim() != 1 or scale.shape[0] != K:
+            raise ArgumentError(f"{op}: expected scale to be 1-dimensional with {K} elements (one per output "
+                                f"channel), but got scale of size {list(scale.shape)}")
+    if residual is not None:
+        _check_tensor(residual, "residual", op)
+        out_shape = [x.shape[0], K, *_conv_out_hw_of(x, weight, stride, padding, dilation)]
+        want = out_shape[1:] if unbatched else out_shape
+        if list(residual.shape) != want:
+            raise ArgumentError(f"{op}: expected residual of the output's size {want}, but got residual of "
+                                f"size {list(residual.shape)}")
+        if unbatched:
+            residual = residual.unsqueeze(0)
+    for name, t in (("scale", scale), ("residual", residual)):
+        if t is None:
+            continue
+        if t.device != x.device:
+            raise ArgumentError(f"{op}: input is on {x.device} but {name} is on {t.device}; they must be on the "
+                                f"same device")
+        if t.dtype != x.dtype and not autocast_unifies(x, t):
+            raise ArgumentTypeError(f"{op}: input dtype {x.dtype} and {name} dtype {t.dtype} should be the same")
+    tensors = (x, weight, bias, scale, residual)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    return_conv = grad and not fused_ops.mask_backward_ok(activation, scale is not None, residual_after_activation)
+    args = (x, weight, bias, scale, residual, stride, padding, dilation, groups, activation,
+            residual_after_activation, return_conv)
+    if direct_ok(*tensors):
+        y, _ = fused_ops._fused_impl(*args)
+    else:
+        y, _ = torch.ops.fastconv.conv2d_fused(*args)
+    return y.squeeze(0) if unbatched else y
+
+
+def _conv_out_hw_of(x: Tensor, weight: Tensor, stride, padding, dilation):
+    from ._utils import conv_out_hw
+
+    return conv_out_hw(x, weight, stride, padding, dilation)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -111,9 +111,31 @@ def test_opcheck_avg_pool2d_backward(backend, sample, options):
     torch.library.opcheck(ops.avg_pool2d_backward, (torch.randn_like(y), x, k, s, p, cm, cip, div))
 
 
+def _fused_args(epilogue, return_conv, rg=True, cl=False):
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    x = torch.randn(2, 4, 6, 5).contiguous(memory_format=fmt).requires_grad_(rg)
+    w = torch.randn(6, 2, 3, 3, requires_grad=rg)
+    r = torch.randn(2, 6, 6, 5).contiguous(memory_format=fmt).requires_grad_(rg)
+    scale = torch.rand(6, requires_grad=rg) if epilogue == "silu-scale-res" else None
+    act, after = {"silu-scale-res": ("silu", False), "relu-res": ("relu", False), "gelu-res-after": ("gelu", True)}[
+        epilogue]
+    return (x, w, torch.randn(6, requires_grad=rg), scale, r, [1, 1], [1, 1], [1, 1], 2, act, after, return_conv)
+
+
+# silu with a scale: the backward recomputes z from the returned convolution output; relu without one: the
+# kernels' masked backward; gelu with the residual after the activation.
+@pytest.mark.parametrize("epilogue", ["silu-scale-res", "relu-res", "gelu-res-after"])
+@pytest.mark.parametrize("return_conv", [False, True])
+@pytest.mark.parametrize("cl", [False, True])
+def test_opcheck_conv2d_fused(backend, epilogue, return_conv, cl):
+    torch.library.opcheck(ops.conv2d_fused, _fused_args(epilogue, return_conv, cl=cl))
+    torch.library.opcheck(ops.conv2d_fused, _fused_args(epilogue, return_conv, rg=False, cl=cl))
+
+
 def test_every_op_is_checked():
     """Every op registered under the fastconv namespace has an opcheck test above."""
-    checked = {"conv2d", "conv2d_relu", "conv2d_dgrad", "conv2d_wgrad", "max_pool2d", "max_pool2d_with_indices",
+    checked = {"conv2d", "conv2d_relu", "conv2d_fused", "conv2d_dgrad", "conv2d_wgrad", "max_pool2d",
+               "max_pool2d_with_indices",
                "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward"}
     registered = {name for name in dir(ops) if isinstance(getattr(ops, name), torch._ops.OpOverloadPacket)}
     assert registered == checked

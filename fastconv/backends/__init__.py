@@ -70,6 +70,23 @@ class Backend:
     def conv2d_wgrad(self, dy, x, w, relu_y, stride, padding, dilation, groups, need_weight, need_bias):
         raise NotImplementedError  # -> (dw or None, db or None)
 
+    def conv2d_fused_fwd(self, x, w, bias, scale, residual, stride, padding, dilation, groups, activation,
+                         residual_after, return_conv):
+        """(y, c or None): y = act(conv(x, w) * scale + bias [+ residual]) [+ residual] (fastconv/ops/
+        conv2d_fused.py), c the bias-free convolution when return_conv. This default composes it from
+        conv2d_fwd and torch's elementwise ops (the bias and a lone ReLU still go to the kernel); a backend
+        with epilogue kernels overrides it."""
+        from ..ops.conv2d_fused import compose_epilogue
+
+        if scale is None and residual is None and activation in ("none", "relu") and not return_conv:
+            return self.conv2d_fwd(x, w, bias, stride, padding, dilation, groups, activation == "relu"), None
+        if not return_conv and scale is None:
+            # the bias in the kernel, the rest composed
+            y = self.conv2d_fwd(x, w, bias, stride, padding, dilation, groups, False)
+            return compose_epilogue(y, None, None, residual, activation, residual_after), None
+        c = self.conv2d_fwd(x, w, None, stride, padding, dilation, groups, False)
+        return compose_epilogue(c, bias, scale, residual, activation, residual_after), (c if return_conv else None)
+
     # Pooling. kernel/stride/padding/dilation are pairs.
     def max_pool2d_fwd(self, x, kernel, stride, padding, dilation, ceil_mode, with_indices):
         raise NotImplementedError  # -> (y, indices or None)
