@@ -184,13 +184,29 @@ ConvFwdCall make_fwd_call(const ConvDesc& d, int dtype, const Dims& x_size, cons
   return c;
 }
 
+// The epilogue from Python's arguments: activation code act (ConvEpilogue), and a residual tensor that must
+// have y's sizes and strides (the kernels read it at each output's own offset), or none.
+ConvEpilogue make_epilogue(int act, const std::optional<PyTensor>& residual, bool residual_after, const Tensor4& y) {
+  if (act < 0 || act > 7)
+    throw std::invalid_argument("fastconv._C: act must be an activation code 0..7, got " + std::to_string(act));
+  ConvEpilogue e;
+  e.act = act;
+  e.residual_after = residual_after;
+  if (residual) {
+    const Tensor4 r = as_tensor(*residual, "residual", y.size);
+    if (r.stride != y.stride) throw std::invalid_argument("fastconv._C: residual must have the output's strides");
+    e.residual = r.data;
+  }
+  return e;
+}
+
 void run_conv_fwd(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& w, uintptr_t bias, const Tensor4& y,
-                  bool relu, int nthreads, const std::optional<PyPack>& pack) {
+                  const ConvEpilogue& epilogue, int nthreads, const std::optional<PyPack>& pack) {
   const int64_t body = kernels().conv2d_fwd_pack_info(d, dt, x, y).floats;
   WeightPack wp = as_pack(pack, with_sample(body, d, dt));
   py::gil_scoped_release release;
   with_checked_pack(pack ? &wp : nullptr, body, d, dt, w, [&] {
-    kernels().conv2d_fwd(d, dt, x, w, reinterpret_cast<const void*>(bias), y, relu, pack ? &wp : nullptr,
+    kernels().conv2d_fwd(d, dt, x, w, reinterpret_cast<const void*>(bias), y, epilogue, pack ? &wp : nullptr,
                          threads(nthreads));
   });
 }
@@ -233,28 +249,37 @@ void bind_conv(py::module_& m) {
   m.def(
       "conv2d_fwd",
       [](const ConvDesc& d, int dtype, const PyTensor& x, const PyTensor& w, uintptr_t bias,
-         const PyTensor& y, bool relu, int nthreads, std::optional<PyPack> pack) {
+         const PyTensor& y, int act, int nthreads, std::optional<PyPack> pack, std::optional<PyTensor> residual,
+         bool residual_after) {
         check_conv(d);
         DType dt = as_dtype(dtype);
-        run_conv_fwd(d, dt, as_tensor(x, "input", xshape(d)), as_tensor(w, "weight", wshape(d)), bias,
-                     as_tensor(y, "output", yshape(d)), relu, nthreads, pack);
+        const Tensor4 ty = as_tensor(y, "output", yshape(d));
+        run_conv_fwd(d, dt, as_tensor(x, "input", xshape(d)), as_tensor(w, "weight", wshape(d)), bias, ty,
+                     make_epilogue(act, residual, residual_after, ty), nthreads, pack);
       },
       py::arg("desc"), py::arg("dtype"), py::arg("input"), py::arg("weight"), py::arg("bias"),
-      py::arg("output"), py::arg("relu"), py::arg("nthreads"), py::arg("pack") = py::none());
+      py::arg("output"), py::arg("act"), py::arg("nthreads"), py::arg("pack") = py::none(),
+      py::arg("residual") = py::none(), py::arg("residual_after") = false,
+      "y = act(conv(x, w) + bias [+ residual]) [+ residual]: act 0 none, 1 relu, 2 relu6, 3 silu, 4 hardswish, "
+      "5 hardsigmoid, 6 gelu, 7 sigmoid; the residual has the output's sizes and strides.");
 
   py::class_<ConvFwdCall>(m, "ConvFwdCall",
                           "conv2d_fwd with its geometry fixed: ConvFwdCall(desc, dtype, input sizes, input "
                           "strides, weight sizes, weight strides, output sizes, output strides), then "
-                          "call(input_ptr, weight_ptr, bias_ptr, output_ptr, relu, nthreads, pack=None).")
+                          "call(input_ptr, weight_ptr, bias_ptr, output_ptr, act, nthreads, pack=None, "
+                          "residual=None, residual_after=False).")
       .def(py::init(&make_fwd_call), py::arg("desc"), py::arg("dtype"), py::arg("input_size"),
            py::arg("input_stride"), py::arg("weight_size"), py::arg("weight_stride"), py::arg("output_size"),
            py::arg("output_stride"))
-      .def("__call__", [](const ConvFwdCall& c, uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t y, bool relu,
-                          int nthreads, std::optional<PyPack> pack) {
-        run_conv_fwd(c.d, c.dt, at(c.x, x, "input"), at(c.w, w, "weight"), bias, at(c.y, y, "output"), relu,
-                     nthreads, pack);
-      }, py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("output"), py::arg("relu"),
-         py::arg("nthreads"), py::arg("pack") = py::none())
+      .def("__call__", [](const ConvFwdCall& c, uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t y, int act,
+                          int nthreads, std::optional<PyPack> pack, std::optional<PyTensor> residual,
+                          bool residual_after) {
+        const Tensor4 ty = at(c.y, y, "output");
+        run_conv_fwd(c.d, c.dt, at(c.x, x, "input"), at(c.w, w, "weight"), bias, ty,
+                     make_epilogue(act, residual, residual_after, ty), nthreads, pack);
+      }, py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("output"), py::arg("act"),
+         py::arg("nthreads"), py::arg("pack") = py::none(), py::arg("residual") = py::none(),
+         py::arg("residual_after") = false)
       .def("pack_info", [](const ConvFwdCall& c) {
         const PackInfo p = kernels().conv2d_fwd_pack_info(c.d, c.dt, c.x, c.y);
         return std::make_tuple(with_sample(p.floats, c.d, c.dt), p.kind);

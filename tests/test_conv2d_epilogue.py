@@ -127,3 +127,77 @@ def test_errors():
         FC.conv2d_epilogue(x, w, residual_after_activation=1)
     with pytest.raises(TypeError, match="scale must be a torch.Tensor"):
         FC.conv2d_epilogue(x, w, scale=[1.0] * 4)
+
+
+# Inference (no autograd): the cpu backend applies the activation and the residual in its kernels' epilogues.
+# One geometry per kernel family (csrc/cpu/conv2d_paths.h): (N, C, H, W, K, kernel, stride, padding, groups)
+KERNEL_CASES = [
+    (2, 16, 12, 12, 32, 3, 1, 1, 1),      # Winograd at AVX-512 (float32), the implicit GEMMs elsewhere
+    (2, 3, 16, 16, 24, 3, 1, 1, 1),       # RGB stem: conv_cl's padded copy, NCHW direct with row vectors
+    (2, 24, 7, 9, 40, 1, 1, 0, 1),        # pointwise: conv_cl_pointwise, flattened NCHW
+    (1, 64, 7, 7, 80, 3, 1, 1, 1),        # small map: NCHW staged through channels_last (no residual)
+    (2, 12, 11, 10, 20, 3, 2, 1, 2),      # grouped, strided: conv_cl taps, NCHW direct phase planes
+    (2, 8, 9, 9, 12, 5, 3, 2, 1),         # stride 3: conv_pix
+    (2, 24, 10, 11, 24, 3, 1, 1, 24),     # depthwise 3x3: row pairs (channels_last), plane rows (NCHW)
+    (1, 20, 11, 9, 20, 5, 2, 2, 20),      # depthwise 5x5 stride 2: single rows
+    (1, 6, 8, 8, 12, 3, 1, 1, 6),         # depthwise multiplier 2 (Kg = 2): the generic loops
+]
+RESIDUAL = ["none", "before", "after"]
+
+
+def _kernel_case(case, act, residual, fmt, dtype, res_fmt=None):
+    N, C, H, W, K, k, stride, padding, groups = case
+    gen = torch.Generator().manual_seed(sum(case) + len(act))
+    x = torch.randn(N, C, H, W, generator=gen, dtype=torch.float64)
+    w = torch.randn(K, C // groups, k, k, generator=gen, dtype=torch.float64) * 2 / (C // groups * k * k) ** 0.5
+    b = torch.randn(K, generator=gen, dtype=torch.float64)
+    P, Q = (H + 2 * padding - k) // stride + 1, (W + 2 * padding - k) // stride + 1
+    r = torch.randn(N, K, P, Q, generator=gen, dtype=torch.float64) * 2 if residual != "none" else None
+    after = residual == "after"
+    with torch.no_grad():
+        y = FC.conv2d_epilogue(x.to(dtype).contiguous(memory_format=fmt), w.to(dtype), b.to(dtype), stride, padding,
+                               1, groups, activation=act,
+                               residual=None if r is None else r.to(dtype).contiguous(memory_format=res_fmt or fmt),
+                               residual_after_activation=after)
+    ref = _reference(x, w, b, None, r, stride, padding, 1, groups, act, after)
+    assert_rel(y, ref, dtype, f"output ({act}, residual {residual})")
+
+
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=[str(i) for i in range(len(KERNEL_CASES))])
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("residual", RESIDUAL)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def test_inference_kernels_match_torch(case, act, residual, channels_last):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    _kernel_case(case, act, residual, fmt, torch.float32)
+
+
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=[str(i) for i in range(len(KERNEL_CASES))])
+@pytest.mark.parametrize("act", ["relu6", "silu", "gelu", "hardswish"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_inference_kernels_every_isa(isa, case, act, channels_last, dtype):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    _kernel_case(case, act, "before", fmt, dtype)
+
+
+def test_residual_in_another_layout_is_read_right():
+    """A residual whose strides differ from the output's (channels_last output, NCHW residual) is copied to the
+    output's layout before the kernels read it at the outputs' offsets."""
+    _kernel_case(KERNEL_CASES[0], "relu", "before", torch.channels_last, torch.float32, torch.contiguous_format)
+    _kernel_case(KERNEL_CASES[6], "silu", "after", torch.contiguous_format, torch.float32, torch.channels_last)
+
+
+def test_special_values_propagate():
+    """NaN, infinities, subnormal tails and the clamps' corners through the vectorized activations, as torch's
+    functions give them (gelu's erfc approximation: absolute error 1.5e-7)."""
+    x = torch.zeros(1, 16, 4, 4)
+    w = torch.zeros(16, 16, 1, 1)
+    b = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, 1e-8, -1e-8, 30.0, -30.0, 88.5, -88.5, 100.0,
+                      -100.0, 3.0, -3.0, 6.0, -6.0])
+    for act in ACTS:
+        with torch.no_grad():
+            y = FC.conv2d_epilogue(x, w, b, activation=act)
+        ref = ACTIVATIONS[act][0](b.double()).float().view(1, -1, 1, 1).expand_as(y)
+        # subnormal results differ in their last bits (atol: the smallest normal float)
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-6 if act == "gelu" else 1.2e-38, equal_nan=True, msg=act)

@@ -22,6 +22,7 @@
 #include <omp.h>
 #endif
 
+#include "cpu/epilogue.h"
 #include "cpu/gemm_microkernel.h"
 #include "cpu/kernels.h"
 

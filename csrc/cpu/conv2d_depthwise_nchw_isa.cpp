@@ -52,7 +52,7 @@ FC_INLINE void dw_copy_seg(T* __restrict dst, int64_t lo, int64_t hi, const T* r
 // RT/ST > 0: compile-time tap counts (fully unrolled, weights stay in registers).
 template <typename T, int RT, int ST, int NRW, int NV>
 FC_INLINE void dw_plane_chunk(const T* rb, int64_t pstep, int64_t rstep, int64_t Rn, int64_t Sn, const int64_t* soff,
-                              const typename Simd<T>::V* wv, typename Simd<T>::V bv, bool has_bias, bool relu,
+                              const typename Simd<T>::V* wv, typename Simd<T>::V bv, bool has_bias, const Epi& ep,
                               T* out, int64_t ys2, int64_t so, int nlast) {
   using Sd = Simd<T>;
   using V = typename Sd::V;
@@ -70,11 +70,11 @@ FC_INLINE void dw_plane_chunk(const T* rb, int64_t pstep, int64_t rstep, int64_t
     }
   }
   FC_UNROLL for (int i = 0; i < NRW; ++i) {
+    T* o = out + i * ys2;
     FC_UNROLL for (int v = 0; v < NV; ++v) {
       if (has_bias) acc[i][v] = Sd::add(acc[i][v], bv);
-      if (relu) acc[i][v] = Sd::relu(acc[i][v]);
+      acc[i][v] = epi_apply<T>(ep, acc[i][v], o + v * L * so, so, v + 1 < NV ? L : nlast);
     }
-    T* o = out + i * ys2;
     if (so == 1) {
       FC_UNROLL for (int v = 0; v + 1 < NV; ++v) Sd::store(o + v * L, acc[i][v]);
       if (nlast == L)
@@ -96,22 +96,22 @@ FC_INLINE void dw_plane_chunk(const T* rb, int64_t pstep, int64_t rstep, int64_t
 template <typename T, int RT, int ST, int NV>
 FC_INLINE void dw_plane_col(const T* buf, int64_t LD, int64_t sh, int64_t rstep, int64_t rlo, int64_t np,
                             int64_t Rn, int64_t Sn, const int64_t* soff, const typename Simd<T>::V* wv,
-                            typename Simd<T>::V bv, bool hb, bool relu, T* out, int64_t ys2, int64_t ys3, int nl) {
+                            typename Simd<T>::V bv, bool hb, const Epi& ep, T* out, int64_t ys2, int64_t ys3, int nl) {
   constexpr int NRW = NV <= 2 ? 4 : 2;
   const int64_t pstep = sh * LD;
   const T* rb = buf - rlo * LD;
   int64_t p = 0;
   for (; p + NRW <= np; p += NRW)
-    dw_plane_chunk<T, RT, ST, NRW, NV>(rb + p * pstep, pstep, rstep, Rn, Sn, soff, wv, bv, hb, relu, out + p * ys2,
+    dw_plane_chunk<T, RT, ST, NRW, NV>(rb + p * pstep, pstep, rstep, Rn, Sn, soff, wv, bv, hb, ep, out + p * ys2,
                                        ys2, ys3, nl);
   for (; p < np; ++p)
-    dw_plane_chunk<T, RT, ST, 1, NV>(rb + p * pstep, pstep, rstep, Rn, Sn, soff, wv, bv, hb, relu, out + p * ys2, ys2,
+    dw_plane_chunk<T, RT, ST, 1, NV>(rb + p * pstep, pstep, rstep, Rn, Sn, soff, wv, bv, hb, ep, out + p * ys2, ys2,
                                      ys3, nl);
 }
 
 template <typename T, int RT, int ST>
 void dw_plane_rows(const Geo& g, const T* buf, int64_t LD, int64_t rlo, int64_t p0, int64_t p1,
-                   const int64_t* soff_in, const T* wt, typename Simd<T>::V* wscratch, T bias_v, bool hb, bool relu,
+                   const int64_t* soff_in, const T* wt, typename Simd<T>::V* wscratch, T bias_v, bool hb, const Epi& ep,
                    T* out0, int64_t ys2, int64_t ys3) {
   using Sd = Simd<T>;
   using V = typename Sd::V;
@@ -134,19 +134,19 @@ void dw_plane_rows(const Geo& g, const T* buf, int64_t LD, int64_t rlo, int64_t 
   const int nl = (int)(rem - (nv - 1) * L);
   int64_t q0 = 0;
   for (int64_t c = 0; c < nfull; ++c, q0 += 4 * L)
-    dw_plane_col<T, RT, ST, 4>(buf + q0, LD, g.sh, rstep, rlo, np, R, S, soff, wv, bv, hb, relu, out0 + q0 * ys3, ys2,
+    dw_plane_col<T, RT, ST, 4>(buf + q0, LD, g.sh, rstep, rlo, np, R, S, soff, wv, bv, hb, ep, out0 + q0 * ys3, ys2,
                                ys3, L);
   if (rem > 0) {
     const T* b = buf + q0;
     T* o = out0 + q0 * ys3;
     if (nv == 1)
-      dw_plane_col<T, RT, ST, 1>(b, LD, g.sh, rstep, rlo, np, R, S, soff, wv, bv, hb, relu, o, ys2, ys3, nl);
+      dw_plane_col<T, RT, ST, 1>(b, LD, g.sh, rstep, rlo, np, R, S, soff, wv, bv, hb, ep, o, ys2, ys3, nl);
     else if (nv == 2)
-      dw_plane_col<T, RT, ST, 2>(b, LD, g.sh, rstep, rlo, np, R, S, soff, wv, bv, hb, relu, o, ys2, ys3, nl);
+      dw_plane_col<T, RT, ST, 2>(b, LD, g.sh, rstep, rlo, np, R, S, soff, wv, bv, hb, ep, o, ys2, ys3, nl);
     else if (nv == 3)
-      dw_plane_col<T, RT, ST, 3>(b, LD, g.sh, rstep, rlo, np, R, S, soff, wv, bv, hb, relu, o, ys2, ys3, nl);
+      dw_plane_col<T, RT, ST, 3>(b, LD, g.sh, rstep, rlo, np, R, S, soff, wv, bv, hb, ep, o, ys2, ys3, nl);
     else
-      dw_plane_col<T, RT, ST, 4>(b, LD, g.sh, rstep, rlo, np, R, S, soff, wv, bv, hb, relu, o, ys2, ys3, nl);
+      dw_plane_col<T, RT, ST, 4>(b, LD, g.sh, rstep, rlo, np, R, S, soff, wv, bv, hb, ep, o, ys2, ys3, nl);
   }
 }
 
@@ -182,7 +182,7 @@ FC_INLINE void dw_prefetch_task(const Geo& g, const In4<T>& x, int64_t task, int
 // Q, up to 4 per chunk; 3x3 and 5x5 taps unrolled with the weights in registers) and stored with
 // bias/ReLU.
 template <typename T>
-void conv_direct_plane(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, bool relu, int nth) {
+void conv_direct_plane(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, const Epi& ep, int nth) {
   using V = typename Simd<T>::V;
   constexpr int L = Simd<T>::L;
   const int64_t rlo = std::min<int64_t>(0, (g.R - 1) * g.dh), rhi = std::max<int64_t>(0, (g.R - 1) * g.dh);
@@ -252,18 +252,18 @@ void conv_direct_plane(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias,
         const T bv = hb ? bias[kabs] : T(0);
         T* out0 = y.p + n * y.s0 + kabs * y.s1 + p0 * y.s2;
         if (sz3 == 3)
-          dw_plane_rows<T, 3, 3>(g, buf, LD, rlo, p0, p1, soff.data(), wt, wsv, bv, hb, relu, out0, y.s2, y.s3);
+          dw_plane_rows<T, 3, 3>(g, buf, LD, rlo, p0, p1, soff.data(), wt, wsv, bv, hb, ep, out0, y.s2, y.s3);
         else if (sz3 == 5)
-          dw_plane_rows<T, 5, 5>(g, buf, LD, rlo, p0, p1, soff.data(), wt, wsv, bv, hb, relu, out0, y.s2, y.s3);
+          dw_plane_rows<T, 5, 5>(g, buf, LD, rlo, p0, p1, soff.data(), wt, wsv, bv, hb, ep, out0, y.s2, y.s3);
         else
-          dw_plane_rows<T, 0, 0>(g, buf, LD, rlo, p0, p1, soff.data(), wt, wsv, bv, hb, relu, out0, y.s2, y.s3);
+          dw_plane_rows<T, 0, 0>(g, buf, LD, rlo, p0, p1, soff.data(), wt, wsv, bv, hb, ep, out0, y.s2, y.s3);
       }
     }
   }
 }
 
 #define FC_INSTANTIATE(T) \
-  template void conv_direct_plane<T>(const Geo&, In4<T>, In4<T>, WV<T>, const T*, Out4<T>, bool, int);
+  template void conv_direct_plane<T>(const Geo&, In4<T>, In4<T>, WV<T>, const T*, Out4<T>, const Epi&, int);
 FC_FOR_FLOAT_TYPES(FC_INSTANTIATE)
 #undef FC_INSTANTIATE
 

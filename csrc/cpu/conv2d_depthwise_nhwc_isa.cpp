@@ -20,7 +20,7 @@ namespace {
 template <typename T, int QB, bool TAIL, bool MASK>
 FC_INLINE void dw_cl_block(const T* const* xr, const T* const* mr, const int64_t* rid, int64_t nrv, int64_t ns,
                            int64_t si, int64_t ss, int64_t msi, int64_t mss, const T* wT, int64_t wrs, int64_t Cp,
-                           const T* bp, bool relu, T* yo, int64_t ysi, int nl) {
+                           const T* bp, const Epi& ep, T* yo, int64_t ysi, int nl) {
   using Sd = Simd<T>;
   using V = typename Sd::V;
   V acc[QB];
@@ -46,12 +46,12 @@ FC_INLINE void dw_cl_block(const T* const* xr, const T* const* mr, const int64_t
     const V b = Sd::load(bp);
     FC_UNROLL for (int i = 0; i < QB; ++i) acc[i] = Sd::add(acc[i], b);
   }
-  if (relu) FC_UNROLL for (int i = 0; i < QB; ++i) acc[i] = Sd::relu(acc[i]);
   FC_UNROLL for (int i = 0; i < QB; ++i) {
+    T* yp = yo + i * ysi;
     if (TAIL)
-      Sd::store_n(yo + i * ysi, acc[i], nl);
+      Sd::store_n(yp, epi_apply<T>(ep, acc[i], yp, 1, nl), nl);
     else
-      Sd::store(yo + i * ysi, acc[i]);
+      Sd::store(yp, epi_apply<T>(ep, acc[i], yp, 1, Sd::L));
   }
 }
 
@@ -60,7 +60,8 @@ FC_INLINE void dw_cl_block(const T* const* xr, const T* const* mr, const int64_t
 // taps are all inside the input run in blocks of QB = 4 (one weight load per tap and block), border
 // pixels clamp their tap column range.
 template <typename T, bool MASK>
-void conv_direct_cl_impl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, bool relu, int nth) {
+void conv_direct_cl_impl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, const Epi& ep,
+                         int nth) {
   using Sd = Simd<T>;
   constexpr int L = Sd::L;
   constexpr int QB = 4;
@@ -127,7 +128,7 @@ void conv_direct_cl_impl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bia
         for (int64_t cv = 0; cv + 1 < nCV; ++cv) {
           const int64_t c0 = cv * L;
           dw_cl_block<T, B, false, MASK>(xq, mq, rid, nrv, ns, si, ss, msi, mss, wq + c0, g.S * Cp, Cp,
-                                         bpp ? bpp + c0 : nullptr, relu, yo + c0, ysi, L);
+                                         bpp ? bpp + c0 : nullptr, ep, yo + c0, ysi, L);
           for (int64_t k = 0; k < nrv; ++k) {
             xq[k] += L;
             if (MASK) mq[k] += L;
@@ -136,10 +137,10 @@ void conv_direct_cl_impl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bia
         const int64_t c0 = (nCV - 1) * L;
         if (tail == L)
           dw_cl_block<T, B, false, MASK>(xq, mq, rid, nrv, ns, si, ss, msi, mss, wq + c0, g.S * Cp, Cp,
-                                         bpp ? bpp + c0 : nullptr, relu, yo + c0, ysi, L);
+                                         bpp ? bpp + c0 : nullptr, ep, yo + c0, ysi, L);
         else
           dw_cl_block<T, B, true, MASK>(xq, mq, rid, nrv, ns, si, ss, msi, mss, wq + c0, g.S * Cp, Cp,
-                                        bpp ? bpp + c0 : nullptr, relu, yo + c0, ysi, tail);
+                                        bpp ? bpp + c0 : nullptr, ep, yo + c0, ysi, tail);
       };
       using One = std::integral_constant<int, 1>;
       using Blk = std::integral_constant<int, QB>;
@@ -175,7 +176,7 @@ void conv_direct_cl_impl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bia
 // xr[k]: valid tap row k at column 0 and the block's first channel; wr[k]: its S weight rows (stride Cp).
 template <typename T, int S, int SW, int QB, int CVB, bool TAIL, bool MASK, bool EDGE>
 FC_INLINE void dwcl_block(const T* const* xr, const T* const* mr, const T* const* wr, int64_t nrv, int64_t iw0,
-                          int64_t sx, int64_t smx, int64_t Cp, int jlo, int jhi, const T* bp, bool relu, T* yo,
+                          int64_t sx, int64_t smx, int64_t Cp, int jlo, int jhi, const T* bp, const Epi& ep, T* yo,
                           int64_t ysi, int nq, int nl) {
   using Sd = Simd<T>;
   using V = typename Sd::V;
@@ -213,14 +214,14 @@ FC_INLINE void dwcl_block(const T* const* xr, const T* const* mr, const T* const
       FC_UNROLL for (int i = 0; i < QB; ++i) acc[i][v] = Sd::add(acc[i][v], b);
     }
   }
-  if (relu) FC_UNROLL for (int i = 0; i < QB; ++i) FC_UNROLL for (int v = 0; v < CVB; ++v) acc[i][v] = Sd::relu(acc[i][v]);
   FC_UNROLL for (int i = 0; i < QB; ++i) {
     if (QB > 4 && i >= nq) break;  // blocks of 4 are only used whole (see conv_dwcl_rows)
     FC_UNROLL for (int v = 0; v < CVB; ++v) {
+      T* yp = yo + i * ysi + (TAIL ? 0 : v * L);
       if (TAIL)
-        Sd::store_n(yo + i * ysi, acc[i][v], nl);
+        Sd::store_n(yp, epi_apply<T>(ep, acc[i][v], yp, 1, nl), nl);
       else
-        Sd::store(yo + i * ysi + v * L, acc[i][v]);
+        Sd::store(yp, epi_apply<T>(ep, acc[i][v], yp, 1, L));
     }
   }
 }
@@ -233,7 +234,7 @@ FC_INLINE void dwcl_block(const T* const* xr, const T* const* mr, const T* const
 // vectors ([r][s], stride Cp) at the block's channels.
 template <typename T, int QB, bool TAIL, bool MASK, bool EDGE>
 FC_INLINE void dwcl_block_r2(const T* const* xu, const T* const* mu, const T* w, int64_t iw0, int64_t sx,
-                             int64_t smx, int64_t Cp, int jlo, int jhi, const T* bp, bool relu, T* yo, int64_t yrs,
+                             int64_t smx, int64_t Cp, int jlo, int jhi, const T* bp, const Epi& ep, T* yo, int64_t yrs,
                              int64_t ysi, int nq, int nl) {
   using Sd = Simd<T>;
   using V = typename Sd::V;
@@ -268,13 +269,13 @@ FC_INLINE void dwcl_block_r2(const T* const* xu, const T* const* mu, const T* w,
       const V b = TAIL ? Sd::load_n(bp, nl) : Sd::load(bp);
       FC_UNROLL for (int i = 0; i < QB; ++i) acc[o][i] = Sd::add(acc[o][i], b);
     }
-    if (relu) FC_UNROLL for (int i = 0; i < QB; ++i) acc[o][i] = Sd::relu(acc[o][i]);
     FC_UNROLL for (int i = 0; i < QB; ++i) {
       if (QB > 4 && i >= nq) break;
+      T* yp = yo + o * yrs + i * ysi;
       if (TAIL)
-        Sd::store_n(yo + o * yrs + i * ysi, acc[o][i], nl);
+        Sd::store_n(yp, epi_apply<T>(ep, acc[o][i], yp, 1, nl), nl);
       else
-        Sd::store(yo + o * yrs + i * ysi, acc[o][i]);
+        Sd::store(yp, epi_apply<T>(ep, acc[o][i], yp, 1, Sd::L));
     }
   }
 }
@@ -387,7 +388,7 @@ FC_INLINE void dwcl_pixel_blocks(int64_t Q, int64_t W, int64_t pw, F&& f) {
 // ph/dh: the row padding and dilation with mirrored rows already flipped (dh > 0).
 template <typename T, int S, int SW, bool MASK>
 void conv_dwcl_rows(const Geo& g, In4<T> x, In4<T> m, const T* wT, int64_t Cp, int64_t ph, int64_t dh, int64_t pw,
-                    const T* bpp, Out4<T> y, bool relu, int nth) {
+                    const T* bpp, Out4<T> y, const Epi& ep, int nth) {
   constexpr int L = Simd<T>::L;
   const int64_t C = g.G, nCV = cdiv(C, L);
   const int tail = (int)(C - (nCV - 1) * L);
@@ -412,7 +413,8 @@ void conv_dwcl_rows(const Geo& g, In4<T> x, In4<T> m, const T* wT, int64_t Cp, i
   // Non-temporal output stores only for an output that would not stay in the L3 anyway: the prefetched
   // plain stores beat streaming for the few-multiply-add layers that stream_output streams otherwise
   // (see dwcl_scratch_at; 128 channels, N=32, 32x32, 2 threads, Xeon: 0.75-0.80 ms against 0.85-0.87).
-  const bool stream_out = stream_output<T>(g, /*few_macs_stream=*/false);
+  // (a residual is read at the output's own position: not with the scratch block)
+  const bool stream_out = !ep.has_res && stream_output<T>(g, /*few_macs_stream=*/false);
 #pragma omp parallel num_threads(nth)
   {
     T* const scr0 = scr_all.data() + thread_id() * scr_stride;
@@ -455,10 +457,10 @@ void conv_dwcl_rows(const Geo& g, In4<T> x, In4<T> m, const T* wT, int64_t Cp, i
               }
               const T* bc = bpp ? bpp + cv * L : nullptr;
               if (cv < nfull)
-                dwcl_block_r2<T, QB, false, MASK, EDGE>(xr, mr, wT + cv * L, iw0, x.s3, m.s3, Cp, jlo, jhi, bc, relu,
+                dwcl_block_r2<T, QB, false, MASK, EDGE>(xr, mr, wT + cv * L, iw0, x.s3, m.s3, Cp, jlo, jhi, bc, ep,
                                                         dst + cv * L, drs, dps, nq, L);
               else
-                dwcl_block_r2<T, QB, true, MASK, EDGE>(xr, mr, wT + cv * L, iw0, x.s3, m.s3, Cp, jlo, jhi, bc, relu,
+                dwcl_block_r2<T, QB, true, MASK, EDGE>(xr, mr, wT + cv * L, iw0, x.s3, m.s3, Cp, jlo, jhi, bc, ep,
                                                        dst + cv * L, drs, dps, nq, tail);
             }
             if (stream_out) dwcl_stream_out(dst, drs, Cp, yo, y.s2, y.s3, 2, nq, cv0, cv1, nfull, tail);
@@ -496,18 +498,18 @@ void conv_dwcl_rows(const Geo& g, In4<T> x, In4<T> m, const T* wT, int64_t Cp, i
           for (; cv + kDwClCVB <= std::min(cv1, nfull); cv += kDwClCVB) {
             at(cv, kDwClCVB);
             dwcl_block<T, S, SW, QB, kDwClCVB, false, MASK, EDGE>(xr, mr, wr, nrv, iw0, x.s3, m.s3, Cp, jlo, jhi,
-                                                                  bpp ? bpp + cv * L : nullptr, relu, dst + cv * L,
+                                                                  bpp ? bpp + cv * L : nullptr, ep, dst + cv * L,
                                                                   dps, nq, L);
           }
           for (; cv < cv1; ++cv) {
             at(cv, 1);
             if (cv < nfull)
               dwcl_block<T, S, SW, QB, 1, false, MASK, EDGE>(xr, mr, wr, nrv, iw0, x.s3, m.s3, Cp, jlo, jhi,
-                                                             bpp ? bpp + cv * L : nullptr, relu, dst + cv * L, dps,
+                                                             bpp ? bpp + cv * L : nullptr, ep, dst + cv * L, dps,
                                                              nq, L);
             else
               dwcl_block<T, S, SW, QB, 1, true, MASK, EDGE>(xr, mr, wr, nrv, iw0, x.s3, m.s3, Cp, jlo, jhi,
-                                                            bpp ? bpp + cv * L : nullptr, relu, dst + cv * L, dps,
+                                                            bpp ? bpp + cv * L : nullptr, ep, dst + cv * L, dps,
                                                             nq, tail);
           }
           if (stream_out) dwcl_stream_out(dst, 0, Cp, yo, 0, y.s3, 1, nq, cv0, cv1, nfull, tail);
@@ -524,7 +526,7 @@ void conv_dwcl_rows(const Geo& g, In4<T> x, In4<T> m, const T* wT, int64_t Cp, i
 }  // namespace
 
 template <typename T>
-void conv_direct_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, bool relu, int nth) {
+void conv_direct_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, const Epi& ep, int nth) {
   if ((g.S == 3 || g.S == 5) && (g.sw == 1 || g.sw == 2) && (g.dw == 1 || g.dw == -1) && (m.p == nullptr || g.sw == 1)) {
     // Weights [R][S][Cp] with the taps of a mirrored row (dw = -1, dgrad) reversed, so that tap s reads
     // column q*sw - pw + s: iw = q*sw - pw + s*dw = q*sw - (pw - (S-1)*dw) + (S-1-s)*(-dw).
@@ -542,30 +544,30 @@ void conv_direct_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Ou
     const T* bpp = bias ? bp.data() : nullptr;
     if (m.p) {
       if (g.S == 3)
-        conv_dwcl_rows<T, 3, 1, true>(g, x, m, wT.data(), Cp, ph, dh, pw, bpp, y, relu, nth);
+        conv_dwcl_rows<T, 3, 1, true>(g, x, m, wT.data(), Cp, ph, dh, pw, bpp, y, ep, nth);
       else
-        conv_dwcl_rows<T, 5, 1, true>(g, x, m, wT.data(), Cp, ph, dh, pw, bpp, y, relu, nth);
+        conv_dwcl_rows<T, 5, 1, true>(g, x, m, wT.data(), Cp, ph, dh, pw, bpp, y, ep, nth);
     } else if (g.S == 3) {
       if (g.sw == 1)
-        conv_dwcl_rows<T, 3, 1, false>(g, x, m, wT.data(), Cp, ph, dh, pw, bpp, y, relu, nth);
+        conv_dwcl_rows<T, 3, 1, false>(g, x, m, wT.data(), Cp, ph, dh, pw, bpp, y, ep, nth);
       else
-        conv_dwcl_rows<T, 3, 2, false>(g, x, m, wT.data(), Cp, ph, dh, pw, bpp, y, relu, nth);
+        conv_dwcl_rows<T, 3, 2, false>(g, x, m, wT.data(), Cp, ph, dh, pw, bpp, y, ep, nth);
     } else {
       if (g.sw == 1)
-        conv_dwcl_rows<T, 5, 1, false>(g, x, m, wT.data(), Cp, ph, dh, pw, bpp, y, relu, nth);
+        conv_dwcl_rows<T, 5, 1, false>(g, x, m, wT.data(), Cp, ph, dh, pw, bpp, y, ep, nth);
       else
-        conv_dwcl_rows<T, 5, 2, false>(g, x, m, wT.data(), Cp, ph, dh, pw, bpp, y, relu, nth);
+        conv_dwcl_rows<T, 5, 2, false>(g, x, m, wT.data(), Cp, ph, dh, pw, bpp, y, ep, nth);
     }
     return;
   }
   if (m.p)
-    conv_direct_cl_impl<T, true>(g, x, m, w, bias, y, relu, nth);
+    conv_direct_cl_impl<T, true>(g, x, m, w, bias, y, ep, nth);
   else
-    conv_direct_cl_impl<T, false>(g, x, m, w, bias, y, relu, nth);
+    conv_direct_cl_impl<T, false>(g, x, m, w, bias, y, ep, nth);
 }
 
 #define FC_INSTANTIATE(T) \
-  template void conv_direct_cl<T>(const Geo&, In4<T>, In4<T>, WV<T>, const T*, Out4<T>, bool, int);
+  template void conv_direct_cl<T>(const Geo&, In4<T>, In4<T>, WV<T>, const T*, Out4<T>, const Epi&, int);
 FC_FOR_FLOAT_TYPES(FC_INSTANTIATE)
 #undef FC_INSTANTIATE
 

@@ -162,7 +162,7 @@ FC_INLINE void pix_direct_window(const PixDirectPlan& pl, const Geo& g, const In
 // at row boundaries, dropping the columns q >= Q).
 template <typename T, int MR, int NV>
 FC_INLINE void pix_direct_store(typename Simd<T>::V (&acc)[MR][NV], const PixDirectPlan& pl, const Geo& g,
-                                const Out4<T>& y, T* ybase, const T* bias, bool relu, int64_t gi, int64_t ir,
+                                const Out4<T>& y, T* ybase, const T* bias, const Epi& e, int64_t gi, int64_t ir,
                                 int64_t nrows, const int64_t (&vrow)[NV], const int64_t (&vcol)[NV]) {
   using Sd = Simd<T>;
   using V = typename Sd::V;
@@ -177,11 +177,11 @@ FC_INLINE void pix_direct_store(typename Simd<T>::V (&acc)[MR][NV], const PixDir
     FC_UNROLL for (int v = 0; v < NV; ++v) {
       V val = acc[i][v];
       if (bias) val = Sd::add(val, bv);
-      if (relu) val = Sd::relu(val);
       if (pl.row_aligned) {
         if (vrow[v] >= nrows) continue;
         T* dst = yk + vrow[v] * y.s2 + vcol[v] * y.s3;
         const int nval = (int)std::min<int64_t>(L, g.Q - vcol[v]);
+        val = epi_apply<T>(e, val, dst, y.s3, nval);
         if (y.s3 == 1) {
           if (nval == L)
             store_maybe_stream<T>(dst, val, pl.stream_out);
@@ -195,6 +195,26 @@ FC_INLINE void pix_direct_store(typename Simd<T>::V (&acc)[MR][NV], const PixDir
         continue;
       }
       // split the vector at padded-row boundaries; keep columns q < Q of rows < nrows
+      const auto row_pieces = [&](auto&& f) {  // f(lane, count, dst) for each piece of the vector
+        int64_t pr = vrow[v], qc = vcol[v];
+        for (int l = 0; l < L && pr < nrows;) {
+          const int in_row = (int)std::min<int64_t>(L - l, Wp - qc);
+          const int nval = (int)std::max<int64_t>(0, std::min<int64_t>(in_row, g.Q - qc));
+          if (nval > 0) f(l, nval, yk + pr * y.s2 + qc * y.s3);
+          l += in_row;
+          ++pr;
+          qc = 0;
+        }
+      };
+      if (e.has_res) {  // the residual lanes, gathered piece by piece
+        alignas(64) T rl[L] = {};
+        row_pieces([&](int l, int nval, T* dst) {
+          for (int t = 0; t < nval; ++t) rl[l + t] = dst[t * y.s3 + e.res];
+        });
+        val = epi_finish<T>(e, val, Sd::load(rl));
+      } else {
+        val = epi_finish<T>(e, val, val);
+      }
       int64_t pr = vrow[v], qc = vcol[v];
       for (int l = 0; l < L && pr < nrows;) {
         const int in_row = (int)std::min<int64_t>(L - l, Wp - qc);
@@ -221,7 +241,7 @@ FC_INLINE void pix_direct_store(typename Simd<T>::V (&acc)[MR][NV], const PixDir
 }
 
 template <typename T, int MR, int NV>
-void conv_pix_direct(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, bool relu, int nth,
+void conv_pix_direct(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, const Epi& ep, int nth,
                      const T* Apre = nullptr) {
   using V = typename Simd<T>::V;
   constexpr int L = Simd<T>::L;
@@ -275,7 +295,7 @@ void conv_pix_direct(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, O
               T* ct = Cb + ir * MR * ldc + jr * NR;
               if (!first) add_tile<T, MR, NV>(acc, ct, ldc);
               if (!last) return store_tile<T, MR, NV>(acc, ct, ldc);  // partial sum of a kc block
-              pix_direct_store<T, MR, NV>(acc, pl, g, y, ybase, bias, relu, gi, ir, nrows, vrow, vcol);
+              pix_direct_store<T, MR, NV>(acc, pl, g, y, ybase, bias, ep, gi, ir, nrows, vrow, vcol);
             });
           }
         }
@@ -289,7 +309,7 @@ void conv_pix_direct(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, O
 
 // conv_pix: the general NCHW kernel, B packed per (image, group, pixel block) and kc block.
 template <typename T, int MR, int NV>
-void conv_pix(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, bool relu, int nth,
+void conv_pix(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, const Epi& ep, int nth,
               const T* Apre = nullptr) {
   using Sd = Simd<T>;
   using V = typename Sd::V;
@@ -401,16 +421,19 @@ void conv_pix(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> 
                 FC_UNROLL for (int v = 0; v < NV; ++v) {
                   V val = acc[i][v];
                   if (bias) val = Sd::add(val, bv);
-                  if (relu) val = Sd::relu(val);
                   if (full) {
-                    Sd::store(yrow + j0 + jbase + v * L, val);
+                    T* dst = yrow + j0 + jbase + v * L;
+                    Sd::store(dst, epi_apply<T>(ep, val, dst, 1, L));
                   } else {
-                    alignas(64) T tmp[L];
-                    Sd::store(tmp, val);
-                    for (int l = 0; l < L; ++l) {
-                      const int64_t jj = jbase + v * L + l;
-                      if (jj < nc) yrow[plane_contig ? j0 + jj : yoff[jj]] = tmp[l];
-                    }
+                    const auto at = [&](int l) {
+                      return yrow + (plane_contig ? j0 + jbase + v * L + l : yoff[jbase + v * L + l]);
+                    };
+                    const int nval = (int)std::max<int64_t>(0, std::min<int64_t>(L, nc - jbase - v * L));
+                    alignas(64) T tmp[L] = {};
+                    if (ep.has_res)
+                      for (int l = 0; l < nval; ++l) tmp[l] = at(l)[ep.res];
+                    Sd::store(tmp, epi_finish<T>(ep, val, Sd::load(tmp)));
+                    for (int l = 0; l < nval; ++l) *at(l) = tmp[l];
                   }
                 }
               }
@@ -425,20 +448,20 @@ void conv_pix(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> 
 }  // namespace
 
 template <typename T>
-void igemm_nchw_fwd(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, bool relu, int nth,
+void igemm_nchw_fwd(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, const Epi& ep, int nth,
                     WeightPack* pack, bool direct) {
   const T* A = cached_pack<T>(pack, pix_weight_floats<kPixMR>(g),
                               [&](T* p) { pack_weight_panels<T, kPixMR>(g, w, p, nth); });
   if (direct)
-    conv_pix_direct<T, kPixMR, kPixNV>(g, x, m, w, bias, y, relu, nth, A);
+    conv_pix_direct<T, kPixMR, kPixNV>(g, x, m, w, bias, y, ep, nth, A);
   else
-    conv_pix<T, kPixMR, kPixNV>(g, x, m, w, bias, y, relu, nth, A);
+    conv_pix<T, kPixMR, kPixNV>(g, x, m, w, bias, y, ep, nth, A);
 }
 
-template void igemm_nchw_fwd<float>(const Geo&, In4<float>, In4<float>, WV<float>, const float*, Out4<float>, bool,
-                                    int, WeightPack*, bool);
+template void igemm_nchw_fwd<float>(const Geo&, In4<float>, In4<float>, WV<float>, const float*, Out4<float>,
+                                    const Epi&, int, WeightPack*, bool);
 template void igemm_nchw_fwd<double>(const Geo&, In4<double>, In4<double>, WV<double>, const double*, Out4<double>,
-                                     bool, int, WeightPack*, bool);
+                                     const Epi&, int, WeightPack*, bool);
 
 }  // namespace FC_ISA
 }  // namespace cpu

@@ -94,7 +94,7 @@ void pack_cl_weights(const Geo& g, WV<T> w, T* B, int nth) {
 // the L2: cl_plan's condition); the bias initializes the accumulators and the k loop is unrolled by 4.
 // 1x1 64->64, N=32, 32x32, 2 threads, raw kernel call: 0.775 ms against conv_cl's 0.87-0.98.
 template <typename T, int MR, int NV>
-void conv_cl_pointwise(const Geo& g, const T* x, const T* Bp, const T* biasp, T* y, bool relu, bool stream_out,
+void conv_cl_pointwise(const Geo& g, const T* x, const T* Bp, const T* biasp, T* y, const Epi& ep, bool stream_out,
                        int nth) {
   using Sd = Simd<T>;
   using V = typename Sd::V;
@@ -102,6 +102,7 @@ void conv_cl_pointwise(const Geo& g, const T* x, const T* Bp, const T* biasp, T*
   constexpr int NR = NV * L;
   const int64_t M = g.N * g.P * g.Q, Cg = g.Cg, Kg = g.Kg, nJr = cdiv(Kg, NR);
   const int64_t ntile = cdiv(M, MR);
+  const Epi e = ep;
   // Few pixel tiles (a small map at batch 1: 7x7 = 9 tiles) also split the output channels, so that
   // every thread has work: units (panel chunk, tile), chunk-major, so a thread's static share walks its
   // panels' tiles with the B panel in cache.
@@ -128,14 +129,14 @@ void conv_cl_pointwise(const Geo& g, const T* x, const T* Bp, const T* biasp, T*
           if (i >= mr) break;
           T* yp = y + (j0 + i) * Kg + kb;
           FC_UNROLL for (int v = 0; v < NV; ++v) {
-            V val = acc[i][v];
-            if (relu) val = Sd::relu(val);
             const int64_t left = Kg - kb - v * L;  // output channels left from this vector on
-            if (left >= L) {
+            if (left <= 0) continue;
+            const int nval = (int)std::min<int64_t>(L, left);
+            const V val = epi_apply<T>(e, acc[i][v], yp + v * L, 1, nval);
+            if (nval == L)
               store_maybe_stream<T>(yp + v * L, val, stream_out);
-            } else if (left > 0) {
-              Sd::store_n(yp + v * L, val, (int)left);
-            }
+            else
+              Sd::store_n(yp + v * L, val, nval);
           }
         }
       }
@@ -473,7 +474,7 @@ FC_INLINE void cl_packed_rows(int MR, int64_t gsegs, const Geo& g, const In4<T>&
 // leave partial sums in Cb.
 template <typename T, int MR, int NV>
 FC_INLINE void cl_block_compute(const ClPlan<T, MR, NV>& pl, const Geo& g, const Out4<T>& y, const T* Bp,
-                                const T* biasp, bool relu, int64_t gi, int64_t jr0, int64_t jr1, int64_t k0,
+                                const T* biasp, const Epi& ep, int64_t gi, int64_t jr0, int64_t jr1, int64_t k0,
                                 int64_t b, int64_t nir, int64_t nir_whole, int64_t mc, int64_t seg_stride,
                                 const ClTaskBufs<T>& tb) {
   using Sd = Simd<T>;
@@ -495,7 +496,8 @@ FC_INLINE void cl_block_compute(const ClPlan<T, MR, NV>& pl, const Geo& g, const
         // reference, and a store through yp may alias them as far as the compiler knows, so it
         // would reload every flag and the bias from memory per vector (RGB stem, without the locals:
         // ~20% of the kernel's samples in this epilogue).
-        const bool relu_out = relu, stream = pl.stream_out, whole = full;
+        const bool stream = pl.stream_out, whole = full;
+        const Epi e = ep;
         const int64_t nst = std::min<int64_t>(MR, mc - ir * MR), ys1 = y.s1;
         const int64_t* const yo = tb.yoff + ir * MR;
         T* const yb = y.p + (gi * g.Kg + kb) * ys1;
@@ -508,14 +510,13 @@ FC_INLINE void cl_block_compute(const ClPlan<T, MR, NV>& pl, const Geo& g, const
           FC_UNROLL for (int v = 0; v < NV; ++v) {
             V val = acc[i][v];
             if (add_bias) val = Sd::add(val, bv[v]);
-            if (relu_out) val = Sd::relu(val);
             if (whole) {
-              store_maybe_stream<T>(yp + v * L, val, stream);
+              store_maybe_stream<T>(yp + v * L, epi_apply<T>(e, val, yp + v * L, 1, L), stream);
             } else {
+              const int nval = (int)std::max<int64_t>(0, std::min<int64_t>(L, g.Kg - kb - v * L));
               alignas(64) T tmp[L];
-              Sd::store(tmp, val);
-              for (int l = 0; l < L; ++l)
-                if (kb + v * L + l < g.Kg) yp[(v * L + l) * ys1] = tmp[l];
+              Sd::store(tmp, epi_apply<T>(e, val, yp + v * L * ys1, ys1, nval));
+              for (int l = 0; l < nval; ++l) yp[(v * L + l) * ys1] = tmp[l];
             }
           }
         }
@@ -538,7 +539,7 @@ FC_INLINE void cl_block_compute(const ClPlan<T, MR, NV>& pl, const Geo& g, const
 // Bpre: weights already packed by pack_cl_weights (callers that run several batches of one layer),
 // or null to pack w here.
 template <typename T, int MR, int NV>
-void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, bool relu, int nth,
+void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, const Epi& ep, int nth,
              const T* Bpre = nullptr) {
   const ClPlan<T, MR, NV> pl = cl_plan<T, MR, NV>(g, x, m, y, nth);
   const int64_t PQ = g.P * g.Q, MC = pl.MC, nIb = pl.nIb, Npad = pl.Npad;
@@ -550,7 +551,7 @@ void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y
     for (int64_t gi = 0; gi < g.G; ++gi)
       for (int64_t k = 0; k < g.Kg; ++k) biasp[gi * Npad + k] = bias[gi * g.Kg + k];
   if (pl.pointwise)
-    return conv_cl_pointwise<T, MR, NV>(g, x.p, Bp, bias ? biasp.data() : nullptr, y.p, relu, pl.stream_out, nth);
+    return conv_cl_pointwise<T, MR, NV>(g, x.p, Bp, bias ? biasp.data() : nullptr, y.p, ep, pl.stream_out, nth);
 
   const int64_t csz = pl.csz, asz = pl.asz, gsegs = pl.gsegs, rows_sz = pl.rows_sz, nIrb = pl.nIrb;
   Buf<T> scratch(nth * (csz + asz));
@@ -595,7 +596,7 @@ void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y
           cl_indirect_rows<T, MR, NV>(pl, g, x, xn, bs, nseg, nir_whole, nir, mc, tb, zeros.data());
         else
           cl_packed_rows<T>(MR, gsegs, g, x, m, xn, mn, bs, nseg, kl, nir, mc, tb);
-        cl_block_compute<T, MR, NV>(pl, g, y, Bp, bias ? biasp.data() : nullptr, relu, gi, jr0, jr1, k0, b, nir,
+        cl_block_compute<T, MR, NV>(pl, g, y, Bp, bias ? biasp.data() : nullptr, ep, gi, jr0, jr1, k0, b, nir,
                                     nir_whole, mc, seg_stride, tb);
         k0 += kl;
       }
@@ -613,13 +614,13 @@ struct ClRunner {
   WV<T> w;
   const T* bias;
   Out4<T> y;
-  bool relu;
+  Epi ep;
   int nth;
   WeightPack* pack;
   template <int MR, int NV>
   void operator()() const {
     const T* B = cached_pack<T>(pack, cl_weight_floats<T, NV>(g), [&](T* p) { pack_cl_weights<T, NV>(g, w, p, nth); });
-    conv_cl<T, MR, NV>(g, x, m, w, bias, y, relu, nth, B);
+    conv_cl<T, MR, NV>(g, x, m, w, bias, y, ep, nth, B);
   }
 };
 
@@ -661,7 +662,7 @@ struct StagedClRunner {
   WV<float> w;
   const float* bias;
   const Tensor4& y;
-  bool relu;
+  Epi ep;
   int nth;
   WeightPack* pack;
   template <int MR, int NV>
@@ -692,7 +693,7 @@ struct StagedClRunner {
         const In4<float> xcl{xs, g.H * g.W * g.Cin, 1, g.W * g.Cin, g.Cin};
         with_channels_last_output(yc, nth, [&](float* ys) {
           const Out4<float> ycl{ys, g.P * g.Q * g.Kout, 1, g.Q * g.Kout, g.Kout};
-          conv_cl<float, MR, NV>(gc, xcl, In4<float>{}, w, bias, ycl, relu, nth, B);
+          conv_cl<float, MR, NV>(gc, xcl, In4<float>{}, w, bias, ycl, ep, nth, B);
         });
       });
     }
@@ -703,9 +704,9 @@ struct StagedClRunner {
 }  // namespace
 
 template <typename T>
-void igemm_nhwc_fwd(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, bool relu, int nth,
+void igemm_nhwc_fwd(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, const Epi& ep, int nth,
                     WeightPack* pack) {
-  with_rows_shape<T>(g.Kg, ClRunner<T>{g, x, m, w, bias, y, relu, nth, pack});
+  with_rows_shape<T>(g.Kg, ClRunner<T>{g, x, m, w, bias, y, ep, nth, pack});
 }
 
 template <typename T>
@@ -722,15 +723,15 @@ ClMode igemm_nhwc_mode(const Geo& g, const In4<T>& x, const In4<T>& m, const Out
 
 #if defined(__AVX512F__)
 void igemm_nhwc_staged_nchw_fwd(const Geo& g, const Tensor4& x, WV<float> w, const float* bias, const Tensor4& y,
-                                bool relu, int nth, WeightPack* pack) {
-  with_rows_shape<float>(g.Kg, StagedClRunner{g, x, w, bias, y, relu, nth, pack});
+                                const Epi& ep, int nth, WeightPack* pack) {
+  with_rows_shape<float>(g.Kg, StagedClRunner{g, x, w, bias, y, ep, nth, pack});
 }
 #endif
 
-template void igemm_nhwc_fwd<float>(const Geo&, In4<float>, In4<float>, WV<float>, const float*, Out4<float>, bool,
+template void igemm_nhwc_fwd<float>(const Geo&, In4<float>, In4<float>, WV<float>, const float*, Out4<float>, const Epi&,
                                     int, WeightPack*);
 template void igemm_nhwc_fwd<double>(const Geo&, In4<double>, In4<double>, WV<double>, const double*, Out4<double>,
-                                     bool, int, WeightPack*);
+                                     const Epi&, int, WeightPack*);
 template void igemm_nhwc_pack_size<float>(const Geo&, int64_t&, int64_t&);
 template void igemm_nhwc_pack_size<double>(const Geo&, int64_t&, int64_t&);
 template ClMode igemm_nhwc_mode<float>(const Geo&, const In4<float>&, const In4<float>&, const Out4<float>&);

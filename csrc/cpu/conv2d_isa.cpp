@@ -83,26 +83,26 @@ EnginePlan<T> plan_engine(const Geo& g0, In4<T> x, In4<T> m, Out4<T> y) {
 
 // pack: the forward's cached weight pack (conv2d_fwd_pack_info says which), or null.
 template <typename T>
-void run_engine(const EnginePlan<T>& e, WV<T> w, const T* bias, bool relu, int nth, WeightPack* pack) {
+void run_engine(const EnginePlan<T>& e, WV<T> w, const T* bias, const Epi& ep, int nth, WeightPack* pack) {
   switch (e.algo) {
     case ConvAlgo::kDepthwiseNhwc:
-      return conv_direct_cl(e.g, e.x, e.m, w, bias, e.y, relu, nth);
+      return conv_direct_cl(e.g, e.x, e.m, w, bias, e.y, ep, nth);
     case ConvAlgo::kDepthwiseNchw:
-      return conv_direct_plane(e.g, e.x, e.m, w, bias, e.y, relu, nth);
+      return conv_direct_plane(e.g, e.x, e.m, w, bias, e.y, ep, nth);
     case ConvAlgo::kIgemmNhwc:
-      return igemm_nhwc_fwd(e.g, e.x, e.m, w, bias, e.y, relu, nth, pack);
+      return igemm_nhwc_fwd(e.g, e.x, e.m, w, bias, e.y, ep, nth, pack);
     case ConvAlgo::kIgemmNchwDirect:
     case ConvAlgo::kIgemmNchwPacked:
-      return igemm_nchw_fwd(e.g, e.x, e.m, w, bias, e.y, relu, nth, pack, e.algo == ConvAlgo::kIgemmNchwDirect);
+      return igemm_nchw_fwd(e.g, e.x, e.m, w, bias, e.y, ep, nth, pack, e.algo == ConvAlgo::kIgemmNchwDirect);
     default:
       return;  // kNone: an empty problem
   }
 }
 
 template <typename T>
-void conv_run(const Geo& g0, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, bool relu, int nth,
+void conv_run(const Geo& g0, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, const Epi& ep, int nth,
               WeightPack* pack = nullptr) {
-  run_engine(plan_engine(g0, x, m, y), w, bias, relu, nth, pack);
+  run_engine(plan_engine(g0, x, m, y), w, bias, ep, nth, pack);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -132,15 +132,16 @@ struct FwdChoice {
 };
 
 // The forward's path: Winograd (3x3 stride 1 float32, conv2d_winograd.h decides), the staged NCHW
-// engine, or plan_engine's choice.
+// engine (not with a residual input: its channels_last copy of y would need one of the residual too), or
+// plan_engine's choice.
 template <typename T>
-FwdChoice<T> choose_fwd(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& y) {
+FwdChoice<T> choose_fwd(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& y, bool residual = false) {
   const Geo g = geo_of(d);
   FwdChoice<T> c{ConvAlgo::kNone, plan_engine<T>(g, in_view<T>(x), In4<T>{}, out_view<T>(y))};
   if (c.engine.algo == ConvAlgo::kNone) return c;
   if (winograd_usable(d, dt)) {
     c.algo = ConvAlgo::kWinograd;
-  } else if (std::is_same_v<T, float> && kIsaLevel == 2 && stage_nchw_forward(g, x, y)) {
+  } else if (std::is_same_v<T, float> && kIsaLevel == 2 && !residual && stage_nchw_forward(g, x, y)) {
     c.algo = ConvAlgo::kIgemmNhwcStaged;
   } else {
     c.algo = c.engine.algo;
@@ -150,20 +151,20 @@ FwdChoice<T> choose_fwd(const ConvDesc& d, DType dt, const Tensor4& x, const Ten
 
 template <typename T>
 void fwd_impl(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& w, const void* bias, const Tensor4& y,
-              bool relu, WeightPack* pack, int nth) {
-  const FwdChoice<T> c = choose_fwd<T>(d, dt, x, y);
+              const Epi& ep, WeightPack* pack, int nth) {
+  const FwdChoice<T> c = choose_fwd<T>(d, dt, x, y, ep.has_res);
   if (c.algo == ConvAlgo::kWinograd)
-    return winograd_fwd(d, x, w, static_cast<const float*>(bias), y, relu, pack, nth);
+    return winograd_fwd(d, x, w, static_cast<const float*>(bias), y, ep, pack, nth);
   const Geo g = geo_of(d);
   const WV<T> wv{static_cast<const T*>(w.data), g.Kg * w.stride[0], w.stride[0], w.stride[1], w.stride[2],
                  w.stride[3]};
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>) {
     if (c.algo == ConvAlgo::kIgemmNhwcStaged)
-      return igemm_nhwc_staged_nchw_fwd(g, x, wv, static_cast<const float*>(bias), y, relu, nth, pack);
+      return igemm_nhwc_staged_nchw_fwd(g, x, wv, static_cast<const float*>(bias), y, ep, nth, pack);
   }
 #endif
-  run_engine(c.engine, wv, static_cast<const T*>(bias), relu, nth, pack);
+  run_engine(c.engine, wv, static_cast<const T*>(bias), ep, nth, pack);
 }
 
 enum PackFamily : int64_t { kPackWinograd = 1, kPackClPanels = 2, kPackPixPanels = 3 };
@@ -354,7 +355,7 @@ void dgrad_impl(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& w
       }
       const WV<T> wv{wp + rc.r0 * w.stride[2] + rc.s0 * w.stride[3], (d.K / d.groups) * w.stride[0], w.stride[1],
                      w.stride[0], rc.rstep * w.stride[2], rc.sstep * w.stride[3]};
-      conv_run<T>(rc.g, dyv, mv, wv, nullptr, ys, false, nth);
+      conv_run<T>(rc.g, dyv, mv, wv, nullptr, ys, Epi{}, nth);
     }
 }
 
@@ -506,12 +507,20 @@ std::string conv_path(int pass, const ConvDesc& d, DType dt, const Tensor4& x, c
 }  // namespace
 
 void conv2d_fwd(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& w, const void* bias, const Tensor4& y,
-                bool relu, WeightPack* pack, int nthreads) {
+                const ConvEpilogue& epilogue, WeightPack* pack, int nthreads) {
   const int nth = std::max(1, nthreads);
+  Epi ep;
+  ep.act = static_cast<Act>(epilogue.act);
+  if (epilogue.residual != nullptr) {  // same strides as y: the residual sits a fixed distance from each output
+    ep.has_res = true;
+    ep.res_after = epilogue.residual_after;
+    ep.res = (static_cast<const char*>(epilogue.residual) - static_cast<const char*>(y.data)) /
+             (dt == kFloat64 ? 8 : 4);
+  }
   if (dt == kFloat32)
-    fwd_impl<float>(d, dt, x, w, bias, y, relu, pack, nth);
+    fwd_impl<float>(d, dt, x, w, bias, y, ep, pack, nth);
   else if (dt == kFloat64)
-    fwd_impl<double>(d, dt, x, w, bias, y, relu, pack, nth);
+    fwd_impl<double>(d, dt, x, w, bias, y, ep, pack, nth);
   else
     throw std::invalid_argument("conv2d_fwd: unsupported dtype");
 }

@@ -46,7 +46,7 @@ enum class ClMode : int { kPointwise, kRowsPaddedCopy, kRowsWholeWindows, kRowBl
 // ---- conv2d_igemm_nhwc_isa.cpp
 // y (channels_last) = conv(x masked by m, w) [+ bias] [ReLU]; pack: the cached K-column panels or null.
 template <typename T>
-void igemm_nhwc_fwd(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, bool relu, int nth,
+void igemm_nhwc_fwd(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, const Epi& ep, int nth,
                     WeightPack* pack);
 // Size (T elements) and panel width NR of igemm_nhwc_fwd's packed weight.
 template <typename T>
@@ -56,7 +56,7 @@ ClMode igemm_nhwc_mode(const Geo& g, const In4<T>& x, const In4<T>& m, const Out
 #if defined(__AVX512F__)
 // NCHW x and y (any strides) through igemm_nhwc_fwd on channels_last copies, a few images at a time.
 void igemm_nhwc_staged_nchw_fwd(const Geo& g, const Tensor4& x, WV<float> w, const float* bias, const Tensor4& y,
-                                bool relu, int nth, WeightPack* pack);
+                                const Epi& ep, int nth, WeightPack* pack);
 #endif
 
 // ---- conv2d_igemm_nchw_isa.cpp
@@ -68,14 +68,14 @@ int64_t pix_weight_floats(const Geo& g) {
 // y (NCHW-like: vectors along output pixels) = conv(x masked by m, w) [+ bias] [ReLU]; direct picks
 // conv_pix_direct over conv_pix.
 template <typename T>
-void igemm_nchw_fwd(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, bool relu, int nth,
+void igemm_nchw_fwd(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, const Epi& ep, int nth,
                     WeightPack* pack, bool direct);
 
 // ---- conv2d_depthwise_nhwc_isa.cpp / conv2d_depthwise_nchw_isa.cpp (Cg == 1)
 template <typename T>
-void conv_direct_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, bool relu, int nth);
+void conv_direct_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, const Epi& ep, int nth);
 template <typename T>
-void conv_direct_plane(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, bool relu, int nth);
+void conv_direct_plane(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, const Epi& ep, int nth);
 
 // ---- conv2d_depthwise_wgrad_isa.cpp
 // dw of a depthwise layer (dy masked by m); db (may be null) too where the kernel can carry it along.

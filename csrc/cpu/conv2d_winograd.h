@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "cpu/epilogue.h"
 #include "cpu/kernels.h"
 
 namespace fastconv {
@@ -24,9 +25,9 @@ bool winograd_usable(const ConvDesc& d, DType dt);
 // Floats of the transformed weight for `pass` (36 x Cin x round_up(Kout, 16)); 0 when unusable.
 int64_t winograd_pack_floats(const ConvDesc& d, DType dt, WinogradPass pass);
 
-// y = conv(x, w) [+ bias] [ReLU]; pack (may be null) holds/receives the transformed weight.
+// y = epilogue(conv(x, w) [+ bias]) (epilogue.h); pack (may be null) holds/receives the transformed weight.
 void winograd_fwd(const ConvDesc& d, const Tensor4& x, const Tensor4& w, const float* bias, const Tensor4& y,
-                  bool relu, WeightPack* pack, int nth);
+                  const Epi& ep, WeightPack* pack, int nth);
 // dx = conv_transpose(dy [masked by relu_y > 0], w).
 void winograd_dgrad(const ConvDesc& d, const Tensor4& dy, const Tensor4& w, const Tensor4* relu_y,
                     const Tensor4& dx, WeightPack* pack, int nth);

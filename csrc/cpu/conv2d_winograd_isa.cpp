@@ -268,10 +268,10 @@ void block_gemms(const float* Vb, int64_t T, int64_t nt, int64_t Cp, int64_t Cin
   }
 }
 
-// Output transform of one tile for the chunk's vectors: y tile = A^T M A (+ bias, ReLU), stores
+// Output transform of one tile for the chunk's vectors: y tile = A^T M A (+ bias, the epilogue), stores
 // only the pixels inside P x Q and the channels below Kout.
 void output_tile(const float* M, int64_t T, int64_t tt, int nv, int64_t k0, int64_t Kout, const float* bias,
-                 bool relu, const Dst& y, int64_t n, int64_t p0, int64_t q0, int64_t P, int64_t Q) {
+                 const Epi& ep, const Dst& y, int64_t n, int64_t p0, int64_t q0, int64_t P, int64_t Q) {
   const int pn = static_cast<int>(std::min<int64_t>(4, P - p0)), qn = static_cast<int>(std::min<int64_t>(4, Q - q0));
   const bool cl = y.s1 == 1;
   for (int v = 0; v < nv; ++v) {
@@ -283,11 +283,11 @@ void output_tile(const float* M, int64_t T, int64_t tt, int nv, int64_t k0, int6
     FC_UNROLL for (int b = 0; b < 6; ++b) at4(m + b, 6, t + b, 6);       // columns: 4 x 6
     FC_UNROLL for (int a = 0; a < 4; ++a) at4(t + 6 * a, 1, o + 4 * a, 1);  // rows: 4 x 4
     const V bv = bias ? Sf::load_n(bias + kv, nl) : Sf::zero();
+    float* yb = y.p + n * y.s0 + kv * y.s1 + p0 * y.s2 + q0 * y.s3;
     FC_UNROLL for (int i = 0; i < 16; ++i) {
       o[i] = Sf::add(o[i], bv);
-      if (relu) o[i] = Sf::relu(o[i]);
+      if (i / 4 < pn && i % 4 < qn) o[i] = epi_apply<float>(ep, o[i], yb + (i / 4) * y.s2 + (i % 4) * y.s3, y.s1, nl);
     }
-    float* yb = y.p + n * y.s0 + kv * y.s1 + p0 * y.s2 + q0 * y.s3;
     if (cl) {
       for (int a = 0; a < pn; ++a)
         for (int b = 0; b < qn; ++b) {
@@ -317,7 +317,7 @@ void output_tile(const float* M, int64_t T, int64_t tt, int nv, int64_t k0, int6
 // Forward-style Winograd convolution: y[n, k, p, q] = act(bias[k] + sum_{c,r,s} g(k,c,r,s) *
 // src[n, c, p - ph + r, q - pw + s]) with U = pack_weights(g).
 void forward_engine(const Src& src, int64_t Kout, int64_t P, int64_t Q, int64_t ph, int64_t pw, const float* U,
-                    const float* bias, bool relu, const Dst& y, int64_t N, int nth) {
+                    const float* bias, const Epi& ep, const Dst& y, int64_t N, int nth) {
   const int64_t Cin = src.C, Cp = round_up(Cin, L), Kp = round_up(Kout, L);
   const TileGrid grid(N, P, Q);
   // T = 60 tiles up to 256 channels (V block 0.55 MiB at 64, 2.2 MiB at 256 channels); wider
@@ -356,7 +356,7 @@ void forward_engine(const Src& src, int64_t Kout, int64_t P, int64_t Q, int64_t 
       for (int64_t tt = 0; tt < nt; ++tt) {
         int64_t n, p0, q0;
         grid.at(t0 + tt, n, p0, q0);
-        output_tile(M, T, tt, nv, k0, Kout, bias, relu, y, n, p0, q0, P, Q);
+        output_tile(M, T, tt, nv, k0, Kout, bias, ep, y, n, p0, q0, P, Q);
       }
     }
   }
@@ -389,11 +389,11 @@ Dst dst_of(const Tensor4& t) { return Dst{static_cast<float*>(t.data), t.stride[
 }  // namespace
 
 void winograd_fwd(const ConvDesc& d, const Tensor4& x, const Tensor4& w, const float* bias, const Tensor4& y,
-                  bool relu, WeightPack* pack, int nth) {
+                  const Epi& ep, WeightPack* pack, int nth) {
   const WAcc wa{static_cast<const float*>(w.data), w.stride[0], w.stride[1], w.stride[2], w.stride[3]};
   PackedWeight U(pack, winograd_pack_floats(d, kFloat32, WinogradPass::kForward), wa, d.C, d.K, nth);
   StagedSrc s(x, nullptr, kStageA, nth);
-  forward_engine(s.src, d.K, d.P, d.Q, d.pad_h, d.pad_w, U.U, bias, relu, dst_of(y), d.N, nth);
+  forward_engine(s.src, d.K, d.P, d.Q, d.pad_h, d.pad_w, U.U, bias, ep, dst_of(y), d.N, nth);
 }
 
 void winograd_dgrad(const ConvDesc& d, const Tensor4& dy, const Tensor4& w, const Tensor4* relu_y,
@@ -404,7 +404,7 @@ void winograd_dgrad(const ConvDesc& d, const Tensor4& dy, const Tensor4& w, cons
   const WAcc wa{wp + 2 * w.stride[2] + 2 * w.stride[3], w.stride[1], w.stride[0], -w.stride[2], -w.stride[3]};
   PackedWeight U(pack, winograd_pack_floats(d, kFloat32, WinogradPass::kInputGrad), wa, d.K, d.C, nth);
   StagedSrc s(dy, relu_y, kStageA, nth);
-  forward_engine(s.src, d.C, d.H, d.W, 2 - d.pad_h, 2 - d.pad_w, U.U, nullptr, false, dst_of(dx), d.N, nth);
+  forward_engine(s.src, d.C, d.H, d.W, 2 - d.pad_h, 2 - d.pad_w, U.U, nullptr, Epi{}, dst_of(dx), d.N, nth);
 }
 
 void winograd_wgrad(const ConvDesc& d, const Tensor4& dy, const Tensor4& x, const Tensor4* relu_y,
@@ -501,7 +501,7 @@ void winograd_wgrad(const ConvDesc& d, const Tensor4& dy, const Tensor4& x, cons
 namespace {
 [[noreturn]] void unusable() { throw std::logic_error("fastconv: Winograd convolution needs the avx512 build"); }
 }  // namespace
-void winograd_fwd(const ConvDesc&, const Tensor4&, const Tensor4&, const float*, const Tensor4&, bool, WeightPack*,
+void winograd_fwd(const ConvDesc&, const Tensor4&, const Tensor4&, const float*, const Tensor4&, const Epi&, WeightPack*,
                   int) {
   unusable();
 }

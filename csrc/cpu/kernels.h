@@ -62,6 +62,15 @@ struct PackInfo {
   int64_t kind = 0;
 };
 
+// The forward convolution's epilogue after the bias: an activation (act: 0 none, 1 relu, 2 relu6,
+// 3 silu, 4 hardswish, 5 hardsigmoid, 6 gelu, 7 sigmoid; torch's definitions) and an optional residual
+// input with y's sizes and strides, added before the activation or after it (residual_after).
+struct ConvEpilogue {
+  int act = 0;
+  const void* residual = nullptr;
+  bool residual_after = false;
+};
+
 // Pooling window description; P, Q computed in Python with torch's ceil_mode rule.
 struct PoolDesc {
   int64_t N = 0, C = 0, H = 0, W = 0;
@@ -93,7 +102,7 @@ StreamStores stream_stores();
 //    and ISA level (no floating-point atomics, fixed reduction order),
 //  - use at most `nthreads` OpenMP threads.
 //
-// conv2d_fwd:   y = conv(x, w) [+ bias] [then ReLU when relu]; bias is contiguous length K or null.
+// conv2d_fwd:   y = conv(x, w) [+ bias], then the epilogue (ConvEpilogue); bias is contiguous length K or null.
 // conv2d_dgrad: dx = d/dx; when relu_y is non-null, dy is multiplied by (relu_y > 0) on the fly
 //               (the fused conv+ReLU backward: relu_y is the fused op's output).
 //               pack (may be null): cache for the packed weight, see WeightPack.
@@ -114,7 +123,8 @@ StreamStores stream_stores();
   namespace cpu {                                                                                 \
   namespace ISA {                                                                                 \
   void conv2d_fwd(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& w,                \
-                  const void* bias, const Tensor4& y, bool relu, WeightPack* pack, int nthreads); \
+                  const void* bias, const Tensor4& y, const ConvEpilogue& epilogue,               \
+                  WeightPack* pack, int nthreads);                                                \
   void conv2d_dgrad(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& w,             \
                     const Tensor4* relu_y, const Tensor4& dx, WeightPack* pack, int nthreads);    \
   int64_t conv2d_weight_pack_floats(const ConvDesc& d, DType dt, int pass);                       \

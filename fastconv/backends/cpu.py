@@ -23,6 +23,16 @@ from . import Backend, import_extension
 _C, _IMPORT_ERROR = import_extension("_C")
 
 _DTYPE_CODE = {torch.float32: 0, torch.float64: 1}
+# The kernels' activation codes (csrc/cpu/epilogue.h: Act)
+_ACT_CODE = {"none": 0, "relu": 1, "relu6": 2, "silu": 3, "hardswish": 4, "hardsigmoid": 5, "gelu": 6, "sigmoid": 7}
+
+
+def _trivial_epilogue(y: torch.Tensor, act: int, residual, residual_after: bool) -> torch.Tensor:
+    """The epilogue of an output no kernel computes (empty, or an empty reduction: y is the bias)."""
+    from ..ops.conv2d_fused import compose_epilogue
+
+    name = next(k for k, v in _ACT_CODE.items() if v == act)
+    return compose_epilogue(y, None, None, residual, name, residual_after)
 _UPCAST = (torch.float16, torch.bfloat16)
 
 
@@ -167,14 +177,14 @@ class WeightPackCache:
 weight_pack_cache = WeightPackCache()
 
 
-def _packed_call(kernel, args: tuple, w: torch.Tensor, floats: int, kind) -> None:
-    """Calls kernel(*args, pack=...) with the cached pack of w of this kind (a pack of `floats` float32
-    elements) when the kernel uses one (floats > 0), else kernel(*args)."""
+def _packed_call(kernel, args: tuple, w: torch.Tensor, floats: int, kind, **kwargs) -> None:
+    """Calls kernel(*args, pack=..., **kwargs) with the cached pack of w of this kind (a pack of `floats`
+    float32 elements) when the kernel uses one (floats > 0), else kernel(*args, **kwargs)."""
     if floats == 0:
-        kernel(*args)
+        kernel(*args, **kwargs)
         return
     buf, ready = weight_pack_cache.lookup(w, kind, floats)
-    kernel(*args, pack=(buf.data_ptr(), buf.numel(), ready))
+    kernel(*args, pack=(buf.data_ptr(), buf.numel(), ready), **kwargs)
     if not ready:
         weight_pack_cache.store(w, kind, buf)
 
@@ -271,13 +281,28 @@ class CpuBackend(Backend):
 
     @_upcasting
     def conv2d_fwd(self, x, w, bias, stride, padding, dilation, groups, relu):
+        return self._fwd(x, w, bias, stride, padding, dilation, groups, _ACT_CODE["relu"] if relu else 0, None,
+                         False)
+
+    @_upcasting
+    def conv2d_fused_fwd(self, x, w, bias, scale, residual, stride, padding, dilation, groups, activation,
+                         residual_after, return_conv):
+        """The epilogue in the kernels (activation, residual); a per-channel scale, or the convolution
+        output autograd wants (training), are composed by the base class."""
+        if scale is not None or return_conv:
+            return super().conv2d_fused_fwd(x, w, bias, scale, residual, stride, padding, dilation, groups,
+                                            activation, residual_after, return_conv)
+        return self._fwd(x, w, bias, stride, padding, dilation, groups, _ACT_CODE[activation], residual,
+                         residual_after), None
+
+    def _fwd(self, x, w, bias, stride, padding, dilation, groups, act, residual, residual_after):
         key = (x.shape, x.stride(), w.shape, w.stride(), x.dtype, tuple(stride), tuple(padding), tuple(dilation),
                groups)
         plan = _FWD_PLANS.get(key)
         if plan is None:
-            y, out_hw, done = _utils.conv_output_or_trivial(x, w, bias, stride, padding, dilation, relu)
+            y, out_hw, done = _utils.conv_output_or_trivial(x, w, bias, stride, padding, dilation, False)
             if done:
-                return y
+                return _trivial_epilogue(y, act, residual, residual_after)
             desc, code = conv_desc(x, w, stride, padding, dilation, groups, out_hw), _dtype_code(x)
             call = _C.ConvFwdCall(desc, code, x.shape, x.stride(), w.shape, w.stride(), y.shape, y.stride())
             plan = _FwdPlan(tuple(y.shape), y.stride(), desc, code, call, _conv_work(x, w, out_hw))
@@ -288,12 +313,17 @@ class CpuBackend(Backend):
             y = torch.empty_strided(plan.out_shape, plan.out_stride, dtype=x.dtype)
         if bias is not None:
             bias = bias.contiguous()
+        extra = {}
+        if residual is not None:
+            if residual.stride() != y.stride() or residual.dtype != y.dtype:  # the kernels read it at y's offsets
+                residual = torch.empty_strided(y.shape, y.stride(), dtype=y.dtype).copy_(residual)
+            extra = {"residual": _t4(residual), "residual_after": bool(residual_after)}
         # The pack's size and format are asked per call, not kept in the plan: they depend on the ISA level,
         # which tests switch at run time.
         floats, kind = plan.call.pack_info()
         _packed_call(plan.call, (x.data_ptr(), w.data_ptr(), bias.data_ptr() if bias is not None else 0, y.data_ptr(),
-                                 bool(relu), _threads(plan.work, _CONV_SERIAL_MACS)),
-                     w, floats, ("forward", kind))
+                                 act, _threads(plan.work, _CONV_SERIAL_MACS)),
+                     w, floats, ("forward", kind), **extra)
         return y
 
     @_upcasting
