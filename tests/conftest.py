@@ -1,34 +1,22 @@
-"""Shared fixtures and helpers for fastconv's correctness tests.
+"""Shared fixtures for fastconv's correctness tests (plain helpers and the shared grids: tests/helpers.py).
 
 Every test that runs a kernel takes the `backend` fixture. By default it is parametrized over the
 'cpu' backend (fastconv._C, the main target); `--backend NAME` (repeatable) or FASTCONV_TEST_BACKENDS
 (comma-separated) choose others, e.g. `pytest tests --backend reference` checks the tests themselves
 against the pure-torch backend. A backend that cannot be selected (e.g. _C not built) makes the tests
 ERROR, never skip.
-
-The yardstick is always torch: results in float64 computed by torch from the same inputs, compared
-with `rel_err` = ||ours - ref|| / ||ref|| (Frobenius norm over the whole tensor).
 """
 from __future__ import annotations
 
 import os
 import random
-from typing import Iterable, Optional
 
 import pytest
 import torch
 
 import fastconv
 import _hypothesis_profiles  # noqa: F401  (hypothesis profiles: 'ci', the default, and 'long')
-
-# Relative error bound per dtype: ||ours - ref|| / ||ref|| with ref = torch in float64.
-# float16/bfloat16 run in float32 and are rounded once: the bound is a few output ulps.
-REL_TOL = {
-    torch.float32: 1e-5,
-    torch.float64: 1e-10,
-    torch.float16: 3e-3,
-    torch.bfloat16: 2e-2,
-}
+from helpers import CPU_ISAS
 
 DEFAULT_BACKENDS = ("cpu",)
 
@@ -95,19 +83,6 @@ def _seed():
     yield
 
 
-def _cpu_isas() -> list:
-    """The CPU kernels' ISA levels this machine can run, best first ([] without fastconv._C)."""
-    try:
-        from fastconv import _C
-    except ImportError:
-        return []
-    order = ["baseline", "avx2", "avx512"]
-    return [i for i in reversed(order) if order.index(i) <= order.index(_C.detected_cpu_isa())]
-
-
-CPU_ISAS = _cpu_isas()
-
-
 @pytest.fixture(params=CPU_ISAS)
 def isa(request):
     """Runs the test at each ISA level of the CPU kernels (fastconv._C.set_cpu_isa), since their
@@ -129,101 +104,13 @@ def weight_pack_cache():
     c.clear()
 
 
-# ----------------------------------------------------------------------------------------------------
-# Helpers
-
-
-def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    """||ours - ref|| / ||ref|| in float64; the absolute norm when ref is all zeros; 0 for empty tensors.
-
-    Shapes must agree. NaN anywhere in ours (but not in ref) gives inf.
-    """
-    assert isinstance(ours, torch.Tensor), f"expected a tensor, got {type(ours).__name__}"
-    assert tuple(ours.shape) == tuple(ref.shape), f"shape {tuple(ours.shape)} != torch's {tuple(ref.shape)}"
-    if ref.numel() == 0:
-        return 0.0
-    a = ours.detach().to(torch.float64)
-    b = ref.detach().to(torch.float64)
-    if not torch.isfinite(a).all() and torch.isfinite(b).all():
-        return float("inf")
-    diff = torch.linalg.vector_norm(a - b).item()
-    denom = torch.linalg.vector_norm(b).item()
-    return diff / denom if denom > 0 else diff
-
-
-def assert_rel(ours: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str = "output",
-               tol: Optional[float] = None) -> None:
-    tol = REL_TOL[dtype] if tol is None else tol
-    err = rel_err(ours, ref)
-    assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.1e} (dtype {dtype})"
-
-
-def same_memory_format(ours: torch.Tensor, ref: torch.Tensor, what: str = "output") -> None:
-    """ours is laid out as torch's result is: contiguous and/or channels_last exactly when torch's is."""
-    for fmt in (torch.contiguous_format, torch.channels_last):
-        if ref.dim() != 4 and fmt is torch.channels_last:
-            continue
-        assert ours.is_contiguous(memory_format=fmt) == ref.is_contiguous(memory_format=fmt), (
-            f"{what}: memory format differs from torch's: ours strides {ours.stride()}, torch's {ref.stride()} "
-            f"(shape {tuple(ref.shape)}, {fmt})"
-        )
-
-
-def sample_grid(axes: dict, n: int, seed: int, valid=None) -> list:
-    """A deterministic sample of n cases from the product of the axes (dict name -> values).
-
-    Cases are drawn value by value with a seeded RNG, so that every value of every axis is
-    exercised even when the full product is too big to run; `valid(case) -> bool` filters.
-    Each value of each axis is first forced into at least one case (round-robin), then the rest
-    are random.
-    """
-    rng = random.Random(seed)
-    names = list(axes)
-    cases, seen = [], set()
-
-    def draw(forced=None):
-        for _ in range(1000):
-            case = {k: rng.choice(list(axes[k])) for k in names}
-            if forced:
-                case[forced[0]] = forced[1]
-            key = repr(sorted(case.items(), key=lambda kv: kv[0]))
-            if key in seen or (valid is not None and not valid(case)):
-                continue
-            seen.add(key)
-            return case
-        return None
-
-    for k in names:
-        for v in axes[k]:
-            case = draw((k, v))
-            if case is not None:
-                cases.append(case)
-    while len(cases) < n:
-        case = draw()
-        if case is None:
-            break
-        cases.append(case)
-    return cases
-
-
-def case_id(case: dict) -> str:
-    def fmt(v):
-        if isinstance(v, tuple):
-            return "x".join(str(i) for i in v)
-        if isinstance(v, torch.dtype):
-            return str(v).replace("torch.", "")
-        return str(v)
-
-    return "-".join(f"{k}={fmt(v)}" for k, v in case.items())
-
-
-def covered(cases: Iterable[dict], axes: dict) -> dict:
-    """For each axis, the values that no case uses (empty dict: full coverage)."""
-    cases = list(cases)
-    missing = {}
-    for k, values in axes.items():
-        used = {repr(c[k]) for c in cases}
-        lacking = [v for v in values if repr(v) not in used]
-        if lacking:
-            missing[k] = lacking
-    return missing
+@pytest.fixture(params=["forward", "reversed"])
+def thread_order(request):
+    """The SIMT emulator (fastconv._C_emu) schedules each block's threads in this order; restored to
+    'forward' afterwards."""
+    from fastconv import _C_emu
+    _C_emu.set_thread_order(request.param)
+    try:
+        yield request.param
+    finally:
+        _C_emu.set_thread_order("forward")

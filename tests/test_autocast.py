@@ -13,7 +13,7 @@ from torch import nn
 
 import fastconv.functional as FC
 import fastconv.nn as fnn
-from conftest import assert_rel
+from helpers import assert_rel
 
 AMP_DTYPES = [torch.bfloat16, torch.float16]
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import fastconv
 import fastconv.functional as FC
 from fastconv import backends
-from conftest import assert_rel
+from helpers import assert_rel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

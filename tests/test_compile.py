@@ -4,49 +4,22 @@ from __future__ import annotations
 
 import torch
 import torch._dynamo
-from torch import nn
 
-import fastconv.nn as fnn
-from conftest import assert_rel
-
-
-class Small(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(
-            fnn.Conv2dReLU(3, 8, 3, padding=1),
-            fnn.MaxPool2d(2),
-            fnn.Conv2d(8, 8, 3, padding="same", groups=2, bias=False),
-            fnn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False),
-            fnn.Conv2d(8, 4, 2, padding="same", padding_mode="reflect"),
-        )
-        self.head = nn.Linear(4 * 4 * 4, 5)
-
-    def forward(self, x):
-        return self.head(torch.flatten(self.features(x), 1))
-
-
-def _run(fn, model, x):
-    """fn(x) forward and backward; returns output, input grad and the grads of model's parameters."""
-    model.zero_grad(set_to_none=True)
-    x = x.detach().clone().requires_grad_()
-    y = fn(x)
-    y.square().sum().backward()
-    return y.detach(), x.grad, {n: p.grad.clone() for n, p in model.named_parameters()}
+from helpers import SmallNet, assert_rel, forward_backward
 
 
 def test_compile_fullgraph_matches_eager(backend):
     torch._dynamo.reset()
-    model = Small()
+    model = SmallNet()
     x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
 
     explanation = torch._dynamo.explain(model)(x)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
 
-    y_eager, gx_eager, grads_eager = _run(model, model, x)
+    y_eager, gx_eager, grads_eager = forward_backward(model, model, x)
     compiled = torch.compile(model, fullgraph=True)
-    y_c, gx_c, grads_c = _run(compiled, model, x)
+    y_c, gx_c, grads_c = forward_backward(compiled, model, x)
     # Same kernels, same inputs: compiled and eager differ at most by rounding order in the
     # torch parts (Linear, flatten) that inductor may fuse.
     assert_rel(y_c, y_eager, torch.float32, "output")

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 import fastconv.functional as FC
 from fastconv import _C
 from fastconv.backends import cpu as cpu_backend
-from conftest import CPU_ISAS, assert_rel
+from helpers import CPU_ISAS, assert_rel, pair
 
 
 def _check(backend, isa, x, w, b, relu, dtype, **kw):
@@ -522,10 +522,6 @@ def _meta(N, C, H, W, K, ks, groups=1, channels_last=False):
     return x, torch.empty(K, C // groups, *ks, device="meta")
 
 
-def _pair(k):
-    return k if isinstance(k, tuple) else (k, k)
-
-
 def _lanes(dtype) -> int:
     """Vector lanes of the kernels at the ISA level in use."""
     return {"avx512": 16, "avx2": 8, "baseline": 4}[_C.cpu_isa()] // (2 if dtype == torch.float64 else 1)
@@ -542,7 +538,7 @@ def _l2_bytes() -> int:
 @pytest.mark.parametrize("case", DW_CASES, ids=[str(i) for i in range(len(DW_CASES))])
 def test_path_depthwise_channels_last(isa, case):
     N, C, H, W, k, stride, padding, dilation = case
-    x, w = _meta(N, C, H, W, C, _pair(k), groups=C, channels_last=True)
+    x, w = _meta(N, C, H, W, C, pair(k), groups=C, channels_last=True)
     kw = dict(stride=stride, padding=padding, dilation=dilation, groups=C)
     assert _path(x, w, **kw) == "depthwise_nhwc"
     assert _path(x, w, "dgrad", relu=True, **kw) == "residue_classes > depthwise_nhwc"
@@ -555,7 +551,7 @@ def test_path_depthwise_channels_last(isa, case):
 def test_path_few_channels_input_grad(isa, case, dtype):
     """The channels_last input gradient of C <= L/4 channels runs the NCHW kernels between two copies."""
     N, C, H, W, K, k, stride, padding, dilation = case
-    x, w = _meta(N, C, H, W, K, _pair(k), channels_last=True)
+    x, w = _meta(N, C, H, W, K, pair(k), channels_last=True)
     path = _path(x, w, "dgrad", dtype, stride=stride, padding=padding, dilation=dilation)
     if 4 * C <= _lanes(dtype) and H * W > 1:
         assert path.startswith("nchw_copies > residue_classes > igemm_nchw_"), path
@@ -567,7 +563,7 @@ def test_path_few_channels_input_grad(isa, case, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_path_nchw_direct(isa, case, dtype):
     N, C, H, W, K, k, stride, padding, dilation, groups = case
-    x, w = _meta(N, C, H, W, K, _pair(k), groups=groups)
+    x, w = _meta(N, C, H, W, K, pair(k), groups=groups)
     kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     assert _path(x, w, "fwd", dtype, **kw) == "igemm_nchw_direct"
     # ReLU's backward on NCHW dy: one masking pass over dy first, then the same engine
@@ -600,7 +596,7 @@ ROWMERGE_MODES = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_path_channels_last_modes(isa, i, dtype):
     N, C, H, W, K, k, stride, padding, dilation = ROWMERGE_CASES[i]
-    x, w = _meta(N, C, H, W, K, _pair(k), channels_last=True)
+    x, w = _meta(N, C, H, W, K, pair(k), channels_last=True)
     mode = ROWMERGE_MODES[i]
     mode = mode(dtype) if callable(mode) else mode[dtype == torch.float64] if isinstance(mode, tuple) else mode
     assert _path(x, w, "fwd", dtype, stride=stride, padding=padding, dilation=dilation) == "igemm_nhwc/" + mode
@@ -612,7 +608,7 @@ def test_path_staged_nchw(isa, case, dtype):
     """NCHW float32 layers of >= 128 channels with stride 2 run conv_cl on channels_last copies (AVX-512
     only); float64 and the other levels run the NCHW kernels."""
     N, C, H, W, K, k, stride, padding, dilation = case
-    x, w = _meta(N, C, H, W, K, _pair(k))
+    x, w = _meta(N, C, H, W, K, pair(k))
     path = _path(x, w, "fwd", dtype, stride=stride, padding=padding, dilation=dilation)
     if dtype == torch.float32 and isa == "avx512":
         assert path.startswith("igemm_nhwc_staged_nchw/"), path

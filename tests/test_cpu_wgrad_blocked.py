@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import fastconv
 from fastconv.backends import cpu as cpu_backend
 
-from conftest import assert_rel
+from helpers import assert_rel
 
 _C = cpu_backend._C
 pytestmark = pytest.mark.skipif(_C is None or _C.cpu_isa() != "avx512",

@@ -23,7 +23,7 @@ import fastconv
 import fastconv.functional as FC
 from fastconv.backends import cpu as cpu_backend
 
-from conftest import assert_rel
+from helpers import assert_rel
 
 _C = cpu_backend._C
 pytestmark = pytest.mark.skipif(_C is None, reason="fastconv._C is not built")

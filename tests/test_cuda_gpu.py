@@ -20,15 +20,13 @@ import torch.nn.functional as F
 
 import fastconv
 import fastconv.functional as FC
-from conftest import REL_TOL, case_id, rel_err
+from helpers import (AVG_POOL_CASES, CONV_FP32_CASES, MAX_POOL_CASES, REL_TOL, avg_pool_args, case_id, make_conv_case,
+                     make_grad, make_pool_input, max_pool_args, rel_err, torch_conv_op)
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or not fastconv.backends.registered()["cuda"].availability()[0],
     reason="needs a CUDA GPU and fastconv._C_cuda (" + fastconv.backends.registered()["cuda"].availability()[1] + ")",
 )
-
-import test_conv2d as conv_grid  # noqa: E402  (the CPU grids, reused on CUDA)
-import test_pool2d as pool_grid  # noqa: E402
 
 ERR_FACTOR = 4.0
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
@@ -62,12 +60,12 @@ def bound(ours_err: float, cudnn_err: float, dtype: torch.dtype, what: str):
 
 
 def check_conv(case, dtype):
-    x, w, b, kwargs = conv_grid.make_case(case, dtype)
+    x, w, b, kwargs = make_conv_case(case, dtype)
     inputs = [x, w] + ([b] if b is not None else [])
     cuda_inputs = [to_cuda_like(t.detach()).requires_grad_() for t in inputs]
-    torch_fn = conv_grid._torch_op(case["op"])
+    torch_fn = torch_conv_op(case["op"])
     y = getattr(FC, case["op"])(*cuda_inputs[:2], cuda_inputs[2] if b is not None else None, **kwargs)
-    g = conv_grid.make_grad(y.shape, case["grad"], dtype).cuda()
+    g = make_grad(y.shape, case["grad"], dtype).cuda()
     grads = torch.autograd.grad(y, cuda_inputs, g)
     cudnn_inputs = [t.detach().clone().requires_grad_() for t in cuda_inputs]
     y_cudnn = torch_fn(*cudnn_inputs[:2], cudnn_inputs[2] if b is not None else None, **kwargs)
@@ -83,8 +81,8 @@ def check_conv(case, dtype):
 # Under compute-sanitizer (10-100x slower) a small slice of the grids runs.
 UNDER_SANITIZER = bool(os.environ.get("FASTCONV_UNDER_SANITIZER"))
 
-CONV_CASES = [(c, torch.float32) for c in conv_grid.FP32_CASES[:120]] + [
-    (c, dt) for dt in (torch.float16, torch.bfloat16, torch.float64) for c in conv_grid.FP32_CASES[120:170]]
+CONV_CASES = [(c, torch.float32) for c in CONV_FP32_CASES[:120]] + [
+    (c, dt) for dt in (torch.float16, torch.bfloat16, torch.float64) for c in CONV_FP32_CASES[120:170]]
 if UNDER_SANITIZER:
     CONV_CASES = CONV_CASES[:10] + CONV_CASES[120:122] + CONV_CASES[170:172]
 
@@ -94,8 +92,8 @@ def test_conv2d_cuda(case, dtype):
     check_conv(case, dtype)
 
 
-POOL_CASES = ([("max", c, d) for d in DTYPES for c in pool_grid.MAX_CASES[:40]]
-              + [("avg", c, d) for d in DTYPES for c in pool_grid.AVG_CASES[:40]])
+POOL_CASES = ([("max", c, d) for d in DTYPES for c in MAX_POOL_CASES[:40]]
+              + [("avg", c, d) for d in DTYPES for c in AVG_POOL_CASES[:40]])
 if UNDER_SANITIZER:
     POOL_CASES = POOL_CASES[:6] + POOL_CASES[-6:]
 
@@ -103,20 +101,20 @@ if UNDER_SANITIZER:
 @pytest.mark.parametrize("kind,case,dtype", POOL_CASES,
                          ids=[f"{k}-{case_id(c)}-{str(d)[6:]}" for k, c, d in POOL_CASES])
 def test_pool2d_cuda(kind, case, dtype):
-    x_cpu = pool_grid.make_input(case, dtype)
+    x_cpu = make_pool_input(case, dtype)
     x = to_cuda_like(x_cpu.detach()).requires_grad_()
     if kind == "max":
-        kwargs = pool_grid.max_args(case)
+        kwargs = max_pool_args(case)
         y, idx = FC.max_pool2d(x, **kwargs, return_indices=True)
         y_t, idx_t = F.max_pool2d(x.detach(), **kwargs, return_indices=True)
         assert torch.equal(idx, idx_t), "indices differ from cuDNN/torch's"
         torch.testing.assert_close(y, y_t, rtol=0, atol=0, equal_nan=True)
         fn = lambda t: F.max_pool2d(t, **kwargs)  # noqa: E731
     else:
-        kwargs = pool_grid.avg_args(case)
+        kwargs = avg_pool_args(case)
         y = FC.avg_pool2d(x, **kwargs)
         fn = lambda t: F.avg_pool2d(t, **kwargs)  # noqa: E731
-    g = pool_grid.make_grad(y.shape, "contiguous", dtype).cuda()
+    g = make_grad(y.shape, "contiguous", dtype).cuda()
     (gx,) = torch.autograd.grad(y, [x], g)
     xt = x.detach().clone().requires_grad_()
     y_t = fn(xt)

@@ -25,7 +25,7 @@ import fastconv
 import fastconv.functional as FC
 from fastconv import backends
 from fastconv.backends.reference import ReferenceBackend
-from conftest import assert_rel
+from helpers import assert_rel
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 

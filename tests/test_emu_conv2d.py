@@ -4,7 +4,7 @@ SIMT emulator (backend 'cuda_emu') against torch.
 Through the public API (fastconv.functional.conv2d / conv2d_relu under fastconv.use_backend('cuda_emu'))
 and autograd: every case runs the forward kernel and the backward kernels (dgrad, wgrad, bias
 gradient; the ReLU mask for conv2d_relu) and compares y, x.grad, w.grad and b.grad with torch in
-float64 from the same values (conftest.REL_TOL; float16/bfloat16 are stored rounded, accumulated in
+float64 from the same values (helpers.REL_TOL; float16/bfloat16 are stored rounded, accumulated in
 float32). Each case runs with the emulator's threads in forward and in reversed order: a missing
 __syncthreads reads shared memory another thread has not written yet (or already overwrote) in one
 of the orders. Shapes are small (the emulator switches fibers at ~40 ns) but are chosen to cross
@@ -18,6 +18,8 @@ Kernels and what reaches them:
 """
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,8 +27,7 @@ import torch.nn.functional as F
 import fastconv
 from fastconv.backends import cuda as cuda_backend
 import fastconv.functional as FC
-from conftest import assert_rel, case_id, covered, same_memory_format, sample_grid
-from test_conv2d import make_grad  # the CPU grid's grad_output layouts
+from helpers import assert_rel, case_id, check_conv_case, conv_valid, covered, sample_grid
 
 _C_emu = pytest.importorskip("fastconv._C_emu", reason="the SIMT emulator module is not built")
 
@@ -67,25 +68,7 @@ AXES = {
 }
 
 
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
-def _valid(case) -> bool:
-    return not (case["padding"] == "same" and _pair(case["stride"]) != (1, 1))
-
-
-def _spatial(case):
-    """The case's (H, W), grown where the dilated kernel would not fit the padded input."""
-    R, S = case["kernel"]
-    dh, dw = _pair(case["dilation"])
-    pad = case["padding"]
-    ph, pw = (0, 0) if isinstance(pad, str) else _pair(pad)
-    H, W = case["HW"]
-    return max(H, dh * (R - 1) + 1 - 2 * ph), max(W, dw * (S - 1) + 1 - 2 * pw)
-
-
-GRID = sample_grid(AXES, n=64, seed=71, valid=_valid)
+GRID = sample_grid(AXES, n=64, seed=71, valid=conv_valid)
 
 # Explicit cases for what a small random grid would rarely hit.
 _BASE = dict(op="conv2d", kernel=(3, 3), stride=1, padding=1, dilation=1, channels="c8k12", bias=True,
@@ -135,89 +118,22 @@ def _simt_kernels_in_true_fp32(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
 
 
-@pytest.fixture(params=["forward", "reversed"])
-def thread_order(request):
-    """The emulator schedules each block's threads in this order; restored to 'forward' afterwards."""
-    _C_emu.set_thread_order(request.param)
-    try:
-        yield request.param
-    finally:
-        _C_emu.set_thread_order("forward")
-
-
-def make_case(case, seed=0):
-    """(x, w, b, kwargs): x and w views with the case's layout of leaves that require grad."""
-    gen = torch.Generator().manual_seed(seed)
-    dtype = case["dtype"]
-
-    def rnd(*shape):
-        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
-
-    C, K, groups = CHANNELS[case["channels"]]
-    R, S = case["kernel"]
-    N = case["N"]
-    H, W = _spatial(case)
-    layout = case["layout"]
-    if layout == "slice":      # every other channel and column, rows 2..H+1
-        x = rnd(N, 2 * C, H + 3, 2 * W + 1)[:, 1::2, 2:2 + H, 1::2][..., :W]
-    elif layout == "permuted":  # strides ordered neither NCHW nor NHWC
-        x = rnd(C, W, N, H).permute(2, 0, 3, 1)
-    elif layout == "unbatched":
-        x = rnd(C, H, W)
-    else:
-        x = rnd(N, C, H, W)
-        if layout in ("channels_last", "cl_input"):
-            x = x.detach().to(memory_format=torch.channels_last).requires_grad_()
-    if layout == "permuted":
-        w = rnd(C // groups, K, S, R).permute(1, 0, 3, 2)
-    else:
-        w = rnd(K, C // groups, R, S)
-        if layout in ("channels_last", "cl_weight"):
-            w = w.detach().to(memory_format=torch.channels_last).requires_grad_()
-    b = rnd(K) if case["bias"] else None
-    kwargs = dict(stride=case["stride"], padding=case["padding"], dilation=case["dilation"], groups=groups)
-    return x, w, b, kwargs
-
-
-def _torch_op(op):
-    return F.conv2d if op == "conv2d" else (lambda *a, **k: torch.relu(F.conv2d(*a, **k)))
-
-
-def run_ours(case, x, w, b, kwargs):
-    """Forward + backward on the emulator; returns (y, grads) and checks that the kernels ran."""
-    inputs = [x, w] + ([b] if b is not None else [])
+@contextlib.contextmanager
+def emulated(case):
+    """fastconv's calls inside run on the emulator; afterwards, checks that its kernels ran: the forward,
+    the dgrad (one launch per stride phase), the wgrad (+ its split reduction), the bias gradient."""
     _C_emu.reset_launch_stats()
     with fastconv.use_backend("cuda_emu"):
-        y = getattr(FC, case["op"])(x, w, b, **kwargs)
-        g = make_grad(y.shape, case["grad"], case["dtype"])
-        grads = torch.autograd.grad(y, inputs, g)
+        yield
     stats = _C_emu.launch_stats()
-    # forward, dgrad (one launch per stride phase), wgrad (+ its split reduction), bias gradient
-    launches_min = 3 + (b is not None)
+    launches_min = 3 + bool(case["bias"])
     assert stats["launches"] >= launches_min, f"expected >= {launches_min} emulated launches, got {stats}"
     assert stats["blocks"] >= launches_min and stats["barriers"] > 0, f"the kernels did not run: {stats}"
-    return y, g, grads
 
 
 def check_case(case):
-    dtype = case["dtype"]
-    x, w, b, kwargs = make_case(case)
-    y, g, grads = run_ours(case, x, w, b, kwargs)
-
-    torch_fn = _torch_op(case["op"])
-    with torch.no_grad():
-        y_same_dtype = torch_fn(x, w, b, **kwargs)
-    assert y.dtype == dtype and y.shape == y_same_dtype.shape
-    same_memory_format(y, y_same_dtype)
-
-    inputs = [x, w] + ([b] if b is not None else [])
-    ref_inputs = [t.detach().to(torch.float64).requires_grad_() for t in inputs]
-    y_ref = torch_fn(ref_inputs[0], ref_inputs[1], ref_inputs[2] if b is not None else None, **kwargs)
-    ref_grads = torch.autograd.grad(y_ref, ref_inputs, g.to(torch.float64))
-    assert_rel(y, y_ref, dtype, "output")
-    for name, got, ref in zip(("grad_input", "grad_weight", "grad_bias"), grads, ref_grads):
-        assert got.dtype == dtype, f"{name} dtype {got.dtype}"
-        assert_rel(got, ref, dtype, name)
+    """helpers.check_conv_case on the emulator, in the case's dtype, with this file's channel configurations."""
+    check_conv_case(case, case["dtype"], channels=CHANNELS, ours=emulated)
 
 
 @pytest.mark.parametrize("case", GRID, ids=case_id)

@@ -14,6 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import pair
+
 emu = pytest.importorskip("fastconv._C_emu", reason="fastconv._C_emu is built by every `pip install -e .`")
 if not hasattr(emu, "mma_selftest"):
     pytest.skip("fastconv._C_emu predates the tensor-core kernels: rebuild it", allow_module_level=True)
@@ -41,10 +43,6 @@ def tf32(x: torch.Tensor) -> torch.Tensor:
 
 def t4(t: torch.Tensor):
     return (t.data_ptr(), list(t.shape), list(t.stride()))
-
-
-def pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
 
 
 def conv_shape(x, w, y, stride, padding, dilation, groups):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import fastconv
 import fastconv.functional as FC
-from conftest import REL_TOL, rel_err
+from helpers import REL_TOL, rel_err
 from fastconv.backends import cuda as cuda_backend
 
 emu = pytest.importorskip("fastconv._C_emu")

@@ -8,7 +8,7 @@ divisor_override, return_indices, NCHW / channels_last / strided / permuted / un
 strided grad_output, every dtype, odd sizes. Each case runs with the emulator's threads in forward
 and in reversed order. Yardsticks:
   - max_pool2d values and indices EQUAL torch's in the same dtype (also with NaN, -inf and ties);
-  - every other result within conftest.REL_TOL of torch in float64 from the same values;
+  - every other result within helpers.REL_TOL of torch in float64 from the same values;
   - output memory format as torch's;
   - the emulator really ran the kernels (launch statistics).
 """
@@ -21,16 +21,12 @@ import torch.nn.functional as F
 import fastconv
 import fastconv.functional as FC
 from fastconv import _utils
-from conftest import assert_rel, case_id, covered, same_memory_format, sample_grid
-from test_pool2d import avg_args as avg_kwargs, make_grad, max_args as max_kwargs  # the CPU grid's helpers
+from helpers import (assert_rel, avg_pool_args, case_id, covered, make_grad, max_pool_args, pair, pool_spatial,
+                     pool_torch_accepts, same_memory_format, sample_grid)
 
 _C_emu = pytest.importorskip("fastconv._C_emu", reason="the SIMT emulator module is not built")
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-
-
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
 
 
 COMMON_AXES = {
@@ -48,23 +44,14 @@ MAX_AXES = dict(COMMON_AXES, dilation=[1, 2, (1, 3), (3, 1)], return_indices=[Fa
 AVG_AXES = dict(COMMON_AXES, count_include_pad=[True, False], divisor_override=[None, 1, 3, 7])
 
 
-def _spatial(case):
-    """The case's (H, W), grown where needed so that the window fits (torch rejects an empty output)."""
-    kh, kw = case["kernel"]
-    dh, dw = _pair(case.get("dilation", 1))
-    ph, pw = _pair(case["padding"])
-    H, W = case["HW"]
-    return max(H, dh * (kh - 1) + 1 - 2 * ph), max(W, dw * (kw - 1) + 1 - 2 * pw)
-
-
 def _max_windows_touch_input(case):
     """No max window lies entirely in the padding (dilation + ceil_mode on small inputs): torch's CPU
     backward then scatters to an index outside the window, even outside the plane (memory corruption),
     and our gather, like torch's CUDA one, ignores it; there is no torch result to compare with."""
-    H, W = _spatial(case)
-    stride = _pair(case["stride"] if case["stride"] is not None else case["kernel"])
-    for size, k, s, p, d, axis in zip((H, W), case["kernel"], stride, _pair(case["padding"]),
-                                      _pair(case["dilation"]), (0, 1)):
+    H, W = pool_spatial(case)
+    stride = pair(case["stride"] if case["stride"] is not None else case["kernel"])
+    for size, k, s, p, d, axis in zip((H, W), case["kernel"], stride, pair(case["padding"]),
+                                      pair(case["dilation"]), (0, 1)):
         out = _utils.pool_output_size(size, k, s, p, d, case["ceil_mode"])
         for o in range(out):
             if not any(0 <= o * s - p + i * d < size for i in range(k)):
@@ -73,18 +60,11 @@ def _max_windows_touch_input(case):
 
 
 def _valid(kind):
+    """The cases torch accepts; for max, also only those whose windows all touch the input."""
+    accepts = pool_torch_accepts(kind)
+
     def valid(case):
-        H, W = _spatial(case)
-        x = torch.empty(1, 1, H, W, device="meta")
-        try:
-            if kind == "max":
-                F.max_pool2d(x, case["kernel"], case["stride"], case["padding"], case["dilation"], case["ceil_mode"])
-            else:
-                F.avg_pool2d(x, case["kernel"], case["stride"], case["padding"], case["ceil_mode"],
-                             case["count_include_pad"], case["divisor_override"])
-        except RuntimeError:
-            return False
-        return kind != "max" or _max_windows_touch_input(case)
+        return accepts(case) and (kind != "max" or _max_windows_touch_input(case))
 
     return valid
 
@@ -102,27 +82,19 @@ def test_grids_cover_every_axis_value():
 # Fixtures and helpers
 
 
-@pytest.fixture(params=["forward", "reversed"])
-def thread_order(request):
-    """The emulator schedules each block's threads in this order; restored to 'forward' afterwards."""
-    _C_emu.set_thread_order(request.param)
-    try:
-        yield request.param
-    finally:
-        _C_emu.set_thread_order("forward")
-
-
 def _normal(shape, gen):
     return torch.randn(*shape, generator=gen, dtype=torch.float64)
 
 
 def make_input(case, values=_normal, seed=0):
     """The case's input (values drawn in float64, then cast) as a view with the case's layout, of a
-    leaf that requires grad."""
+    leaf that requires grad. This grid's own builder: N, C (`NC`) and the dtype are axes of its cases,
+    and its 'slice' and 'permuted' views are not the CPU grid's (helpers.make_pool_input), so the SIMT
+    kernels see other stride orders than the C++ ones."""
     gen = torch.Generator().manual_seed(seed)
     dtype = case["dtype"]
     N, C = case["NC"]
-    H, W = _spatial(case)
+    H, W = pool_spatial(case)
     layout = case["layout"]
     if layout == "slice":  # every other channel and column, rows 1..H: no unit stride anywhere
         base = values((N, 2 * C, H + 2, 2 * W), gen).to(dtype).requires_grad_()
@@ -146,7 +118,7 @@ def _assert_emulated(launches, threads_at_least):
 def check_max(case, values=_normal, exact_grad=None):
     dtype = case["dtype"]
     x = make_input(case, values)
-    kwargs = max_kwargs(case)
+    kwargs = max_pool_args(case)
     with_grad = case["grad"] != "none"
     ri = case.get("return_indices", True)
     _C_emu.reset_launch_stats()
@@ -182,7 +154,7 @@ def check_max(case, values=_normal, exact_grad=None):
 def check_avg(case, values=_normal):
     dtype = case["dtype"]
     x = make_input(case, values)
-    kwargs = avg_kwargs(case)
+    kwargs = avg_pool_args(case)
     with_grad = case["grad"] != "none"
     _C_emu.reset_launch_stats()
     with fastconv.use_backend("cuda_emu"), torch.set_grad_enabled(with_grad):
@@ -261,7 +233,7 @@ def _infs_and_ties(shape, gen):
 @pytest.mark.parametrize("case", SPECIAL_CASES, ids=case_id)
 def test_max_pool2d_nan_propagates(thread_order, case):
     x = make_input(case, _nans)
-    assert torch.isnan(F.max_pool2d(x.detach(), **max_kwargs(case))).any(), "the input should give NaN outputs"
+    assert torch.isnan(F.max_pool2d(x.detach(), **max_pool_args(case))).any(), "the input should give NaN outputs"
     check_max(case, _nans)
 
 
@@ -307,8 +279,8 @@ BATCH_CASES = [
 @pytest.mark.parametrize("case", BATCH_CASES, ids=case_id)
 def test_batch_split_over_grid_y_and_z(thread_order, case):
     N, C = case["NC"]
-    H, W = _spatial(case)
-    for op, kwargs in ((F.max_pool2d, max_kwargs(case)), (F.avg_pool2d, avg_kwargs(case))):
+    H, W = pool_spatial(case)
+    for op, kwargs in ((F.max_pool2d, max_pool_args(case)), (F.avg_pool2d, avg_pool_args(case))):
         x = make_input(case).detach()
         P, Q = op(x, **kwargs).shape[2:]
         _C_emu.reset_launch_stats()

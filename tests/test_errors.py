@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import fastconv
 import fastconv.functional as FC
-from conftest import assert_rel
+from helpers import assert_rel
 
 
 class KernelRan(Exception):

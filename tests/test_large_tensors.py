@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 import fastconv
 import fastconv.functional as FC
-from conftest import assert_rel
+from helpers import assert_rel
 
 GiB = 1 << 30
 BIG = 1 << 31

@@ -13,7 +13,7 @@ from torch import nn
 
 import fastconv
 import fastconv.nn as fnn
-from conftest import assert_rel
+from helpers import assert_rel
 
 CONV_CONFIGS = [
     # (args, kwargs)

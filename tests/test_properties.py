@@ -6,7 +6,7 @@ even kernels, i.e. asymmetric padding, 'valid', ints, lists, asymmetric pairs), 
 (incl. depthwise), bias, ceil_mode, count_include_pad, divisor_override, return_indices; input /
 weight / grad_output layouts: contiguous, channels_last, sliced and permuted views, expanded (stride
 0); dtypes float32, float64, float16, bfloat16. Output and every gradient vs torch in float64 from the
-same values and views (conftest's REL_TOL relative bound, plus the accumulation's rounding error
+same values and views (helpers.REL_TOL's relative bound, plus the accumulation's rounding error
 relative to the summed terms' magnitudes: assert_close), output memory format as torch's, max-pool
 values and indices exactly torch's.
 
@@ -42,7 +42,7 @@ from hypothesis import strategies as st
 
 import fastconv
 import fastconv.functional as FC
-from conftest import REL_TOL, same_memory_format
+from helpers import REL_TOL, pair, same_memory_format
 
 # float32 most of the time: it is the main target, and the half types' bound is loose.
 DTYPE = st.sampled_from([torch.float32, torch.float32, torch.float32, torch.float64, torch.float16,
@@ -50,13 +50,6 @@ DTYPE = st.sampled_from([torch.float32, torch.float32, torch.float32, torch.floa
 FC_ERRORS = (fastconv.ArgumentError, fastconv.ArgumentTypeError)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths:UserWarning")
-
-
-def _pair(v):
-    if isinstance(v, int):
-        return (v, v)
-    v = list(v)
-    return (v[0], v[0]) if len(v) == 1 else tuple(v)
 
 
 def int_or_pair(lo, hi):
@@ -139,7 +132,7 @@ def abs_scales(fn, inputs, g, mask=None):
 
 
 def assert_close(got, ref, scale, dtype, what, extra=0.0):
-    """||got - ref|| <= REL_TOL[dtype] * ||ref|| + 8 u ||scale||: conftest's relative bound, plus the
+    """||got - ref|| <= REL_TOL[dtype] * ||ref|| + 8 u ||scale||: helpers.REL_TOL's relative bound, plus the
     rounding error of the kernels' accumulation (unit roundoff u of float32, or float64), which is
     relative to the magnitudes of the summed terms (scale, see abs_scales), not to the result: a sum
     with heavy cancellation, e.g. a grad_bias of one channel, has a small ||ref|| and a normal error."""
@@ -167,7 +160,7 @@ def conv_cases(draw):
         Cg = 1
     R, S = draw(st.integers(1, 5)), draw(st.integers(1, 5))
     dilation = draw(int_or_pair(1, 3))
-    dh, dw = _pair(dilation)
+    dh, dw = pair(dilation)
     pad_kind = draw(st.sampled_from(["int", "pair", "same", "valid"]))
     if pad_kind == "same":
         stride = draw(st.sampled_from([1, (1, 1), [1]]))
@@ -181,7 +174,7 @@ def conv_cases(draw):
             padding = draw(st.integers(0, 3))
         else:
             padding = draw(st.sampled_from([tuple, list]))(draw(st.tuples(st.integers(0, 3), st.integers(0, 3))))
-        ph, pw = (0, 0) if padding == "valid" else _pair(padding)
+        ph, pw = (0, 0) if padding == "valid" else pair(padding)
         min_h, min_w = max(1, dh * (R - 1) + 1 - 2 * ph), max(1, dw * (S - 1) + 1 - 2 * pw)
     H, W = min_h + draw(st.integers(0, 6)), min_w + draw(st.integers(0, 6))
     N = draw(st.sampled_from([None, 0, 1, 1, 2, 3]))  # None: unbatched (C, H, W)
@@ -251,13 +244,13 @@ def pool_cases(draw, kind):
     kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
     kernel = draw(st.sampled_from(["int", "tuple", "list"]))
     kernel = kh if kernel == "int" else (kh, kw) if kernel == "tuple" else [kh, kw]
-    kh, kw = _pair(kernel)
+    kh, kw = pair(kernel)
     stride = draw(st.one_of(st.none(), st.just([]), int_or_pair(1, 3)))
     ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
     padding = draw(st.sampled_from([min(ph, pw), (ph, pw), [ph, pw]]))
-    ph, pw = _pair(padding)
+    ph, pw = pair(padding)
     dilation = draw(int_or_pair(1, 3)) if kind == "max" else 1
-    dh, dw = _pair(dilation)
+    dh, dw = pair(dilation)
     H = max(1, dh * (kh - 1) + 1 - 2 * ph) + draw(st.integers(0, 7))
     W = max(1, dw * (kw - 1) + 1 - 2 * pw) + draw(st.integers(0, 7))
     case = dict(kind=kind, N=draw(st.sampled_from([None, 0, 1, 1, 2, 3])), C=draw(st.integers(1, 6)), H=H, W=W,
@@ -351,7 +344,7 @@ def conv_module_cases(draw):
     else:
         stride, padding = draw(int_or_pair(1, 3)), draw(st.one_of(st.integers(0, 2),
                                                                   st.tuples(st.integers(0, 2), st.integers(0, 2))))
-    dh, dw = _pair(dilation)
+    dh, dw = pair(dilation)
     # input at least as large as the dilated kernel, and larger than the padding (reflect needs pad < size)
     H = max(dh * (R - 1) + 1, 3) + draw(st.integers(0, 5))
     W = max(dw * (S - 1) + 1, 3) + draw(st.integers(0, 5))
@@ -646,7 +639,7 @@ def pool_mutations(draw):
         elif m == "small_input":
             call["shape"] = call["shape"][:-2] + [draw(st.integers(0, 2)), draw(st.integers(0, 2))]
         elif m == "padding":
-            kh, kw_ = _pair(case["kernel_size"])  # (kw's may have been mutated already)
+            kh, kw_ = pair(case["kernel_size"])  # (kw's may have been mutated already)
             kw["padding"] = _pick_bad(draw, [kh // 2 + 1, (0, kw_ // 2 + 1), (kh, 0)])
         elif m == "ceil_mode":
             kw["ceil_mode"] = draw(st.sampled_from([1, 0, None, "yes", 1.0]))
@@ -749,7 +742,7 @@ def test_strategies_cover_the_axes():
         assert any(pred(c) for c in conv), f"the conv strategy never draws: {what}"
     avg = _draw(pool_cases("avg"))
     for what, pred in {
-        "ceil_mode with padding": lambda c: c["ceil_mode"] and _pair(c["padding"]) != (0, 0),
+        "ceil_mode with padding": lambda c: c["ceil_mode"] and pair(c["padding"]) != (0, 0),
         "negative divisor_override": lambda c: c["divisor_override"] is not None and c["divisor_override"] < 0,
         "count_include_pad=False": lambda c: not c["count_include_pad"],
         "stride None": lambda c: c["stride"] is None,
@@ -758,7 +751,7 @@ def test_strategies_cover_the_axes():
     }.items():
         assert any(pred(c) for c in avg), f"the avg_pool strategy never draws: {what}"
     mx = _draw(pool_cases("max"))
-    assert any(c["return_indices"] and _pair(c["dilation"]) != (1, 1) and c["ceil_mode"] for c in mx)
+    assert any(c["return_indices"] and pair(c["dilation"]) != (1, 1) and c["ceil_mode"] for c in mx)
     assert any(c["N"] == 0 for c in mx) and any(c["N"] is None for c in mx)
     # the mutation strategies draw (every combination of mutations is valid to build)
     assert len(_draw(conv_mutations(), 50)) == 50 and len(_draw(pool_mutations(), 50)) == 50

@@ -13,7 +13,7 @@ tests only (knobs.runtime.scope() restores knob and environment), and no other m
 What runs: every op and option through fastconv.functional on the 'triton' backend - the implicit-GEMM
 conv paths (flattened C*R*S reduction for tiny Cg such as RGB input, tap-major for Cg >= 16), the strided
 dgrad phases, split-K wgrad, the bias-only wgrad, the depthwise kernels, max/avg pooling with every
-option - outputs and all gradients vs torch in float64 (conftest.rel_err, REL_TOL), NCHW, channels_last
+option - outputs and all gradients vs torch in float64 (helpers.rel_err, REL_TOL), NCHW, channels_last
 and non-contiguous views, float32/float16/bfloat16/float64; the int64-offset path; the host-side logic
 (TF32 flag, autotune gating, config pruning, availability, interpreter-mode reload, fastconv.info()).
 
@@ -37,9 +37,10 @@ from fastconv import backends  # noqa: E402
 from fastconv.backends.triton import TritonBackend  # noqa: E402
 from fastconv.triton import _common as cm  # noqa: E402
 from fastconv.triton import kernels  # noqa: E402
-from conftest import REL_TOL, assert_rel, case_id, covered, same_memory_format, sample_grid  # noqa: E402
-
-import test_pool2d as tp  # noqa: E402  (pooling cases and checks shared with the cpu backend's grid)
+from helpers import (AVG_POOL_AXES, EMPTY_AVG_POOL_CASES, EMPTY_MAX_POOL_CASES, MAX_POOL_AXES,  # noqa: E402
+                     POOL_SPECIAL_CASES, REL_TOL, TRITON_AXES, TRITON_CHANNELS, assert_rel, case_id, check_avg_pool,
+                     check_conv_case, check_max_pool, conv_valid, covered, make_conv_case, make_pool_input,
+                     max_pool_args, nans, neg_infs, pool_torch_accepts, sample_grid, ties)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,48 +57,11 @@ def triton_interpreter():
 # ----------------------------------------------------------------------------------------------------
 # Convolution grid
 
-# (C, K, groups) chosen per kernel path: Cg < 16 runs the flattened (c, r, s) reduction; Cg >= 16 the
-# tap-major one with channel slices (20, 17 and 48 leave a partial 32-channel slice; 32 -> 64 has only
-# full tiles: the EVEN_* variants without clamps); groups == C == K the depthwise
-# kernels (20 channels: partial channel tiles in both layouts); K = 2C with groups = C a GEMM with Kg = 2.
-CHANNELS = {
-    "c1k2": (1, 2, 1),
-    "rgb": (3, 8, 1),
-    "c5k3": (5, 3, 1),
-    "c20k36": (20, 36, 1),
-    "c48k16": (48, 16, 1),
-    "c32k64": (32, 64, 1),
-    "g2c17": (34, 40, 2),
-    "g3": (6, 3, 3),
-    "dw4": (4, 4, 4),
-    "dw20": (20, 20, 20),
-    "dwx2": (3, 6, 3),
-}
+# The grid's channel configurations (one per kernel path) and axes are helpers.TRITON_CHANNELS and
+# TRITON_AXES (tests/test_triton_gpu.py samples the same axes on a GPU); cases are built and checked by
+# helpers.make_conv_case / check_conv_case with channels=TRITON_CHANNELS.
 
-AXES = {
-    "op": ["conv2d", "conv2d_relu"],
-    "kernel": [(1, 1), (2, 2), (3, 3), (5, 5), (7, 7), (1, 3), (3, 1), (2, 5)],
-    "stride": [1, 2, 3, (1, 2), (2, 1)],
-    "padding": [0, 1, 2, (1, 2), "same", "valid"],
-    "dilation": [1, 2, (1, 2), (3, 1)],
-    "channels": list(CHANNELS),
-    "bias": [True, False],
-    "layout": ["contiguous", "cl_input", "cl_weight", "cl_both", "slice", "unbatched"],
-    "N": [1, 2],
-    "HW": [(5, 5), (7, 9), (8, 6), (11, 4)],
-    "grad": ["contiguous", "channels_last", "transposed"],
-}
-
-
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
-def _valid(case) -> bool:
-    return not (case["padding"] == "same" and _pair(case["stride"]) != (1, 1))
-
-
-FP32_CASES = sample_grid(AXES, n=52, seed=41, valid=_valid)  # every value of every axis at least once
+FP32_CASES = sample_grid(TRITON_AXES, n=52, seed=41, valid=conv_valid)  # every value of every axis at least once
 
 
 def _per_path(dtypes, seed):
@@ -121,72 +85,12 @@ HALF_CASES = _per_path([torch.float16, torch.bfloat16], seed=0)
 FP64_CASES = _per_path([torch.float64], seed=1)
 
 
-def _spatial(case):
-    R, S = case["kernel"]
-    dh, dw = _pair(case["dilation"])
-    pad = case["padding"]
-    ph, pw = (0, 0) if isinstance(pad, str) else _pair(pad)
-    H, W = case["HW"]
-    return max(H, dh * (R - 1) + 1 - 2 * ph), max(W, dw * (S - 1) + 1 - 2 * pw)
-
-
-def _rnd(gen, shape, dtype, device="cpu"):
-    return torch.randn(*shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
-
-
-def make_conv(case, dtype, seed=0, device="cpu", channels=None):
-    """x, w, b (views with the case's layout of leaves that require grad) and the conv kwargs; the values
-    are drawn on the CPU (the same on every device), then moved."""
-    gen = torch.Generator().manual_seed(seed)
-    C, K, groups = (channels or CHANNELS)[case["channels"]]
-    R, S = case["kernel"]
-    H, W = _spatial(case)
-    N, layout = case["N"], case["layout"]
-    if layout == "slice":
-        x = _rnd(gen, (N, 2 * C, H + 2, 2 * W), dtype, device).requires_grad_()[:, 1::2, 1:H + 1, ::2]
-    elif layout == "unbatched":
-        x = _rnd(gen, (C, H, W), dtype, device).requires_grad_()
-    else:
-        x = _rnd(gen, (N, C, H, W), dtype, device).requires_grad_()
-        if layout in ("cl_input", "cl_both"):
-            x = x.contiguous(memory_format=torch.channels_last)
-    w = _rnd(gen, (K, C // groups, R, S), dtype, device).requires_grad_()
-    if layout in ("cl_weight", "cl_both"):
-        w = w.contiguous(memory_format=torch.channels_last)
-    b = _rnd(gen, (K,), dtype, device).requires_grad_() if case["bias"] else None
-    return x, w, b, dict(stride=case["stride"], padding=case["padding"], dilation=case["dilation"], groups=groups)
-
-
-def make_grad(shape, how, dtype, seed=1, device="cpu"):
-    gen = torch.Generator().manual_seed(seed)
-    shape = tuple(shape)
-    if how == "transposed":
-        return _rnd(gen, shape[:-2] + (shape[-1], shape[-2]), dtype, device).transpose(-1, -2)
-    g = _rnd(gen, shape, dtype, device)
-    return g.contiguous(memory_format=torch.channels_last) if how == "channels_last" and g.dim() == 4 else g
-
-
-def _torch_conv(op):
-    return F.conv2d if op == "conv2d" else (lambda *a, **k: torch.relu(F.conv2d(*a, **k)))
+def _rnd(gen, shape, dtype):
+    return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
 
 
 def check_conv(case, dtype, tol=None):
-    x, w, b, kwargs = make_conv(case, dtype)
-    y = getattr(FC, case["op"])(x, w, b, **kwargs)
-    with torch.no_grad():
-        y_layout = _torch_conv(case["op"])(x, w, b, **kwargs)  # torch, same dtype: the memory format to match
-    assert y.dtype == dtype and y.shape == y_layout.shape
-    same_memory_format(y, y_layout)
-    inputs = [t for t in (x, w, b) if t is not None]
-    g = make_grad(y.shape, case["grad"], dtype)
-    grads = torch.autograd.grad(y, inputs, g)
-    ref = [t.detach().to(torch.float64).requires_grad_() for t in inputs]
-    y_ref = _torch_conv(case["op"])(ref[0], ref[1], ref[2] if b is not None else None, **kwargs)
-    ref_grads = torch.autograd.grad(y_ref, ref, g.to(torch.float64))
-    assert_rel(y, y_ref, dtype, "output", tol)
-    for name, got, r in zip(("grad_input", "grad_weight", "grad_bias"), grads, ref_grads):
-        assert got.dtype == dtype, f"{name} dtype {got.dtype}"
-        assert_rel(got, r, dtype, name, tol)
+    check_conv_case(case, dtype, tol, channels=TRITON_CHANNELS)
 
 
 @pytest.mark.parametrize("case", FP32_CASES, ids=case_id)
@@ -209,10 +113,10 @@ def test_conv_float64(case):
 
 
 def test_conv_grid_coverage():
-    assert covered(FP32_CASES, AXES) == {}
+    assert covered(FP32_CASES, TRITON_AXES) == {}
     assert {c["dtype"] for c in HALF_CASES} == {torch.float16, torch.bfloat16}
     paths = {("flat" if (C // g) < 16 else "tap") if not (g > 1 and g == C == K) else "dw"
-             for C, K, g in (CHANNELS[c["channels"]] for c in FP32_CASES)}
+             for C, K, g in (TRITON_CHANNELS[c["channels"]] for c in FP32_CASES)}
     assert paths == {"flat", "tap", "dw"}
 
 
@@ -226,7 +130,7 @@ def test_conv_rgb_stem(dtype):
 
 def _wgrad_vs_reference(channels, kernel, stride, padding, N, HW, need_weight=True, need_bias=True, relu=True):
     """TritonBackend.conv2d_wgrad (and dgrad) called directly, against the reference backend in float64."""
-    C, K, groups = CHANNELS[channels]
+    C, K, groups = TRITON_CHANNELS[channels]
     gen = torch.Generator().manual_seed(3)
     x = _rnd(gen, (N, C, *HW), torch.float32)
     w = _rnd(gen, (K, C // groups, *kernel), torch.float32)
@@ -272,7 +176,7 @@ def test_conv_wgrad_partial_requests(channels, need):
 def test_conv_empty_batch(op):
     case = dict(op=op, kernel=(3, 3), stride=1, padding=1, dilation=1, channels="c20k36", bias=True,
                 layout="cl_input", N=0, HW=(6, 5), grad="contiguous")
-    x, w, b, kwargs = make_conv(case, torch.float32)
+    x, w, b, kwargs = make_conv_case(case, torch.float32, channels=TRITON_CHANNELS)
     y = getattr(FC, op)(x, w, b, **kwargs)
     assert y.shape == (0, 36, 6, 5)
     gw, gb = torch.autograd.grad(y, [w, b], torch.empty_like(y))
@@ -283,7 +187,7 @@ def test_conv_expanded_grad_output():
     """y.sum() hands the backward kernels an expanded grad_output (all strides 0)."""
     case = dict(op="conv2d_relu", kernel=(3, 3), stride=2, padding=1, dilation=1, channels="g2c17", bias=True,
                 layout="cl_both", N=2, HW=(7, 6), grad="contiguous")
-    x, w, b, kwargs = make_conv(case, torch.float32)
+    x, w, b, kwargs = make_conv_case(case, torch.float32, channels=TRITON_CHANNELS)
     grads = torch.autograd.grad(FC.conv2d_relu(x, w, b, **kwargs).sum(), [x, w, b])
     ref = [t.detach().double().requires_grad_() for t in (x, w, b)]
     ref_grads = torch.autograd.grad(torch.relu(F.conv2d(*ref, **kwargs)).sum(), ref)
@@ -298,9 +202,9 @@ def test_int64_offsets(monkeypatch):
     for channels, layout in (("rgb", "contiguous"), ("c20k36", "cl_both"), ("dw4", "cl_input")):
         check_conv(dict(op="conv2d_relu", kernel=(3, 3), stride=2, padding=1, dilation=1, channels=channels,
                         bias=True, layout=layout, N=2, HW=(7, 6), grad="contiguous"), torch.float32)
-    case = dict(tp.SPECIAL_CASES[2])
-    tp.check_max(case, torch.float32)
-    tp.check_avg(dict(case, count_include_pad=False, divisor_override=None), torch.float32)
+    case = dict(POOL_SPECIAL_CASES[2])
+    check_max_pool(case, torch.float32)
+    check_avg_pool(dict(case, count_include_pad=False, divisor_override=None), torch.float32)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "cl_both"])
@@ -311,9 +215,9 @@ def test_gpu_tile_shapes(monkeypatch, layout):
     assert cm.pixel_channel_tile(torch.empty(1, 20, 3, 3), 9, 20) == (16, 4)
     check_conv(dict(op="conv2d_relu", kernel=(3, 3), stride=2, padding=1, dilation=1, channels="dw20", bias=True,
                     layout=layout, N=2, HW=(7, 6), grad="contiguous"), torch.float32)
-    case = dict(tp.SPECIAL_CASES[3 if layout == "cl_both" else 2], C=6)
-    tp.check_max(case, torch.float32)
-    tp.check_avg(dict(case, count_include_pad=False, divisor_override=None), torch.float32)
+    case = dict(POOL_SPECIAL_CASES[3 if layout == "cl_both" else 2], C=6)
+    check_max_pool(case, torch.float32)
+    check_avg_pool(dict(case, count_include_pad=False, divisor_override=None), torch.float32)
 
 
 def test_needs_int64_reach():
@@ -326,10 +230,10 @@ def test_needs_int64_reach():
 
 
 # ----------------------------------------------------------------------------------------------------
-# Pooling: test_pool2d's cases and checks (indices must equal torch's), sampled smaller
+# Pooling: the cpu backend's grid (tests/test_pool2d.py), its cases and checks in helpers (indices must equal torch's), sampled smaller
 
-MAX_CASES = sample_grid(tp.MAX_AXES, n=40, seed=51, valid=tp._torch_accepts("max"))
-AVG_CASES = sample_grid(tp.AVG_AXES, n=40, seed=52, valid=tp._torch_accepts("avg"))
+MAX_CASES = sample_grid(MAX_POOL_AXES, n=40, seed=51, valid=pool_torch_accepts("max"))
+AVG_CASES = sample_grid(AVG_POOL_AXES, n=40, seed=52, valid=pool_torch_accepts("avg"))
 # float16, bfloat16, float64: every 8th case of the float32 grids, the dtype rotating
 OTHER_DTYPES = [torch.float16, torch.bfloat16, torch.float64]
 HALF_MAX = [dict(c, dtype=OTHER_DTYPES[i % 3]) for i, c in enumerate(MAX_CASES[::8])]
@@ -338,50 +242,50 @@ HALF_AVG = [dict(c, dtype=OTHER_DTYPES[i % 3]) for i, c in enumerate(AVG_CASES[3
 
 @pytest.mark.parametrize("case", MAX_CASES, ids=case_id)
 def test_max_pool2d(case):
-    tp.check_max(case, torch.float32)
+    check_max_pool(case, torch.float32)
 
 
 @pytest.mark.parametrize("case", AVG_CASES, ids=case_id)
 def test_avg_pool2d(case):
-    tp.check_avg(case, torch.float32)
+    check_avg_pool(case, torch.float32)
 
 
 @pytest.mark.parametrize("case", HALF_MAX, ids=case_id)
 def test_max_pool2d_other_dtypes(case):
     case = dict(case)
-    tp.check_max(case, case.pop("dtype"))
+    check_max_pool(case, case.pop("dtype"))
 
 
 @pytest.mark.parametrize("case", HALF_AVG, ids=case_id)
 def test_avg_pool2d_other_dtypes(case):
     case = dict(case)
-    tp.check_avg(case, case.pop("dtype"))
+    check_avg_pool(case, case.pop("dtype"))
 
 
 @pytest.mark.parametrize("values", ["ties", "nan", "neg_inf"])
-@pytest.mark.parametrize("case", [tp.SPECIAL_CASES[i] for i in (1, 2, 7)], ids=case_id)
+@pytest.mark.parametrize("case", [POOL_SPECIAL_CASES[i] for i in (1, 2, 7)], ids=case_id)
 def test_max_pool2d_special_values(case, values):
     """Ties keep torch's first maximum; NaN wins (torch's last NaN); all -inf windows keep the first tap."""
     if values == "nan":
-        x = tp.make_input(case, torch.float32, values=tp._nans)
-        kwargs = tp.max_args(case)
+        x = make_pool_input(case, torch.float32, values=nans)
+        kwargs = max_pool_args(case)
         y, idx = FC.max_pool2d(x, **kwargs, return_indices=True)
         y_t, idx_t = F.max_pool2d(x.detach(), **kwargs, return_indices=True)
         torch.testing.assert_close(y, y_t, rtol=0, atol=0, equal_nan=True)
         assert torch.equal(idx, idx_t)
     else:
-        tp.check_max(case, torch.float32, values=tp._ties if values == "ties" else tp._infs)
+        check_max_pool(case, torch.float32, values=ties if values == "ties" else neg_infs)
 
 
 @pytest.mark.parametrize("kind", ["max", "avg"])
 def test_pool2d_empty_batch(kind):
-    case = (tp.EMPTY_MAX if kind == "max" else tp.EMPTY_AVG)[-1]
-    (tp.check_max if kind == "max" else tp.check_avg)(case, torch.float32)
+    case = (EMPTY_MAX_POOL_CASES if kind == "max" else EMPTY_AVG_POOL_CASES)[-1]
+    (check_max_pool if kind == "max" else check_avg_pool)(case, torch.float32)
 
 
 def test_pool_grid_coverage():
-    assert covered(MAX_CASES, tp.MAX_AXES) == {}
-    assert covered(AVG_CASES, tp.AVG_AXES) == {}
+    assert covered(MAX_CASES, MAX_POOL_AXES) == {}
+    assert covered(AVG_CASES, AVG_POOL_AXES) == {}
 
 
 # ----------------------------------------------------------------------------------------------------

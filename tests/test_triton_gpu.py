@@ -9,7 +9,7 @@ the way the CPU tests are: the error grows with the reduction length and the ope
 house rules say, they are bounded relative to cuDNN's own error: for each output and gradient,
     err(ours)  = rel_err(triton result, reference),  err(cudnn) = rel_err(torch/cuDNN result, reference)
 with the reference torch's float32 result (float64 for float32 inputs) from the same rounded inputs,
-and  err(ours) <= RATIO * err(cudnn) + FLOOR[dtype]. float32 with TF32 off must meet conftest's REL_TOL.
+and  err(ours) <= RATIO * err(cudnn) + FLOOR[dtype]. float32 with TF32 off must meet helpers.REL_TOL.
 """
 from __future__ import annotations
 
@@ -25,24 +25,24 @@ triton = pytest.importorskip("triton", reason="Triton is not installed (pip inst
 
 import fastconv  # noqa: E402
 import fastconv.functional as FC  # noqa: E402
-import test_conv2d as tc  # noqa: E402
-import test_pool2d as tp  # noqa: E402
-import test_triton as tt  # noqa: E402
-from conftest import REL_TOL, assert_rel, case_id, rel_err, same_memory_format, sample_grid  # noqa: E402
+from helpers import (AVG_POOL_AXES, CONV_AXES, CONV_CHANNELS, MAX_POOL_AXES, REL_TOL, TRITON_AXES,  # noqa: E402
+                     TRITON_CHANNELS, SmallNet, assert_rel, avg_pool_args, case_id, conv_valid, forward_backward,
+                     make_conv_case, make_grad, make_pool_input, max_pool_args, pool_torch_accepts, rel_err,
+                     same_memory_format, sample_grid, torch_conv_op)
 
 DEVICE = "cuda"
 RATIO = 2.0
 FLOOR = {torch.float16: 2e-4, torch.bfloat16: 2e-3, torch.float32: 2e-5}
 
 # The interpreter grid's channel configs (every kernel path), test_conv2d's, and layer-sized ones.
-CHANNELS = {**tc.CHANNELS, **tt.CHANNELS,
+CHANNELS = {**CONV_CHANNELS, **TRITON_CHANNELS,
             "c64k128": (64, 128, 1), "c256k64": (256, 64, 1), "c96k80": (96, 80, 1), "g32": (128, 128, 32),
             "dw64": (64, 64, 64), "dw96": (96, 96, 96)}
-AXES = dict(tt.AXES, channels=list(CHANNELS),
+AXES = dict(TRITON_AXES, channels=list(CHANNELS),
             layout=["contiguous", "cl_input", "cl_weight", "cl_both", "slice", "unbatched"],
-            kernel=tc.AXES["kernel"], stride=tc.AXES["stride"], padding=tc.AXES["padding"],
-            dilation=tc.AXES["dilation"], N=[1, 2, 3], HW=[(5, 5), (7, 9), (8, 6), (11, 4), (6, 13), (16, 16)])
-CASES = {dt: sample_grid(AXES, n=120, seed=61 + i, valid=tt._valid)
+            kernel=CONV_AXES["kernel"], stride=CONV_AXES["stride"], padding=CONV_AXES["padding"],
+            dilation=CONV_AXES["dilation"], N=[1, 2, 3], HW=[(5, 5), (7, 9), (8, 6), (11, 4), (6, 13), (16, 16)])
+CASES = {dt: sample_grid(AXES, n=120, seed=61 + i, valid=conv_valid)
          for i, dt in enumerate((torch.float32, torch.float16, torch.bfloat16))}
 
 
@@ -60,10 +60,10 @@ def triton_on_cuda(monkeypatch):
 
 def _conv_results(case, dtype, fn, channels):
     """(output, grad_input, grad_weight[, grad_bias]) of fn on the case's tensors (on the GPU)."""
-    x, w, b, kwargs = tt.make_conv(case, dtype, device=DEVICE, channels=channels)
+    x, w, b, kwargs = make_conv_case(case, dtype, channels=channels, device=DEVICE)
     y = fn(x, w, b, **kwargs)
     inputs = [t for t in (x, w, b) if t is not None]
-    g = tt.make_grad(y.shape, case["grad"], dtype, device=DEVICE)
+    g = make_grad(y.shape, case["grad"], dtype, device=DEVICE)
     return [y.detach(), *torch.autograd.grad(y, inputs, g)], (x, w, b, kwargs, g)
 
 
@@ -71,7 +71,7 @@ def _reference(x, w, b, kwargs, g, op, dtype):
     """torch on the GPU in float32 (float64 for float32 inputs) from the same rounded values."""
     ref_t = torch.float64 if dtype == torch.float32 else torch.float32
     leaves = [t.detach().to(ref_t).requires_grad_() for t in (x, w, b) if t is not None]
-    y = tt._torch_conv(op)(leaves[0], leaves[1], leaves[2] if b is not None else None, **kwargs)
+    y = torch_conv_op(op)(leaves[0], leaves[1], leaves[2] if b is not None else None, **kwargs)
     return [y.detach(), *torch.autograd.grad(y, leaves, g.to(ref_t))]
 
 
@@ -81,7 +81,7 @@ NAMES = ("output", "grad_input", "grad_weight", "grad_bias")
 def check_conv_gpu(case, dtype, tf32=False, channels=CHANNELS):
     torch.backends.cudnn.allow_tf32 = tf32
     ours, (x, w, b, kwargs, g) = _conv_results(case, dtype, getattr(FC, case["op"]), channels)
-    theirs, _ = _conv_results(case, dtype, tt._torch_conv(case["op"]), channels)  # cuDNN, same inputs
+    theirs, _ = _conv_results(case, dtype, torch_conv_op(case["op"]), channels)  # cuDNN, same inputs
     ref = _reference(x, w, b, kwargs, g, case["op"], dtype)
     same_memory_format(ours[0], theirs[0])
     for name, o, t, r in zip(NAMES, ours, theirs, ref):
@@ -134,7 +134,7 @@ def test_resnet_layers(layer, dtype):
 
 
 def _on_cuda(case, dtype, values=None):
-    x = tp.make_input(case, dtype, values)
+    x = make_pool_input(case, dtype, values)
     base = x._base if x._base is not None else x
     base_cuda = base.detach().to(DEVICE).requires_grad_()
     # rebuild the same view on the GPU
@@ -142,21 +142,21 @@ def _on_cuda(case, dtype, values=None):
     return view, base_cuda
 
 
-POOL_MAX = sample_grid(tp.MAX_AXES, n=80, seed=71, valid=tp._torch_accepts("max"))
-POOL_AVG = sample_grid(tp.AVG_AXES, n=80, seed=72, valid=tp._torch_accepts("avg"))
+POOL_MAX = sample_grid(MAX_POOL_AXES, n=80, seed=71, valid=pool_torch_accepts("max"))
+POOL_AVG = sample_grid(AVG_POOL_AXES, n=80, seed=72, valid=pool_torch_accepts("avg"))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", POOL_MAX, ids=case_id)
 def test_max_pool2d(case, dtype):
     x, _ = _on_cuda(case, dtype)
-    kw = tp.max_args(case)
+    kw = max_pool_args(case)
     y, idx = FC.max_pool2d(x, **kw, return_indices=True)
     y_t, idx_t = F.max_pool2d(x, **kw, return_indices=True)
     torch.testing.assert_close(y, y_t, rtol=0, atol=0)
     assert torch.equal(idx, idx_t)
     same_memory_format(y, y_t)
-    g = tp.make_grad(y.shape, "contiguous" if case["grad"] == "none" else case["grad"], dtype).to(DEVICE)
+    g = make_grad(y.shape, "contiguous" if case["grad"] == "none" else case["grad"], dtype).to(DEVICE)
     (gx,) = torch.autograd.grad(y, [x], g)
     xr = x.detach().double().requires_grad_()  # same values: the same maxima and indices as the input's
     (gx_r,) = torch.autograd.grad(F.max_pool2d(xr, **kw), [xr], g.double())
@@ -167,13 +167,13 @@ def test_max_pool2d(case, dtype):
 @pytest.mark.parametrize("case", POOL_AVG, ids=case_id)
 def test_avg_pool2d(case, dtype):
     x, _ = _on_cuda(case, dtype)
-    kw = tp.avg_args(case)
+    kw = avg_pool_args(case)
     y = FC.avg_pool2d(x, **kw)
     y_t = F.avg_pool2d(x, **kw)
     xr = x.detach().double().requires_grad_()
     y_r = F.avg_pool2d(xr, **kw)
     same_memory_format(y, y_t)
-    g = tp.make_grad(y.shape, "contiguous" if case["grad"] == "none" else case["grad"], dtype).to(DEVICE)
+    g = make_grad(y.shape, "contiguous" if case["grad"] == "none" else case["grad"], dtype).to(DEVICE)
     (gx,) = torch.autograd.grad(y, [x], g)
     (gx_t,) = torch.autograd.grad(y_t, [x], g)
     (gx_r,) = torch.autograd.grad(y_r, [xr], g.double())
@@ -204,16 +204,15 @@ def test_autotuned_launch(monkeypatch):
 def test_compile_fullgraph():
     """torch.compile(fullgraph=True) of fastconv layers on the triton backend: no graph break, eager's results."""
     import torch._dynamo
-    import test_compile
 
     torch._dynamo.reset()
-    model = test_compile.Small().to(DEVICE)
+    model = SmallNet().to(DEVICE)
     x = torch.randn(2, 3, 16, 16, device=DEVICE).contiguous(memory_format=torch.channels_last)
     explanation = torch._dynamo.explain(model)(x)
     assert explanation.graph_break_count == 0, explanation.break_reasons
-    y_eager, gx_eager, grads_eager = test_compile._run(model, model, x)
+    y_eager, gx_eager, grads_eager = forward_backward(model, model, x)
     compiled = torch.compile(model, fullgraph=True)
-    y_c, gx_c, grads_c = test_compile._run(compiled, model, x)
+    y_c, gx_c, grads_c = forward_backward(compiled, model, x)
     tol = 1e-5
     assert rel_err(y_c, y_eager) <= tol and rel_err(gx_c, gx_eager) <= tol
     for name in grads_eager:
