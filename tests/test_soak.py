@@ -9,9 +9,22 @@ change at every step (H, W cycle through co-prime periods), so a cache keyed by 
 bound would show as growth. Every few steps the test records, after gc.collect() and malloc_trim(0):
   - RSS (/proc/self/status VmRSS): growth after warm-up must stay under RSS_TOLERANCE_MIB,
   - Python objects tracked by the garbage collector, and live torch.Tensor objects (reference leaks),
+    counted with fastconv's bounded caches emptied (see BOUNDED_CACHES),
   - open file descriptors (/proc/self/fd) and threads (threading.active_count(), /proc/self/task),
   - on a GPU, torch.cuda.memory_allocated() (that part is skipped without CUDA).
-test_soak_harness_detects_a_leak checks that the harness does see a leak of one small tensor per step.
+test_soak_harness_detects_a_leak checks that the harness does see a leak of one small tensor per step,
+test_soak_harness_counts_objects_not_bounded_caches that it sees a leak of one small Python object per
+step and not the bounded caches filling up.
+
+Bounded caches. fastconv keeps per-geometry state by design: the cpu backend's forward plans
+(backends/cpu.py, _FWD_PLANS) and the conv argument memo (functional.py, _CONV_ARGS_MEMO), each
+emptied when it reaches its bound (1024 entries), and the weight-pack cache (bounded in bytes, entries
+die with their weight). The workload's sizes never repeat within a run, so these fill at ~1.6 entries
+a step; how full they are when the test starts depends on what ran before it in the process. So the
+soak empties them before the baseline and before the final counts (the count is then independent of
+what ran before), and runs with their bounds lowered to SOAK_CACHE_BOUND entries, so that during the
+measured steps they fill and empty several times and every sample checks that they keep their bound: a
+cache that stopped emptying itself would fail that check, an object that leaks the object count.
 
 CI mode: a fixed number of steps (SOAK_STEPS: ~6000 op calls, a few seconds on an idle 2-core machine).
 Long mode, for manual runs: set FASTCONV_SOAK_SECONDS to run the workload for that long, e.g.
@@ -34,12 +47,17 @@ import torch
 
 import fastconv
 import fastconv.functional as FC
+from fastconv.backends import cpu as cpu_backend
 
 SOAK_STEPS = 300            # CI: steps after warm-up, each ~20 op calls (forward and backward): 6000 calls
 WARMUP_STEPS = 40
 SAMPLE_EVERY = 25
 RSS_TOLERANCE_MIB = 8.0     # measured noise after warm-up: < 1 MiB; a 64 KiB-per-step leak is 19 MiB
 OBJECT_TOLERANCE = 200      # gc-tracked Python objects (a few caches in torch/pytest settle late)
+SOAK_CACHE_BOUND = 64       # entries: the bounded dict caches fill and empty every ~40 steps during a soak
+
+# fastconv's caches that are bounded by design: (module, dict, its bound), as the code names them
+BOUNDED_CACHES = [(cpu_backend, "_FWD_PLANS", "_FWD_PLANS_MAX"), (FC, "_CONV_ARGS_MEMO", "_CONV_ARGS_MEMO_MAX")]
 
 _LIBC = None
 try:
@@ -75,6 +93,32 @@ def settle():
     gc.collect()
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
+
+
+def cache_sizes() -> dict:
+    """Entries in each bounded dict cache, and the weight-pack cache's bytes, with their bounds."""
+    sizes = {name: (len(getattr(mod, name)), getattr(mod, bound)) for mod, name, bound in BOUNDED_CACHES}
+    sizes["weight_pack_cache"] = (cpu_backend.weight_pack_cache.info()["bytes"], cpu_backend.weight_pack_cache.max_bytes)
+    return sizes
+
+
+def empty_bounded_caches() -> None:
+    for mod, name, _ in BOUNDED_CACHES:
+        getattr(mod, name).clear()
+    cpu_backend.weight_pack_cache.clear()
+
+
+@contextlib.contextmanager
+def small_cache_bounds(entries=SOAK_CACHE_BOUND):
+    """The bounded dict caches bounded at `entries` meanwhile (their bounds are read at each insertion)."""
+    saved = [(mod, bound, getattr(mod, bound)) for mod, _, bound in BOUNDED_CACHES]
+    for mod, _, bound in BOUNDED_CACHES:
+        setattr(mod, bound, entries)
+    try:
+        yield
+    finally:
+        for mod, bound, value in saved:
+            setattr(mod, bound, value)
 
 
 class Workload:
@@ -152,31 +196,40 @@ class Workload:
 
 
 def soak(step_fn, steps=None, seconds=None, warmup=WARMUP_STEPS, every=SAMPLE_EVERY, cuda=False, verbose=False):
-    """Runs step_fn(i) for warm-up, then for `steps` steps (or `seconds`), sampling resources."""
-    torch.ones(1 << 22).sum()  # torch's own thread pool starts now, not at a later, larger step
-    for i in range(warmup):
-        step_fn(i)
-    settle()
-    base = dict(rss=rss_mib(), objects=len(gc.get_objects()), tensors=live_tensors(), fds=fd_count(),
-                tasks=task_count(), threads=threading.active_count(),
-                cuda=torch.cuda.memory_allocated() if cuda else 0)
-    samples = []
-    start, i = time.monotonic(), warmup
-    while True:
-        step_fn(i)
-        i += 1
-        done = (i - warmup >= steps) if seconds is None else (time.monotonic() - start >= seconds)
-        if (i - warmup) % every == 0 or done:
-            settle()
-            samples.append(dict(step=i, rss=rss_mib(), fds=fd_count(), tasks=task_count(),
-                                threads=threading.active_count(),
-                                cuda=torch.cuda.memory_allocated() if cuda else 0))
-            if verbose:
-                print(f"step {i}: RSS {samples[-1]['rss']:.1f} MiB (base {base['rss']:.1f}), "
-                      f"fds {samples[-1]['fds']}, tasks {samples[-1]['tasks']}")
-        if done:
-            break
-    end = dict(objects=len(gc.get_objects()), tensors=live_tensors())
+    """Runs step_fn(i) for warm-up, then for `steps` steps (or `seconds`), sampling resources; the
+    bounded caches run with small bounds meanwhile (module docstring)."""
+    with small_cache_bounds():
+        torch.ones(1 << 22).sum()  # torch's own thread pool starts now, not at a later, larger step
+        empty_bounded_caches()
+        for i in range(warmup):
+            step_fn(i)
+        # what the bounded caches hold depends on the calls made before, in this test and in earlier ones
+        empty_bounded_caches()
+        settle()
+        # RSS first: listing the gc's objects allocates memory that is freed but not trimmed (20 MiB once
+        # the torchvision zoo tests have run: the harness test then saw RSS fall while leaking)
+        base = dict(rss=rss_mib(), objects=len(gc.get_objects()), tensors=live_tensors(), fds=fd_count(),
+                    tasks=task_count(), threads=threading.active_count(),
+                    cuda=torch.cuda.memory_allocated() if cuda else 0)
+        samples = []
+        start, i = time.monotonic(), warmup
+        while True:
+            step_fn(i)
+            i += 1
+            done = (i - warmup >= steps) if seconds is None else (time.monotonic() - start >= seconds)
+            if (i - warmup) % every == 0 or done:
+                settle()
+                samples.append(dict(step=i, rss=rss_mib(), fds=fd_count(), tasks=task_count(),
+                                    threads=threading.active_count(), caches=cache_sizes(),
+                                    cuda=torch.cuda.memory_allocated() if cuda else 0))
+                if verbose:
+                    print(f"step {i}: RSS {samples[-1]['rss']:.1f} MiB (base {base['rss']:.1f}), "
+                          f"fds {samples[-1]['fds']}, tasks {samples[-1]['tasks']}")
+            if done:
+                break
+        empty_bounded_caches()
+        settle()
+        end = dict(objects=len(gc.get_objects()), tensors=live_tensors())
     return base, samples, end
 
 
@@ -191,6 +244,8 @@ def check_stable(base, samples, end):
     assert end["objects"] - base["objects"] < OBJECT_TOLERANCE, (
         f"gc-tracked objects grew from {base['objects']} to {end['objects']}")
     for s in samples:
+        for name, (size, bound) in s["caches"].items():
+            assert size <= bound, f"{name} holds {size} (entries or bytes) at step {s['step']}, over its bound {bound}"
         assert s["fds"] <= base["fds"], f"file descriptors: {base['fds']} after warm-up, {s['fds']} at step {s['step']}"
         assert s["threads"] <= base["threads"], f"Python threads: {base['threads']} -> {s['threads']}"
         assert s["tasks"] <= base["tasks"], f"OS threads: {base['tasks']} after warm-up, {s['tasks']} at step {s['step']}"
@@ -245,4 +300,26 @@ def test_soak_harness_detects_a_leak(soak_env):
         check_stable(base, samples, end)
     growth = samples[-1]["rss"] - base["rss"]
     assert growth > 0.5 * SOAK_STEPS * 64 / 1024, f"RSS grew only {growth:.1f} MiB with a 64 KiB/step leak"
+    kept.clear()
+
+
+def test_soak_harness_counts_objects_not_bounded_caches(soak_env):
+    """A conv at a new geometry every step fills the bounded caches (a plan and a memo entry per step,
+    several gc-tracked objects each: over the run, several times the object tolerance); that alone
+    passes. Keeping one small Python object per step as well (a list that grows) is caught by the
+    object count."""
+    kept = []
+
+    def step(i, leak):
+        x = torch.randn(1, 2, 5 + i % 97, 4 + i // 97, requires_grad=True)  # a new geometry every step
+        FC.conv2d(x, torch.ones(3, 2, 3, 3)).sum().backward()
+        if leak:
+            kept.append([i])  # a list: tracked by the gc (a dict of ints or a bare int would not be)
+
+    bounds = [getattr(mod, bound) for mod, _, bound in BOUNDED_CACHES]
+    check_stable(*soak(lambda i: step(i, False), steps=SOAK_STEPS, every=100))
+    assert [getattr(mod, bound) for mod, _, bound in BOUNDED_CACHES] == bounds, "cache bounds not restored"
+    base, samples, end = soak(lambda i: step(i, True), steps=SOAK_STEPS, every=100)
+    with pytest.raises(AssertionError, match="gc-tracked objects grew"):
+        check_stable(base, samples, end)
     kept.clear()
