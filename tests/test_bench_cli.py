@@ -41,6 +41,7 @@ def test_tables_are_consistent():
         assert all(s.P > 0 and s.Q > 0 for s in rows), name
 
 
+@pytest.mark.slow  # report_dir runs the benchmark suites: 5-20 s
 def test_json_schema(report_dir):
     report = json.loads((report_dir / "bench.json").read_text())
     assert report["schema_version"] == SCHEMA_VERSION == 2
@@ -71,6 +72,7 @@ def test_json_schema(report_dir):
         assert set(s["geomean_ratio_by_layout"]) == {"nchw"}
 
 
+@pytest.mark.slow
 def test_charts_written(report_dir):
     for name in ("ratio.png", "roofline.png"):
         data = (report_dir / name).read_bytes()

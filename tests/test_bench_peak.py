@@ -169,6 +169,7 @@ def test_report_rows_and_roofline_png(tmp_path):
         assert data[:8] == PNG_MAGIC and len(data) > 5000, p
 
 
+@pytest.mark.slow
 def test_bench_report_has_peak_fields_and_pngs(tmp_path):
     """One tiny conv shape and one pooling shape, forward, NCHW, through the real bench/ harness."""
     report = tmp_path / "report.json"

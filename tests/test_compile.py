@@ -2,10 +2,13 @@
 outputs and gradients as eager. Compilation is slow, so there is one model, compiled once."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch._dynamo
 
 from helpers import SmallNet, assert_rel, forward_backward
+
+pytestmark = pytest.mark.slow  # compiling: 4-10 s alone, 10-60 s in the full suite
 
 
 def test_compile_fullgraph_matches_eager(backend):

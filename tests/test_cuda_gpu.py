@@ -23,10 +23,10 @@ import fastconv.functional as FC
 from helpers import (AVG_POOL_CASES, CONV_FP32_CASES, MAX_POOL_CASES, REL_TOL, avg_pool_args, case_id, make_conv_case,
                      make_grad, make_pool_input, max_pool_args, rel_err, torch_conv_op)
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
     not torch.cuda.is_available() or not fastconv.backends.registered()["cuda"].availability()[0],
     reason="needs a CUDA GPU and fastconv._C_cuda (" + fastconv.backends.registered()["cuda"].availability()[1] + ")",
-)
+)]
 
 ERR_FACTOR = 4.0
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]

@@ -17,8 +17,9 @@ import torch.distributed as dist  # noqa: E402
 
 from fastconv.cli.train import run_train  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = [pytest.mark.slow,  # two training processes: 8-15 s
+              pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                 reason="torch.distributed with gloo is not available")]
 
 # 192 samples, global batch 32: 6 steps per epoch, 2 epochs; LeNet-5 has no batch norm, so the two
 # processes' update is exactly the single-process update.

@@ -30,6 +30,7 @@ import fastconv.functional as FC
 from helpers import assert_rel, case_id, check_conv_case, conv_valid, covered, sample_grid
 
 _C_emu = pytest.importorskip("fastconv._C_emu", reason="the SIMT emulator module is not built")
+pytestmark = pytest.mark.emu
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from helpers import pair
 
 emu = pytest.importorskip("fastconv._C_emu", reason="fastconv._C_emu is built by every `pip install -e .`")
+pytestmark = pytest.mark.emu
 if not hasattr(emu, "mma_selftest"):
     pytest.skip("fastconv._C_emu predates the tensor-core kernels: rebuild it", allow_module_level=True)
 k = emu.mma_selftest

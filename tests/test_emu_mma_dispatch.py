@@ -15,6 +15,7 @@ from helpers import REL_TOL, rel_err
 from fastconv.backends import cuda as cuda_backend
 
 emu = pytest.importorskip("fastconv._C_emu")
+pytestmark = pytest.mark.emu
 
 
 def kernels_used(fn):

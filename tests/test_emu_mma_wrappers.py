@@ -12,6 +12,7 @@ import pytest
 import torch
 
 emu = pytest.importorskip("fastconv._C_emu", reason="fastconv._C_emu is built by every `pip install -e .`")
+pytestmark = pytest.mark.emu
 if not hasattr(emu, "mma_selftest"):
     pytest.skip("fastconv._C_emu predates the tensor-core wrappers: rebuild it", allow_module_level=True)
 k = emu.mma_selftest

@@ -25,6 +25,7 @@ from helpers import (assert_rel, avg_pool_args, case_id, covered, make_grad, max
                      pool_torch_accepts, same_memory_format, sample_grid)
 
 _C_emu = pytest.importorskip("fastconv._C_emu", reason="the SIMT emulator module is not built")
+pytestmark = pytest.mark.emu
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 

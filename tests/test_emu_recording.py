@@ -22,6 +22,7 @@ from fastconv.backends import cuda as cuda_backend
 from fastconv.backends import cuda_nvrtc
 
 emu = pytest.importorskip("fastconv._C_emu")
+pytestmark = pytest.mark.emu
 
 
 def record(fn, *args):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 emu = pytest.importorskip("fastconv._C_emu", reason="fastconv._C_emu is built by every `pip install -e .`")
+pytestmark = pytest.mark.emu
 kernels = emu.selftest
 
 ORDERS = ["forward", "reversed", "shuffled"]

@@ -35,6 +35,8 @@ import fastconv
 import fastconv.functional as FC
 from helpers import assert_rel
 
+pytestmark = pytest.mark.slow  # tensors of 2^31+ elements: 3-40 s each
+
 GiB = 1 << 30
 BIG = 1 << 31
 NEEDED_GIB = 10.0

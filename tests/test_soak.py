@@ -267,6 +267,7 @@ def _duration():
     return float(s) if s else None
 
 
+@pytest.mark.slow
 def test_soak_cpu(soak_env, capsys):
     work = Workload("cpu")
     seconds = _duration()
@@ -275,6 +276,8 @@ def test_soak_cpu(soak_env, capsys):
     check_stable(base, samples, end)
 
 
+@pytest.mark.gpu
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the CUDA memory part needs a GPU")
 def test_soak_cuda():
     work = Workload("cuda")
@@ -284,6 +287,7 @@ def test_soak_cuda():
     check_stable(base, samples, end)
 
 
+@pytest.mark.slow  # 3-5 s alone, 10-15 s in the full suite (the gc's walks over a larger heap)
 def test_soak_harness_detects_a_leak(soak_env):
     """The measurements can fail: leaking a 64 KiB tensor per step (a gradient kept by mistake) over the
     CI step count is caught, by the tensor count and by RSS."""
@@ -303,6 +307,7 @@ def test_soak_harness_detects_a_leak(soak_env):
     kept.clear()
 
 
+@pytest.mark.slow
 def test_soak_harness_counts_objects_not_bounded_caches(soak_env):
     """A conv at a new geometry every step fills the bounded caches (a plan and a memo entry per step,
     several gc-tracked objects each: over the run, several times the object tolerance); that alone

@@ -17,9 +17,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
-                                reason="needs a CUDA GPU: the triton backend's GPU tests (the interpreter tests "
-                                       "are tests/test_triton.py)")
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(),
+                                 reason="needs a CUDA GPU: the triton backend's GPU tests (the interpreter tests "
+                                        "are tests/test_triton.py)")]
 
 triton = pytest.importorskip("triton", reason="Triton is not installed (pip install 'fastconv[triton]')")
 
