@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import fastconv.functional as FC
 from fastconv.ops.conv2d_fused import ACTIVATIONS
-from conftest import assert_rel
+from helpers import assert_rel
 
 ACTS = list(ACTIVATIONS)
 
