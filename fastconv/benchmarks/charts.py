@@ -2,8 +2,9 @@
 report dict, so an old run can be redrawn). Every report benchmarks.report reads is drawn (schema 2 from
 any producer, and the older files); report_rows turns it into one list of row dicts (BenchRecord's fields).
 
-- ratio.png: per layer, torch_time / fastconv_time (> 1: fastconv faster), one panel per
-  op/mode/dtype/backend, one bar per layout.
+- ratio.png: per layer (or network), torch_time / fastconv_time (> 1: fastconv faster), one panel per
+  op/mode/dtype/backend (a network run: per mode and variant, compile's ratio to torch eager too), one
+  bar per layout.
 - roofline.png: x = arithmetic intensity (FLOP per byte of minimum traffic), y = GFLOP/s. Two roofs,
   drawn separately and as their envelope: the compute roof (CPU: the native FMA probe; CUDA: torch's
   GEMM) and the bandwidth roof (CPU: the native STREAM scale; CUDA: a large copy); torch's SGEMM rate
@@ -238,11 +239,14 @@ def _plain_log_ticks(axis) -> None:
 
 
 def write_charts(report: Dict[str, Any], out_dir: Path, prefix: str = "") -> List[Path]:
-    """ratio.png and (when the report has throughputs) roofline.png in out_dir, named prefix + name."""
+    """ratio.png and (when the report has throughputs of layers: a traffic model, or GB/s) roofline.png
+    in out_dir, named prefix + name. Whole-network rows have no traffic model: a network-only report
+    gets ratio.png alone."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = report_rows(report)
     paths = [ratio_chart(report, out_dir / f"{prefix}ratio.png")]
-    if any(r.get("ours_throughput") or r.get("torch_throughput") for r in rows):
+    if any((r.get("ours_throughput") or r.get("torch_throughput")) and (r.get("intensity") or r.get("unit") == "GB/s")
+           for r in rows):
         paths.append(roofline_chart(report, out_dir / f"{prefix}roofline.png"))
     return paths

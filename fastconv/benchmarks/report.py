@@ -30,8 +30,18 @@ schema_version 2:
                       GFLOP/s rows), ours_ms, ours_p20_ms, ours_p80_ms, ours_rounds, torch_ms,
                       torch_p20_ms, torch_p80_ms, torch_rounds, ours_throughput, torch_throughput,
                       ours_pct_peak, torch_pct_peak, ratio (torch_ms / ours_ms), others_cpu_share,
-                      note (why a side has no time)
+                      note (why a side has no time); the network benchmark's rows add count and path
+                      (--breakdown layers: how many of the network's conv layers have this geometry,
+                      the cpu backend's algorithm per pass) and compile_s (torch.compile's compile
+                      time, excluded from ours_ms); absent in older files, read as null
   summary           per (op, mode, dtype, backend): rows, geomean_ratio, geomean_ratio_by_layout
+  network_summary   only with network rows (op "network", benchmarks.networks): per (mode, batch, layout,
+                    dtype, variant, baseline): networks, geomean_ratio - baseline "torch": torch eager
+                    time / the variant's; "compile": torch.compile's time / the variant's
+  breakdown         only from `fastconv bench --breakdown NET`: network, batch, image_size, layouts,
+                    conv_layers, geometries, profile {layout: {mode: {variant: {category: ms}}}}:
+                    torch.profiler self time per op category (conv, batch_norm, ...) of one step, and
+                    notes (a step that could not be profiled, and why)
 
 Older files, read by read_records into the same rows:
   - schema_version 1, `fastconv bench`: the same row fields (no geomean_ratio_by_layout in summary);
@@ -50,7 +60,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from . import runner
-from .records import RATIO_DEFINITION, WINOGRAD_NOTE, BenchRecord, format_records, summarize
+from .records import (NETWORK_OP, RATIO_DEFINITION, WINOGRAD_NOTE, BenchRecord, format_records, network_summary,
+                      summarize)
 
 SCHEMA_VERSION = 2
 KINDS = ("fastconv-bench", "bench-suite", "bench-gpu-backends")
@@ -58,9 +69,10 @@ KINDS = ("fastconv-bench", "bench-suite", "bench-gpu-backends")
 
 def make_report(kind: str, records: Sequence[BenchRecord], device: str, config: Dict[str, Any],
                 peak: Dict[str, Any], *, peaks: Optional[Dict[str, Dict[str, Any]]] = None,
-                versions: Optional[Dict[str, Any]] = None, others_cpu_share: Optional[float] = None
-                ) -> Dict[str, Any]:
-    """The report dict (schema_version 2) of a run's records; config gets `device`."""
+                versions: Optional[Dict[str, Any]] = None, others_cpu_share: Optional[float] = None,
+                extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The report dict (schema_version 2) of a run's records; config gets `device`; `extra`: the
+    producer's own top-level sections (the network benchmark's breakdown)."""
     if kind not in KINDS:
         raise ValueError(f"report kind {kind!r}: expected one of {KINDS}")
     report: Dict[str, Any] = {
@@ -72,6 +84,9 @@ def make_report(kind: str, records: Sequence[BenchRecord], device: str, config: 
         report["peaks"] = peaks
     report.update(ratio=RATIO_DEFINITION, others_cpu_share=others_cpu_share,
                   rows=[r.to_dict() for r in records], summary=summarize(records))
+    if any(r.op == NETWORK_OP for r in records):
+        report["network_summary"] = network_summary(records)
+    report.update(extra or {})
     return report
 
 
@@ -169,4 +184,23 @@ def format_report(report: Dict[str, Any]) -> List[str]:
         lines.append(runner.peak_line(report["peak"]))
     if any(r.unit == "GFLOP/s" and r.backend == "cpu" for r in records):
         lines.append(WINOGRAD_NOTE)
-    return lines + format_records(records)
+    return lines + format_records(records) + format_breakdown_profile(report.get("breakdown"))
+
+
+def format_breakdown_profile(breakdown: Optional[Dict[str, Any]]) -> List[str]:
+    """Where a network's eager time goes: torch.profiler self time per op category, per layout, mode and
+    variant (the `breakdown` section of a --breakdown report), largest category first."""
+    if not breakdown or not breakdown.get("profile"):
+        return []
+    lines = ["", f"== {breakdown.get('network')} at batch {breakdown.get('batch')}, {breakdown.get('image_size')} px: "
+                 f"self time per op category (torch.profiler, one step) =="]
+    for layout, modes in breakdown["profile"].items():
+        for mode, variants in modes.items():
+            for variant, cats in variants.items():
+                total = sum(cats.values())
+                if total <= 0:
+                    continue
+                top = sorted(cats.items(), key=lambda kv: -kv[1])
+                parts = ", ".join(f"{k} {v:.1f} ms ({100 * v / total:.0f}%)" for k, v in top if v / total >= 0.005)
+                lines.append(f"{mode:<6} {layout:<13} {variant:<9} {total:9.1f} ms: {parts}")
+    return lines + [f"not profiled: {n}" for n in breakdown.get("notes") or ()]

@@ -5,6 +5,8 @@
   result against torch's, built the same way for the CLI and the suites.
 - time_step: warm-up (first calls, allocator, OpenMP pool, caches, cuDNN autotuning), then rounds
   chosen from the time of one call; on CUDA every call is bracketed by CUDA events and synchronized.
+- time_interleaved: several callables that compare with each other timed in alternating rounds (the
+  network benchmark: torch eager, torch.compile and fastconv variants of one network).
 - measure_peak: the roofs of %peak and the roofline. CPU: fastconv._C's native probes (vector FMA
   throughput and STREAM scale bandwidth, at the kernels' ISA level and thread count), with torch's SGEMM
   and copy rates kept for reference; CUDA: torch's GEMM and a large copy.
@@ -238,6 +240,27 @@ def time_step(fn: Callable[[], Any], cfg: TimingConfig, device: str = "cpu") -> 
     else:
         times = [time_once(fn) for _ in range(rounds)]
     return sorted(times)
+
+
+def time_interleaved(fns: Dict[str, Callable[[], Any]], cfg: TimingConfig, device: str = "cpu"
+                     ) -> Tuple[Dict[str, List[float]], Optional[float]]:
+    """Times several callables that compare with each other (torch and fastconv variants of one network
+    or layer) in alternating rounds, so that a slow phase of the machine (a neighbour process, the clock)
+    falls on all of them alike: each is warmed up, then every round runs each callable once, the order
+    rotated by one per round; all get the same number of rounds, chosen from the slowest one's time.
+    Returns ({name: sorted per-call seconds}, other processes' CPU share over the rounds)."""
+    names = list(fns)
+    one = max(warm_up(fns[k], cfg, device) for k in names)
+    rounds = cfg.rounds_for(one)
+    calls = {k: synced(fns[k], device) for k in names}
+    times: Dict[str, List[float]] = {k: [] for k in names}
+    meter = BusyMeter()
+    for i in range(rounds):
+        shift = i % len(names)
+        for k in names[shift:] + names[:shift]:
+            times[k].append(time_once(calls[k]))
+    busy = meter.others()
+    return {k: sorted(v) for k, v in times.items()}, busy
 
 
 # ----------------------------------------------------------------------------------------------------
