@@ -26,6 +26,12 @@ Options (command line, or the environment for CI):
   --bench-conv-table, --bench-pool-table      shape tables from fastconv.benchmarks.TABLES
                                               (default cpu_conv, cpu_pool; e.g. resnet50, pool)
   FASTCONV_BENCH_THREADS                      torch and kernel threads (default 2)
+  FASTCONV_BENCH_NETWORKS                     bench/test_networks.py: comma-separated networks or 'all'
+                                              (default all; short mode tv_resnet18)
+  FASTCONV_BENCH_NET_BATCHES                  its inference batch sizes (default 1,8,32; short 1)
+  FASTCONV_BENCH_TRAIN_BATCH                  its training-step batch size (default 8; short 2)
+  FASTCONV_BENCH_IMAGE_SIZE                   its input size in pixels (default 224; short 64)
+  FASTCONV_BENCH_COMPILE                      its torch.compile variant, 1 or 0 (default 1; short 0)
   FASTCONV_BENCH_TARGET_S                     measured time per benchmark (default 1.0 s, short 0.05 s)
   FASTCONV_PEAK_STREAM_MIB                    MiB per array of the stream probe (default: max(256, L3))
 
@@ -99,6 +105,11 @@ class BenchConfig:
     dtypes: tuple = ("float32",)
     conv_table: str = "cpu_conv"
     pool_table: str = "cpu_pool"
+    networks: tuple = ()          # bench/test_networks.py (fastconv.benchmarks.networks)
+    net_batches: tuple = (1, 8, 32)
+    train_batch: int = 8
+    image_size: int = 224
+    compile: bool = True
 
     WARMUP_CALLS = 2
 
@@ -118,12 +129,30 @@ def pytest_configure(config):
         dtypes=tuple(d.strip() for d in str(config.getoption("--bench-dtypes")).split(",") if d.strip()),
         conv_table=str(config.getoption("--bench-conv-table")).strip(),
         pool_table=str(config.getoption("--bench-pool-table")).strip(),
+        **_network_config(short),
     )
     prepare_device(cfg.device)
     config._fastconv_bench = cfg
     config._fastconv_collector = Collector([cfg.backend])
     config._fastconv_busy = BusyMeter()
     torch.set_num_threads(cfg.threads)
+
+
+def _network_config(short: bool) -> dict:
+    """bench/test_networks.py's axes from the environment; short mode: tv_resnet18 at 64 px, inference at
+    batch 1 and a training step at batch 2 (batch norm in train mode at batch 1 would normalize over the
+    4 values per channel of the last stage), no torch.compile (minutes per network on 2 cores)."""
+    from fastconv.benchmarks import networks as N
+
+    nets = os.environ.get("FASTCONV_BENCH_NETWORKS") or ("tv_resnet18" if short else "all")
+    batches = os.environ.get("FASTCONV_BENCH_NET_BATCHES") or ("1" if short else "1,8,32")
+    return dict(
+        networks=tuple(N.network_names([n for n in nets.split(",") if n.strip()])),
+        net_batches=tuple(int(b) for b in batches.split(",") if b.strip()),
+        train_batch=int(os.environ.get("FASTCONV_BENCH_TRAIN_BATCH", "2" if short else "8")),
+        image_size=int(os.environ.get("FASTCONV_BENCH_IMAGE_SIZE", "64" if short else "224")),
+        compile=_env_flag("FASTCONV_BENCH_COMPILE") if "FASTCONV_BENCH_COMPILE" in os.environ else not short,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -145,8 +174,18 @@ def pytest_generate_tests(metafunc):  # torch baseline runs right before its fas
         metafunc.parametrize("layout", LAYOUTS)
     if "dtype" in metafunc.fixturenames:
         metafunc.parametrize("dtype", cfg.dtypes)
+    if "network" in metafunc.fixturenames:
+        metafunc.parametrize("network", cfg.networks)
+    if "net_batch" in metafunc.fixturenames:
+        metafunc.parametrize("net_batch", cfg.net_batches)
     if "impl" in metafunc.fixturenames:
         metafunc.parametrize("impl", IMPLS)
+    if "variant" in metafunc.fixturenames:  # the network suite's impl axis: torch first, its variants after it
+        from fastconv.benchmarks import networks as N
+
+        infer = metafunc.function.__name__.endswith("infer")
+        variants = [v for v in N.available_variants() if v != "compile" or (cfg.compile and infer)]
+        metafunc.parametrize("variant", variants)
 
 
 _not_implemented = not_implemented
@@ -161,29 +200,34 @@ def run_case(benchmark, pytestconfig):
     cfg: BenchConfig = pytestconfig._fastconv_bench
     collector: Collector = pytestconfig._fastconv_collector
 
-    def run(case: Case, fn: Callable[[], Any], check: Optional[Callable[[], None]] = None) -> None:
+    def run(case: Case, fn: Callable[[], Any], check: Optional[Callable[[], None]] = None,
+            side: Optional[str] = None) -> None:
+        """side: the name of this impl's column (default: the baseline for torch, else the fastconv
+        backend); the network suite names its variants (fastconv, compile)."""
         if case.table is None and isinstance(case.shape, (ConvShape, PoolShape)):
             case = dataclasses.replace(case, table=cfg.conv_table if isinstance(case.shape, ConvShape)
                                        else cfg.pool_table)
         fn = synced(fn, case.device)
         benchmark.group = case.group  # must be set before pedantic(): pytest-benchmark copies it then
         info = benchmark.extra_info
+        ours = case.impl != "torch"
+        side = side or (cfg.backend if ours else BASELINE)
         info.update(op=case.op, mode=case.mode, shape=case.shape.name, layout=case.layout, impl=case.impl,
-                    backend=cfg.backend if case.impl == "fastconv" else "torch", dtype=case.dtype,
+                    backend=side if ours else "torch", dtype=case.dtype,
                     device=case.device,
                     threads=torch.get_num_threads(), work=case.work, unit=case.unit,
                     shape_params={k: v for k, v in dataclasses.asdict(case.shape).items() if k != "name"})
         ctx = _nullcontext()
-        if case.impl == "fastconv":
+        if case.impl.startswith("fastconv"):  # fastconv, or the network suite's fastconv-opt
             backend = fastconv.backends.registered().get(cfg.backend)
             ok, why = backend.availability() if backend else (False, "unknown backend")
             if not ok:
-                collector.skip(case, f"backend {cfg.backend!r} unavailable: {why}", cfg.backend)
+                collector.skip(case, f"backend {cfg.backend!r} unavailable: {why}", side)
                 pytest.skip(f"fastconv backend {cfg.backend!r} unavailable: {why}")
             ctx = fastconv.use_backend(cfg.backend)
         with ctx:
             try:
-                if check is not None and case.impl == "fastconv":
+                if check is not None and ours:
                     check()
                 if not benchmark.enabled:  # --benchmark-disable: the check and one plain call
                     benchmark.pedantic(fn, rounds=1)
@@ -194,8 +238,8 @@ def run_case(benchmark, pytestconfig):
                 while len(times) < cfg.WARMUP_CALLS or time.perf_counter() - t0 < cfg.warmup_s:
                     times.append(time_once(fn))
             except Exception as exc:  # noqa: BLE001
-                if case.impl == "fastconv" and _not_implemented(exc):
-                    collector.skip(case, str(exc), cfg.backend)
+                if ours and _not_implemented(exc):
+                    collector.skip(case, str(exc), side)
                     pytest.skip(f"fastconv {cfg.backend}: {case.op} {case.mode} not implemented yet ({exc})")
                 raise
             one = statistics.median(times[1:])
@@ -209,7 +253,7 @@ def run_case(benchmark, pytestconfig):
         timing = Timing.of(stats.stats.data, busy=busy)
         info.update(median_ms=timing.median * 1e3, p20_ms=timing.p20 * 1e3, p80_ms=timing.p80 * 1e3,
                     throughput=case.work / timing.median / 1e9, others_cpu_share=busy)
-        collector.add(case, timing, BASELINE if case.impl == "torch" else cfg.backend, info)
+        collector.add(case, timing, side, info)
 
     return run
 
@@ -235,6 +279,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     else:
         peak = dict(machine_peak()) if timed else {}
     run_config = {"backends": [cfg.backend], "dtypes": list(cfg.dtypes), "tables": [cfg.conv_table, cfg.pool_table],
+                  "networks": list(cfg.networks), "net_batches": list(cfg.net_batches), "train_batch": cfg.train_batch,
+                  "image_size": cfg.image_size, "compile": cfg.compile,
                   "threads": cfg.threads, "quick": cfg.short, "short": cfg.short, "warmup_s": cfg.warmup_s,
                   "target_s": cfg.target_s, "min_rounds": cfg.min_rounds, "max_rounds": cfg.max_rounds}
     report = make_report("bench-suite", collector.records(peak), cfg.device, run_config, peak,
