@@ -740,7 +740,9 @@ def test_strategies_cover_the_axes():
         "float64": lambda c: c["dtype"] == torch.float64,
     }.items():
         assert any(pred(c) for c in conv), f"the conv strategy never draws: {what}"
-    avg = _draw(pool_cases("avg"))
+    # 300 draws: hypothesis starts from small values, and with a fixed seed the first 150 avg cases held 47
+    # divisor_overrides, none negative (an unrelated change to the package moved the seed's draws there)
+    avg = _draw(pool_cases("avg"), 300)
     for what, pred in {
         "ceil_mode with padding": lambda c: c["ceil_mode"] and pair(c["padding"]) != (0, 0),
         "negative divisor_override": lambda c: c["divisor_override"] is not None and c["divisor_override"] < 0,

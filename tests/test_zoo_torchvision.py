@@ -381,7 +381,7 @@ def test_adaptive_avg_pool2d(backend, size, out):
 
 def test_train_command(tmp_path):
     pytest.importorskip("sklearn")
-    from fastconv.train import run_train
+    from fastconv.cli.train import run_train
     from fastconv.training.engine import ConfigError
 
     tiny = ["--dataset", "digits", "--epochs", "1", "--train-subset", "64", "--test-subset", "32",
