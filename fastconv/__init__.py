@@ -4,6 +4,8 @@
     y = fastconv.functional.conv2d(x, w, b, padding="same")      # like F.conv2d
     layer = fastconv.nn.Conv2dReLU(64, 64, 3, padding=1)          # like nn.Conv2d + nn.ReLU, fused
     fastconv.convert(model)                                       # switch an existing model, in place
+    fastconv.optimize(model.eval(), example)                      # fold BatchNorm, fuse epilogues (fx)
+    torch.compile(model, backend="fastconv")                      # the same on dynamo's graph + Inductor
     fastconv.info()                                               # what is built and available
 """
 from . import backends, functional, nn, ops  # noqa: F401
@@ -14,6 +16,17 @@ from .info import info
 from .version import __version__
 
 __all__ = [
-    "functional", "nn", "ops", "backends", "convert", "info", "set_backend", "get_backend", "use_backend",
-    "ArgumentError", "ArgumentTypeError", "__version__",
+    "functional", "nn", "ops", "backends", "convert", "optimize", "OptimizeError", "info", "set_backend",
+    "get_backend", "use_backend", "ArgumentError", "ArgumentTypeError", "__version__",
 ]
+
+
+def __getattr__(name):
+    # fastconv.fusion (torch.fx rewrites, the model zoo's layer types) loads on first use: `import fastconv`
+    # stays as fast as the kernels' own modules.
+    if name in ("optimize", "OptimizeError", "fusion"):
+        import importlib
+
+        fusion = importlib.import_module(f"{__name__}.fusion")
+        return fusion if name == "fusion" else getattr(fusion, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
