@@ -565,3 +565,24 @@ def forward_backward(fn, model, x):
     y = fn(x)
     y.square().sum().backward()
     return y.detach(), x.grad, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random running statistics and affine parameters in every BatchNorm (the zoo initializes them to
+    mean 0, var 1, weight 1, bias 0, which a fold that forgets a term would still match)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 1.5 + 0.5)
+                if m.weight is not None:
+                    m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                    m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
+    return model
+
+
+def assert_net_close(got: torch.Tensor, ref: torch.Tensor, what: str = "output", tol: float = 1e-4) -> None:
+    """Float32 tolerance for a whole network: the fold and fastconv's kernels change the rounding only."""
+    scale = ref.detach().abs().max().item()
+    torch.testing.assert_close(got, ref, rtol=tol, atol=tol * scale, msg=lambda m: f"{what}: {m}")
