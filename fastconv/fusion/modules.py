@@ -61,10 +61,17 @@ class FusedConv2d(nn.Module):
         self.register_buffer("weight", None, persistent=False)
         self.register_buffer("bias", None, persistent=False)
         self._folded_from: Optional[Tuple] = None
+        self._folded: Tuple = (None, None, None)  # the buffers, outside nn.Module's attribute lookup
 
     def _sources(self):
-        conv, bn = self.conv, self.bn
-        return (conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias)
+        """(conv weight, conv bias, running_mean, running_var, bn weight, bn bias), read straight from the
+        modules' dicts (this runs on every call) unless they are not there (a parametrized weight)."""
+        try:
+            cp, bp, bb = self.conv._parameters, self.bn._parameters, self.bn._buffers
+            return cp["weight"], cp["bias"], bb["running_mean"], bb["running_var"], bp["weight"], bp["bias"]
+        except KeyError:
+            conv, bn = self.conv, self.bn
+            return conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias
 
     def folded(self) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
         """(weight, bias, scale) the convolution runs with: the BatchNorm folded into weight and bias
@@ -75,19 +82,21 @@ class FusedConv2d(nn.Module):
             return conv.weight, conv.bias, None
         sources = self._sources()
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in sources):
-            scale = torch.rsqrt(bn.running_var + bn.eps)
-            if bn.weight is not None:
-                scale = scale * bn.weight
-            shift = (-bn.running_mean if conv.bias is None else conv.bias - bn.running_mean) * scale
-            if bn.bias is not None:
-                shift = shift + bn.bias
-            return conv.weight, shift, scale
+            weight, bias, mean, var, gamma, beta = sources
+            scale = torch.rsqrt(var + bn.eps)
+            if gamma is not None:
+                scale = scale * gamma
+            shift = (-mean if bias is None else bias - mean) * scale
+            if beta is not None:
+                shift = shift + beta
+            return weight, shift, scale
         key = sources_key(sources)
         if key != self._folded_from:
             with torch.no_grad():
-                self.weight, self.bias = fold_bn(*sources[:4], *sources[4:], eps=bn.eps)
+                self.weight, self.bias = fold_bn(*sources, eps=bn.eps)
             self._folded_from = key
-        return self.weight, self.bias, None
+            self._folded = (self.weight, self.bias, None)
+        return self._folded
 
     def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         conv, bn = self.conv, self.bn
