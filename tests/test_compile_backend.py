@@ -36,6 +36,7 @@ class Net(nn.Module):
         self.project = nn.Conv2d(16, 8, 1, bias=False)
         self.bn4 = nn.BatchNorm2d(8)
         self.head = nn.Conv2d(8, 8, 3, padding="same")
+        self.tail = nn.Conv2d(8, 8, 1)
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x):
@@ -47,13 +48,14 @@ class Net(nn.Module):
         z = F.hardswish(self.bn3(self.expand(x)))                   # conv+bn+hardswish
         gate = torch.sigmoid(self.fc2(F.relu(self.fc1(z.mean((2, 3), keepdim=True)))))  # conv+relu, conv+sigmoid
         x = x + self.bn4(self.project(z * gate))                    # conv+bn+add (residual first)
-        return F.silu(self.head(x)) + x                             # conv+silu+add
+        x = F.silu(self.head(x)) + x                                # conv+silu+add
+        return F.relu(self.tail(x) + x)                             # conv+add+relu
 
 
 INFERENCE = {"conv+bn+relu": 2, "conv+bn+add+relu": 1, "conv+bn+hardswish": 1, "conv+relu": 1,
-             "conv+sigmoid": 1, "conv+bn+add": 1, "conv+silu+add": 1}
+             "conv+sigmoid": 1, "conv+bn+add": 1, "conv+silu+add": 1, "conv+add+relu": 1}
 # BatchNorm in training mode stays torch's: the convs before it are plain fastconv convs
-TRAINING = {"conv": 5, "conv+relu": 1, "conv+sigmoid": 1, "conv+silu+add": 1}
+TRAINING = {"conv": 5, "conv+relu": 1, "conv+sigmoid": 1, "conv+silu+add": 1, "conv+add+relu": 1}
 
 
 def make_net() -> Net:
