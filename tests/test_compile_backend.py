@@ -139,8 +139,12 @@ def test_training_step_matches_eager(monkeypatch):
     monkeypatch.setattr(cb, "rewrite", rewrite)
     compiled = torch.compile(model, backend="fastconv")
     x = torch.randn(4, 3, 8, 8)
-    for _ in range(2):  # the second step starts from updated running statistics
-        y, gx, grads = _step(compiled, model, x)
+    for i in range(2):  # the second step starts from updated running statistics
+        with torch.profiler.profile() as prof:
+            y, gx, grads = _step(compiled, model, x)
+        if i == 1:  # the backward runs fastconv's dgrad / wgrad kernels (the ops' registered autograd)
+            names = {e.key for e in prof.key_averages()}
+            assert {"fastconv::conv2d_fused", "fastconv::conv2d_dgrad", "fastconv::conv2d_wgrad"} <= names
         y_ref, gx_ref, grads_ref = _step(reference, reference, x)
         assert_net_close(y, y_ref)
         assert_net_close(gx, gx_ref, "input gradient", tol=1e-3)
