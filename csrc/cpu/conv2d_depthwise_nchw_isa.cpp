@@ -73,7 +73,7 @@ FC_INLINE void dw_plane_chunk(const T* rb, int64_t pstep, int64_t rstep, int64_t
     T* o = out + i * ys2;
     FC_UNROLL for (int v = 0; v < NV; ++v) {
       if (has_bias) acc[i][v] = Sd::add(acc[i][v], bv);
-      acc[i][v] = epi_apply<T>(ep, acc[i][v], o + v * L * so, so, v + 1 < NV ? L : nlast);
+      acc[i][v] = epi_store_value<T>(ep, acc[i][v]);
     }
     if (so == 1) {
       FC_UNROLL for (int v = 0; v + 1 < NV; ++v) Sd::store(o + v * L, acc[i][v]);
@@ -88,6 +88,9 @@ FC_INLINE void dw_plane_chunk(const T* rb, int64_t pstep, int64_t rstep, int64_t
       for (int e = 0; e < n; ++e) o[e * so] = tmp[e];
     }
   }
+  if (!epi_plain(ep))
+    for (int i = 0; i < NRW; ++i)
+      for (int v = 0; v < NV; ++v) epi_fixup<T>(ep, out + i * ys2 + v * L * so, so, v + 1 < NV ? L : nlast);
 }
 
 // Output rows [p0, p1) of one output channel from the padded window buf (row of output row p0 at

@@ -47,12 +47,13 @@ FC_INLINE void dw_cl_block(const T* const* xr, const T* const* mr, const int64_t
     FC_UNROLL for (int i = 0; i < QB; ++i) acc[i] = Sd::add(acc[i], b);
   }
   FC_UNROLL for (int i = 0; i < QB; ++i) {
-    T* yp = yo + i * ysi;
     if (TAIL)
-      Sd::store_n(yp, epi_apply<T>(ep, acc[i], yp, 1, nl), nl);
+      Sd::store_n(yo + i * ysi, epi_store_value<T>(ep, acc[i]), nl);
     else
-      Sd::store(yp, epi_apply<T>(ep, acc[i], yp, 1, Sd::L));
+      Sd::store(yo + i * ysi, epi_store_value<T>(ep, acc[i]));
   }
+  if (!epi_plain(ep))
+    for (int i = 0; i < QB; ++i) epi_fixup<T>(ep, yo + i * ysi, 1, TAIL ? nl : Sd::L);
 }
 
 // channels_last input and output, Kg == 1: vectors along C, taps as FMAs over channel vectors read
@@ -217,13 +218,15 @@ FC_INLINE void dwcl_block(const T* const* xr, const T* const* mr, const T* const
   FC_UNROLL for (int i = 0; i < QB; ++i) {
     if (QB > 4 && i >= nq) break;  // blocks of 4 are only used whole (see conv_dwcl_rows)
     FC_UNROLL for (int v = 0; v < CVB; ++v) {
-      T* yp = yo + i * ysi + (TAIL ? 0 : v * L);
       if (TAIL)
-        Sd::store_n(yp, epi_apply<T>(ep, acc[i][v], yp, 1, nl), nl);
+        Sd::store_n(yo + i * ysi, epi_store_value<T>(ep, acc[i][v]), nl);
       else
-        Sd::store(yp, epi_apply<T>(ep, acc[i][v], yp, 1, L));
+        Sd::store(yo + i * ysi + v * L, epi_store_value<T>(ep, acc[i][v]));
     }
   }
+  if (!epi_plain(ep))
+    for (int i = 0; i < (QB > 4 ? nq : QB); ++i)
+      for (int v = 0; v < CVB; ++v) epi_fixup<T>(ep, yo + i * ysi + (TAIL ? 0 : v * L), 1, TAIL ? nl : L);
 }
 
 // Two output rows (p, p+1) of a 3x3, stride-1 (sh = sw = dh = dw = 1) problem at once: the four input
@@ -271,13 +274,15 @@ FC_INLINE void dwcl_block_r2(const T* const* xu, const T* const* mu, const T* w,
     }
     FC_UNROLL for (int i = 0; i < QB; ++i) {
       if (QB > 4 && i >= nq) break;
-      T* yp = yo + o * yrs + i * ysi;
       if (TAIL)
-        Sd::store_n(yp, epi_apply<T>(ep, acc[o][i], yp, 1, nl), nl);
+        Sd::store_n(yo + o * yrs + i * ysi, epi_store_value<T>(ep, acc[o][i]), nl);
       else
-        Sd::store(yp, epi_apply<T>(ep, acc[o][i], yp, 1, Sd::L));
+        Sd::store(yo + o * yrs + i * ysi, epi_store_value<T>(ep, acc[o][i]));
     }
   }
+  if (!epi_plain(ep))
+    for (int o = 0; o < 2; ++o)
+      for (int i = 0; i < (QB > 4 ? nq : QB); ++i) epi_fixup<T>(ep, yo + o * yrs + i * ysi, 1, TAIL ? nl : Sd::L);
 }
 
 #if defined(__AVX512F__)
@@ -413,8 +418,8 @@ void conv_dwcl_rows(const Geo& g, In4<T> x, In4<T> m, const T* wT, int64_t Cp, i
   // Non-temporal output stores only for an output that would not stay in the L3 anyway: the prefetched
   // plain stores beat streaming for the few-multiply-add layers that stream_output streams otherwise
   // (see dwcl_scratch_at; 128 channels, N=32, 32x32, 2 threads, Xeon: 0.75-0.80 ms against 0.85-0.87).
-  // (a residual is read at the output's own position: not with the scratch block)
-  const bool stream_out = !ep.has_res && stream_output<T>(g, /*few_macs_stream=*/false);
+  // (the general epilogue rereads y and the residual at y's offsets: not with the scratch block)
+  const bool stream_out = epi_plain(ep) && stream_output<T>(g, /*few_macs_stream=*/false);
 #pragma omp parallel num_threads(nth)
   {
     T* const scr0 = scr_all.data() + thread_id() * scr_stride;

@@ -168,6 +168,23 @@ FC_INLINE void pix_direct_store(typename Simd<T>::V (&acc)[MR][NV], const PixDir
   using V = typename Sd::V;
   constexpr int L = Sd::L;
   const int64_t Wp = pl.Wp;
+  // Calls f(dst, n) for each run of n stored values of vector v of row k (lanes in one output row).
+  const auto runs = [&](T* yk, int v, auto&& f) {
+    if (pl.row_aligned) {
+      if (vrow[v] < nrows) f(yk + vrow[v] * y.s2 + vcol[v] * y.s3, (int)std::min<int64_t>(L, g.Q - vcol[v]), 0);
+      return;
+    }
+    // split the vector at padded-row boundaries; keep columns q < Q of rows < nrows
+    int64_t pr = vrow[v], qc = vcol[v];
+    for (int l = 0; l < L && pr < nrows;) {
+      const int in_row = (int)std::min<int64_t>(L - l, Wp - qc);
+      const int nval = (int)std::max<int64_t>(0, std::min<int64_t>(in_row, g.Q - qc));
+      if (nval > 0) f(yk + pr * y.s2 + qc * y.s3, nval, l);
+      l += in_row;
+      ++pr;
+      qc = 0;
+    }
+  };
   FC_UNROLL for (int i = 0; i < MR; ++i) {
     const int64_t k = ir * MR + i;
     if (k >= g.Kg) break;
@@ -177,67 +194,29 @@ FC_INLINE void pix_direct_store(typename Simd<T>::V (&acc)[MR][NV], const PixDir
     FC_UNROLL for (int v = 0; v < NV; ++v) {
       V val = acc[i][v];
       if (bias) val = Sd::add(val, bv);
-      if (pl.row_aligned) {
-        if (vrow[v] >= nrows) continue;
-        T* dst = yk + vrow[v] * y.s2 + vcol[v] * y.s3;
-        const int nval = (int)std::min<int64_t>(L, g.Q - vcol[v]);
-        val = epi_apply<T>(e, val, dst, y.s3, nval);
+      val = epi_store_value<T>(e, val);
+      runs(yk, v, [&](T* dst, int nval, int l) {
         if (y.s3 == 1) {
           if (nval == L)
-            store_maybe_stream<T>(dst, val, pl.stream_out);
-          else
+            pl.row_aligned ? store_maybe_stream<T>(dst, val, pl.stream_out && epi_plain(e)) : Sd::store(dst, val);
+          else if (pl.row_aligned)
             Sd::store_n(dst, val, nval);
+          else
+            Sd::store_lanes(dst, val, l, nval);
         } else {
           alignas(64) T tmp[L];
           Sd::store(tmp, val);
-          for (int t = 0; t < nval; ++t) dst[t * y.s3] = tmp[t];
+          for (int t = 0; t < nval; ++t) dst[t * y.s3] = tmp[l + t];
         }
-        continue;
-      }
-      // split the vector at padded-row boundaries; keep columns q < Q of rows < nrows
-      const auto row_pieces = [&](auto&& f) {  // f(lane, count, dst) for each piece of the vector
-        int64_t pr = vrow[v], qc = vcol[v];
-        for (int l = 0; l < L && pr < nrows;) {
-          const int in_row = (int)std::min<int64_t>(L - l, Wp - qc);
-          const int nval = (int)std::max<int64_t>(0, std::min<int64_t>(in_row, g.Q - qc));
-          if (nval > 0) f(l, nval, yk + pr * y.s2 + qc * y.s3);
-          l += in_row;
-          ++pr;
-          qc = 0;
-        }
-      };
-      if (e.has_res) {  // the residual lanes, gathered piece by piece
-        alignas(64) T rl[L] = {};
-        row_pieces([&](int l, int nval, T* dst) {
-          for (int t = 0; t < nval; ++t) rl[l + t] = dst[t * y.s3 + e.res];
-        });
-        val = epi_finish<T>(e, val, Sd::load(rl));
-      } else {
-        val = epi_finish<T>(e, val, val);
-      }
-      int64_t pr = vrow[v], qc = vcol[v];
-      for (int l = 0; l < L && pr < nrows;) {
-        const int in_row = (int)std::min<int64_t>(L - l, Wp - qc);
-        const int nval = (int)std::max<int64_t>(0, std::min<int64_t>(in_row, g.Q - qc));
-        if (nval > 0) {
-          T* dst = yk + pr * y.s2 + qc * y.s3;
-          if (y.s3 == 1) {
-            if (nval == L)
-              Sd::store(dst, val);
-            else
-              Sd::store_lanes(dst, val, l, nval);
-          } else {
-            alignas(64) T tmp[L];
-            Sd::store(tmp, val);
-            for (int t = 0; t < nval; ++t) dst[t * y.s3] = tmp[l + t];
-          }
-        }
-        l += in_row;
-        ++pr;
-        qc = 0;
-      }
+      });
     }
   }
+  if (!epi_plain(e))
+    for (int i = 0; i < MR && ir * MR + i < g.Kg; ++i)
+      for (int v = 0; v < NV; ++v)
+        runs(ybase + (gi * g.Kg + ir * MR + i) * y.s1, v, [&](T* dst, int nval, int) {
+          epi_fixup<T>(e, dst, y.s3, nval);
+        });
 }
 
 template <typename T, int MR, int NV>
@@ -421,22 +400,33 @@ void conv_pix(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> 
                 FC_UNROLL for (int v = 0; v < NV; ++v) {
                   V val = acc[i][v];
                   if (bias) val = Sd::add(val, bv);
+                  val = epi_store_value<T>(ep, val);
                   if (full) {
-                    T* dst = yrow + j0 + jbase + v * L;
-                    Sd::store(dst, epi_apply<T>(ep, val, dst, 1, L));
+                    Sd::store(yrow + j0 + jbase + v * L, val);
                   } else {
-                    const auto at = [&](int l) {
-                      return yrow + (plane_contig ? j0 + jbase + v * L + l : yoff[jbase + v * L + l]);
-                    };
-                    const int nval = (int)std::max<int64_t>(0, std::min<int64_t>(L, nc - jbase - v * L));
-                    alignas(64) T tmp[L] = {};
-                    if (ep.has_res)
-                      for (int l = 0; l < nval; ++l) tmp[l] = at(l)[ep.res];
-                    Sd::store(tmp, epi_finish<T>(ep, val, Sd::load(tmp)));
-                    for (int l = 0; l < nval; ++l) *at(l) = tmp[l];
+                    alignas(64) T tmp[L];
+                    Sd::store(tmp, val);
+                    for (int l = 0; l < L; ++l) {
+                      const int64_t jj = jbase + v * L + l;
+                      if (jj < nc) yrow[plane_contig ? j0 + jj : yoff[jj]] = tmp[l];
+                    }
                   }
                 }
               }
+              if (!epi_plain(ep))
+                for (int i = 0; i < MR && ir * MR + i < g.Kg; ++i) {
+                  T* yrow = y.p + n * y.s0 + (gi * g.Kg + ir * MR + i) * y.s1;
+                  for (int v = 0; v < NV; ++v) {
+                    if (full) {
+                      epi_fixup<T>(ep, yrow + j0 + jbase + v * L, 1, L);
+                      continue;
+                    }
+                    for (int l = 0; l < L && jbase + v * L + l < nc; ++l) {
+                      const int64_t jj = jbase + v * L + l;
+                      epi_fixup<T>(ep, yrow + (plane_contig ? j0 + jj : yoff[jj]), 1, 1);
+                    }
+                  }
+                }
             });
           }
         }

@@ -132,13 +132,19 @@ void conv_cl_pointwise(const Geo& g, const T* x, const T* Bp, const T* biasp, T*
             const int64_t left = Kg - kb - v * L;  // output channels left from this vector on
             if (left <= 0) continue;
             const int nval = (int)std::min<int64_t>(L, left);
-            const V val = epi_apply<T>(e, acc[i][v], yp + v * L, 1, nval);
+            const V val = epi_store_value<T>(e, acc[i][v]);
             if (nval == L)
               store_maybe_stream<T>(yp + v * L, val, stream_out);
             else
               Sd::store_n(yp + v * L, val, nval);
           }
         }
+        if (!epi_plain(e))
+          for (int i = 0; i < mr; ++i)
+            for (int v = 0; v < NV; ++v) {
+              const int64_t left = Kg - kb - v * L;
+              if (left > 0) epi_fixup<T>(e, y + (j0 + i) * Kg + kb + v * L, 1, (int)std::min<int64_t>(L, left));
+            }
       }
     }
 #if defined(__AVX512F__)
@@ -496,7 +502,7 @@ FC_INLINE void cl_block_compute(const ClPlan<T, MR, NV>& pl, const Geo& g, const
         // reference, and a store through yp may alias them as far as the compiler knows, so it
         // would reload every flag and the bias from memory per vector (RGB stem, without the locals:
         // ~20% of the kernel's samples in this epilogue).
-        const bool stream = pl.stream_out, whole = full;
+        const bool stream = pl.stream_out && epi_plain(ep), whole = full;  // epi_fixup rereads the task
         const Epi e = ep;
         const int64_t nst = std::min<int64_t>(MR, mc - ir * MR), ys1 = y.s1;
         const int64_t* const yo = tb.yoff + ir * MR;
@@ -510,13 +516,14 @@ FC_INLINE void cl_block_compute(const ClPlan<T, MR, NV>& pl, const Geo& g, const
           FC_UNROLL for (int v = 0; v < NV; ++v) {
             V val = acc[i][v];
             if (add_bias) val = Sd::add(val, bv[v]);
+            val = epi_store_value<T>(e, val);
             if (whole) {
-              store_maybe_stream<T>(yp + v * L, epi_apply<T>(e, val, yp + v * L, 1, L), stream);
+              store_maybe_stream<T>(yp + v * L, val, stream);
             } else {
-              const int nval = (int)std::max<int64_t>(0, std::min<int64_t>(L, g.Kg - kb - v * L));
               alignas(64) T tmp[L];
-              Sd::store(tmp, epi_apply<T>(e, val, yp + v * L * ys1, ys1, nval));
-              for (int l = 0; l < nval; ++l) yp[(v * L + l) * ys1] = tmp[l];
+              Sd::store(tmp, val);
+              for (int l = 0; l < L; ++l)
+                if (kb + v * L + l < g.Kg) yp[(v * L + l) * ys1] = tmp[l];
             }
           }
         }
@@ -551,7 +558,8 @@ void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y
     for (int64_t gi = 0; gi < g.G; ++gi)
       for (int64_t k = 0; k < g.Kg; ++k) biasp[gi * Npad + k] = bias[gi * g.Kg + k];
   if (pl.pointwise)
-    return conv_cl_pointwise<T, MR, NV>(g, x.p, Bp, bias ? biasp.data() : nullptr, y.p, ep, pl.stream_out, nth);
+    return conv_cl_pointwise<T, MR, NV>(g, x.p, Bp, bias ? biasp.data() : nullptr, y.p, ep,
+                                        pl.stream_out && epi_plain(ep), nth);
 
   const int64_t csz = pl.csz, asz = pl.asz, gsegs = pl.gsegs, rows_sz = pl.rows_sz, nIrb = pl.nIrb;
   Buf<T> scratch(nth * (csz + asz));
@@ -599,6 +607,14 @@ void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y
         cl_block_compute<T, MR, NV>(pl, g, y, Bp, bias ? biasp.data() : nullptr, ep, gi, jr0, jr1, k0, b, nir,
                                     nir_whole, mc, seg_stride, tb);
         k0 += kl;
+      }
+      if (!epi_plain(ep)) {  // the general epilogue over the task's outputs (still in L1 / L2)
+        const int64_t k_lo = jr0 * ClPlan<T, MR, NV>::NR, k_hi = std::min(g.Kg, jr1 * ClPlan<T, MR, NV>::NR);
+        constexpr int L = Simd<T>::L;
+        for (int64_t jj = 0; jj < mc; ++jj)
+          for (int64_t k = k_lo; k < k_hi; k += L)
+            epi_fixup<T>(ep, y.p + tb.yoff[jj] + (gi * g.Kg + k) * y.s1, y.s1,
+                         (int)std::min<int64_t>(L, k_hi - k));
       }
 #if defined(__AVX512F__)
       if (pl.stream_out) _mm_sfence();  // order this task's streamed stores before the loop's barrier

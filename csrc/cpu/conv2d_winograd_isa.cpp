@@ -283,11 +283,8 @@ void output_tile(const float* M, int64_t T, int64_t tt, int nv, int64_t k0, int6
     FC_UNROLL for (int b = 0; b < 6; ++b) at4(m + b, 6, t + b, 6);       // columns: 4 x 6
     FC_UNROLL for (int a = 0; a < 4; ++a) at4(t + 6 * a, 1, o + 4 * a, 1);  // rows: 4 x 4
     const V bv = bias ? Sf::load_n(bias + kv, nl) : Sf::zero();
+    FC_UNROLL for (int i = 0; i < 16; ++i) o[i] = epi_store_value<float>(ep, Sf::add(o[i], bv));
     float* yb = y.p + n * y.s0 + kv * y.s1 + p0 * y.s2 + q0 * y.s3;
-    FC_UNROLL for (int i = 0; i < 16; ++i) {
-      o[i] = Sf::add(o[i], bv);
-      if (i / 4 < pn && i % 4 < qn) o[i] = epi_apply<float>(ep, o[i], yb + (i / 4) * y.s2 + (i % 4) * y.s3, y.s1, nl);
-    }
     if (cl) {
       for (int a = 0; a < pn; ++a)
         for (int b = 0; b < qn; ++b) {
@@ -311,6 +308,9 @@ void output_tile(const float* M, int64_t T, int64_t tt, int nv, int64_t k0, int6
         for (int a = 0; a < pn; ++a)
           for (int b = 0; b < qn; ++b) yb[l * y.s1 + a * y.s2 + b * y.s3] = tmp[4 * a + b][l];
     }
+    if (!epi_plain(ep))
+      for (int a = 0; a < pn; ++a)
+        for (int b = 0; b < qn; ++b) epi_fixup<float>(ep, yb + a * y.s2 + b * y.s3, y.s1, nl);
   }
 }
 
