@@ -135,7 +135,7 @@ KERNEL_CASES = [
     (2, 16, 12, 12, 32, 3, 1, 1, 1),      # Winograd at AVX-512 (float32), the implicit GEMMs elsewhere
     (2, 3, 16, 16, 24, 3, 1, 1, 1),       # RGB stem: conv_cl's padded copy, NCHW direct with row vectors
     (2, 24, 7, 9, 40, 1, 1, 0, 1),        # pointwise: conv_cl_pointwise, flattened NCHW
-    (1, 64, 7, 7, 80, 3, 1, 1, 1),        # small map: NCHW staged through channels_last (no residual)
+    (1, 64, 7, 7, 80, 3, 1, 1, 1),        # small map: NCHW staged through channels_last, residual in a pass over y
     (2, 12, 11, 10, 20, 3, 2, 1, 2),      # grouped, strided: conv_cl taps, NCHW direct phase planes
     (2, 8, 9, 9, 12, 5, 3, 2, 1),         # stride 3: conv_pix
     (2, 24, 10, 11, 24, 3, 1, 1, 24),     # depthwise 3x3: row pairs (channels_last), plane rows (NCHW)

@@ -125,6 +125,19 @@ inline bool stage_nchw_forward(const Geo& g, const Tensor4& x, const Tensor4& y)
   return strided_wide || small_map;
 }
 
+// The general epilogue over a whole output y (N x Kout x P x Q, any strides), one (n, k) plane per task.
+template <typename T>
+void epilogue_pass(const Epi& ep, const Out4<T>& y, const Geo& g, int nth) {
+  constexpr int L = Simd<T>::L;
+#pragma omp parallel for num_threads(nth) schedule(static)
+  for (int64_t nk = 0; nk < g.N * g.Kout; ++nk) {
+    T* plane = y.p + (nk / g.Kout) * y.s0 + (nk % g.Kout) * y.s1;
+    for (int64_t p = 0; p < g.P; ++p)
+      for (int64_t q = 0; q < g.Q; q += L)
+        epi_fixup<T>(ep, plane + p * y.s2 + q * y.s3, y.s3, (int)std::min<int64_t>(L, g.Q - q));
+  }
+}
+
 template <typename T>
 struct FwdChoice {
   ConvAlgo algo;
@@ -132,16 +145,15 @@ struct FwdChoice {
 };
 
 // The forward's path: Winograd (3x3 stride 1 float32, conv2d_winograd.h decides), the staged NCHW
-// engine (not with a residual input: its channels_last copy of y would need one of the residual too), or
-// plan_engine's choice.
+// engine, or plan_engine's choice.
 template <typename T>
-FwdChoice<T> choose_fwd(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& y, bool residual = false) {
+FwdChoice<T> choose_fwd(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& y) {
   const Geo g = geo_of(d);
   FwdChoice<T> c{ConvAlgo::kNone, plan_engine<T>(g, in_view<T>(x), In4<T>{}, out_view<T>(y))};
   if (c.engine.algo == ConvAlgo::kNone) return c;
   if (winograd_usable(d, dt)) {
     c.algo = ConvAlgo::kWinograd;
-  } else if (std::is_same_v<T, float> && kIsaLevel == 2 && !residual && stage_nchw_forward(g, x, y)) {
+  } else if (std::is_same_v<T, float> && kIsaLevel == 2 && stage_nchw_forward(g, x, y)) {
     c.algo = ConvAlgo::kIgemmNhwcStaged;
   } else {
     c.algo = c.engine.algo;
@@ -152,7 +164,7 @@ FwdChoice<T> choose_fwd(const ConvDesc& d, DType dt, const Tensor4& x, const Ten
 template <typename T>
 void fwd_impl(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& w, const void* bias, const Tensor4& y,
               const Epi& ep, WeightPack* pack, int nth) {
-  const FwdChoice<T> c = choose_fwd<T>(d, dt, x, y, ep.has_res);
+  const FwdChoice<T> c = choose_fwd<T>(d, dt, x, y);
   if (c.algo == ConvAlgo::kWinograd)
     return winograd_fwd(d, x, w, static_cast<const float*>(bias), y, ep, pack, nth);
   const Geo g = geo_of(d);
@@ -160,8 +172,13 @@ void fwd_impl(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& w, c
                  w.stride[3]};
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>) {
-    if (c.algo == ConvAlgo::kIgemmNhwcStaged)
-      return igemm_nhwc_staged_nchw_fwd(g, x, wv, static_cast<const float*>(bias), y, ep, nth, pack);
+    if (c.algo == ConvAlgo::kIgemmNhwcStaged) {
+      if (!ep.has_res) return igemm_nhwc_staged_nchw_fwd(g, x, wv, static_cast<const float*>(bias), y, ep, nth, pack);
+      // The residual sits at y's (NCHW) offsets, not at those of conv_cl's channels_last buffer: the
+      // activation and residual go over y after the transpose, while it is in the caches.
+      igemm_nhwc_staged_nchw_fwd(g, x, wv, static_cast<const float*>(bias), y, Epi{}, nth, pack);
+      return epilogue_pass<float>(ep, out_view<float>(y), g, nth);
+    }
   }
 #endif
   run_engine(c.engine, wv, static_cast<const T*>(bias), ep, nth, pack);
