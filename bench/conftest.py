@@ -183,8 +183,8 @@ def pytest_generate_tests(metafunc):  # torch baseline runs right before its fas
     if "variant" in metafunc.fixturenames:  # the network suite's impl axis: torch first, its variants after it
         from fastconv.benchmarks import networks as N
 
-        infer = metafunc.function.__name__.endswith("infer")
-        variants = [v for v in N.available_variants() if v != "compile" or (cfg.compile and infer)]
+        mode = "infer" if metafunc.function.__name__.endswith("infer") else "train"
+        variants = [v for v in N.mode_variants(N.VARIANTS, mode) if v != N.COMPILE or cfg.compile]
         metafunc.parametrize("variant", variants)
 
 

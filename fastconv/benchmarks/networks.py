@@ -15,8 +15,8 @@ Variants (VARIANTS), each a deep copy of that model, in the layout being measure
                 convolutions); inference only, under torch.no_grad; the first call at each batch
                 compiles: its time is the row's compile_s, excluded from the timing
   fastconv      fastconv.convert(model): fastconv's conv and pooling modules, everything else torch's
-  fastconv-opt  fastconv.optimize(model, (x,)), only when fastconv has optimize (the design's graph
-                rewrite: eval BatchNorm folded, activation and residual add fused into the conv)
+  fastconv-opt  fastconv.optimize(model, (x,)): eval BatchNorm folded, activation and residual add
+                fused into the conv (docs/fusion.md); inference only, like compile
 Modes: infer - eval mode, torch.inference_mode for the eager variants (fastconv's ops run under it),
 torch.no_grad for compile - at each batch size; train - one step: forward in train mode (batch norm
 on batch statistics, dropout), cross-entropy against fixed labels, backward, torch.optim.SGD with
@@ -60,7 +60,9 @@ from .tables import ConvShape
 # architectures of fastconv.models.imagenet.
 DEFAULT_NETWORKS = ("tv_resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0",
                     "regnet_y_400mf", "densenet121", "convnext_tiny", "shufflenet_v2_x1_0", "googlenet", "vgg11")
-VARIANTS = (BASELINE, COMPILE, "fastconv", "fastconv-opt")
+OPTIMIZED = "fastconv-opt"
+VARIANTS = (BASELINE, COMPILE, "fastconv", OPTIMIZED)
+INFER_ONLY = (COMPILE, OPTIMIZED)  # optimize() folds eval BatchNorm; compile is timed with freezing
 NET_MODES = ("infer", "train")
 DEFAULT_BATCHES = (1, 8, 32)
 DEFAULT_TRAIN_BATCH = 8
@@ -116,11 +118,9 @@ def network_names(spec: Sequence[str]) -> List[str]:
     return names
 
 
-def available_variants() -> Tuple[str, ...]:
-    """VARIANTS, without fastconv-opt while fastconv has no optimize()."""
-    import fastconv
-
-    return tuple(v for v in VARIANTS if v != "fastconv-opt" or hasattr(fastconv, "optimize"))
+def mode_variants(variants, mode: str) -> Tuple[str, ...]:
+    """The variants of `variants` that are timed in `mode` (a training step has no INFER_ONLY ones)."""
+    return tuple(v for v in variants if mode == "infer" or v not in INFER_ONLY)
 
 
 def _fmt(layout: str):
@@ -203,11 +203,11 @@ def variant_model(variant: str, base: nn.Module, mode: str, layout: str, x: torc
         return model
     if variant == "fastconv":
         return fastconv.convert(model)
-    if variant == "fastconv-opt":
+    if variant not in mode_variants(VARIANTS, mode):
+        raise ValueError(f"the {variant} variant is timed for inference only")
+    if variant == OPTIMIZED:
         return fastconv.optimize(model, (x,))
     if variant == COMPILE:
-        if mode != "infer":
-            raise ValueError("the compile variant is timed for inference only")
         import torch._dynamo
 
         torch._dynamo.reset()  # a fresh cache per model: no recompile limit across networks and layouts
@@ -344,7 +344,7 @@ def bench_network(name: str, cfg: NetConfig, timing: R.TimingConfig, peak: Dict[
 
 
 def _bench_one(name, base, flops, mode, batch, layout, cfg: NetConfig, timing, peak, log) -> List[BenchRecord]:
-    variants = [v for v in cfg.variants if v != BASELINE and not (v == COMPILE and mode != "infer")]
+    variants = [v for v in mode_variants(cfg.variants, mode) if v != BASELINE]
     x = make_input(batch, cfg.image_size, layout, cfg.device)
     y = make_labels(batch, cfg.device)
     ref_model = variant_model(BASELINE, base, mode, layout, x)
