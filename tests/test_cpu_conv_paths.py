@@ -677,7 +677,10 @@ SMALL_MAP_CASES = [
     (1, 256, 9, 9, 192, 3, 2, 1),      # stride 2, 5x5 output
     (2, 128, 6, 6, 320, 3, 1, 1),      # 320 channels: panels of 32
     (1, 1024, 5, 5, 640, 1, 1, 0),     # a reduction over several blocks
+    (1, 96, 24, 30, 80, 1, 1, 0),      # 720 pixels in all: a 28x28 layer at batch 1
 ]
+# Too many pixels to stage: 576 per image, 1,152 in all.
+NOT_SMALL_MAP = (2, 64, 24, 24, 64, 1, 1, 0)
 
 
 @pytest.mark.parametrize("case", SMALL_MAP_CASES, ids=[str(i) for i in range(len(SMALL_MAP_CASES))])
@@ -723,3 +726,10 @@ def test_path_small_maps(isa, case):
         assert path.startswith("igemm_nchw_"), path
     assert _path(x.contiguous(memory_format=torch.channels_last), w, stride=stride, padding=padding).startswith(
         "igemm_nhwc/")
+
+
+def test_path_not_small_map(isa):
+    N, C, H, W, K, k, stride, padding = NOT_SMALL_MAP
+    x, w = _meta(N, C, H, W, K, (k, k))
+    path = _path(x, w, stride=stride, padding=padding)
+    assert path.startswith("igemm_nchw"), path

@@ -113,15 +113,20 @@ void conv_run(const Geo& g0, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T>
 // - strided spatial filters on wide channels, where the input is 4x the output and conv_cl's long
 //   register-resident sums win (2 threads: 32x128x32x32 -> 128 3x3 s2 8.4-9.2 ms staged against 10.3
 //   direct). 64 channels gain nothing, and a 1x1 stride 2 or the 7x7 s2 RGB stem is slower staged;
-// - small maps of wide layers (P*Q <= kStageSmallMap: ResNet's 14x14 and 7x7 stages at batch 1), where
-//   the NCHW kernels' vectors along a few output columns waste lanes.
+// - small maps of wide layers (P*Q <= kStageSmallMap: ResNet's 14x14 and 7x7 stages at any batch), where
+//   the NCHW kernels' vectors along a few output columns waste lanes, and few output pixels in all
+//   (N*P*Q <= kStageFewPixels: 28x28 at batch 1), where the NCHW kernels split too little work over the
+//   threads: 1x512x28x28 1x1 -> 128 runs 0.69 ms staged against 1.52 (torch 0.83), but 2x128x28x28
+//   1x1 -> 512 1.56 against 1.20, and 56x56 at batch 1 gains nothing (/tmp A/B, steady allocator).
 constexpr int64_t kStageSmallMap = 256;
+constexpr int64_t kStageFewPixels = 1024;
 inline bool stage_nchw_forward(const Geo& g, const Tensor4& x, const Tensor4& y) {
   if (g.N == 0 || g.P <= 0 || g.Q <= 0 || x.stride[1] == 1 || y.stride[1] == 1 || g.G != 1 || g.dh != 1 ||
       g.dw != 1)
     return false;
   const bool strided_wide = g.Cg >= 128 && g.R * g.S > 1 && g.sh >= 2 && g.sw >= 2;
-  const bool small_map = g.P * g.Q <= kStageSmallMap && g.Cg >= 64 && g.Kg >= 64;
+  const bool small_map =
+      (g.P * g.Q <= kStageSmallMap || g.N * g.P * g.Q <= kStageFewPixels) && g.Cg >= 64 && g.Kg >= 64;
   return strided_wide || small_map;
 }
 
