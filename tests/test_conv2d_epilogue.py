@@ -141,6 +141,10 @@ KERNEL_CASES = [
     (2, 24, 10, 11, 24, 3, 1, 1, 24),     # depthwise 3x3: row pairs (channels_last), plane rows (NCHW)
     (1, 20, 11, 9, 20, 5, 2, 2, 20),      # depthwise 5x5 stride 2: single rows
     (1, 6, 8, 8, 12, 3, 1, 1, 6),         # depthwise multiplier 2 (Kg = 2): the generic loops
+    # larger maps: several tasks per image and partial tiles, the epilogue applied per task or tile
+    (2, 16, 41, 37, 48, 3, 2, 1, 1),      # stride 2: row tasks of the direct kernel, 21x19 output
+    (2, 16, 33, 35, 20, 1, 1, 0, 1),      # pointwise, 1,155 pixels: packed pixel blocks, a partial last one
+    (1, 32, 45, 45, 32, 3, 1, 1, 32),     # depthwise: row tasks per channel
 ]
 RESIDUAL = ["none", "before", "after"]
 

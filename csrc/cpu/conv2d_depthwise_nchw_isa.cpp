@@ -88,9 +88,6 @@ FC_INLINE void dw_plane_chunk(const T* rb, int64_t pstep, int64_t rstep, int64_t
       for (int e = 0; e < n; ++e) o[e * so] = tmp[e];
     }
   }
-  if (!epi_plain(ep))
-    for (int i = 0; i < NRW; ++i)
-      for (int v = 0; v < NV; ++v) epi_fixup<T>(ep, out + i * ys2 + v * L * so, so, v + 1 < NV ? L : nlast);
 }
 
 // Output rows [p0, p1) of one output channel from the padded window buf (row of output row p0 at
@@ -260,6 +257,7 @@ void conv_direct_plane(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias,
           dw_plane_rows<T, 5, 5>(g, buf, LD, rlo, p0, p1, soff.data(), wt, wsv, bv, hb, ep, out0, y.s2, y.s3);
         else
           dw_plane_rows<T, 0, 0>(g, buf, LD, rlo, p0, p1, soff.data(), wt, wsv, bv, hb, ep, out0, y.s2, y.s3);
+        if (!epi_plain(ep)) epi_fixup<T>(ep, out0, y.s3, g.Q, p1 - p0, y.s2);  // the task's rows of this channel
       }
     }
   }

@@ -53,7 +53,7 @@ FC_INLINE void dw_cl_block(const T* const* xr, const T* const* mr, const int64_t
       Sd::store(yo + i * ysi, epi_store_value<T>(ep, acc[i]));
   }
   if (!epi_plain(ep))
-    for (int i = 0; i < QB; ++i) epi_fixup<T>(ep, yo + i * ysi, 1, TAIL ? nl : Sd::L);
+    epi_fixup<T>(ep, yo, 1, TAIL ? nl : Sd::L, QB, ysi);
 }
 
 // channels_last input and output, Kg == 1: vectors along C, taps as FMAs over channel vectors read
@@ -225,8 +225,7 @@ FC_INLINE void dwcl_block(const T* const* xr, const T* const* mr, const T* const
     }
   }
   if (!epi_plain(ep))
-    for (int i = 0; i < (QB > 4 ? nq : QB); ++i)
-      for (int v = 0; v < CVB; ++v) epi_fixup<T>(ep, yo + i * ysi + (TAIL ? 0 : v * L), 1, TAIL ? nl : L);
+    epi_fixup<T>(ep, yo, 1, TAIL ? nl : CVB * L, QB > 4 ? nq : QB, ysi);
 }
 
 // Two output rows (p, p+1) of a 3x3, stride-1 (sh = sw = dh = dw = 1) problem at once: the four input
@@ -281,8 +280,7 @@ FC_INLINE void dwcl_block_r2(const T* const* xu, const T* const* mu, const T* w,
     }
   }
   if (!epi_plain(ep))
-    for (int o = 0; o < 2; ++o)
-      for (int i = 0; i < (QB > 4 ? nq : QB); ++i) epi_fixup<T>(ep, yo + o * yrs + i * ysi, 1, TAIL ? nl : Sd::L);
+    for (int o = 0; o < 2; ++o) epi_fixup<T>(ep, yo + o * yrs, 1, TAIL ? nl : Sd::L, QB > 4 ? nq : QB, ysi);
 }
 
 #if defined(__AVX512F__)

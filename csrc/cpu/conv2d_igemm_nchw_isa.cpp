@@ -211,12 +211,6 @@ FC_INLINE void pix_direct_store(typename Simd<T>::V (&acc)[MR][NV], const PixDir
       });
     }
   }
-  if (!epi_plain(e))
-    for (int i = 0; i < MR && ir * MR + i < g.Kg; ++i)
-      for (int v = 0; v < NV; ++v)
-        runs(ybase + (gi * g.Kg + ir * MR + i) * y.s1, v, [&](T* dst, int nval, int) {
-          epi_fixup<T>(e, dst, y.s3, nval);
-        });
 }
 
 template <typename T, int MR, int NV>
@@ -279,6 +273,8 @@ void conv_pix_direct(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, O
           }
         }
       }
+      if (!epi_plain(ep))  // the general epilogue over the task's output rows, every channel of the group
+        for (int64_t k = 0; k < g.Kg; ++k) epi_fixup<T>(ep, ybase + (gi * g.Kg + k) * y.s1, y.s3, g.Q, nrows, y.s2);
 #if defined(__AVX512F__)
       if (pl.stream_out) _mm_sfence();  // order this task's streamed stores before the loop's barrier
 #endif
@@ -413,24 +409,20 @@ void conv_pix(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> 
                   }
                 }
               }
-              if (!epi_plain(ep))
-                for (int i = 0; i < MR && ir * MR + i < g.Kg; ++i) {
-                  T* yrow = y.p + n * y.s0 + (gi * g.Kg + ir * MR + i) * y.s1;
-                  for (int v = 0; v < NV; ++v) {
-                    if (full) {
-                      epi_fixup<T>(ep, yrow + j0 + jbase + v * L, 1, L);
-                      continue;
-                    }
-                    for (int l = 0; l < L && jbase + v * L + l < nc; ++l) {
-                      const int64_t jj = jbase + v * L + l;
-                      epi_fixup<T>(ep, yrow + (plane_contig ? j0 + jj : yoff[jj]), 1, 1);
-                    }
-                  }
-                }
             });
           }
         }
       }
+      if (!epi_plain(ep))  // the general epilogue over the task's outputs (its pixel block, every channel)
+        for (int64_t k = 0; k < g.Kg; ++k) {
+          T* yk = y.p + n * y.s0 + (gi * g.Kg + k) * y.s1;
+          if (plane_contig) {
+            epi_fixup<T>(ep, yk + j0, 1, nc);
+            continue;
+          }
+          for (int64_t ri = 0; ri < nruns; ++ri)
+            if (runs[ri].p >= 0) epi_fixup<T>(ep, yk + runs[ri].p * y.s2 + runs[ri].q * y.s3, y.s3, runs[ri].len);
+        }
     }
   }
 }

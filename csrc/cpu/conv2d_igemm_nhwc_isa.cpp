@@ -140,11 +140,7 @@ void conv_cl_pointwise(const Geo& g, const T* x, const T* Bp, const T* biasp, T*
           }
         }
         if (!epi_plain(e))
-          for (int i = 0; i < mr; ++i)
-            for (int v = 0; v < NV; ++v) {
-              const int64_t left = Kg - kb - v * L;
-              if (left > 0) epi_fixup<T>(e, y + (j0 + i) * Kg + kb + v * L, 1, (int)std::min<int64_t>(L, left));
-            }
+          epi_fixup<T>(e, y + j0 * Kg + kb, 1, std::min<int64_t>(NV * L, Kg - kb), mr, Kg);
       }
     }
 #if defined(__AVX512F__)
@@ -610,11 +606,8 @@ void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y
       }
       if (!epi_plain(ep)) {  // the general epilogue over the task's outputs (still in L1 / L2)
         const int64_t k_lo = jr0 * ClPlan<T, MR, NV>::NR, k_hi = std::min(g.Kg, jr1 * ClPlan<T, MR, NV>::NR);
-        constexpr int L = Simd<T>::L;
         for (int64_t jj = 0; jj < mc; ++jj)
-          for (int64_t k = k_lo; k < k_hi; k += L)
-            epi_fixup<T>(ep, y.p + tb.yoff[jj] + (gi * g.Kg + k) * y.s1, y.s1,
-                         (int)std::min<int64_t>(L, k_hi - k));
+          epi_fixup<T>(ep, y.p + tb.yoff[jj] + (gi * g.Kg + k_lo) * y.s1, y.s1, k_hi - k_lo);
       }
 #if defined(__AVX512F__)
       if (pl.stream_out) _mm_sfence();  // order this task's streamed stores before the loop's barrier

@@ -133,14 +133,9 @@ inline bool stage_nchw_forward(const Geo& g, const Tensor4& x, const Tensor4& y)
 // The general epilogue over a whole output y (N x Kout x P x Q, any strides), one (n, k) plane per task.
 template <typename T>
 void epilogue_pass(const Epi& ep, const Out4<T>& y, const Geo& g, int nth) {
-  constexpr int L = Simd<T>::L;
 #pragma omp parallel for num_threads(nth) schedule(static)
-  for (int64_t nk = 0; nk < g.N * g.Kout; ++nk) {
-    T* plane = y.p + (nk / g.Kout) * y.s0 + (nk % g.Kout) * y.s1;
-    for (int64_t p = 0; p < g.P; ++p)
-      for (int64_t q = 0; q < g.Q; q += L)
-        epi_fixup<T>(ep, plane + p * y.s2 + q * y.s3, y.s3, (int)std::min<int64_t>(L, g.Q - q));
-  }
+  for (int64_t nk = 0; nk < g.N * g.Kout; ++nk)
+    epi_fixup<T>(ep, y.p + (nk / g.Kout) * y.s0 + (nk % g.Kout) * y.s1, y.s3, g.Q, g.P, y.s2);
 }
 
 template <typename T>

@@ -11,6 +11,7 @@
 // form (absolute error 1.5e-7); float64, for tests and gradcheck, calls the C library per lane.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -85,10 +86,11 @@ struct ActMath {
     __builtin_memcpy(&two_n, &bits, sizeof(V));
     return p * two_n;
   }
-  // 1 / (1 + e^-v), as e^v / (1 + e^v) for v < 0 so that the subnormal tail survives.
+  // 1 / (1 + e^-v), as e^v / (1 + e^v) for v < 0 so that the subnormal tail survives; one division.
   static FC_INLINE V sigmoid(V v) {
     const V e = exp(v < 0 ? v : -v);
-    return v < 0 ? e / (splat(1) + e) : splat(1) / (splat(1) + e);
+    const V d = splat(1) / (splat(1) + e);
+    return v < 0 ? e * d : d;
   }
   // gelu(x) = x * Phi(x), Phi(x) = erfc(-x / sqrt 2) / 2: for x < 0 from erfc's tail directly (no
   // cancellation in 1 + erf), erfc(z) ~ t * p(t) * exp(-z^2) (Abramowitz-Stegun 7.1.26, z >= 0).
@@ -108,17 +110,16 @@ struct ActMath {
       return x * (x < 0 ? tail : splat(2) - tail) * 0.5f;
     }
   }
-  static FC_INLINE V apply(Act act, V v) {
-    switch (act) {
-      case kActRelu: return Simd<T>::relu(v);
-      case kActRelu6: return clamp(v, T(0), T(6));
-      case kActSilu: return v * sigmoid(v);
-      case kActHardswish: return v * clamp(v + T(3), T(0), T(6)) / T(6);
-      case kActHardsigmoid: return clamp(v + T(3), T(0), T(6)) / T(6);
-      case kActGelu: return gelu(v);
-      case kActSigmoid: return sigmoid(v);
-      default: return v;
-    }
+  template <Act A>
+  static FC_INLINE V apply(V v) {
+    if constexpr (A == kActRelu) return Simd<T>::relu(v);
+    if constexpr (A == kActRelu6) return clamp(v, T(0), T(6));
+    if constexpr (A == kActSilu) return v * sigmoid(v);
+    if constexpr (A == kActHardswish) return v * clamp(v + T(3), T(0), T(6)) / T(6);
+    if constexpr (A == kActHardsigmoid) return clamp(v + T(3), T(0), T(6)) / T(6);
+    if constexpr (A == kActGelu) return gelu(v);
+    if constexpr (A == kActSigmoid) return sigmoid(v);
+    return v;
   }
 };
 
@@ -133,11 +134,12 @@ FC_INLINE typename Simd<T>::V load_lanes(const T* p, int64_t ls, int n) {
 }
 
 // How the kernels apply it. Their store loops store act(v) when the epilogue is plain (none, or ReLU
-// without a residual: the code they always had, the same bits); otherwise they store v and, once every
-// vector of the tile is stored, run epi_fixup over what they stored, an out-of-line function on a
-// few L1-resident lines. A call inside the store loops would have the compiler keep the tile's
-// accumulators around it: an inline general epilogue made the module 3.7x larger, an out-of-line one
-// called per vector made the NCHW 1x1 64->256 layer (N=8, 56x56) 20% slower.
+// without a residual: the code they always had, the same bits); otherwise they store v and, once a tile
+// or a task is stored, call epi_fixup over what they stored, an out-of-line function on lines still in
+// L1 / L2, with as long a run per call as the kernel's output block allows. A call inside the store loops
+// would have the compiler keep the tile's accumulators around it: an inline general epilogue made the
+// module 3.7x larger, an out-of-line one called per vector made the NCHW 1x1 64->256 layer (N=8, 56x56)
+// 20% slower, and a call per depthwise output row of 7 values made SiLU cost 10x torch's silu_ pass.
 FC_INLINE bool epi_plain(const Epi& e) { return !e.has_res && (e.act == kActNone || e.act == kActRelu); }
 
 template <typename T>
@@ -145,20 +147,46 @@ FC_INLINE typename Simd<T>::V epi_store_value(const Epi& e, typename Simd<T>::V 
   return e.act == kActRelu && !e.has_res ? Simd<T>::relu(v) : v;
 }
 
-// The general epilogue in place on n values at p, p + ls, ...: y = act(y [+ r]) [+ r].
-template <typename T>
-__attribute__((noinline)) void epi_fixup(Epi e, T* p, int64_t ls, int n) {
+// y = act(y [+ r]) [+ r] on n <= L values at p, p + ls, ...
+template <typename T, Act A>
+FC_INLINE void epi_vector(const Epi& e, T* p, int64_t ls, int n) {
   using Sd = Simd<T>;
   typename Sd::V v = load_lanes<T>(p, ls, n);
   const typename Sd::V r = e.has_res ? load_lanes<T>(p + e.res, ls, n) : v;
   if (e.has_res && !e.res_after) v = Sd::add(v, r);
-  v = ActMath<T>::apply(e.act, v);
+  v = ActMath<T>::template apply<A>(v);
   if (e.has_res && e.res_after) v = Sd::add(v, r);
   if (ls == 1 && n == Sd::L) return Sd::store(p, v);
   if (ls == 1) return Sd::store_n(p, v, n);
   alignas(64) T tmp[Sd::L];
   Sd::store(tmp, v);
   for (int l = 0; l < n; ++l) p[l * ls] = tmp[l];
+}
+
+template <typename T, Act A>
+FC_INLINE void epi_block(const Epi& e, T* p, int64_t ls, int64_t n, int64_t rows, int64_t rs) {
+  constexpr int L = Simd<T>::L;
+  for (int64_t r = 0; r < rows; ++r, p += rs)
+    for (int64_t j = 0; j < n; j += L) epi_vector<T, A>(e, p + j * ls, ls, (int)std::min<int64_t>(L, n - j));
+}
+
+// The general epilogue in place on `rows` runs of n values: value j of run r at p + r*rs + j*ls.
+template <typename T>
+__attribute__((noinline)) void epi_fixup(Epi e, T* p, int64_t ls, int64_t n, int64_t rows = 1, int64_t rs = 0) {
+  if (rows > 1 && ls == 1 && rs == n) {  // adjacent runs: one run
+    n *= rows;
+    rows = 1;
+  }
+  switch (e.act) {
+    case kActRelu: return epi_block<T, kActRelu>(e, p, ls, n, rows, rs);
+    case kActRelu6: return epi_block<T, kActRelu6>(e, p, ls, n, rows, rs);
+    case kActSilu: return epi_block<T, kActSilu>(e, p, ls, n, rows, rs);
+    case kActHardswish: return epi_block<T, kActHardswish>(e, p, ls, n, rows, rs);
+    case kActHardsigmoid: return epi_block<T, kActHardsigmoid>(e, p, ls, n, rows, rs);
+    case kActGelu: return epi_block<T, kActGelu>(e, p, ls, n, rows, rs);
+    case kActSigmoid: return epi_block<T, kActSigmoid>(e, p, ls, n, rows, rs);
+    default: return epi_block<T, kActNone>(e, p, ls, n, rows, rs);
+  }
 }
 
 }  // namespace FC_ISA
