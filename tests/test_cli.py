@@ -49,6 +49,14 @@ def test_train_without_scikit_learn(tmp_path, monkeypatch, capsys):
     assert "pip install 'fastconv[train]'" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("command", [["evaluate"], ["predict", "x.png"]])
+def test_checkpoint_commands_report_a_missing_checkpoint(tmp_path, capsys, command):
+    missing = str(tmp_path / "none.pt")
+    assert main([command[0], missing] + command[1:]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fastconv {command[0]}: error: checkpoint '{missing}' does not exist") and "Traceback" not in err
+
+
 def test_missing_train_extra_message():
     tqdm = ModuleNotFoundError("No module named 'tqdm'", name="tqdm")
     assert missing_train_extra(tqdm).endswith("pip install 'fastconv[train]')")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sys
-from typing import List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 # The 'train' extra (pyproject.toml): what train / evaluate / predict import when they run.
 TRAIN_EXTRA_MODULES = ("sklearn", "matplotlib", "tqdm", "PIL")
@@ -28,3 +28,19 @@ def missing_train_extra(exc: ImportError) -> Optional[str]:
     if "fastconv[train]" not in msg:
         msg += " (train, evaluate and predict need the 'train' extra: pip install 'fastconv[train]')"
     return msg
+
+
+def run_training_call(command: str, fn: Callable[[], Any]) -> Tuple[Any, Optional[int]]:
+    """(fn(), None) for train / evaluate / predict; (None, exit code 2) after printing the error line when
+    fn raises one of fastconv.training's user errors or misses a module of the 'train' extra."""
+    from ..training import user_errors
+
+    try:
+        return fn(), None
+    except user_errors() as exc:
+        return None, fail(command, exc)
+    except ImportError as exc:
+        msg = missing_train_extra(exc)
+        if msg is None:
+            raise
+        return None, fail(command, msg)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..training.config import BACKEND_CHOICES
-from ._util import fail, missing_train_extra
+from ._util import run_training_call
 
 NAME = "evaluate"
 HELP = "accuracy, per-class accuracy and confusion matrix of a checkpoint on its dataset"
@@ -23,19 +23,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training import evaluate_checkpoint, report, user_errors
+    from ..training import evaluate_checkpoint, report
     from ..training.engine import dumps
 
-    try:
-        res = evaluate_checkpoint(args.checkpoint, args.device, args.backend, args.data_dir, args.batch_size,
-                                  args.split)
-    except user_errors() as exc:
-        return fail(NAME, exc)
-    except ImportError as exc:
-        msg = missing_train_extra(exc)
-        if msg is None:
-            raise
-        return fail(NAME, msg)
+    res, err = run_training_call(NAME, lambda: evaluate_checkpoint(args.checkpoint, args.device, args.backend,
+                                                                   args.data_dir, args.batch_size, args.split))
+    if err is not None:
+        return err
     conf = res.pop("_confusion")
     if args.json:
         print(dumps(res))

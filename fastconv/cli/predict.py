@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..training.config import BACKEND_CHOICES
-from ._util import fail, missing_train_extra
+from ._util import run_training_call
 
 NAME = "predict"
 HELP = "classify image files or folders with a checkpoint"
@@ -24,18 +24,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training import predict_files, user_errors
+    from ..training import predict_files
     from ..training.engine import dumps
 
-    try:
-        preds = predict_files(args.checkpoint, args.inputs, args.device, args.backend, args.top_k)
-    except user_errors() as exc:
-        return fail(NAME, exc)
-    except ImportError as exc:
-        msg = missing_train_extra(exc)
-        if msg is None:
-            raise
-        return fail(NAME, msg)
+    preds, err = run_training_call(NAME, lambda: predict_files(args.checkpoint, args.inputs, args.device,
+                                                               args.backend, args.top_k))
+    if err is not None:
+        return err
     if args.json:
         print(dumps(preds))
         return 0

@@ -19,7 +19,7 @@ import argparse
 from typing import Any, Dict, List, Optional
 
 from ..training.config import BACKEND_CHOICES, MODEL_NAMES
-from ._util import fail, missing_train_extra
+from ._util import run_training_call
 
 NAME = "train"
 HELP = "train a CNN (default: LeNet-5 on scikit-learn's digits) on fastconv's kernels"
@@ -98,18 +98,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training import resolve_config, train, user_errors
+    from ..training import resolve_config, train
 
-    try:
-        train(resolve_config(args))
-    except user_errors() as exc:
-        return fail(NAME, exc)
-    except ImportError as exc:
-        msg = missing_train_extra(exc)
-        if msg is None:
-            raise
-        return fail(NAME, msg)
-    return 0
+    return run_training_call(NAME, lambda: train(resolve_config(args)))[1] or 0
 
 
 def run_train(argv: Optional[List[str]] = None) -> Dict[str, Any]:
