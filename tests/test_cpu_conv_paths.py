@@ -678,7 +678,12 @@ SMALL_MAP_CASES = [
     (2, 128, 6, 6, 320, 3, 1, 1),      # 320 channels: panels of 32
     (1, 1024, 5, 5, 640, 1, 1, 0),     # a reduction over several blocks
     (1, 96, 24, 30, 80, 1, 1, 0),      # 720 pixels in all: a 28x28 layer at batch 1
+    (2, 64, 7, 7, 96, 5, 1, 2),        # 5x5: the input gradient staged too, its taps flipped
 ]
+# Stride-1 layers whose input gradient is staged as well (dgrad_route: maps of <= 64 pixels, or
+# <= 1,024 in all); the last is a 14x14 map at batch 8, whose input gradient is not.
+DGRAD_STAGED_CASES = [SMALL_MAP_CASES[i] for i in (1, 4, 5, 6)]
+DGRAD_NOT_STAGED = (8, 64, 14, 14, 64, 1, 1, 0)
 # Too many pixels to stage: 576 per image, 1,152 in all.
 NOT_SMALL_MAP = (2, 64, 24, 24, 64, 1, 1, 0)
 
@@ -733,3 +738,18 @@ def test_path_not_small_map(isa):
     x, w = _meta(N, C, H, W, K, (k, k))
     path = _path(x, w, stride=stride, padding=padding)
     assert path.startswith("igemm_nchw"), path
+
+
+@pytest.mark.parametrize("case", DGRAD_STAGED_CASES + [DGRAD_NOT_STAGED], ids=lambda c: "x".join(map(str, c)))
+def test_path_dgrad_staged(isa, case):
+    N, C, H, W, K, k, stride, padding = case
+    x, w = _meta(N, C, H, W, K, (k, k))
+    path = _path(x, w, pass_="dgrad", stride=stride, padding=padding)
+    if isa == "avx512" and case != DGRAD_NOT_STAGED:
+        assert path.startswith("igemm_nhwc_staged_nchw/"), path
+    else:
+        assert path.startswith("residue_classes > igemm_nchw"), path
+    # a ReLU mask, and channels_last, keep the residue classes
+    assert not _path(x, w, pass_="dgrad", relu=True, stride=stride, padding=padding).startswith("igemm_nhwc_staged")
+    assert _path(x.contiguous(memory_format=torch.channels_last), w, pass_="dgrad", stride=stride,
+                 padding=padding).startswith("residue_classes > igemm_nhwc/")
