@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fastconv.benchmarks import networks
 from fastconv.models import build_model
 
 from ._harness import Case
@@ -68,16 +69,7 @@ def _setup(impl: str, layout: str, s: StepShape):
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-
-    def step():
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss
-
-    return model, x, y, step
+    return model, x, y, networks.train_step(model, x, y)
 
 
 def _rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:

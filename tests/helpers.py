@@ -481,6 +481,20 @@ def avg_pool_args(case):
                 divisor_override=case["divisor_override"])
 
 
+def assert_max_pool_forward_is_torchs(x, y, idx, kwargs, dtype):
+    """y (and idx, unless None) of a max pool of x with kwargs: EQUAL to torch's in the same dtype from the
+    same values, memory format included."""
+    with torch.no_grad():
+        y_t, idx_t = F.max_pool2d(x, **kwargs, return_indices=True)
+    assert y.dtype == dtype and y.shape == y_t.shape
+    same_memory_format(y, y_t)
+    torch.testing.assert_close(y.detach(), y_t, rtol=0, atol=0, equal_nan=True, msg=lambda m: "output: " + m)
+    if idx is not None:
+        assert idx.dtype == torch.int64
+        assert torch.equal(idx, idx_t), f"indices differ from torch's at {(idx != idx_t).nonzero()[:5].tolist()}"
+        same_memory_format(idx, idx_t, "indices")
+
+
 def check_max_pool(case, dtype, values=None, tol=None):
     """fastconv.functional.max_pool2d on the current backend vs torch: output, indices and memory format
     EQUAL to torch's in the same dtype; grad_input within tol of torch's float64 result."""
@@ -493,16 +507,7 @@ def check_max_pool(case, dtype, values=None, tol=None):
     y, idx = out if ri else (out, None)
     if not ri:
         assert isinstance(out, torch.Tensor)
-    # torch in the same dtype from the same values: indices and memory format must be identical
-    with torch.no_grad():
-        y_t, idx_t = F.max_pool2d(x, **kwargs, return_indices=True)
-    assert y.shape == y_t.shape and y.dtype == dtype
-    same_memory_format(y, y_t)
-    torch.testing.assert_close(y.detach(), y_t, rtol=0, atol=0, equal_nan=True, msg=lambda m: "output: " + m)
-    if ri:
-        assert idx.dtype == torch.int64
-        assert torch.equal(idx, idx_t), f"indices differ from torch's at {(idx != idx_t).nonzero()[:5].tolist()}"
-        same_memory_format(idx, idx_t, "indices")
+    assert_max_pool_forward_is_torchs(x, y, idx, kwargs, dtype)
     if not with_grad:
         assert not y.requires_grad
         return

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 import fastconv
 import fastconv.functional as FC
 from fastconv import _utils
-from helpers import (assert_rel, avg_pool_args, case_id, covered, make_grad, max_pool_args, pair, pool_spatial,
-                     pool_torch_accepts, same_memory_format, sample_grid)
+from helpers import (assert_max_pool_forward_is_torchs, assert_rel, avg_pool_args, case_id, covered, make_grad,
+                     max_pool_args, pair, pool_spatial, pool_torch_accepts, same_memory_format, sample_grid)
 
 _C_emu = pytest.importorskip("fastconv._C_emu", reason="the SIMT emulator module is not built")
 pytestmark = pytest.mark.emu
@@ -131,15 +131,7 @@ def check_max(case, values=_normal, exact_grad=None):
             (gx,) = torch.autograd.grad(y, [x], g)
     _assert_emulated(2 if with_grad else 1, y.numel() + (x.numel() if with_grad else 0))
 
-    with torch.no_grad():
-        y_t, idx_t = F.max_pool2d(x, **kwargs, return_indices=True)
-    assert y.dtype == dtype and y.shape == y_t.shape
-    same_memory_format(y, y_t)
-    torch.testing.assert_close(y.detach(), y_t, rtol=0, atol=0, equal_nan=True, msg=lambda m: "output: " + m)
-    if ri:
-        assert idx.dtype == torch.int64
-        assert torch.equal(idx, idx_t), f"indices differ from torch's at {(idx != idx_t).nonzero()[:5].tolist()}"
-        same_memory_format(idx, idx_t, "indices")
+    assert_max_pool_forward_is_torchs(x, y, idx, kwargs, dtype)
     if not with_grad:
         return
     xr = x.detach().to(torch.float64).requires_grad_()
