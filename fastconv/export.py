@@ -34,7 +34,7 @@ import fastconv.ops  # noqa: F401  (the ops must exist before they are looked up
 from .ops.conv2d_fused import ACTIVATIONS
 
 __all__ = ["TRANSLATIONS", "Translation", "onnx_translation_table", "register_torchscript_symbolics",
-           "to_onnx", "SYMBOLIC_OPSET"]
+           "to_onnx", "save_for_deployment", "check_format", "FORMATS", "SYMBOLIC_OPSET"]
 
 # The lowest opset the TorchScript-based exporter may target with these symbolics: Clip with min/max
 # inputs (11), MaxPool dilations and ceil_mode (10), Mod (10).
@@ -98,7 +98,8 @@ class _TorchScriptBuilder(_Builder):
         return self._g.op("Constant", value_t=torch.tensor(values, dtype=dtype))
 
     def is_none(self, value):
-        return value is None or value.node().mustBeNone()
+        # parse_args has turned the non-tensor arguments into Python values already.
+        return value is None or (isinstance(value, torch._C.Value) and value.node().mustBeNone())
 
 
 # ---- translations (one function per op, op arguments in the op's schema order) ----
@@ -185,7 +186,7 @@ def _max_pool2d_with_indices(b, input, kernel_size, stride, padding, dilation, c
 
 def _avg_pool2d(b, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
     pads = [padding[0], padding[1], padding[0], padding[1]]
-    if divisor_override is None or b.is_none(divisor_override):
+    if b.is_none(divisor_override):
         return b.op("AveragePool", input, kernel_shape=list(kernel_size), strides=list(stride), pads=pads,
                     ceil_mode=int(ceil_mode), count_include_pad=int(count_include_pad))
     if ceil_mode:
@@ -256,6 +257,42 @@ def to_onnx(model: torch.nn.Module, args: Tuple, f, *, dynamo: bool = True, **kw
         table.update(kwargs.pop("custom_translation_table", None) or {})
         return torch.onnx.export(model, args, f, dynamo=True, custom_translation_table=table, **kwargs)
     return torch.onnx.export(model, args, f, dynamo=False, **kwargs)
+
+
+# format -> file name written by save_for_deployment (`fastconv train --export FORMAT`)
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "exported": "model.pt2"}
+
+
+def check_format(fmt: str) -> None:
+    """Raises a ValueError naming what is missing when `fmt` cannot be written here (before a training
+    run spends its time, not after)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"export format must be one of {sorted(FORMATS)}, got {fmt!r}")
+    if fmt == "onnx":
+        import importlib.util
+        missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ValueError(f"ONNX export needs {' and '.join(missing)}: pip install 'fastconv[onnx]'")
+
+
+def save_for_deployment(model: torch.nn.Module, example: torch.Tensor, fmt: str, directory) -> str:
+    """Writes `model` (put in eval mode) in format `fmt` into `directory` as FORMATS[fmt]; returns the
+    path. onnx: to_onnx (dynamo exporter); torchscript: torch.jit.trace with its checks, then save;
+    exported: torch.export.export, then torch.export.save (load it after `import fastconv`)."""
+    import os
+
+    check_format(fmt)
+    path = os.path.join(str(directory), FORMATS[fmt])
+    model.eval()
+    if fmt == "torchscript":
+        torch.jit.trace(model, example).save(path)
+        return path
+    with torch.no_grad():  # an inference graph: max pools without indices, no saved tensors
+        if fmt == "onnx":
+            to_onnx(model, (example,), path, dynamo=True, verbose=False, external_data=False)
+        else:
+            torch.export.save(torch.export.export(model, (example,)), path)
+    return path
 
 
 register_torchscript_symbolics()
