@@ -295,3 +295,38 @@ def test_torch_export_save_load(optimize, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), ref, rtol=1e-5, atol=1e-5)
     _fresh_process_check("exported", tmp_path / "m.pt2", x, ref, tmp_path)
+
+
+@pytest.mark.slow
+def test_train_export_writes_models_that_agree(tmp_path):
+    """`fastconv train --export ...`: the three files load (fresh objects) and give the same outputs."""
+    from fastconv.cli.train import run_train
+
+    metrics = run_train(["--epochs", "1", "--train-subset", "64", "--test-subset", "16", "--progress", "off",
+                         "--out", str(tmp_path), "--export", "onnx", "--export", "torchscript",
+                         "--export", "exported"])
+    paths = metrics["exports"]
+    assert sorted(paths) == ["exported", "onnx", "torchscript"]
+    assert all(p.startswith(str(tmp_path)) for p in paths.values())
+    x = torch.randn(1, 1, 8, 8)  # digits: one channel, 8x8
+    with torch.no_grad():
+        ts = torch.jit.load(paths["torchscript"])(x)
+        ep = torch.export.load(paths["exported"]).module()(x)
+    (ox,) = _onnx_run(paths["onnx"], x)
+    _assert_standard_onnx(paths["onnx"])
+    assert ts.shape == (1, 10) and ts.abs().max() > 0
+    torch.testing.assert_close(ep, ts, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ox, ts, rtol=1e-4, atol=1e-4)
+
+
+def test_optimized_model_torch_export_without_grad():
+    """torch.export of an optimized model under no_grad (fake tensors: no data pointer for the fold's cache
+    key); the program computes the fold from the parameters it holds, so it follows new weights."""
+    torch.manual_seed(0)
+    small = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+    x = torch.randn(1, 3, 8, 8)
+    model = fastconv.optimize(fastconv.convert(small.eval()), (x,))
+    with torch.no_grad():
+        ref = model(x)
+        ep = torch.export.export(model, (x,))
+        torch.testing.assert_close(ep.module()(x), ref, rtol=1e-5, atol=1e-5)
