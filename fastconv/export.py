@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Tuple
 
 import torch
 
-import fastconv.ops  # noqa: F401  (the ops must exist before they are looked up)
+from . import ops as _ops  # noqa: F401  (registers the ops looked up below)
 from .ops.conv2d_fused import ACTIVATIONS
 
 __all__ = ["TRANSLATIONS", "Translation", "onnx_translation_table", "register_torchscript_symbolics",
