@@ -146,13 +146,14 @@ def _per_channel(b: _Builder, v):
 
 def _conv2d_fused(b, input, weight, bias, scale, residual, stride, padding, dilation, groups, activation,
                   residual_after, return_conv):
-    has_scale, has_residual = not b.is_none(scale), not b.is_none(residual)
-    c = _conv(b, input, weight, None, stride, padding, dilation, groups)
-    if not has_scale and not b.is_none(bias) and not return_conv:
-        z = _conv(b, input, weight, bias, stride, padding, dilation, groups)  # bias inside Conv
+    has_scale, has_bias, has_residual = not b.is_none(scale), not b.is_none(bias), not b.is_none(residual)
+    if not has_scale and not return_conv:
+        c = None
+        z = _conv(b, input, weight, bias, stride, padding, dilation, groups)  # the bias inside Conv
     else:
+        c = _conv(b, input, weight, None, stride, padding, dilation, groups)
         z = c if not has_scale else b.op("Mul", c, _per_channel(b, scale))
-        if not b.is_none(bias):
+        if has_bias:
             z = b.op("Add", z, _per_channel(b, bias))
     if has_residual and not residual_after:
         z = b.op("Add", z, residual)
@@ -160,9 +161,7 @@ def _conv2d_fused(b, input, weight, bias, scale, residual, stride, padding, dila
     if has_residual and residual_after:
         y = b.op("Add", y, residual)
     # The second output (the bias-free convolution, for the backward) is empty unless asked for.
-    second = c if return_conv else b.op("Slice", c, b.const([0], torch.int64), b.const([0], torch.int64),
-                                        b.const([0], torch.int64))
-    return y, second
+    return y, (c if return_conv else b.const([], torch.float32))
 
 
 def _max_pool(b, input, kernel_size, stride, padding, dilation, ceil_mode, outputs):

@@ -1,11 +1,12 @@
 """Deployment: ONNX export (both exporters, run in ONNX Runtime), torch.jit.trace with its checks, and
 torch.export save/load, of converted (fastconv.convert) and optimized (fastconv.optimize) models.
 
-The ONNX tests need the [onnx] extra (onnx, onnxscript, onnxruntime) and skip without it. Sizes are small
+The ONNX tests need the [onnx] extra (onnx, onnxscript, onnxruntime; [test] has them). Sizes are small
 (32x32 inputs) to keep CI short.
 """
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 
@@ -17,10 +18,11 @@ import fastconv
 import fastconv.functional as FC
 from fastconv.models import build_model
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
-pytest.importorskip("onnxscript")
-import fastconv.export as fexport  # noqa: E402  (needs onnxscript only when the dynamo table is built)
+import fastconv.export as fexport
+
+# The ONNX tests need the [onnx] extra (in [test] too); the TorchScript and torch.export tests do not.
+HAS_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript", "onnxruntime"))
+needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="needs onnx, onnxscript, onnxruntime: pip install 'fastconv[onnx]'")
 
 EXPORTERS = [pytest.param(True, id="dynamo"), pytest.param(False, id="torchscript")]
 MODELS = ["tv_resnet18", "mobilenet_v2"]
@@ -46,12 +48,14 @@ def _model(name: str, optimize: bool, seed: int = 0) -> nn.Module:
 
 
 def _onnx_run(path, *inputs):
+    import onnxruntime as ort
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feed = {i.name: x.numpy() for i, x in zip(sess.get_inputs(), inputs)}
     return [torch.from_numpy(o) for o in sess.run(None, feed)]
 
 
 def _assert_standard_onnx(path):
+    import onnx
     model = onnx.load(str(path))
     onnx.checker.check_model(model)
     nodes = list(model.graph.node)
@@ -65,6 +69,7 @@ def _export(module, args, path, dynamo):
     fexport.to_onnx(module, args, str(path), dynamo=dynamo, **({"verbose": False} if dynamo else {}))
 
 
+@needs_onnx
 @pytest.mark.slow
 @pytest.mark.parametrize("dynamo", EXPORTERS)
 @pytest.mark.parametrize("optimize", [False, True], ids=["converted", "optimized"])
@@ -131,6 +136,7 @@ def _conv_case(case, relu, x_channels, seed):
     return lambda x: f(x[:, :C], w, b, stride, padding, dilation, groups)
 
 
+@needs_onnx
 @pytest.mark.parametrize("dynamo", EXPORTERS)
 def test_conv2d_onnx(dynamo, tmp_path):
     cases = [_conv_case(c, relu, 8, i) for i, c in enumerate(CONV_CASES) for relu in (False, True)]
@@ -160,6 +166,7 @@ def _epilogue_case(case, seed):
                                            residual_after_activation=residual == "after")
 
 
+@needs_onnx
 @pytest.mark.parametrize("dynamo", EXPORTERS)
 def test_conv2d_epilogue_onnx(dynamo, tmp_path):
     g = torch.Generator().manual_seed(2)
@@ -174,6 +181,7 @@ MAX_CASES = [  # (kernel, stride, padding, dilation, ceil_mode, return_indices)
 ]
 
 
+@needs_onnx
 @pytest.mark.parametrize("dynamo", EXPORTERS)
 def test_max_pool2d_onnx(dynamo, tmp_path):
     """With return_indices the indices are torch's (the position in the plane), not ONNX's (in the tensor)."""
@@ -188,6 +196,7 @@ AVG_CASES = [  # (kernel, stride, padding, ceil_mode, count_include_pad, divisor
 ]
 
 
+@needs_onnx
 @pytest.mark.parametrize("dynamo", EXPORTERS)
 def test_avg_pool2d_onnx(dynamo, tmp_path):
     x = torch.randn(2, 3, 12, 11, generator=torch.Generator().manual_seed(5))
@@ -195,6 +204,7 @@ def test_avg_pool2d_onnx(dynamo, tmp_path):
     _check_onnx(cases, [x], tmp_path, dynamo, {"AveragePool"})
 
 
+@needs_onnx
 def test_avg_pool2d_divisor_with_ceil_mode_is_refused(tmp_path):
     x = torch.randn(1, 2, 7, 7)
     module = _Cases([lambda x: FC.avg_pool2d(x, 2, 2, 0, True, True, 3)])
@@ -289,6 +299,7 @@ def test_jit_trace_graph_is_independent_of_grad_mode():
     assert "fastconv::max_pool2d_with_indices" in kinds(no_grad)
 
 
+@needs_onnx
 @pytest.mark.slow
 def test_train_export_writes_models_that_agree(tmp_path):
     """`fastconv train --export ...`: the three files load (fresh objects) and give the same outputs."""
