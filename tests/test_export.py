@@ -333,3 +333,18 @@ def test_optimized_model_torch_export_without_grad():
         ref = model(x)
         ep = torch.export.export(model, (x,))
         torch.testing.assert_close(ep.module()(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_train_export_onnx_without_the_extra_stops_before_training(monkeypatch, tmp_path):
+    import importlib.util as iu
+
+    from fastconv.cli.train import run_train
+    from fastconv.training.engine import ConfigError
+
+    real = iu.find_spec
+    monkeypatch.setattr(iu, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"--export onnx: ONNX export needs onnxscript: pip install 'fastconv\[onnx\]'"):
+        run_train(["--epochs", "1", "--out", str(tmp_path), "--export", "onnx"])
+    assert not (tmp_path / "checkpoint.pt").exists()
+    with pytest.raises(ValueError, match="export format must be one of"):
+        fexport.check_format("tflite")
