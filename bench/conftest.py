@@ -24,7 +24,9 @@ Options (command line, or the environment for CI):
                                               cudnn.benchmark = True and every timed call synchronizes
   --bench-dtypes / FASTCONV_BENCH_DTYPES      comma-separated dtypes (default float32)
   --bench-conv-table, --bench-pool-table      shape tables from fastconv.benchmarks.TABLES
-                                              (default cpu_conv, cpu_pool; e.g. resnet50, pool)
+                                              (default cpu_conv, cpu_pool; e.g. resnet50, pool); the
+                                              conv1d / transposed suite (test_conv1d_transpose.py) runs
+                                              the tables conv1d and conv_transpose
   FASTCONV_BENCH_THREADS                      torch and kernel threads (default 2)
   FASTCONV_BENCH_NETWORKS                     bench/test_networks.py: comma-separated networks or 'all'
                                               (default all; short mode tv_resnet18)
@@ -166,7 +168,8 @@ def pytest_generate_tests(metafunc):  # torch baseline runs right before its fas
     from fastconv.benchmarks import TABLES, short_table
 
     cfg: BenchConfig = metafunc.config._fastconv_bench
-    for fixture, table in (("conv_shape", cfg.conv_table), ("pool_shape", cfg.pool_table)):
+    for fixture, table in (("conv_shape", cfg.conv_table), ("pool_shape", cfg.pool_table),
+                           ("conv1d_shape", "conv1d"), ("conv_transpose_shape", "conv_transpose")):
         if fixture in metafunc.fixturenames:
             shapes = short_table(table) if cfg.short else TABLES[table]
             metafunc.parametrize(fixture, shapes, ids=[s.name for s in shapes])
