@@ -52,9 +52,16 @@ def _batched(input: Tensor, op: str, what: str, nd: int = 2) -> Tuple[Tensor, bo
                         f"size: {list(input.shape)}")
 
 
-def _positive(values: Tuple[int, int], name: str, op: str) -> None:
+def _positive(values: Tuple[int, ...], name: str, op: str, torch_says: str = "") -> None:
+    """torch_says: torch's own words for the error, kept in ours (code matching torch's message finds it)."""
     if any(v <= 0 for v in values):
-        raise ArgumentError(f"{op}: {name} must be positive, got {name}={tuple(values)}")
+        why = f" ({torch_says})" if torch_says else ""
+        raise ArgumentError(f"{op}: {name} must be positive{why}, got {name}={tuple(values)}")
+
+
+# torch's messages for non-positive convolution strides and dilations
+_CONV_STRIDE_SAYS = "non-positive stride is not supported"
+_CONV_DILATION_SAYS = "dilation should be greater than zero"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -115,19 +122,22 @@ def _validate_conv_args(input, weight, bias, stride, padding, dilation, groups, 
     if bias is not None:
         _check_tensor(bias, "bias", op)
     x, unbatched = _batched(input, op, f"input to conv{nd}d", nd)
-    if weight.dim() != nd + 2:
-        kernel_dims = "kH, kW" if nd == 2 else "kW"
-        raise ArgumentError(f"{op}: weight must be {nd + 2}-dimensional (out_channels, in_channels/groups, "
-                            f"{kernel_dims}), got weight of size {list(weight.shape)}")
-    _check_float(x, "input", op)
+    _check_weight_rank(input, weight, nd, op, "out_channels, in_channels/groups")
     _check_same_dtype_device(x, weight, bias, op)
+    _check_float(x, "input", op)
     groups = as_int(groups, "groups", op, tensor_dims=(0, 1))
     if groups <= 0:
         raise ArgumentError(f"{op}: groups must be positive (non-positive groups is not supported), got {groups}")
     stride = ntuple(stride, nd, "stride", op)
     dilation = ntuple(dilation, nd, "dilation", op)
-    _positive(stride, "stride", op)
-    _positive(dilation, "dilation", op)
+    _positive(stride, "stride", op, _CONV_STRIDE_SAYS)
+    _positive(dilation, "dilation", op, _CONV_DILATION_SAYS)
+
+    if not isinstance(padding, str):  # torch checks the padding before the shapes
+        padding = ntuple(padding, nd, "padding", op)
+        if any(p < 0 for p in padding):
+            raise ArgumentError(f"{op}: padding must be non-negative (negative padding is not supported), got "
+                                f"padding={tuple(padding)}")
 
     K, Cg = weight.shape[:2]
     kernel = tuple(weight.shape[2:])
@@ -166,11 +176,6 @@ def _validate_conv_args(input, weight, bias, stride, padding, dilation, groups, 
         else:
             raise ArgumentError(f"{op}: Invalid padding string: {padding!r}; expected 'same', 'valid', an int "
                                 f"or a tuple of {nd} ints")
-    else:
-        padding = ntuple(padding, nd, "padding", op)
-        if any(p < 0 for p in padding):
-            raise ArgumentError(f"{op}: padding must be non-negative (negative padding is not supported), got "
-                                f"padding={tuple(padding)}")
 
     padded = [x.shape[2 + i] + 2 * padding[i] for i in range(nd)]
     effective = [dilation[i] * (kernel[i] - 1) + 1 for i in range(nd)]
@@ -179,6 +184,21 @@ def _validate_conv_args(input, weight, bias, stride, padding, dilation, groups, 
                             f"Kernel size: ({' x '.join(map(str, effective))}). Kernel size can't be greater "
                             f"than actual input size")
     return x, unbatched, list(stride), list(padding), list(dilation), groups
+
+
+def _check_weight_rank(input: Tensor, weight: Tensor, nd: int, op: str, channel_dims: str) -> None:
+    if weight.dim() == nd + 2:
+        return
+    # torch's words first: "weight should have at least three dimensions" / "Expected 3-dimensional input
+    # for 3-dimensional weight [...]"
+    if weight.dim() < 3:
+        said = "weight should have at least three dimensions"
+    else:
+        said = (f"Expected {weight.dim()}-dimensional input for {weight.dim()}-dimensional weight "
+                f"{list(weight.shape)}, but got {input.dim()}-dimensional input of size {list(input.shape)} instead")
+    kernel_dims = "kH, kW" if nd == 2 else "kW"
+    raise ArgumentError(f"{op}: {said}: weight must be {nd + 2}-dimensional ({channel_dims}, {kernel_dims}), got "
+                        f"weight of size {list(weight.shape)}")
 
 
 def _check_same_dtype_device(x: Tensor, weight: Tensor, bias: Optional[Tensor], op: str) -> None:
@@ -332,12 +352,9 @@ def _transposed_args(input, weight, bias, stride, padding, output_padding, group
     if bias is not None:
         _check_tensor(bias, "bias", op)
     x, unbatched = _batched(input, op, f"input to {op}", nd)
-    if weight.dim() != nd + 2:
-        kernel_dims = "kH, kW" if nd == 2 else "kW"
-        raise ArgumentError(f"{op}: weight must be {nd + 2}-dimensional (in_channels, out_channels/groups, "
-                            f"{kernel_dims}), got weight of size {list(weight.shape)}")
-    _check_float(x, "input", op)
+    _check_weight_rank(input, weight, nd, op, "in_channels, out_channels/groups")
     _check_same_dtype_device(x, weight, bias, op)
+    _check_float(x, "input", op)
     groups = as_int(groups, "groups", op, tensor_dims=(0, 1))
     if groups <= 0:
         raise ArgumentError(f"{op}: groups must be positive (non-positive groups is not supported), got {groups}")
@@ -348,8 +365,8 @@ def _transposed_args(input, weight, bias, stride, padding, output_padding, group
     padding = ntuple(padding, nd, "padding", op)
     output_padding = ntuple(output_padding, nd, "output_padding", op)
     dilation = ntuple(dilation, nd, "dilation", op)
-    _positive(stride, "stride", op)
-    _positive(dilation, "dilation", op)
+    _positive(stride, "stride", op, _CONV_STRIDE_SAYS)
+    _positive(dilation, "dilation", op, _CONV_DILATION_SAYS)
     for name, v in (("padding", padding), ("output_padding", output_padding)):
         if any(p < 0 for p in v):
             raise ArgumentError(f"{op}: {name} must be non-negative (negative {name} is not supported), got "
@@ -415,12 +432,8 @@ def conv_transpose1d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
 
 
 def _pool_args(input, kernel_size, stride, padding, dilation, ceil_mode, op: str):
+    # torch's order: the window's parameters first, then the input's shape (its messages are kept in ours)
     _check_tensor(input, "input", op)
-    if input.dim() not in (3, 4) or any(s == 0 for s in input.shape[-3:]):
-        raise ArgumentError(f"{op}: expected a 3D (C, H, W) or 4D (N, C, H, W) input with non-zero C, H, W "
-                            f"(N may be 0), but got input of size {list(input.shape)}")
-    _check_float(input, "input", op)
-    x, unbatched = _batched(input, op, "input")
     kernel = pair(kernel_size, "kernel_size", op)
     if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0):
         stride = kernel  # torch: stride defaults to kernel_size (None or an empty list)
@@ -428,14 +441,23 @@ def _pool_args(input, kernel_size, stride, padding, dilation, ceil_mode, op: str
     padding = pair(padding, "padding", op)
     dilation = pair(dilation, "dilation", op)
     _positive(kernel, "kernel_size", op)
-    _positive(stride, "stride", op)
-    _positive(dilation, "dilation", op)
+    _positive(stride, "stride", op, "stride should not be zero")
+    _positive(dilation, "dilation", op, "dilation should be greater than zero")
     if not isinstance(ceil_mode, bool):
         raise ArgumentTypeError(f"{op}: ceil_mode must be a bool, got {type(ceil_mode).__name__}")
+    if any(p < 0 for p in padding):
+        raise ArgumentError(f"{op}: pad must be non-negative, but got padding={tuple(padding)}")
     # torch bounds the padding by half the kernel size, whatever the dilation.
-    if any(p < 0 or p > k // 2 for p, k in zip(padding, kernel)):
-        raise ArgumentError(f"{op}: padding should be non-negative and at most half of kernel_size, but got "
-                            f"padding={tuple(padding)} and kernel_size={tuple(kernel)}")
+    if any(p > k // 2 for p, k in zip(padding, kernel)):
+        raise ArgumentError(f"{op}: pad should be at most half of effective kernel size (pad should be smaller "
+                            f"than or equal to half of kernel size), but got padding={tuple(padding)} and "
+                            f"kernel_size={tuple(kernel)}")
+    if input.dim() not in (3, 4) or any(s == 0 for s in input.shape[-3:]):
+        raise ArgumentError(f"{op}: Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for "
+                            f"input, but got: {list(input.shape)} (a 3D (C, H, W) or 4D (N, C, H, W) input with "
+                            f"non-zero C, H, W)")
+    _check_float(input, "input", op)
+    x, unbatched = _batched(input, op, "input")
     out_hw = pool_out_hw(x, kernel, stride, padding, dilation, ceil_mode)
     if out_hw[0] < 1 or out_hw[1] < 1:
         raise ArgumentError(f"{op}: Given input size: ({x.shape[1]}x{x.shape[2]}x{x.shape[3]}). Calculated "
@@ -471,7 +493,7 @@ def avg_pool2d(input: Tensor, kernel_size: Union[int, Sequence[int]], stride=Non
     if divisor_override is not None:
         divisor_override = as_int(divisor_override, "divisor_override", "avg_pool2d")
         if divisor_override == 0:
-            raise ArgumentError("avg_pool2d: divisor_override must be not zero")
+            raise ArgumentError("avg_pool2d: divisor must be not zero (divisor_override=0)")
     y = torch.ops.fastconv.avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad,
                                       divisor_override)
     return y.squeeze(0) if unbatched else y
