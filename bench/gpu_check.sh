@@ -131,3 +131,9 @@ if [ "$DRY" = 1 ]; then
 fi
 step bench 100000 env "${BENCH_ENV[@]}" "$PY" -m pytest bench/test_gpu_backends.py --benchmark-only -q \
   -p no:cacheprovider --junitxml="$WORK/bench-junit.xml"
+
+# Exit status: 1 when a step failed or timed out (a step skipped for lack of budget is not a failure).
+if cut -f2 "$WORK/steps.tsv" | grep -qE '^(failed|timed out)'; then
+  exit 1
+fi
+exit 0

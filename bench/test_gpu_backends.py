@@ -53,9 +53,9 @@ pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available
                                 reason="the GPU-backend-vs-cuDNN benchmarks need a CUDA GPU")
 
 
-def _env_list(name, default):
-    value = os.environ.get(name, "").strip()
-    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else default
+def _env_list(value, default):
+    """The comma-separated names of an environment variable's value, or default when it is empty."""
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value.strip() else default
 
 DTYPES = ("float16", "bfloat16", "float32")
 LAYOUTS = ("nchw", "channels_last")
@@ -64,12 +64,12 @@ SHORT = os.environ.get("FASTCONV_BENCH_SHORT", "").strip().lower() not in ("", "
 BACKENDS = [b.strip() for b in os.environ.get("FASTCONV_GPU_BENCH_BACKENDS", "cuda,triton").split(",") if b.strip()]
 CONV_MODES = ("fwd", "fwdbwd") if SHORT else ("fwd", "dgrad", "wgrad", "fwdbwd")
 
-_LAYERS = _env_list("FASTCONV_GPU_BENCH_LAYERS", SHORT_LAYERS if SHORT else None)
+_LAYERS = _env_list(os.environ.get("FASTCONV_GPU_BENCH_LAYERS", ""), SHORT_LAYERS if SHORT else None)
 _BATCH = int(os.environ.get("FASTCONV_GPU_BENCH_BATCH", "0") or 0)
 CONV_SHAPES = [s.with_batch(_BATCH) if _BATCH else s for s in TABLES["resnet50"] if _LAYERS is None or s.name in _LAYERS]
 POOL_SHAPES = TABLES["pool"][:3] if SHORT else TABLES["pool"]
 POOL_SHAPES = [dataclasses.replace(s, N=_BATCH) if _BATCH else s for s in POOL_SHAPES]
-CONV_DTYPES = _env_list("FASTCONV_GPU_BENCH_DTYPES", ("float16",) if SHORT else DTYPES)
+CONV_DTYPES = _env_list(os.environ.get("FASTCONV_GPU_BENCH_DTYPES", ""), ("float16",) if SHORT else DTYPES)
 POOL_DTYPES = tuple(d for d in CONV_DTYPES if d in (("float16",) if SHORT else ("float16", "float32"))) or CONV_DTYPES[:1]
 _DEADLINE = float(os.environ.get("FASTCONV_BENCH_DEADLINE", "0") or 0)
 
