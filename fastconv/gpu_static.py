@@ -425,7 +425,9 @@ def check_triton(capability: int = 90, cases=None) -> List[Finding]:
             res = parse_res_usage(_run([tool, "-res-usage", f.name]))
         k = sass[0]
         k.pretty = f"{label} {dtype} (triton {k.name})"
-        findings.append(_triton_finding(k, res.get((k.arch, k.name)), compiled, config, label, dtype))
+        # a lone cubin's -res-usage has no "arch =" line: its entries are under arch 0
+        usage = res.get((k.arch, k.name)) or res.get((0, k.name))
+        findings.append(_triton_finding(k, usage, compiled, config, label, dtype))
     return findings
 
 
