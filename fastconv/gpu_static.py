@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib.util
 import json
 import math
@@ -111,8 +112,30 @@ class SassKernel:
         return min(with_mma, key=lambda r: r[1] - r[0]) if with_mma else None
 
 
-_INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P[T\d]\s+)?([A-Z][A-Z0-9_]*(?:\.[A-Za-z0-9_]+)*)([^;]*);")
-_TARGET = re.compile(r"^\s*(0x[0-9a-f]+)")
+def _instr(line: str) -> Optional[Instr]:
+    """One instruction line of a listing, `        /*0a30*/  @!P0 BRA 0x2470 ;  /* 0x... */`, or None.
+    Plain string operations: a module's listing is over a million lines, and a regular expression per
+    line took ~10 s of the CI budget for each architecture."""
+    i = line.find("/*")
+    j = line.find("*/", i + 2) if i >= 0 else -1
+    if j < 0 or j - i > 12:
+        return None
+    k = line.find(";", j)
+    if k < 0:
+        return None            # the encoding-only second line of each instruction
+    try:
+        addr = int(line[i + 2:j], 16)
+    except ValueError:
+        return None
+    words = line[j + 2:k].split()
+    if words and words[0].startswith("@"):
+        words = words[1:]
+    if not words:
+        return None
+    op, target = words[0], None
+    if op.startswith("BRA") and len(words) > 1 and words[1].startswith("0x"):
+        target = int(words[1].rstrip(","), 16)
+    return Instr(addr, op, target)
 
 
 def parse_sass(text: str) -> List[SassKernel]:
@@ -120,6 +143,11 @@ def parse_sass(text: str) -> List[SassKernel]:
     kernels: List[SassKernel] = []
     arch, cur = 0, None
     for line in text.splitlines():
+        if cur is not None and "/*" in line:
+            ins = _instr(line)
+            if ins is not None:
+                cur.instrs.append(ins)
+            continue
         m = re.search(r"code for sm_(\d+)", line)
         if m:
             arch, cur = int(m.group(1)), None
@@ -128,15 +156,6 @@ def parse_sass(text: str) -> List[SassKernel]:
         if m:
             cur = SassKernel(m.group(1), arch, [])
             kernels.append(cur)
-            continue
-        m = _INSTR.search(line)
-        if m and cur is not None:
-            op, rest = m.group(3), m.group(4)
-            target = None
-            if op.split(".", 1)[0] == "BRA":
-                t = _TARGET.match(rest)
-                target = int(t.group(1), 16) if t else None
-            cur.instrs.append(Instr(int(m.group(1), 16), op, target))
     return kernels
 
 
@@ -296,19 +315,24 @@ def _check_main_loop(k: SassKernel, tc: TcKernel, facts: Dict[str, object]) -> L
             if got[op] != n]
 
 
-def check_cuda_module(path: str, archs: Optional[Iterable[int]] = None,
-                      tiles: Optional[List[Tuple[int, ...]]] = None) -> List[Finding]:
+@functools.lru_cache(maxsize=8)
+def module_kernels(path: str, arch: int) -> Tuple[SassKernel, ...]:
+    """The sm_<arch> kernels of a CUDA module or object, demangled (one cuobjdump run per architecture:
+    a module's four architectures are ~3 million lines of listing)."""
     tool = find_tool("cuobjdump")
     if tool is None:
         raise RuntimeError("cuobjdump not found (PATH, pip install nvidia-cuda-cuobjdump, or Triton's copy)")
-    kernels = parse_sass(_run([tool, "-sass", path]))
-    res = parse_res_usage(_run([tool, "-res-usage", path]))
+    kernels = parse_sass(_run([tool, "-sass", "-arch", f"sm_{arch}", path]))
     for k, pretty in zip(kernels, demangle([k.name for k in kernels])):
         k.pretty = pretty
+    return tuple(kernels)
+
+
+def check_cuda_module(path: str, archs: Iterable[int] = (80, 90),
+                      tiles: Optional[List[Tuple[int, ...]]] = None) -> List[Finding]:
+    res = parse_res_usage(_run([find_tool("cuobjdump") or "cuobjdump", "-res-usage", path]))
     tiles = source_tiles() if tiles is None else tiles
-    wanted = set(archs) if archs else None
-    return [check_kernel(k, res.get((k.arch, k.name)), tiles) for k in kernels
-            if wanted is None or k.arch in wanted]
+    return [check_kernel(k, res.get((k.arch, k.name)), tiles) for arch in archs for k in module_kernels(path, arch)]
 
 
 # ---- Triton kernels compiled for Hopper -------------------------------------------------------------

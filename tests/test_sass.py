@@ -146,37 +146,43 @@ def _module_or_skip():
     return path
 
 
+# sm_90 here (one disassembly, shared by both tests); .ci/run's `python -m fastconv.gpu_static` checks
+# sm_80 and sm_90 and fails CI the same way.
 @pytest.fixture(scope="module")
-def cuda_findings():
-    return G.check_cuda_module(_module_or_skip(), (80, 90))
-
-
-def test_cuda_module_has_no_local_memory_and_full_tc_main_loops(cuda_findings):
-    assert {f.arch for f in cuda_findings} == {80, 90}
-    bad = [f"{f.kernel} sm_{f.arch}: {f.errors}" for f in cuda_findings if f.errors]
-    assert not bad, "\n".join(bad)
-    tc = [f for f in cuda_findings if "per_ktile" in f.facts]
-    # every (op, dtype, tile, epilogue flags) instantiation of the launchers, per architecture
-    assert len([f for f in tc if f.arch == 90]) >= 30
-    assert all(f.facts["per_ktile"]["HMMA"] > 0 for f in tc)
-
-
-def test_cuda_module_regression_is_caught():
-    """The real sm_90 listing of one tensor-core kernel, then edited: its HMMAs dropped, or an STL added."""
+def sm90():
     path = _module_or_skip()
-    text = subprocess.run([G.find_tool("cuobjdump"), "-sass", "-arch", "sm_90", path], capture_output=True,
-                          text=True, check=True).stdout
-    kernels = G.parse_sass(text)
-    names = G.demangle([k.name for k in kernels])
-    i = next(i for i, n in enumerate(names) if "conv2d_fwd_tc<__half" in n)
-    k = kernels[i]
-    k.pretty = names[i]
-    assert G.check_kernel(k, None, G.source_tiles()).errors == []
-    no_mma = G.SassKernel(k.name, 90, [x for x in k.instrs if x.base != "HMMA"], names[i])
-    assert any("without HMMA" in e for e in G.check_kernel(no_mma, None, G.source_tiles()).errors)
+    return path, G.module_kernels(path, 90)
+
+
+def test_cuda_module_has_no_local_memory_and_full_tc_main_loops(sm90):
+    path, kernels = sm90
+    res = G.parse_res_usage(subprocess.run([G.find_tool("cuobjdump"), "-res-usage", path], capture_output=True,
+                                           text=True, check=True).stdout)
+    findings = [G.check_kernel(k, res.get((k.arch, k.name)), G.source_tiles()) for k in kernels]
+    assert findings and all(f.arch == 90 for f in findings)
+    bad = [f"{f.kernel}: {f.errors}" for f in findings if f.errors]
+    assert not bad, "\n".join(bad)
+    tc = [f for f in findings if "per_ktile" in f.facts]
+    # every (op, dtype, tile, epilogue flags) instantiation of the launchers: 72 today
+    assert len(tc) >= 30 and all(f.facts["per_ktile"]["HMMA"] > 0 for f in tc)
+    assert all("regs" in f.facts for f in findings)
+
+
+def test_cuda_module_regression_is_caught(sm90):
+    """The real sm_90 listing of one tensor-core kernel, then edited: its HMMAs dropped, or an STL added."""
+    _, kernels = sm90
+    k = next(k for k in kernels if "conv2d_fwd_tc<__half" in k.pretty)
+    tiles = G.source_tiles()
+    assert G.check_kernel(k, None, tiles).errors == []
+    no_mma = G.SassKernel(k.name, 90, [x for x in k.instrs if x.base != "HMMA"], k.pretty)
+    assert any("without HMMA" in e for e in G.check_kernel(no_mma, None, tiles).errors)
     lo, hi = k.main_loop()
-    spill = G.SassKernel(k.name, 90, k.instrs + [G.Instr(hi + 0x10000, "STL", None)], names[i])
-    assert any("local memory" in e for e in G.check_kernel(spill, None, G.source_tiles()).errors)
+    hmma = [x for x in k.instrs if x.base == "HMMA"]
+    dropped = {id(x) for x in hmma[1::2]}
+    half = G.SassKernel(k.name, 90, [x for x in k.instrs if id(x) not in dropped], k.pretty)
+    assert any("HMMA per k-tile" in e for e in G.check_kernel(half, None, tiles).errors)
+    spill = G.SassKernel(k.name, 90, k.instrs + [G.Instr(hi + 0x10000, "STL", None)], k.pretty)
+    assert any("local memory" in e for e in G.check_kernel(spill, None, tiles).errors)
 
 
 def test_triton_kernel_for_hopper_uses_wgmma():
