@@ -11,7 +11,7 @@
 #   info       python -m fastconv info
 #   static     python -m fastconv.gpu_static: SASS/PTX checks of the CUDA module and the Triton kernels
 #   tests      pytest -m gpu (cuda + triton backends, every dtype and layout, torch.compile, tensor-core
-#              dispatch) + tests/test_cuda_backend.py (dry run: the emulator/interpreter subset)
+#              dispatch; not the soak, not test_compute_sanitizer) (dry run: the emulator subset)
 #   sanitize   compute-sanitizer memcheck and racecheck on bench/gpu_sample.py (dry run: the sample on
 #              the SIMT emulator, no sanitizer)
 #   bench      bench/test_gpu_backends.py against cuDNN (cudnn.benchmark = True): ResNet-50's layers fwd,
@@ -110,8 +110,9 @@ if [ "$DRY" = 1 ]; then
   step tests 120 "$PY" -m pytest -q -p no:cacheprovider --junitxml="$WORK/junit.xml" \
     -m "gpu or emu" tests/test_cuda_gpu.py tests/test_triton_gpu.py tests/test_emu_mma_dispatch.py -x
 else
+  # compute-sanitizer runs below on its own sample; the soak is a long-run test, not a check
   step tests 150 "$PY" -m pytest -q -p no:cacheprovider --junitxml="$WORK/junit.xml" -n 4 --durations=10 \
-    -m gpu tests tests/test_cuda_backend.py
+    -m gpu -k "not test_compute_sanitizer and not soak" tests
 fi
 
 if [ "$DRY" = 1 ]; then

@@ -154,6 +154,7 @@ def sm90():
     return path, G.module_kernels(path, 90)
 
 
+@pytest.mark.slow  # ~30 s with the fixture's disassembly (CI's 2 cores)
 def test_cuda_module_has_no_local_memory_and_full_tc_main_loops(sm90):
     path, kernels = sm90
     res = G.parse_res_usage(subprocess.run([G.find_tool("cuobjdump"), "-res-usage", path], capture_output=True,
@@ -168,6 +169,7 @@ def test_cuda_module_has_no_local_memory_and_full_tc_main_loops(sm90):
     assert all("regs" in f.facts for f in findings)
 
 
+@pytest.mark.slow  # the fixture's disassembly when run alone
 def test_cuda_module_regression_is_caught(sm90):
     """The real sm_90 listing of one tensor-core kernel, then edited: its HMMAs dropped, or an STL added."""
     _, kernels = sm90
