@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -96,8 +95,13 @@ def summary(r: dict, sass_text: str, bench_text: str) -> str:
             lines.append(f"{title}: {c['passed']} passed, {c['failures'] + c['errors']} failed, {c['skipped']} skipped")
             lines += [f"  FAILED {t}" for t in c["failed_ids"]]
     lines += [line for line in sass_text.splitlines() if line.startswith("RESULT") or "FAIL" in line][:40]
-    geo = [line for line in bench_text.splitlines() if "geomean" in line.lower()]
-    lines += ["", "benchmark geomeans (cuDNN time / ours):", *geo[:40]]
+    geo, table = [], ""
+    for line in bench_text.splitlines():
+        if line.startswith("== "):
+            table = line.strip("= ")
+        elif "geomean" in line.lower():
+            geo.append(f"{table:<48} {' '.join(line.split()[2:])}")
+    lines += ["", "benchmark geomeans, baseline time / ours (> 1: fastconv faster):", *geo[:60]]
     return "\n".join(lines) + "\n"
 
 
