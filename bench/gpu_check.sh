@@ -127,7 +127,7 @@ fi
 # 45 s between the last case's start and the step's end: the case itself, the skips of the rest, and the
 # report (measure_peak per dtype: a GEMM and a copy; ~20 s on the dry run's busy 2-core CPU).
 BENCH_ENV=(FASTCONV_GPU_BENCH_REPORT="$WORK/bench.json" FASTCONV_BENCH_DEADLINE=$((DEADLINE - RESERVE - 45))
-           FASTCONV_TRITON_TUNE=small)
+           FASTCONV_TRITON_TUNE=small FASTCONV_BENCH_TARGET_S=0.2)
 if [ "$DRY" = 1 ]; then
   BENCH_ENV+=(FASTCONV_GPU_BENCH_DEVICE=cpu FASTCONV_GPU_BENCH_BACKENDS=cpu FASTCONV_BENCH_SHORT=1
               FASTCONV_GPU_BENCH_DTYPES=float32 FASTCONV_GPU_BENCH_LAYERS=r50-l4-3x3-c512-7

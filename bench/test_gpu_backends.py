@@ -72,6 +72,7 @@ POOL_SHAPES = [dataclasses.replace(s, N=_BATCH) if _BATCH else s for s in POOL_S
 CONV_DTYPES = _env_list(os.environ.get("FASTCONV_GPU_BENCH_DTYPES", ""), ("float16",) if SHORT else DTYPES)
 POOL_DTYPES = tuple(d for d in CONV_DTYPES if d in (("float16",) if SHORT else ("float16", "float32"))) or CONV_DTYPES[:1]
 _DEADLINE = float(os.environ.get("FASTCONV_BENCH_DEADLINE", "0") or 0)
+TARGET_S = float(os.environ.get("FASTCONV_BENCH_TARGET_S", "0") or 0) or (0.3 if SHORT else 1.0)
 
 COLLECTOR = Collector(BACKENDS)  # cuDNN's Timing (side BASELINE) and each backend's, per case
 
@@ -177,7 +178,7 @@ def test_gpu_conv(benchmark, shape, dt, fmt, op, mode, which):
     with ctx:
         if which != "cudnn":  # a wrong result records no speed
             _check(fn(), _conv_step("torch", op, mode, shape, x, w, b, dy)(), _GRAD_NAMES[mode], dt)
-        timing = _time(benchmark, fn, 0.3 if SHORT else 1.0)
+        timing = _time(benchmark, fn, TARGET_S)
     _record(case, which, timing, benchmark)
 
 
@@ -202,7 +203,7 @@ def test_gpu_pool(benchmark, shape, dt, fmt, mode, which):
     with ctx:
         if which != "cudnn":
             _check((fn(),), (pool_step("torch", mode, shape, x, dy)(),), ("pool",), dt)
-        timing = _time(benchmark, fn, 0.3 if SHORT else 1.0)
+        timing = _time(benchmark, fn, TARGET_S)
     _record(case, which, timing, benchmark)
 
 
