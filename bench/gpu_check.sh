@@ -95,8 +95,8 @@ else
   [ "$CC_ARCH" = "80" ] && ARCHS="80;90"
   step build 300 env FASTCONV_BUILD_JOBS="$JOBS" FASTCONV_CUDA=1 FASTCONV_CUDA_ARCHS="$ARCHS" \
     "$PY" -m pip install --no-build-isolation --no-deps --no-index -e .
-  cp build/fastconv-ptxas.txt "$WORK/logs/ptxas.txt" 2>/dev/null
 fi
+cp build/fastconv-ptxas.txt "$WORK/logs/ptxas.txt" 2>/dev/null
 
 step info 60 "$PY" -m fastconv info
 
