@@ -269,6 +269,35 @@ class _nullcontext:
         return False
 
 
+# bench/gpu_check.sh's budgeted run (FASTCONV_BENCH_DEADLINE set): test_gpu_backends.py's cases breadth
+# first, so that a run the deadline cuts short has covered every layer in the first combinations instead
+# of every combination of the first two layers. Order: channels_last before NCHW (the tensor-core path),
+# conv2d before the fused conv2d_relu, float16, bfloat16, float32, then fwd / pooling / dgrad / wgrad /
+# fwd+bwd, then the table's order; cuDNN and the backends of one case stay together (a ratio needs both).
+_GPU_ORDER = {"fmt": ("channels_last", "nchw"), "op": ("conv2d", "conv2d_relu"),
+              "dt": ("float16", "bfloat16", "float32"), "mode": ("fwd", "dgrad", "wgrad", "fwdbwd")}
+
+
+def _gpu_priority(item, position):
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if "test_gpu_backends.py" not in item.nodeid or "fmt" not in params:
+        return (1, position)
+
+    def rank(axis, value):
+        order = _GPU_ORDER[axis]
+        return order.index(value) if value in order else len(order)
+
+    pool = item.originalname == "test_gpu_pool"  # right after the first convolution mode (cheap cases)
+    return (0, rank("fmt", params["fmt"]), 0 if pool else rank("op", params["op"]), rank("dt", params["dt"]),
+            1.5 if pool else rank("mode", params["mode"]), position)
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("FASTCONV_BENCH_DEADLINE", "").strip():
+        keyed = sorted((_gpu_priority(item, i), i) for i, item in enumerate(items))
+        items[:] = [items[i] for _, i in keyed]
+
+
 @pytest.hookimpl(trylast=True)  # after pytest-benchmark's own tables
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     collector: Optional[Collector] = getattr(config, "_fastconv_collector", None)
