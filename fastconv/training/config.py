@@ -12,9 +12,10 @@ from ..models import list_models
 
 # Per-dataset defaults for the options left unset. digits: LeNet-5 at twice the standard width
 # (12 and 32 channels), SGD + weight decay, random 1-pixel shifts (--augment shift, data.augment), 40
-# epochs. Seeds 0-4, 1 thread (busy machine, 2026-12-06): 98.33-99.17% (median 99.17%); without the
-# shifts at 20 epochs (the default until then) 98.06-98.89%, shifts at 20 epochs 98.06-99.17%, and
-# 97.22% for one seed on another machine - too close to 97.5%. Plain width: 97.2-98.6%; Adam: 95-97%.
+# epochs. Seeds 0-4 (busy machine, 2026-12-06): 98.61-98.89% on 2 threads, 98.33-99.17% on 1; on 1
+# thread without the shifts at 20 epochs (the default until then) 98.06-98.89%, with shifts at 20
+# epochs 98.06-99.17% - and the old default gave 97.22% for one seed on another machine, too close to
+# 97.5%. Plain width: 97.2-98.6%; Adam: 95-97%.
 DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "digits": {"model": "lenet5", "epochs": 40, "batch_size": 32, "weight_decay": 5e-4},
     "cifar10": {"model": "resnet18_cifar", "epochs": 30, "batch_size": 128, "weight_decay": 5e-4},
