@@ -129,6 +129,32 @@ def test_folder_crop_flip_training_and_non_image_named(backend, tmp_path):
     assert m["args"]["augment"] == "crop-flip" and m["test_total"] == 3
 
 
+def test_blur_pool_and_gap_head_options_round_trip(backend, tmp_path, capsys):
+    """--blur-pool / --head reach the model, the checkpoint records them, evaluate rebuilds the same model."""
+    out = tmp_path / "run"
+    m = run_train(["--backend", backend, "--blur-pool", "--head", "gap", "--epochs", "1", "--out", str(out), *TINY])
+    assert m["args"]["blur_pool"] is True and m["args"]["head"] == "gap"
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--backend", backend, "--json"]) == 0  # a run directory works too
+    assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(m["test_accuracy"])
+    assert main(["train", "--model", "resnet50", "--blur-pool", "--epochs", "1", *TINY]) == 2
+    assert "--blur-pool: supported by lenet5" in capsys.readouterr().err
+    assert main(["train", "--model", "vgg_small", "--head", "gap", "--epochs", "1", *TINY]) == 2
+    assert "--head gap: only lenet5 has a choice of head" in capsys.readouterr().err
+
+
+def test_resuming_a_checkpoint_from_before_augment_keeps_none(tmp_path):
+    """Checkpoints written before --augment existed trained without it; resuming one must not add it."""
+    out = tmp_path / "old"
+    run_train(["--epochs", "1", "--augment", "none", "--out", str(out), *TINY])
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    for k in ("augment", "blur_pool", "head"):
+        del ckpt["args"][k]
+    torch.save(ckpt, out / "checkpoint.pt")
+    m = run_train(["--resume", str(out / "checkpoint.pt"), "--epochs", "2", "--progress", "off"])
+    assert m["args"]["augment"] == "none" and m["args"]["blur_pool"] is False
+
+
 # ----------------------------------------------------------------------------------------------------
 # --amp on fastconv's backends
 
