@@ -118,6 +118,45 @@ def test_augment_default_and_option(tmp_path):
     assert a["final_train_loss"] != b["final_train_loss"]  # the same seed, other training images
 
 
+def test_cifar10_crop_flip(tmp_path):
+    """CIFAR-10 trains with crop-flip by default: 4-pixel shifts padded with black, and mirrored images."""
+    import pickle
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "c").mkdir()
+    for name, n in (("data_batch_1", 32), ("test_batch", 8)):
+        batch = {b"labels": [int(v) for v in rng.integers(0, 10, n)],
+                 b"data": rng.integers(1, 256, (n, 3072), dtype=np.uint8)}  # no black pixel in the images
+        (tmp_path / "c" / name).write_bytes(pickle.dumps(batch))
+    m = run_train(["--dataset", "cifar10", "--data-dir", str(tmp_path / "c"), "--model", "lenet5", "--epochs", "1",
+                   "--batch-size", "16", "--progress", "off", "--out", str(tmp_path / "run")])
+    assert m["args"]["augment"] == "crop-flip"
+
+    splits = load_dataset("cifar10", tmp_path / "c")
+    aug = AugmentedDataset(splits.train, "crop-flip", splits.mean, splits.std, 4)
+    x0, _ = splits.train.__getitems__(list(range(32)))
+    torch.manual_seed(0)
+    x1, _ = aug.__getitems__(list(range(32)))
+    black = (-torch.tensor(splits.mean) / torch.tensor(splits.std)).reshape(1, 3, 1, 1)
+    padded = torch.isclose(x1, black.expand_as(x1), atol=1e-5).all(1)  # (N, H, W): pixels that are padding
+    assert padded.any() and not padded.all()
+    # Padding is a band of at most 4 rows/columns at the borders, never inside.
+    assert not padded[:, 4:-4, 4:-4].any()
+
+    def crops(img):  # the 81 crops of img padded by 4 with black
+        p = black[0].expand(3, 40, 40).clone()
+        p[:, 4:36, 4:36] = img
+        return [p[:, dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)]
+
+    kinds = []
+    for n in range(32):
+        plain = any(torch.equal(x1[n], c) for c in crops(x0[n]))
+        mirrored = any(torch.equal(x1[n], c) for c in crops(x0[n].flip(-1)))
+        assert plain or mirrored, f"image {n} is no crop of the padded image or of its mirror"
+        kinds.append(mirrored)
+    assert 0 < sum(kinds) < 32  # both occur (each with probability 1/2 per image)
+
+
 def test_folder_crop_flip_training_and_non_image_named(backend, tmp_path):
     data = tmp_path / "images"
     _write_folder(data)
