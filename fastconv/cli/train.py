@@ -1,6 +1,6 @@
 """`fastconv train`: train a CNN on fastconv's kernels (the training itself: fastconv.training).
 
-    fastconv train                                   # LeNet-5 on scikit-learn's digits, a few seconds
+    fastconv train                                   # LeNet-5 on scikit-learn's digits, 10-40 s
     fastconv train --dataset cifar10 --data-dir ~/data/cifar-10-batches-py --model resnet18_cifar
     fastconv train --backend torch ...               # the same model on torch.nn layers, for comparison
     torchrun --nproc_per_node=2 -m fastconv train    # data-parallel (gloo on CPU, nccl on GPU)
@@ -62,7 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--head", choices=("fc", "gap"), default=None,
                    help="lenet5's classifier head: fc (three linear layers, the default) or gap (global "
                         "average pooling + one linear layer; the other small-zoo models always use gap)")
-    m.add_argument("--epochs", type=int, default=None, help="epochs in all (default: digits 20, cifar10 30, folder 20)")
+    m.add_argument("--epochs", type=int, default=None, help="epochs in all (default: digits 40, cifar10 30, folder 20)")
     m.add_argument("--batch-size", type=int, default=None, metavar="B",
                    help="global batch size, split over the processes under torchrun (default: digits 32, "
                         "cifar10 128, folder 64)")
