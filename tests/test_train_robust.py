@@ -25,7 +25,7 @@ import fastconv  # noqa: E402
 from fastconv.cli import main  # noqa: E402
 from fastconv.cli.train import run_train  # noqa: E402
 from fastconv.data import DatasetError, load_dataset  # noqa: E402
-from fastconv.data.augment import AugmentedDataset, random_hflip, random_shift  # noqa: E402
+from fastconv.data.augment import AugmentedDataset, hflip, shift  # noqa: E402
 from fastconv.training import checkpoint as ckpt_io  # noqa: E402
 
 TINY = ["--train-subset", "160", "--test-subset", "80", "--batch-size", "32", "--progress", "off"]
@@ -70,28 +70,41 @@ def test_default_training_two_seeds_reduced_epochs(tmp_path):
 
 
 @pytest.mark.parametrize("pad", [1, 2, 4])
-def test_random_shift_is_pad_and_crop(pad):
-    """Each output image is the input padded with `fill` and cropped at the offset drawn for it."""
+def test_shift_is_pad_and_crop(pad):
+    """Each output image is the input padded with `fill` and cropped at its offset."""
     x = torch.randn(6, 2, 7, 9)
     fill = torch.tensor([-1.5, 0.25])
-    gen = torch.Generator().manual_seed(3)
-    y = random_shift(x, pad, fill, gen)
-    offsets = torch.randint(0, 2 * pad + 1, (6, 2), generator=torch.Generator().manual_seed(3))
+    offsets = torch.randint(0, 2 * pad + 1, (6, 2))
+    y = shift(x, offsets, pad, fill)
     for n in range(6):
         padded = torch.empty(2, 7 + 2 * pad, 9 + 2 * pad)
         padded[0], padded[1] = -1.5, 0.25
         padded[:, pad:pad + 7, pad:pad + 9] = x[n]
         dy, dx = offsets[n].tolist()
         assert torch.equal(y[n], padded[:, dy:dy + 7, dx:dx + 9]), f"image {n}, offset {(dy, dx)}"
-    assert not torch.equal(y, x)  # 6 images with 9..81 offsets each: some moved
+    mask = torch.tensor([True, False, True, False, False, True])
+    z = hflip(x, mask)
+    assert torch.equal(z[mask], x[mask].flip(-1)) and torch.equal(z[~mask], x[~mask])
 
 
-def test_random_hflip_flips_about_half():
-    x = torch.arange(2000 * 3, dtype=torch.float32).reshape(2000, 1, 1, 3)
-    y = random_hflip(x, torch.Generator().manual_seed(0))
-    flipped = (y[:, 0, 0, 0] == x[:, 0, 0, 2])
-    assert torch.equal(y[flipped], x[flipped].flip(-1)) and torch.equal(y[~flipped], x[~flipped])
-    assert 900 < int(flipped.sum()) < 1100  # Binomial(2000, 1/2): 1000 +- 22 (sd)
+def test_draws_depend_on_seed_epoch_and_sample_only():
+    """Sample i's augmentation in epoch e is the same in any batch (so DataLoader workers and torchrun
+    ranks agree with one process); it changes with the epoch and the seed; offsets and flips are uniform."""
+    base = torch.utils.data.TensorDataset(torch.zeros(4000, 1, 8, 8), torch.zeros(4000))
+    aug = AugmentedDataset(base, "crop-flip", [0.0], [1.0], 1, seed=7)
+    aug.set_epoch(3)
+    off, flip = aug.draws(list(range(4000)))
+    off_b, flip_b = aug.draws([2999, 5, 17])  # another batch holding three of the samples
+    assert torch.equal(off_b, off[[2999, 5, 17]]) and torch.equal(flip_b, flip[[2999, 5, 17]])
+    aug.set_epoch(4)
+    assert (aug.draws(list(range(4000)))[0] != off).any(1).float().mean() > 0.8  # 1 - 1/9 expected
+    assert (AugmentedDataset(base, "crop-flip", [0.0], [1.0], 1, seed=8).draws(list(range(4000)))[0] != off
+            ).any(1).float().mean() > 0.8
+    # Uniform: 4000 draws of 3 values per axis (1333 +- 30 each) and of a fair coin (2000 +- 32).
+    for axis in (0, 1):
+        counts = torch.bincount(off[:, axis], minlength=3)
+        assert counts.numel() == 3 and ((counts - 4000 / 3).abs() < 150).all(), counts
+    assert abs(int(flip.sum()) - 2000) < 150
 
 
 def test_digits_augmentation_pads_with_background():
@@ -99,7 +112,6 @@ def test_digits_augmentation_pads_with_background():
     splits = load_dataset("digits")
     aug = AugmentedDataset(splits.train, "shift", splits.mean, splits.std, 1)
     x0, y0 = splits.train.__getitems__(list(range(64)))
-    torch.manual_seed(0)
     x1, y1 = aug.__getitems__(list(range(64)))
     assert torch.equal(y0, y1) and not torch.equal(x0, x1)
     background = -splits.mean[0] / splits.std[0]
@@ -135,7 +147,6 @@ def test_cifar10_crop_flip(tmp_path):
     splits = load_dataset("cifar10", tmp_path / "c")
     aug = AugmentedDataset(splits.train, "crop-flip", splits.mean, splits.std, 4)
     x0, _ = splits.train.__getitems__(list(range(32)))
-    torch.manual_seed(0)
     x1, _ = aug.__getitems__(list(range(32)))
     black = (-torch.tensor(splits.mean) / torch.tensor(splits.std)).reshape(1, 3, 1, 1)
     padded = torch.isclose(x1, black.expand_as(x1), atol=1e-5).all(1)  # (N, H, W): pixels that are padding

@@ -307,7 +307,7 @@ def _train(cfg: Namespace, device: torch.device, dinfo: dist_util.DistInfo) -> D
 
     seed_everything(cfg.seed)
     data = load_data(cfg)
-    augment_train_split(data, cfg.augment)
+    augment_train_split(data, cfg.augment, cfg.seed)
     info = data.info()
     model = build(cfg, info, layers).to(device=device, dtype=dtype)
     if cfg.channels_last:
@@ -400,6 +400,7 @@ def _train(cfg: Namespace, device: torch.device, dinfo: dist_util.DistInfo) -> D
 def _train_epoch(model, loader, sampler, optimizer, scaler, autocast, device, dtype, cfg, epoch, dinfo, show_bar):
     model.train()
     sampler.set_epoch(epoch)
+    getattr(loader.dataset, "set_epoch", lambda e: None)(epoch)  # augmentation draws per (seed, epoch, sample)
     bar = None
     if show_bar:
         from tqdm.auto import tqdm
