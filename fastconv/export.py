@@ -7,7 +7,7 @@
     torch.onnx.export(model, (x,), "model.onnx", custom_translation_table=fastconv.export.onnx_translation_table())
     torch.onnx.export(model, (x,), "model.onnx", dynamo=False)      # symbolics registered on import
 
-Each fastconv op becomes standard ONNX operators (Conv, Relu, Add, MaxPool, AveragePool, ...), so an
+Each fastconv op becomes standard ONNX operators (Conv, ConvTranspose, Relu, Add, MaxPool, AveragePool, ...), so an
 exported fastconv model is a plain ONNX model that any runtime runs; there is no custom domain.
 
 TRANSLATIONS is the one table, keyed by the op's name in the fastconv namespace. An entry is
@@ -105,16 +105,24 @@ class _TorchScriptBuilder(_Builder):
 # ---- translations (one function per op, op arguments in the op's schema order) ----
 
 def _conv(b: _Builder, input, weight, bias, stride, padding, dilation, groups):
+    """Conv for 1-d and 2-d alike (one entry per spatial dim; ONNX pads: all begins, then all ends)."""
     inputs = (input, weight) if b.is_none(bias) else (input, weight, bias)
-    return b.op("Conv", *inputs, strides=list(stride), pads=[padding[0], padding[1], padding[0], padding[1]],
-                dilations=list(dilation), group=int(groups))
+    return b.op("Conv", *inputs, strides=list(stride), pads=list(padding) * 2, dilations=list(dilation),
+                group=int(groups))
 
 
-def _conv2d(b, input, weight, bias, stride, padding, dilation, groups):
+def _conv_transpose(b, input, weight, bias, stride, padding, output_padding, dilation, groups):
+    """ConvTranspose, 1-d and 2-d: torch's weight layout (C, K/groups, kernel...) is ONNX's."""
+    inputs = (input, weight) if b.is_none(bias) else (input, weight, bias)
+    return b.op("ConvTranspose", *inputs, strides=list(stride), pads=list(padding) * 2,
+                output_padding=list(output_padding), dilations=list(dilation), group=int(groups))
+
+
+def _conv_plain(b, input, weight, bias, stride, padding, dilation, groups):
     return _conv(b, input, weight, bias, stride, padding, dilation, groups)
 
 
-def _conv2d_relu(b, input, weight, bias, stride, padding, dilation, groups):
+def _conv_relu(b, input, weight, bias, stride, padding, dilation, groups):
     return b.op("Relu", _conv(b, input, weight, bias, stride, padding, dilation, groups))
 
 
@@ -203,10 +211,15 @@ class Translation(NamedTuple):
 
 
 _CONV = ("v", "v", "v", "is", "is", "is", "i")
+_CONV_T = ("v", "v", "v", "is", "is", "is", "is", "i")
 # op name in the fastconv namespace -> its translation. New ops: one line here (docs/deployment.md).
 TRANSLATIONS: Dict[str, Translation] = {
-    "conv2d": Translation(_conv2d, _CONV),
-    "conv2d_relu": Translation(_conv2d_relu, _CONV),
+    "conv1d": Translation(_conv_plain, _CONV),  # _conv and _conv_transpose: 1-d and 2-d
+    "conv1d_relu": Translation(_conv_relu, _CONV),
+    "conv2d": Translation(_conv_plain, _CONV),
+    "conv2d_relu": Translation(_conv_relu, _CONV),
+    "conv_transpose1d": Translation(_conv_transpose, _CONV_T),
+    "conv_transpose2d": Translation(_conv_transpose, _CONV_T),
     "conv2d_fused": Translation(_conv2d_fused, ("v", "v", "v", "v", "v", "is", "is", "is", "i", "s", "b", "b")),
     "max_pool2d": Translation(_max_pool2d, ("v", "is", "is", "is", "is", "b")),
     "max_pool2d_with_indices": Translation(_max_pool2d_with_indices, ("v", "is", "is", "is", "is", "b")),

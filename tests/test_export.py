@@ -144,6 +144,42 @@ def test_conv2d_onnx(dynamo, tmp_path):
     _check_onnx(cases, [x], tmp_path, dynamo, {"Conv", "Relu"}, tol=1e-4)
 
 
+CONV1D_CASES = [  # (C, K, kernel, stride, padding, dilation, groups, bias)
+    (3, 8, 3, 1, 1, 1, 1, True), (4, 6, 5, 2, 2, 2, 2, False), (8, 8, 3, 1, 1, 1, 8, True),
+]
+CONV_T_CASES = [  # (C, K, kernel, stride, padding, output_padding, dilation, groups, bias)
+    (4, 6, 3, 2, 1, 1, 1, 1, True), (4, 6, 2, 1, 0, 0, 2, 2, False), (8, 8, 3, 3, 1, 2, 1, 8, True),
+]
+
+
+def _conv1d_case(case, relu, seed):
+    C, K, k, stride, padding, dilation, groups, bias = case
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(K, C // groups, k, generator=g)
+    b = torch.randn(K, generator=g) if bias else None
+    f = FC.conv1d_relu if relu else FC.conv1d
+    return lambda x, x2: f(x[:, :C], w, b, stride, padding, dilation, groups)
+
+
+def _conv_t_case(case, nd, seed):
+    C, K, k, stride, padding, out_pad, dilation, groups, bias = case
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(C, K // groups, *([k] * nd), generator=g)
+    b = torch.randn(K, generator=g) if bias else None
+    f = FC.conv_transpose1d if nd == 1 else FC.conv_transpose2d
+    return lambda x, x2: f((x if nd == 1 else x2)[:, :C], w, b, stride, padding, out_pad, groups, dilation)
+
+
+@needs_onnx
+@pytest.mark.parametrize("dynamo", EXPORTERS)
+def test_conv1d_and_transposed_onnx(dynamo, tmp_path):
+    g = torch.Generator().manual_seed(6)
+    x, x2 = torch.randn(2, 8, 13, generator=g), torch.randn(2, 8, 7, 6, generator=g)
+    cases = [_conv1d_case(c, relu, i) for i, c in enumerate(CONV1D_CASES) for relu in (False, True)]
+    cases += [_conv_t_case(c, nd, i) for i, c in enumerate(CONV_T_CASES) for nd in (1, 2)]
+    _check_onnx(cases, [x, x2], tmp_path, dynamo, {"Conv", "Relu", "ConvTranspose"}, tol=1e-4)
+
+
 EPILOGUE_CASES = [  # (activation, scale, residual: none/before/after, bias)
     ("none", False, "none", True), ("relu", False, "before", True), ("relu", True, "after", False),
     ("relu6", True, "none", True), ("silu", False, "after", True), ("hardswish", True, "before", True),
