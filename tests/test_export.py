@@ -70,7 +70,6 @@ def _export(module, args, path, dynamo):
 
 
 @needs_onnx
-@pytest.mark.slow
 @pytest.mark.parametrize("dynamo", EXPORTERS)
 @pytest.mark.parametrize("optimize", [False, True], ids=["converted", "optimized"])
 @pytest.mark.parametrize("name", MODELS)
@@ -336,7 +335,6 @@ def test_jit_trace_graph_is_independent_of_grad_mode():
 
 
 @needs_onnx
-@pytest.mark.slow
 def test_train_export_writes_models_that_agree(tmp_path):
     """`fastconv train --export ...`: the three files load (fresh objects) and give the same outputs."""
     from fastconv.cli.train import run_train
