@@ -299,7 +299,8 @@ def conv2d_epilogue(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None
         if t.dtype != x.dtype and not autocast_unifies(x, t):
             raise ArgumentTypeError(f"{op}: input dtype {x.dtype} and {name} dtype {t.dtype} should be the same")
     tensors = (x, weight, bias, scale, residual)
-    return_conv = _may_need_grad(*tensors) and not fused_ops.mask_backward_ok(activation, scale is not None, residual_after_activation)
+    return_conv = _may_need_grad(*tensors) and not fused_ops.mask_backward_ok(activation, scale is not None,
+                                                                              residual_after_activation)
     args = (x, weight, bias, scale, residual, stride, padding, dilation, groups, activation,
             residual_after_activation, return_conv)
     if direct_ok(*tensors):

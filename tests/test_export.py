@@ -22,7 +22,8 @@ import fastconv.export as fexport
 
 # The ONNX tests need the [onnx] extra (in [test] too); the TorchScript and torch.export tests do not.
 HAS_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript", "onnxruntime"))
-needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="needs onnx, onnxscript, onnxruntime: pip install 'fastconv[onnx]'")
+needs_onnx = pytest.mark.skipif(not HAS_ONNX,
+                                reason="needs onnx, onnxscript, onnxruntime: pip install 'fastconv[onnx]'")
 
 EXPORTERS = [pytest.param(True, id="dynamo"), pytest.param(False, id="torchscript")]
 MODELS = ["tv_resnet18", "mobilenet_v2"]
@@ -377,7 +378,8 @@ def test_train_export_onnx_without_the_extra_stops_before_training(monkeypatch, 
 
     real = iu.find_spec
     monkeypatch.setattr(iu, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
-    with pytest.raises(ConfigError, match=r"--export onnx: ONNX export needs onnxscript: pip install 'fastconv\[onnx\]'"):
+    with pytest.raises(ConfigError,
+                       match=r"--export onnx: ONNX export needs onnxscript: pip install 'fastconv\[onnx\]'"):
         run_train(["--epochs", "1", "--out", str(tmp_path), "--export", "onnx"])
     assert not (tmp_path / "checkpoint.pt").exists()
     with pytest.raises(ValueError, match="export format must be one of"):

@@ -16,8 +16,9 @@ compares the sources' identities, versions and data pointers with those of the l
 microseconds. Under autograd (grad enabled and a source requiring grad) nothing is cached: the call
 passes the conv's own weight and the BatchNorm as a per-channel scale and shift computed in the call
 (conv2d_epilogue's scale), so gradients reach the original parameters; under a tracer (torch.jit.trace,
-torch.export) the same, so the traced graph computes the fold from the parameters it holds; with the BatchNorm in training mode
-(optimized.train()) the call runs conv, BatchNorm and the epilogue unfused, with torch's semantics.
+torch.export) the same, so the traced graph computes the fold from the parameters it holds; with the
+BatchNorm in training mode (optimized.train()) the call runs conv, BatchNorm and the epilogue unfused,
+with torch's semantics.
 """
 from __future__ import annotations
 

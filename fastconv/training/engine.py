@@ -509,7 +509,7 @@ def _finish(cfg, data, info, model, ev, history, train_seconds, wall_seconds, ou
         "torch_version": str(torch.__version__),
         "checkpoint": str(out_dir / "checkpoint.pt"),
     }
-    exported = _export_model(cfg, data, model, device, dtype_of(model), out_dir)
+    exported = _export_model(cfg, data, model, device, _dtype_of(model), out_dir)
     if exported:
         metrics["exports"] = exported
     report.write_json(out_dir / "metrics.json", metrics)
@@ -528,7 +528,7 @@ def _finish(cfg, data, info, model, ev, history, train_seconds, wall_seconds, ou
     return metrics
 
 
-def dtype_of(model: nn.Module) -> torch.dtype:
+def _dtype_of(model: nn.Module) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
