@@ -239,6 +239,7 @@ def test_amp_on_fastconv_backend(backend, tmp_path, amp, dtype):
 # the file and the process SIGKILLs itself - what a kill -9 or a power cut during the write leaves.
 _DYING = textwrap.dedent("""
     import os, signal, sys, torch
+    torch.set_num_threads(int(os.environ["PARENT_THREADS"]))  # bitwise equality below needs the same count
     real_save, calls = torch.save, [0]
     def save(obj, f, *args, **kwargs):
         calls[0] += 1
@@ -260,7 +261,8 @@ _DYING = textwrap.dedent("""
 @pytest.mark.slow
 def test_killed_during_checkpoint_write_resumes_from_last_complete(tmp_path):
     args = ["--epochs", "3", "--backend", "cpu", *TINY]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+               PARENT_THREADS=str(torch.get_num_threads()))  # the resumed and the full run are in this process
     killed = tmp_path / "killed"
     proc = subprocess.run([sys.executable, "-c", _DYING, *args, "--out", str(killed)], env=env,
                           capture_output=True, text=True, timeout=300)
