@@ -5,3 +5,4 @@ implementations for torch.compile) -> fastconv.functional (torch-compatible argu
 fastconv.nn (modules).
 """
 from . import conv2d, conv2d_fused, pool2d  # noqa: F401  (registration side effects)
+from . import pool_adaptive  # noqa: F401  (adaptive pooling, issue #30)
