@@ -166,7 +166,8 @@ def pytest_generate_tests(metafunc):  # torch baseline runs right before its fas
     from fastconv.benchmarks import TABLES, short_table
 
     cfg: BenchConfig = metafunc.config._fastconv_bench
-    for fixture, table in (("conv_shape", cfg.conv_table), ("pool_shape", cfg.pool_table)):
+    for fixture, table in (("conv_shape", cfg.conv_table), ("pool_shape", cfg.pool_table),
+                           ("adaptive_pool_shape", "cpu_adaptive_pool")):
         if fixture in metafunc.fixturenames:
             shapes = short_table(table) if cfg.short else TABLES[table]
             metafunc.parametrize(fixture, shapes, ids=[s.name for s in shapes])

@@ -234,6 +234,58 @@ POOL: List[PoolShape] = [
     PoolShape(32, 256, 56, 56, 2, 2, 0, "avg", name="avg2x2-c256-56"),
 ]
 
+@dataclass(frozen=True)
+class AdaptivePoolShape(PoolShape):
+    """An adaptive pooling row (issue #30): op 'adaptive_avg' or 'adaptive_max', output out_h x out_w with
+    torch's adaptive windows (kernel and stride unused: 0). Output 1 x 1 is global average pooling."""
+
+    out_h: int = 1
+    out_w: int = 1
+
+    def __post_init__(self):
+        if self.op not in ("adaptive_avg", "adaptive_max"):
+            raise ValueError(f"AdaptivePoolShape: op must be 'adaptive_avg' or 'adaptive_max', got {self.op!r}")
+        if not self.name:
+            object.__setattr__(self, "name", self.label)
+
+    @property
+    def P(self) -> int:
+        return self.out_h
+
+    @property
+    def Q(self) -> int:
+        return self.out_w
+
+    @property
+    def label(self) -> str:
+        return f"{self.op}-n{self.N}c{self.C}h{self.H}w{self.W}-to{self.out_h}x{self.out_w}"
+
+    def bytes(self, itemsize: int = F32, indices: bool = False) -> int:
+        extra = self.out_elems * I64 if (indices and self.op == "adaptive_max") else 0
+        return (self.in_elems + self.out_elems) * itemsize + extra
+
+    def bytes_backward(self, itemsize: int = F32) -> int:
+        extra = self.out_elems * I64 if self.op == "adaptive_max" else 0
+        return (self.out_elems + self.in_elems) * itemsize + extra
+
+
+def _adaptive(N, C, H, W, out, op, name) -> AdaptivePoolShape:
+    return AdaptivePoolShape(N, C, H, W, 0, 0, 0, op, name, out[0], out[1])
+
+
+# Adaptive and global pooling on the CPU: classifier heads (global average of the last feature map: ResNet-50,
+# MobileNetV2), one beyond the L3 cache (the streaming-bandwidth case), AlexNet's 13x13 -> 6x6 and a
+# 14x14 -> 7x7 head (VGG's AdaptiveAvgPool2d at 448 px), adaptive max of the same maps.
+CPU_ADAPTIVE_POOL: List[AdaptivePoolShape] = [
+    _adaptive(32, 2048, 7, 7, (1, 1), "adaptive_avg", "r50-gap-c2048-7"),
+    _adaptive(32, 1280, 7, 7, (1, 1), "adaptive_avg", "mbv2-gap-c1280-7"),
+    _adaptive(16, 256, 56, 56, (1, 1), "adaptive_avg", "gap-c256-56"),
+    _adaptive(32, 256, 13, 13, (6, 6), "adaptive_avg", "alexnet-aap6-c256-13"),
+    _adaptive(32, 512, 14, 14, (7, 7), "adaptive_avg", "vgg448-aap7-c512-14"),
+    _adaptive(32, 256, 13, 13, (6, 6), "adaptive_max", "alexnet-amp6-c256-13"),
+    _adaptive(32, 512, 14, 14, (7, 7), "adaptive_max", "amp7-c512-14"),
+]
+
 RESNET50_CONV: List[ConvShape] = _resnet50_conv()
 RESNET18_CIFAR_CONV: List[ConvShape] = _resnet18_cifar_conv()
 MOBILENET_DW: List[ConvShape] = _mobilenet_dw()
@@ -245,6 +297,7 @@ TABLES: Dict[str, List[Union[ConvShape, PoolShape]]] = {
     "resnet18_cifar": RESNET18_CIFAR_CONV,
     "mobilenet_dw": MOBILENET_DW,
     "pool": POOL,
+    "cpu_adaptive_pool": CPU_ADAPTIVE_POOL,
 }
 
 # Short (smoke-test) mode: a few representative shapes at a small batch.
@@ -252,6 +305,7 @@ SHORT_N = 2
 _SHORT_PICK = {
     "cpu_conv": ("c64k64-32x32-3x3", "c64k64-32x32-1x1", "c128k128-32x32-3x3s2", "c128-32x32-3x3dw"),
     "cpu_pool": ("max-3x3s2p1", "avg-2x2s2"),
+    "cpu_adaptive_pool": ("r50-gap-c2048-7", "alexnet-amp6-c256-13"),
 }
 
 
