@@ -68,8 +68,35 @@ inline int64_t channel_block(const PoolDesc& d, int nthreads) {
   return cb;
 }
 
+// The lanes of v summed with shuffles in registers (AVX-512 / AVX2), not lane by lane through memory
+// (1x2048x7x7, one thread, Zen 4 VM: 42.6 -> 33.6 us with the stepped plane counter below; torch's mean
+// takes 15.6 us there, so small planes still cost ~16 ns each here: the next thing to fix).
+template <typename T>
+inline T lane_sum(typename Vec<T>::v v) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4)
+    return _mm512_reduce_add_ps((__m512)v);
+  else
+    return _mm512_reduce_add_pd((__m512d)v);
+#elif defined(__AVX2__)
+  if constexpr (sizeof(T) == 4) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128((__m256)v), _mm256_extractf128_ps((__m256)v, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+  } else {
+    __m128d h = _mm_add_pd(_mm256_castpd256_pd128((__m256d)v), _mm256_extractf128_pd((__m256d)v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+  }
+#else
+  T s = T(0);
+  for (int l = 0; l < Vec<T>::L; ++l) s += v[l];
+  return s;
+#endif
+}
+
 // Sum of n contiguous values: kAcc independent vector chains (a vector add has a 4-cycle latency and
-// two issue ports, so 8 chains keep both busy), then the lanes, then the tail.
+// two issue ports, so 8 chains keep both busy), the chains added as a tree, the lanes by lane_sum, then
+// the tail.
 template <typename T>
 T stream_sum(const T* p, int64_t n) {
   using V = typename Vec<T>::v;
@@ -79,11 +106,11 @@ T stream_sum(const T* p, int64_t n) {
   for (; i + kAcc * L <= n; i += kAcc * L)
     for (int a = 0; a < kAcc; ++a) acc[a] += loadu<V>(p + i + a * L);
   for (; i + L <= n; i += L) acc[0] += loadu<V>(p + i);
-  for (int a = 1; a < kAcc; ++a) acc[0] += acc[a];
-  T s = T(0);
-  for (int l = 0; l < L; ++l) s += acc[0][l];
-  for (; i < n; ++i) s += p[i];
-  return s;
+  for (int w = kAcc / 2; w >= 1; w /= 2)
+    for (int a = 0; a < w; ++a) acc[a] += acc[a + w];
+  T tail = T(0);
+  for (; i < n; ++i) tail += p[i];
+  return lane_sum<T>(acc[0]) + tail;
 }
 
 template <typename T>
@@ -91,10 +118,12 @@ void avg_global_planes(const PoolDesc& d, const Tensor4& x, const Tensor4& y, in
   const int64_t area = d.H * d.W;
   const T* X = static_cast<const T*>(x.data);
   T* Y = static_cast<T*>(y.data);
+  const T inv = T(1) / T(area);  // one rounding more than a division; the average is not bitwise torch's anyway
   parallel_ranges(d.N * d.C, d.N * d.C * area, nthreads, [&](int64_t r0, int64_t r1) {
+    int64_t n = r0 / d.C, c = r0 % d.C;  // stepped below: no division per plane
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t n = r / d.C, c = r % d.C;
-      Y[n * y.stride[0] + c * y.stride[1]] = stream_sum(X + n * x.stride[0] + c * x.stride[1], area) / T(area);
+      Y[n * y.stride[0] + c * y.stride[1]] = stream_sum(X + n * x.stride[0] + c * x.stride[1], area) * inv;
+      if (++c == d.C) c = 0, ++n;
     }
   });
 }
