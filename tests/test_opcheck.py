@@ -137,5 +137,8 @@ def test_every_op_is_checked():
     checked = {"conv2d", "conv2d_relu", "conv2d_fused", "conv2d_dgrad", "conv2d_wgrad", "max_pool2d",
                "max_pool2d_with_indices",
                "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward"}
+    # the adaptive pools' opchecks: tests/test_pool_adaptive.py::test_opcheck
+    checked |= {"adaptive_avg_pool2d", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d",
+                "adaptive_max_pool2d_backward"}
     registered = {name for name in dir(ops) if isinstance(getattr(ops, name), torch._ops.OpOverloadPacket)}
     assert registered == checked
