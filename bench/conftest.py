@@ -169,7 +169,8 @@ def pytest_generate_tests(metafunc):  # torch baseline runs right before its fas
 
     cfg: BenchConfig = metafunc.config._fastconv_bench
     for fixture, table in (("conv_shape", cfg.conv_table), ("pool_shape", cfg.pool_table),
-                           ("conv1d_shape", "conv1d"), ("conv_transpose_shape", "conv_transpose")):
+                           ("conv1d_shape", "conv1d"), ("conv_transpose_shape", "conv_transpose"),
+                           ("adaptive_pool_shape", "cpu_adaptive_pool")):
         if fixture in metafunc.fixturenames:
             shapes = short_table(table) if cfg.short else TABLES[table]
             metafunc.parametrize(fixture, shapes, ids=[s.name for s in shapes])

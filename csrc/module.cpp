@@ -421,6 +421,59 @@ void bind_pool(py::module_& m) {
       py::arg("desc"), py::arg("dtype"), py::arg("grad_output"), py::arg("grad_input"), py::arg("nthreads"));
 }
 
+// adaptive_avg_pool2d / adaptive_max_pool2d (pool2d_adaptive_isa.cpp): d.P x d.Q is the output size,
+// the window fields are unused. adaptive max's backward is max_pool2d_bwd.
+void bind_adaptive_pool(py::module_& m) {
+  m.def(
+      "adaptive_avg_pool2d_fwd",
+      [](const PoolDesc& d, int dtype, const PyTensor& x, const PyTensor& y, int nthreads) {
+        check_pool(d);
+        DType dt = as_dtype(dtype);
+        Tensor4 tx = as_tensor(x, "input", pool_in(d)), ty = as_tensor(y, "output", pool_out(d));
+        py::gil_scoped_release release;
+        kernels().adaptive_avg_pool2d_fwd(d, dt, tx, ty, threads(nthreads));
+      },
+      py::arg("desc"), py::arg("dtype"), py::arg("input"), py::arg("output"), py::arg("nthreads"));
+  m.def(
+      "adaptive_max_pool2d_fwd",
+      [](const PoolDesc& d, int dtype, const PyTensor& x, const PyTensor& y, const PyTensor& indices,
+         int nthreads) {
+        check_pool(d);
+        DType dt = as_dtype(dtype);
+        Tensor4 tx = as_tensor(x, "input", pool_in(d)), ty = as_tensor(y, "output", pool_out(d)),
+                ti = as_tensor(indices, "indices", pool_out(d));
+        py::gil_scoped_release release;
+        kernels().adaptive_max_pool2d_fwd(d, dt, tx, ty, ti, threads(nthreads));
+      },
+      py::arg("desc"), py::arg("dtype"), py::arg("input"), py::arg("output"), py::arg("indices"),
+      py::arg("nthreads"));
+  m.def(
+      "adaptive_avg_pool2d_bwd",
+      [](const PoolDesc& d, int dtype, const PyTensor& dy, const PyTensor& dx, int nthreads) {
+        check_pool(d);
+        DType dt = as_dtype(dtype);
+        Tensor4 tdy = as_tensor(dy, "grad_output", pool_out(d)), tdx = as_tensor(dx, "grad_input", pool_in(d));
+        py::gil_scoped_release release;
+        kernels().adaptive_avg_pool2d_bwd(d, dt, tdy, tdx, threads(nthreads));
+      },
+      py::arg("desc"), py::arg("dtype"), py::arg("grad_output"), py::arg("grad_input"), py::arg("nthreads"));
+  m.def(
+      "adaptive_pool2d_path",
+      [](const PoolDesc& d, const std::string& pass, const Dims& stride) {
+        check_pool(d);
+        const int p = pass == "avg_fwd" ? 0 : pass == "max_fwd" ? 1 : pass == "avg_bwd" ? 2 : -1;
+        if (p < 0)
+          throw std::invalid_argument("adaptive_pool2d_path: pass must be 'avg_fwd', 'max_fwd' or 'avg_bwd', got '" +
+                                      pass + "'");
+        const uintptr_t some = 1;
+        const Tensor4 x = as_tensor(PyTensor{some, pool_in(d), stride}, "input", pool_in(d));
+        return kernels().adaptive_pool2d_path(p, d, x);
+      },
+      py::arg("desc"), py::arg("pass_"), py::arg("input_stride"),
+      "The path of the adaptive pooling kernels at the current ISA level: pass_ 'avg_fwd' / 'max_fwd' (input_stride: "
+      "the input's strides) or 'avg_bwd' (input_stride: dx's strides).");
+}
+
 void bind_runtime(py::module_& m) {
   m.def("cpu_isa", []() { return std::string(kernels().isa); }, "ISA level of the kernels in use");
   m.def("detected_cpu_isa", &detected_isa, "best ISA level this CPU supports");
@@ -542,6 +595,7 @@ PYBIND11_MODULE(_C, m) {
   bind_descriptors(m);
   bind_conv(m);
   bind_pool(m);
+  bind_adaptive_pool(m);
   bind_runtime(m);
   bind_peak_probes(m);
 }

@@ -15,6 +15,14 @@ _REPLACEMENTS = {
     nn.MaxPool2d: fnn.MaxPool2d,
     nn.AvgPool2d: fnn.AvgPool2d,
 }
+# Adaptive and 1-d pooling (issue #30).
+_REPLACEMENTS.update({
+    nn.AdaptiveAvgPool2d: fnn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d: fnn.AdaptiveMaxPool2d,
+    nn.AdaptiveAvgPool1d: fnn.AdaptiveAvgPool1d,
+    nn.MaxPool1d: fnn.MaxPool1d,
+    nn.AvgPool1d: fnn.AvgPool1d,
+})
 
 
 # A convolution directly followed by nn.ReLU in an nn.Sequential: the fused module it becomes.
@@ -31,8 +39,9 @@ def _is_relu(module: nn.Module) -> bool:
 
 
 def convert(model: nn.Module, fuse_relu: bool = True) -> nn.Module:
-    """Replaces torch.nn Conv1d / Conv2d / ConvTranspose1d / ConvTranspose2d / MaxPool2d / AvgPool2d in `model`
-    with fastconv's, in place.
+    """Replaces torch.nn Conv1d / Conv2d / ConvTranspose1d / ConvTranspose2d / MaxPool2d / AvgPool2d (and the
+    adaptive and 1-d pools: AdaptiveAvgPool2d, AdaptiveMaxPool2d, AdaptiveAvgPool1d, MaxPool1d, AvgPool1d) in
+    `model` with fastconv's, in place.
 
     The modules keep their parameter tensors, buffers and hooks: each one's class is switched to the
     fastconv subclass, which differs only in forward. With fuse_relu, a Conv2d (Conv1d) directly followed

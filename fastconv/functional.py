@@ -18,6 +18,7 @@ from .ops import conv1d as conv1d_ops
 from .ops import conv2d as conv_ops
 from .ops import conv_transpose as transpose_ops
 from .ops import conv2d_fused as fused_ops
+from .ops import pool_adaptive as adaptive_ops
 from .ops._eager import direct_ok
 from .ops._autocast import autocast_unifies
 from .ops._eager import _PLAIN_TYPES
@@ -508,3 +509,165 @@ def avg_pool2d(input: Tensor, kernel_size: Union[int, Sequence[int]], stride=Non
     y = torch.ops.fastconv.avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad,
                                       divisor_override)
     return y.squeeze(0) if unbatched else y
+
+
+# ----------------------------------------------------------------------------------------------------
+# Adaptive pooling and the 1-d pools (issue #30). The 1-d pools run the 2-d ops on an (N, C, 1, L) view
+# of their input (no copy); their indices are then torch's 1-d ones (h = 0, so h * W + w = w).
+
+__all__ += ["adaptive_avg_pool2d", "adaptive_max_pool2d", "adaptive_avg_pool1d", "max_pool1d", "avg_pool1d"]
+
+
+def _adaptive_input(input, op: str) -> Tuple[Tensor, bool]:
+    """Checks an adaptive 2-d pool's input as torch does; returns (input as 4-d, was_unbatched)."""
+    _check_tensor(input, "input", op)
+    if input.dim() not in (3, 4):
+        raise ArgumentError(f"{op}(): Expected 3D or 4D tensor, but got {list(input.shape)}")
+    # torch: avg checks the spatial dimensions only (an empty channel dimension gives an empty output), max
+    # every dimension after the first
+    for i in range(input.dim() - 2 if op == "adaptive_avg_pool2d" else 1, input.dim()):
+        if input.shape[i] == 0:
+            raise ArgumentError(f"{op}(): Expected input to have non-zero size for non-batch dimensions, but input "
+                                f"has sizes {list(input.shape)} with dimension {i} being empty")
+    _check_float(input, "input", op)
+    return (input.unsqueeze(0), True) if input.dim() == 3 else (input, False)
+
+
+def _adaptive_size(output_size, x: Tensor, op: str) -> list:
+    """output_size as torch takes it (an int, or 2 entries, None meaning the input's size) -> [P, Q]."""
+    if isinstance(output_size, Tensor) or type(output_size) is int or hasattr(output_size, "__index__"):
+        output_size = (output_size, output_size)
+    if not isinstance(output_size, (list, tuple, torch.Size)):
+        raise ArgumentTypeError(f"{op}: output_size must be an int or a tuple of 2 ints (None for the input's size), "
+                                f"got {type(output_size).__name__}")
+    if len(output_size) != 2:
+        raise ArgumentError(f"{op}: output_size must be 2")
+    sizes = [x.shape[2 + i] if v is None else as_int(v, "output_size", op) for i, v in enumerate(output_size)]
+    if any(v < 0 for v in sizes):
+        raise ArgumentError(f"{op}: elements of output_size must be greater than or equal to 0 but received "
+                            f"{{{sizes[0]}, {sizes[1]}}}")
+    return sizes
+
+
+def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
+    """Same as F.adaptive_avg_pool2d; output_size (1, 1) is global average pooling (its own fast path)."""
+    op = "adaptive_avg_pool2d"
+    x, unbatched = _adaptive_input(input, op)
+    size = _adaptive_size(output_size, x, op)
+    if direct_ok(x):
+        y = adaptive_ops.avg_impl(x, size)
+    else:
+        y = torch.ops.fastconv.adaptive_avg_pool2d(x, size)
+    return y.squeeze(0) if unbatched else y
+
+
+def adaptive_max_pool2d(input: Tensor, output_size, return_indices: bool = False):
+    """Same as F.adaptive_max_pool2d; indices (return_indices=True) are torch's: h * W + w in the plane."""
+    op = "adaptive_max_pool2d"
+    x, unbatched = _adaptive_input(input, op)
+    size = _adaptive_size(output_size, x, op)
+    if direct_ok(x):
+        y, idx = adaptive_ops.max_impl(x, size)
+    else:
+        y, idx = torch.ops.fastconv.adaptive_max_pool2d(x, size)
+    if unbatched:
+        y, idx = y.squeeze(0), idx.squeeze(0)
+    return (y, idx) if return_indices else y
+
+
+def _as_1d(input, op: str, what: str) -> Tuple[Tensor, bool]:
+    """A 1-d pool's (C, L) or (N, C, L) input as an (N, C, 1, L) view; (view, was_unbatched)."""
+    _check_tensor(input, "input", op)
+    if input.dim() not in (2, 3):
+        raise ArgumentError(f"{op}: Expected 2D or 3D (batch mode) tensor with optional 0 dim batch size for "
+                            f"{what}, but got:{list(input.shape)}")
+    return (input.unsqueeze(0) if input.dim() == 2 else input).unsqueeze(2), input.dim() == 2
+
+
+def _one(value, name: str, op: str) -> int:
+    """A 1-d pool's int argument, given as an int or a sequence of one int."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 1:
+            raise ArgumentError(f"{op}() {name} must be an int, list of ints or tuple of ints of size 1 but got "
+                                f"size {len(value)}")
+        value = value[0]
+    return as_int(value, name, op)
+
+
+def _from_1d(t: Tensor, unbatched: bool) -> Tensor:
+    t = t.squeeze(2)
+    return t.squeeze(0) if unbatched else t
+
+
+def adaptive_avg_pool1d(input: Tensor, output_size) -> Tensor:
+    """Same as F.adaptive_avg_pool1d: adaptive_avg_pool2d's kernels on an (N, C, 1, L) view."""
+    op = "adaptive_avg_pool1d"
+    _check_tensor(input, "input", op)
+    if input.dim() not in (2, 3):
+        raise ArgumentError(f"{op}: Expected 2 to 3 dimensions, but got {input.dim()}-dimensional tensor for "
+                            f"argument #1 'input'")
+    if isinstance(output_size, (list, tuple)) and len(output_size) != 1:
+        raise ArgumentError(f"{op}() argument 'output_size' should contain one int (got {len(output_size)})")
+    if output_size is None:
+        raise ArgumentTypeError(f"{op}(): argument 'output_size' must be an int or a tuple of one int, not None")
+    size = _one(output_size, "output_size", op)
+    if size < 0:
+        raise ArgumentError(f"{op}: elements of output_size must be greater than or equal to 0 but received {size}")
+    if input.shape[-1] == 0 or (input.dim() == 2 and input.shape[0] == 0):
+        raise ArgumentError(f"{op}(): Expected input to have non-zero size for non-batch dimensions, but input has "
+                            f"sizes {list(input.shape)}")
+    x, unbatched = _as_1d(input, op, "input")
+    return _from_1d(adaptive_avg_pool2d(x, (1, size)), unbatched)
+
+
+def _pool1d_args(input, kernel_size, stride, padding, dilation, ceil_mode, op: str):
+    """Validates a 1-d pool's arguments (torch's rules and messages); returns the (N, C, 1, L) view,
+    was_unbatched and the 2-d pool's kernel, stride, padding and dilation pairs (1 along h)."""
+    x, unbatched = _as_1d(input, op, "input")
+    if x.shape[1] == 0 or x.shape[3] == 0:
+        raise ArgumentError(f"{op}: Expected 2D or 3D (batch mode) tensor with optional 0 dim batch size for input, "
+                            f"but got:{list(input.shape)}")
+    _check_float(x, "input", op)
+    k = _one(kernel_size, "kernel_size", op)
+    s = k if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) else _one(stride, "stride", op)
+    p, d = _one(padding, "padding", op), _one(dilation, "dilation", op)
+    for name, v in (("kernel_size", k), ("stride", s), ("dilation", d)):
+        if v <= 0:
+            raise ArgumentError(f"{op}() {name} must be greater than zero, but got {v}")
+    if p < 0:
+        raise ArgumentError(f"{op}() padding must be non-negative, but got {p}")
+    if p > k // 2:
+        raise ArgumentError(f"{op}() padding should be at most half of kernel size, but got padding={p} and "
+                            f"kernel_size={k}")
+    if not isinstance(ceil_mode, bool):
+        raise ArgumentTypeError(f"{op}: ceil_mode must be a bool, got {type(ceil_mode).__name__}")
+    out = pool_out_hw(x, (1, k), (1, s), (0, p), (1, d), ceil_mode)[1]
+    if out < 1:
+        raise ArgumentError(f"{op}() Invalid computed output size: {out}")
+    return x, unbatched, [1, k], [1, s], [0, p], [1, d]
+
+
+def max_pool1d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
+               return_indices: bool = False):
+    """Same as F.max_pool1d (return_indices, ceil_mode, dilation): max_pool2d's kernels on an (N, C, 1, L)
+    view; indices are positions along L, as torch's."""
+    x, unbatched, kernel, stride, padding, dilation = _pool1d_args(input, kernel_size, stride, padding, dilation,
+                                                                   ceil_mode, "max_pool1d")
+    if return_indices or (torch.is_grad_enabled() and x.requires_grad):
+        y, idx = torch.ops.fastconv.max_pool2d_with_indices(x, kernel, stride, padding, dilation, ceil_mode)
+    else:
+        # torch's own 1-d kernel serves this case and writes a contiguous output whatever the input's strides
+        y, idx = torch.ops.fastconv.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode).contiguous(), None
+    y = _from_1d(y, unbatched)
+    return (y, _from_1d(idx, unbatched)) if return_indices else y
+
+
+def avg_pool1d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+               count_include_pad: bool = True) -> Tensor:
+    """Same as F.avg_pool1d (count_include_pad, ceil_mode): avg_pool2d's kernels on an (N, C, 1, L) view."""
+    op = "avg_pool1d"
+    x, unbatched, kernel, stride, padding, _ = _pool1d_args(input, kernel_size, stride, padding, 1, ceil_mode, op)
+    if not isinstance(count_include_pad, bool):
+        raise ArgumentTypeError(f"{op}: count_include_pad must be a bool, got {type(count_include_pad).__name__}")
+    y = torch.ops.fastconv.avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad, None)
+    return _from_1d(y, unbatched)

@@ -113,3 +113,46 @@ class AvgPool2d(nn.AvgPool2d):
     def forward(self, input: Tensor) -> Tensor:
         return FC.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
                              self.count_include_pad, self.divisor_override)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Adaptive pooling and the 1-d pools (issue #30)
+
+__all__ += ["AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AdaptiveAvgPool1d", "MaxPool1d", "AvgPool1d"]
+
+
+class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """torch.nn.AdaptiveAvgPool2d on fastconv kernels; output_size (1, 1) is global average pooling."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return FC.adaptive_avg_pool2d(input, self.output_size)
+
+
+class AdaptiveMaxPool2d(nn.AdaptiveMaxPool2d):
+    """torch.nn.AdaptiveMaxPool2d on fastconv kernels (return_indices included)."""
+
+    def forward(self, input: Tensor):
+        return FC.adaptive_max_pool2d(input, self.output_size, self.return_indices)
+
+
+class AdaptiveAvgPool1d(nn.AdaptiveAvgPool1d):
+    """torch.nn.AdaptiveAvgPool1d on fastconv kernels."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return FC.adaptive_avg_pool1d(input, self.output_size)
+
+
+class MaxPool1d(nn.MaxPool1d):
+    """torch.nn.MaxPool1d on fastconv kernels (return_indices, ceil_mode, dilation included)."""
+
+    def forward(self, input: Tensor):
+        return FC.max_pool1d(input, self.kernel_size, self.stride, self.padding, self.dilation,
+                             ceil_mode=self.ceil_mode, return_indices=self.return_indices)
+
+
+class AvgPool1d(nn.AvgPool1d):
+    """torch.nn.AvgPool1d on fastconv kernels (count_include_pad, ceil_mode included)."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return FC.avg_pool1d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                             self.count_include_pad)

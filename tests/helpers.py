@@ -770,3 +770,148 @@ def assert_net_close(got: torch.Tensor, ref: torch.Tensor, what: str = "output",
     """Float32 tolerance for a whole network: the fold and fastconv's kernels change the rounding only."""
     scale = ref.detach().abs().max().item()
     torch.testing.assert_close(got, ref, rtol=tol, atol=tol * scale, msg=lambda m: f"{what}: {m}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Adaptive pooling and the 1-d pools (issue #30): grids and checks shared by tests/test_pool_adaptive.py,
+# tests/test_emu_pool_adaptive.py and tests/test_triton_pool_adaptive.py (each on its own backend).
+
+ADAPTIVE_AXES = {
+    # (1, 1) and 1: global pooling; None: the input's size; sizes above the input's: overlapping windows
+    "output_size": [(1, 1), 1, (2, 3), 3, (4, None), (None, 2), (5, 7), (10, 12)],
+    "layout": ["contiguous", "channels_last", "slice", "permuted", "expanded", "unbatched"],
+    "N": [1, 2, 3],
+    "C": [1, 3, 5, 40],  # 40: channels_last channel blocks of unequal width
+    "HW": [(1, 1), (5, 5), (7, 6), (8, 9), (4, 11), (14, 14)],
+    "grad": ["contiguous", "channels_last", "transposed", "none"],
+}
+
+POOL1D_AXES = {
+    "kernel": [1, 2, 3, 4, 5],
+    "stride": [None, 1, 2, 3],
+    "padding": [0, 1, 2],
+    "ceil_mode": [False, True],
+    "layout": ["contiguous", "slice", "transposed", "unbatched"],
+    "N": [1, 2, 3],
+    "C": [1, 3, 5],
+    "L": [5, 8, 11, 16],
+    "grad": ["contiguous", "transposed", "none"],
+}
+MAX_POOL1D_AXES = dict(POOL1D_AXES, dilation=[1, 2, 3], return_indices=[False, True])
+AVG_POOL1D_AXES = dict(POOL1D_AXES, count_include_pad=[True, False])
+
+
+def max_pool1d_args(case):
+    return dict(kernel_size=case["kernel"], stride=case["stride"], padding=case["padding"],
+                dilation=case["dilation"], ceil_mode=case["ceil_mode"])
+
+
+def avg_pool1d_args(case):
+    return dict(kernel_size=case["kernel"], stride=case["stride"], padding=case["padding"],
+                ceil_mode=case["ceil_mode"], count_include_pad=case["count_include_pad"])
+
+
+def pool1d_torch_accepts(kind):
+    """Keeps the 1-d cases torch itself accepts (on a 'meta' tensor of the case's shape)."""
+
+    def valid(case):
+        x = torch.empty(1, 1, case["L"], device="meta")
+        try:
+            if kind == "max":
+                F.max_pool1d(x, **max_pool1d_args(case))
+            else:
+                F.avg_pool1d(x, **avg_pool1d_args(case))
+        except RuntimeError:
+            return False
+        return True
+
+    return valid
+
+
+def make_adaptive_input(case, dtype, values=None, seed=0):
+    """The adaptive case's (N, C, H, W) input in the case's layout (make_pool_input's layouts)."""
+    return make_pool_input(dict(case, kernel=(1, 1), padding=0), dtype, values, seed)
+
+
+def make_pool1d_input(case, dtype, values=None, seed=0):
+    """The 1-d case's (N, C, L) input as a view (layout 'contiguous', 'slice', 'transposed': L strides C,
+    'unbatched': (C, L)) of a leaf tensor that requires grad."""
+    gen = torch.Generator().manual_seed(seed)
+    values = values or (lambda shape, g: torch.randn(*shape, generator=g, dtype=torch.float64))
+    N, C, L = case["N"], case["C"], case["L"]
+    layout = case["layout"]
+    if layout == "slice":
+        return values((N, 2 * C, 2 * L + 1), gen).to(dtype).requires_grad_()[:, ::2, 1::2]
+    if layout == "transposed":
+        return values((N, L, C), gen).to(dtype).requires_grad_().transpose(1, 2)
+    if layout == "unbatched":
+        return values((C, L), gen).to(dtype).requires_grad_()
+    return values((N, C, L), gen).to(dtype).requires_grad_()
+
+
+def _grad_check(x, y, y_ref, xr, grad, dtype, tol):
+    """x's gradient through y (fastconv) for a random grad_output of the given layout vs xr's through
+    y_ref (torch in float64)."""
+    g = make_grad(y.shape, grad, dtype)
+    (gx,) = torch.autograd.grad(y, [x], g)
+    (gx_ref,) = torch.autograd.grad(y_ref, [xr], g.to(torch.float64))
+    assert_rel(gx, gx_ref, dtype, "grad_input", tol)
+
+
+def check_pooling(ours, theirs, x, kwargs, dtype, grad, has_indices, tol=None, exact=False):
+    """ours(x, **kwargs) (fastconv.functional) vs theirs (torch.nn.functional) on the current backend.
+
+    Max pools (has_indices): the output and the indices (return_indices=True) EQUAL torch's in the same
+    dtype from the same values; others (exact=False): the output within tol of torch's float64 result.
+    Memory format as torch's; grad_input (grad != 'none') within tol of torch's float64 gradient."""
+    with_grad = grad != "none"
+    with torch.set_grad_enabled(with_grad):
+        out = ours(x, **kwargs)
+    with torch.set_grad_enabled(with_grad):  # torch's max_pool1d picks its kernel (and layout) by grad mode
+        ref_same = theirs(x, **kwargs)
+    ref_same = tuple(t.detach() for t in ref_same) if isinstance(ref_same, tuple) else ref_same.detach()
+    y, idx = out if has_indices and kwargs.get("return_indices") else (out, None)
+    ref_y = ref_same[0] if isinstance(ref_same, tuple) else ref_same
+    assert isinstance(y, torch.Tensor) and y.shape == ref_y.shape and y.dtype == dtype
+    same_memory_format(y, ref_y)
+    xr = x.detach().to(torch.float64).requires_grad_()
+    plain = {k: v for k, v in kwargs.items() if k != "return_indices"}
+    y_ref = theirs(xr, **plain)
+    if has_indices or exact:
+        torch.testing.assert_close(y.detach(), ref_y, rtol=0, atol=0, equal_nan=True,
+                                   msg=lambda m: "output: " + m)
+    else:
+        assert_rel(y, y_ref, dtype, "output", tol)
+    if idx is not None:
+        assert idx.dtype == torch.int64
+        assert torch.equal(idx, ref_same[1]), \
+            f"indices differ from torch's at {(idx != ref_same[1]).nonzero()[:5].tolist()}"
+        same_memory_format(idx, ref_same[1], "indices")
+    if not with_grad:
+        assert not y.requires_grad
+        return
+    _grad_check(x, y, y_ref, xr, grad, dtype, tol)
+
+
+def check_adaptive(case, dtype, kind, values=None, tol=None):
+    """fastconv.functional.adaptive_{avg,max}_pool2d on the current backend vs torch (check_pooling)."""
+    x = make_adaptive_input(case, dtype, values)
+    if kind == "max":
+        kwargs = dict(output_size=case["output_size"], return_indices=case.get("return_indices", True))
+        check_pooling(FC.adaptive_max_pool2d, F.adaptive_max_pool2d, x, kwargs, dtype, case["grad"], True, tol)
+    else:
+        check_pooling(FC.adaptive_avg_pool2d, F.adaptive_avg_pool2d, x, dict(output_size=case["output_size"]),
+                      dtype, case["grad"], False, tol)
+
+
+def check_pool1d(case, dtype, kind, values=None, tol=None):
+    """fastconv.functional.{max,avg,adaptive_avg}_pool1d on the current backend vs torch (check_pooling)."""
+    x = make_pool1d_input(case, dtype, values)
+    if kind == "max":
+        kwargs = dict(max_pool1d_args(case), return_indices=case["return_indices"])
+        check_pooling(FC.max_pool1d, F.max_pool1d, x, kwargs, dtype, case["grad"], True, tol)
+    elif kind == "avg":
+        check_pooling(FC.avg_pool1d, F.avg_pool1d, x, avg_pool1d_args(case), dtype, case["grad"], False, tol)
+    else:
+        check_pooling(FC.adaptive_avg_pool1d, F.adaptive_avg_pool1d, x, dict(output_size=case["output_size"]),
+                      dtype, case["grad"], False, tol)

@@ -139,5 +139,8 @@ def test_every_op_is_checked():
                "max_pool2d_with_indices",
                "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward"}
     checked |= {"conv1d", "conv1d_relu", "conv_transpose1d", "conv_transpose2d"}
+    # the adaptive pools' opchecks: tests/test_pool_adaptive.py::test_opcheck
+    checked |= {"adaptive_avg_pool2d", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d",
+                "adaptive_max_pool2d_backward"}
     registered = {name for name in dir(ops) if isinstance(getattr(ops, name), torch._ops.OpOverloadPacket)}
     assert registered == checked

@@ -12,7 +12,9 @@ namespace {
   KernelTable {                                                                                       \
     #ISA, &ISA::conv2d_fwd, &ISA::conv2d_dgrad, &ISA::conv2d_wgrad, &ISA::conv2d_weight_pack_floats,      \
         &ISA::conv2d_fwd_pack_info, &ISA::conv2d_path, &ISA::max_pool2d_fwd, &ISA::max_pool2d_bwd,        \
-        &ISA::avg_pool2d_fwd, &ISA::avg_pool2d_bwd, &ISA::fma_peak, &ISA::stream_fill, &ISA::stream_scale \
+        &ISA::avg_pool2d_fwd, &ISA::avg_pool2d_bwd, &ISA::adaptive_avg_pool2d_fwd,                         \
+        &ISA::adaptive_max_pool2d_fwd, &ISA::adaptive_avg_pool2d_bwd, &ISA::adaptive_pool2d_path,          \
+        &ISA::fma_peak, &ISA::stream_fill, &ISA::stream_scale                                              \
   }
 
 const KernelTable kBaseline = FASTCONV_TABLE(baseline);

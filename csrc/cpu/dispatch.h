@@ -22,6 +22,10 @@ struct KernelTable {
   decltype(&baseline::max_pool2d_bwd) max_pool2d_bwd;
   decltype(&baseline::avg_pool2d_fwd) avg_pool2d_fwd;
   decltype(&baseline::avg_pool2d_bwd) avg_pool2d_bwd;
+  decltype(&baseline::adaptive_avg_pool2d_fwd) adaptive_avg_pool2d_fwd;
+  decltype(&baseline::adaptive_max_pool2d_fwd) adaptive_max_pool2d_fwd;
+  decltype(&baseline::adaptive_avg_pool2d_bwd) adaptive_avg_pool2d_bwd;
+  decltype(&baseline::adaptive_pool2d_path) adaptive_pool2d_path;
   // Machine-peak probes (peak.h): the roofs of the benchmark report, at the kernels' ISA level.
   decltype(&baseline::fma_peak) fma_peak;
   decltype(&baseline::stream_fill) stream_fill;

@@ -118,6 +118,10 @@ StreamStores stream_stores();
 // max_pool2d_bwd: dx = scatter-add of dy at indices.
 // avg_pool2d_fwd / avg_pool2d_bwd: torch's divisor rules (count_include_pad, divisor_override,
 //               windows clipped at the padded border in ceil_mode).
+// adaptive_*_pool2d_*: torch's adaptive windows for an output of d.P x d.Q (kernel, stride, padding
+//               unused); adaptive max's indices as max_pool2d's, its backward is max_pool2d_bwd.
+// adaptive_pool2d_path: the path the adaptive kernels take (pass 0 avg fwd, 1 max fwd, 2 avg bwd; x is
+//               the input, or dx for pass 2), pool2d_adaptive_isa.cpp.
 #define FASTCONV_DECLARE_CPU_KERNELS(ISA)                                                         \
   namespace fastconv {                                                                            \
   namespace cpu {                                                                                 \
@@ -141,6 +145,13 @@ StreamStores stream_stores();
                       int nthreads);                                                              \
   void avg_pool2d_bwd(const PoolDesc& d, DType dt, const Tensor4& dy, const Tensor4& dx,          \
                       int nthreads);                                                              \
+  void adaptive_avg_pool2d_fwd(const PoolDesc& d, DType dt, const Tensor4& x, const Tensor4& y,   \
+                               int nthreads);                                                     \
+  void adaptive_max_pool2d_fwd(const PoolDesc& d, DType dt, const Tensor4& x, const Tensor4& y,   \
+                               const Tensor4& indices, int nthreads);                             \
+  void adaptive_avg_pool2d_bwd(const PoolDesc& d, DType dt, const Tensor4& dy, const Tensor4& dx, \
+                               int nthreads);                                                     \
+  std::string adaptive_pool2d_path(int pass, const PoolDesc& d, const Tensor4& x);                \
   }                                                                                               \
   }                                                                                               \
   }

@@ -69,4 +69,13 @@ void avg_pool2d_fwd(const PoolShape& s, DType dtype, const HostTensor4& x, const
 void avg_pool2d_bwd(const PoolShape& s, DType dtype, const HostTensor4& dy, const HostTensor4& dx,
                     bool count_include_pad, std::int64_t divisor_override, std::uintptr_t stream);
 
+// ---- adaptive pooling (csrc/cuda/pool2d.cu, kernels/pool2d_adaptive.cuh) -------------------------
+// Output s.P x s.Q with torch's adaptive windows; the window fields of s are unused. With indices:
+// adaptive max (indices as max_pool2d_fwd's), without: adaptive average (P = Q = 1: global average).
+void adaptive_pool2d_fwd(const PoolShape& s, DType dtype, const HostTensor4& x, const HostTensor4& y,
+                         const HostTensor4* indices, std::uintptr_t stream);
+// dx: the gather of dy over the windows holding each input element (max: where its index matches).
+void adaptive_pool2d_bwd(const PoolShape& s, DType dtype, const HostTensor4& dy, const HostTensor4* indices,
+                         const HostTensor4& dx, std::uintptr_t stream);
+
 }  // namespace fc

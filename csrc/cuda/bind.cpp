@@ -212,6 +212,30 @@ PYBIND11_MODULE(FC_MODULE_NAME, m) {
   }, py::arg("shape"), py::arg("dtype"), py::arg("grad_output"), py::arg("grad_input"), py::arg("count_include_pad"),
      py::arg("divisor_override"), py::arg("stream"));
 
+  // Adaptive pooling: shape as the other pools' (kernel 1, stride 1, padding 0, dilation 1: unused).
+  m.def("adaptive_pool2d_fwd", [](const py::tuple& shape, int dtype, const PyTensor& x, const PyTensor& y,
+                                  std::optional<PyTensor> indices, std::uintptr_t stream) {
+    const PoolShape s = pool_shape(shape);
+    const DType dt = as_dtype(dtype);
+    const HostTensor4 tx = as_tensor(x, "input", px_size(s)), ty = as_tensor(y, "output", py_size(s));
+    HostTensor4 ti;
+    if (indices) ti = as_tensor(*indices, "indices", py_size(s));
+    py::gil_scoped_release release;
+    fc::adaptive_pool2d_fwd(s, dt, tx, ty, indices ? &ti : nullptr, stream);
+  }, py::arg("shape"), py::arg("dtype"), py::arg("input"), py::arg("output"), py::arg("indices"), py::arg("stream"));
+
+  m.def("adaptive_pool2d_bwd", [](const py::tuple& shape, int dtype, const PyTensor& dy,
+                                  std::optional<PyTensor> indices, const PyTensor& dx, std::uintptr_t stream) {
+    const PoolShape s = pool_shape(shape);
+    const DType dt = as_dtype(dtype);
+    const HostTensor4 tdy = as_tensor(dy, "grad_output", py_size(s)), tdx = as_tensor(dx, "grad_input", px_size(s));
+    HostTensor4 ti;
+    if (indices) ti = as_tensor(*indices, "indices", py_size(s));
+    py::gil_scoped_release release;
+    fc::adaptive_pool2d_bwd(s, dt, tdy, indices ? &ti : nullptr, tdx, stream);
+  }, py::arg("shape"), py::arg("dtype"), py::arg("grad_output"), py::arg("indices"), py::arg("grad_input"),
+     py::arg("stream"));
+
   py::dict info;
 #ifdef FC_SIMT_EMULATOR
   info["build"] = "SIMT emulator (g++)";

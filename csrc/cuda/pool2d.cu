@@ -1,4 +1,4 @@
-// Launchers of the pooling kernels (kernels/pool2d_max.cuh, kernels/pool2d_avg.cuh): checks of what the
+// Launchers of the pooling kernels (kernels/pool2d_max.cuh, pool2d_avg.cuh, pool2d_adaptive.cuh): checks of what the
 // kernels rely on, then one dispatch over (dtype, thread mapping[, indices]) and one launch of one
 // elementwise kernel on the caller's stream.
 //
@@ -16,6 +16,7 @@
 #include <string>
 #include <type_traits>
 
+#include "pool2d_adaptive.cuh"
 #include "pool2d_avg.cuh"
 #include "pool2d_max.cuh"
 
@@ -93,6 +94,15 @@ int divisor_or_none(std::int64_t divisor_override, const char* op) {
   return divisor_override > 0 ? int(divisor_override) : 0;
 }
 
+// The adaptive kernels' window bounds multiply an output coordinate by an input size (and back) in 32 bits.
+PoolGeom adaptive_geom(const PoolShape& s, const char* op) {
+  const PoolGeom g = pool_geom(s, op);
+  require((s.P + 1) * s.H < INT_MAX && (s.H + 1) * s.P < INT_MAX && (s.Q + 1) * s.W < INT_MAX &&
+              (s.W + 1) * s.Q < INT_MAX,
+          op, "output_size x input size overflows 32 bits");
+  return g;
+}
+
 }  // namespace
 
 void max_pool2d_fwd(const PoolShape& s, DType dtype, const HostTensor4& x, const HostTensor4& y,
@@ -166,6 +176,57 @@ void avg_pool2d_bwd(const PoolShape& s, DType dtype, const HostTensor4& dy, cons
       FC_LAUNCH(kernel, grid, dim3(kPoolThreads), 0, as_stream(stream), static_cast<const T*>(dy.data), dyt,
                 static_cast<T*>(dx.data), dxt, g, count_include_pad, divisor);
       FC_CHECK_LAUNCH("avg_pool2d_bwd");
+    });
+  });
+}
+
+// ---- adaptive pooling (kernels/pool2d_adaptive.cuh) --------------------------------------------------
+
+void adaptive_pool2d_fwd(const PoolShape& s, DType dtype, const HostTensor4& x, const HostTensor4& y,
+                         const HostTensor4* indices, std::uintptr_t stream) {
+  const char* op = indices ? "adaptive_max_pool2d_fwd" : "adaptive_avg_pool2d_fwd";
+  const PoolGeom g = adaptive_geom(s, op);
+  if (s.N * s.C * s.P * s.Q == 0) return;
+  const Tensor4 xt = as_tensor4(x), yt = as_tensor4(y);
+  dispatch_dtype(dtype, op, [&](auto tag) {
+    using T = decltype(tag);
+    if (!indices && s.P == 1 && s.Q == 1 && !channels_fastest(x)) {  // global average: a warp per plane
+      FC_LAUNCH(global_avg_pool2d_fwd_kernel<T>, pool_grid(s.N, s.C * 32),  // 32 threads per plane
+                dim3(kPoolThreads), 0, as_stream(stream), static_cast<const T*>(x.data), xt,
+                static_cast<T*>(y.data), yt, g);
+      FC_CHECK_LAUNCH(op);
+      return;
+    }
+    const Tensor4 it = indices ? as_tensor4(*indices) : Tensor4{};
+    long long* ind = indices ? static_cast<long long*>(indices->data) : nullptr;
+    with_flag(channels_fastest(x), [&](auto cl) {
+      with_flag(indices != nullptr, [&](auto is_max) {
+        auto kernel = adaptive_pool2d_fwd_kernel<T, decltype(cl)::value, decltype(is_max)::value>;
+        FC_LAUNCH(kernel, pool_grid(s.N, s.C * s.P * s.Q), dim3(kPoolThreads), 0, as_stream(stream),
+                  static_cast<const T*>(x.data), xt, static_cast<T*>(y.data), yt, ind, it, g);
+        FC_CHECK_LAUNCH(op);
+      });
+    });
+  });
+}
+
+void adaptive_pool2d_bwd(const PoolShape& s, DType dtype, const HostTensor4& dy, const HostTensor4* indices,
+                         const HostTensor4& dx, std::uintptr_t stream) {
+  const char* op = indices ? "adaptive_max_pool2d_bwd" : "adaptive_avg_pool2d_bwd";
+  const PoolGeom g = adaptive_geom(s, op);
+  if (s.N * s.C * s.H * s.W == 0) return;
+  const Tensor4 dyt = as_tensor4(dy), dxt = as_tensor4(dx);
+  const Tensor4 it = indices ? as_tensor4(*indices) : Tensor4{};
+  const long long* ind = indices ? static_cast<const long long*>(indices->data) : nullptr;
+  dispatch_dtype(dtype, op, [&](auto tag) {
+    using T = decltype(tag);
+    with_flag(channels_fastest(dx), [&](auto cl) {
+      with_flag(indices != nullptr, [&](auto is_max) {
+        auto kernel = adaptive_pool2d_bwd_kernel<T, decltype(cl)::value, decltype(is_max)::value>;
+        FC_LAUNCH(kernel, pool_grid(s.N, s.C * s.H * s.W), dim3(kPoolThreads), 0, as_stream(stream),
+                  static_cast<const T*>(dy.data), dyt, ind, it, static_cast<T*>(dx.data), dxt, g);
+        FC_CHECK_LAUNCH(op);
+      });
     });
   });
 }

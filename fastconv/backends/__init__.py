@@ -100,6 +100,19 @@ class Backend:
     def avg_pool2d_bwd(self, dy, x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
         raise NotImplementedError  # -> dx
 
+    # Adaptive pooling (ops/pool_adaptive.py). output_size a pair; (1, 1) is global average pooling.
+    def adaptive_avg_pool2d_fwd(self, x, output_size):
+        raise NotImplementedError  # -> y
+
+    def adaptive_avg_pool2d_bwd(self, dy, x):
+        raise NotImplementedError  # -> dx
+
+    def adaptive_max_pool2d_fwd(self, x, output_size):
+        raise NotImplementedError  # -> (y, indices)
+
+    def adaptive_max_pool2d_bwd(self, dy, x, indices):
+        raise NotImplementedError  # -> dx
+
 
 _REGISTRY: Dict[str, Backend] = {}
 _global_choice: str = AUTO

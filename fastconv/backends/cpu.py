@@ -392,6 +392,53 @@ class CpuBackend(Backend):
         _C.avg_pool2d_bwd(d, _dtype_code(x), _t4(dy), _t4(dx), _pool_threads(x))
         return dx
 
+    # ---- adaptive pooling (ops/pool_adaptive.py; kernels in csrc/cpu/pool2d_adaptive_isa.cpp) --------
+    def _adaptive_out(self, x, output_size, dtype=None):
+        return _utils.empty_like_format((x.shape[0], x.shape[1], *output_size), x,
+                                        _utils.strides_like_channels_last(x), dtype=dtype)
+
+    @_upcasting
+    def adaptive_avg_pool2d_fwd(self, x, output_size):
+        y = self._adaptive_out(x, output_size)
+        if y.numel() == 0:
+            return y
+        _C.adaptive_avg_pool2d_fwd(pool_desc(x, output_size, (1, 1), (1, 1), (0, 0)), _dtype_code(x), _t4(x),
+                                   _t4(y), _pool_threads(x))
+        return y
+
+    @_upcasting
+    def adaptive_avg_pool2d_bwd(self, dy, x):
+        dx = _utils.grad_input_like(x)
+        if dx.numel() == 0:
+            return dx
+        if dy.numel() == 0:
+            return dx.zero_()
+        _C.adaptive_avg_pool2d_bwd(pool_desc(x, dy.shape[2:], (1, 1), (1, 1), (0, 0)), _dtype_code(x), _t4(dy),
+                                   _t4(dx), _pool_threads(x))
+        return dx
+
+    @_upcasting
+    def adaptive_max_pool2d_fwd(self, x, output_size):
+        y = self._adaptive_out(x, output_size)
+        idx = self._adaptive_out(x, output_size, dtype=torch.int64)
+        if y.numel() == 0:
+            return y, idx
+        _C.adaptive_max_pool2d_fwd(pool_desc(x, output_size, (1, 1), (1, 1), (0, 0)), _dtype_code(x), _t4(x),
+                                   _t4(y), _t4(idx), _pool_threads(x))
+        return y, idx
+
+    @_upcasting
+    def adaptive_max_pool2d_bwd(self, dy, x, indices):
+        dx = _utils.grad_input_like(x)
+        if dx.numel() == 0:
+            return dx
+        if dy.numel() == 0:
+            return dx.zero_()
+        # The scatter of dy at the indices is max_pool2d's backward; the window fields are unused.
+        _C.max_pool2d_bwd(pool_desc(x, dy.shape[2:], (1, 1), (1, 1), (0, 0)), _dtype_code(x), _t4(dy),
+                          _t4(indices), _t4(dx), _pool_threads(x))
+        return dx
+
 
 CONV_PASSES = ("fwd", "dgrad", "wgrad")
 
@@ -425,3 +472,22 @@ def conv2d_path(input: torch.Tensor, weight: torch.Tensor, stride=1, padding=0, 
     code = _DTYPE_CODE.get(x.dtype, 0)  # float16 / bfloat16 run the float32 kernels
     x_stride = _utils.grad_input_like(x).stride() if pass_ == "dgrad" else x.stride()
     return _C.conv2d_path(desc, code, pass_, list(x_stride), list(y.stride()), bool(relu))
+
+
+ADAPTIVE_PASSES = ("avg_fwd", "max_fwd", "avg_bwd")
+
+
+def adaptive_pool2d_path(input: torch.Tensor, output_size, pass_: str = "avg_fwd") -> str:
+    """The path the cpu backend's adaptive pooling kernels (csrc/cpu/pool2d_adaptive_isa.cpp) take for a 4-d
+    input and a (P, Q) output_size: 'global_planes', 'nhwc', 'nchw_rows' or 'generic' for the forward passes
+    ('avg_fwd', 'max_fwd'); 'global_fill', 'scatter_nhwc' or 'scatter_planes' for 'avg_bwd' (dx in the
+    input's memory format)."""
+    from ..errors import ArgumentError
+
+    if _C is None:
+        raise RuntimeError(f"fastconv.backends.cpu.adaptive_pool2d_path: fastconv._C {_IMPORT_ERROR}")
+    if pass_ not in ADAPTIVE_PASSES:
+        raise ArgumentError(f"adaptive_pool2d_path: pass_ must be one of {ADAPTIVE_PASSES}, got {pass_!r}")
+    stride = _utils.grad_input_like(input.to("meta")).stride() if pass_ == "avg_bwd" else input.stride()
+    d = pool_desc(input, output_size, (1, 1), (1, 1), (0, 0))
+    return _C.adaptive_pool2d_path(d, pass_, list(stride))

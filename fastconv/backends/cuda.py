@@ -166,6 +166,41 @@ class CudaBackend(Backend):
                                       int(divisor_override or 0), self._stream(x))
         return dx
 
+    # ---- adaptive pooling (kernels/pool2d_adaptive.cuh) -------------------------------------------
+    def _adaptive_fwd(self, x, output_size, is_max):
+        cl = _utils.strides_like_channels_last(x)
+        shape = (x.shape[0], x.shape[1], *output_size)
+        y = _utils.empty_like_format(shape, x, cl)
+        idx = _utils.empty_like_format(shape, x, cl, dtype=torch.int64) if is_max else None
+        if y.numel() != 0:
+            self._module().adaptive_pool2d_fwd(pool_shape(x, output_size, (1, 1), (1, 1), (0, 0)),
+                                               _dtype_code(x, self.name), _t4(x), _t4(y),
+                                               _t4(idx) if is_max else None, self._stream(x))
+        return (y, idx) if is_max else y
+
+    def _adaptive_bwd(self, dy, x, indices):
+        dx = _utils.grad_input_like(x)
+        if dx.numel() == 0:
+            return dx
+        if dy.numel() == 0:
+            return dx.zero_()
+        self._module().adaptive_pool2d_bwd(pool_shape(x, dy.shape[2:], (1, 1), (1, 1), (0, 0)),
+                                           _dtype_code(x, self.name), _t4(dy),
+                                           _t4(indices) if indices is not None else None, _t4(dx), self._stream(x))
+        return dx
+
+    def adaptive_avg_pool2d_fwd(self, x, output_size):
+        return self._adaptive_fwd(x, output_size, False)
+
+    def adaptive_avg_pool2d_bwd(self, dy, x):
+        return self._adaptive_bwd(dy, x, None)
+
+    def adaptive_max_pool2d_fwd(self, x, output_size):
+        return self._adaptive_fwd(x, output_size, True)
+
+    def adaptive_max_pool2d_bwd(self, dy, x, indices):
+        return self._adaptive_bwd(dy, x, indices)
+
 
 class EmulatedCudaBackend(CudaBackend):
     """The CUDA kernels on the SIMT emulator, for CPU tensors: slow (each CUDA thread is a fiber), for

@@ -26,7 +26,7 @@ from typing import Dict, List, Optional
 # Launcher functions of the module interface (csrc/cuda/bind.cpp) that launch kernels; the rest
 # (conv2d_wgrad_workspace_bytes) are pure host functions and pass through.
 LAUNCHERS = ("conv2d_fwd", "conv2d_dgrad", "conv2d_wgrad", "max_pool2d_fwd", "max_pool2d_bwd",
-             "avg_pool2d_fwd", "avg_pool2d_bwd")
+             "avg_pool2d_fwd", "avg_pool2d_bwd", "adaptive_pool2d_fwd", "adaptive_pool2d_bwd")
 
 
 def kernels_dir() -> Optional[str]:

@@ -70,3 +70,20 @@ class ReferenceBackend(Backend):
         return torch.ops.aten.avg_pool2d_backward(
             dy, x, list(kernel), list(stride), list(padding), ceil_mode, count_include_pad, divisor_override
         )
+
+    # ---- adaptive pooling (ops/pool_adaptive.py) ------------------------------------------------------
+    def adaptive_avg_pool2d_fwd(self, x, output_size):
+        return F.adaptive_avg_pool2d(x, list(output_size))
+
+    def adaptive_avg_pool2d_bwd(self, dy, x):
+        if dy.numel() == 0:  # aten's backward refuses empty tensors its forward accepts
+            return torch.zeros_like(x)
+        return torch.ops.aten._adaptive_avg_pool2d_backward(dy, x)
+
+    def adaptive_max_pool2d_fwd(self, x, output_size):
+        return F.adaptive_max_pool2d(x, list(output_size), return_indices=True)
+
+    def adaptive_max_pool2d_bwd(self, dy, x, indices):
+        if dy.numel() == 0:
+            return torch.zeros_like(x)
+        return torch.ops.aten.adaptive_max_pool2d_backward(dy, x, indices)

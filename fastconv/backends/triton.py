@@ -123,3 +123,20 @@ class TritonBackend(Backend):
         with self._on(dy):
             return self._k().pool2d.avg_pool2d_bwd(dy, x, kernel, stride, padding, ceil_mode, count_include_pad,
                                                    divisor_override)
+
+    # Adaptive pooling (fastconv/triton/pool_adaptive.py)
+    def adaptive_avg_pool2d_fwd(self, x, output_size):
+        with self._on(x):
+            return self._k().pool_adaptive.adaptive_fwd(x, output_size, False)
+
+    def adaptive_avg_pool2d_bwd(self, dy, x):
+        with self._on(dy):
+            return self._k().pool_adaptive.adaptive_bwd(dy, x, None)
+
+    def adaptive_max_pool2d_fwd(self, x, output_size):
+        with self._on(x):
+            return self._k().pool_adaptive.adaptive_fwd(x, output_size, True)
+
+    def adaptive_max_pool2d_bwd(self, dy, x, indices):
+        with self._on(dy):
+            return self._k().pool_adaptive.adaptive_bwd(dy, x, indices)

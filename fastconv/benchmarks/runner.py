@@ -41,7 +41,7 @@ from .tables import ConvShape, PoolShape
 BUSY_FLAG = 0.10
 
 CONV_OPS = ("conv2d", "conv2d_relu", "conv1d", "conv1d_relu", "conv_transpose2d")
-POOL_OPS = ("max_pool2d", "avg_pool2d")
+POOL_OPS = ("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d")
 OPS = CONV_OPS + POOL_OPS
 MODES = ("fwd", "bwd", "fwdbwd")
 LAYOUTS = ("nchw", "channels_last")
@@ -371,6 +371,14 @@ def conv_step(impl: str, op: str, mode: str, s: ConvShape, x, w, b, dy) -> Calla
 
 
 def pool_fn(impl: str, s: PoolShape) -> Callable:
+    if s.op.startswith("adaptive"):  # AdaptivePoolShape (fwd without indices, as in inference)
+        if impl == "fastconv":
+            import fastconv.functional as FC
+
+            f = FC.adaptive_max_pool2d if s.op == "adaptive_max" else FC.adaptive_avg_pool2d
+        else:
+            f = F.adaptive_max_pool2d if s.op == "adaptive_max" else F.adaptive_avg_pool2d
+        return lambda x: f(x, (s.P, s.Q))
     if impl == "fastconv":
         import fastconv.functional as FC
 

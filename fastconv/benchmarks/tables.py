@@ -310,6 +310,59 @@ CONV_TRANSPOSE: List[ConvShape] = [
     _deconv(8, 256, 28, 128, 3, 2, 1, 1, name="fcn-3x3s2op1-c256-28"),
 ]
 
+
+@dataclass(frozen=True)
+class AdaptivePoolShape(PoolShape):
+    """An adaptive pooling row (issue #30): op 'adaptive_avg' or 'adaptive_max', output out_h x out_w with
+    torch's adaptive windows (kernel and stride unused: 0). Output 1 x 1 is global average pooling."""
+
+    out_h: int = 1
+    out_w: int = 1
+
+    def __post_init__(self):
+        if self.op not in ("adaptive_avg", "adaptive_max"):
+            raise ValueError(f"AdaptivePoolShape: op must be 'adaptive_avg' or 'adaptive_max', got {self.op!r}")
+        if not self.name:
+            object.__setattr__(self, "name", self.label)
+
+    @property
+    def P(self) -> int:
+        return self.out_h
+
+    @property
+    def Q(self) -> int:
+        return self.out_w
+
+    @property
+    def label(self) -> str:
+        return f"{self.op}-n{self.N}c{self.C}h{self.H}w{self.W}-to{self.out_h}x{self.out_w}"
+
+    def bytes(self, itemsize: int = F32, indices: bool = False) -> int:
+        extra = self.out_elems * I64 if (indices and self.op == "adaptive_max") else 0
+        return (self.in_elems + self.out_elems) * itemsize + extra
+
+    def bytes_backward(self, itemsize: int = F32) -> int:
+        extra = self.out_elems * I64 if self.op == "adaptive_max" else 0
+        return (self.out_elems + self.in_elems) * itemsize + extra
+
+
+def _adaptive(N, C, H, W, out, op, name) -> AdaptivePoolShape:
+    return AdaptivePoolShape(N, C, H, W, 0, 0, 0, op, name, out[0], out[1])
+
+
+# Adaptive and global pooling on the CPU: classifier heads (global average of the last feature map: ResNet-50,
+# MobileNetV2), one beyond the L3 cache (the streaming-bandwidth case), AlexNet's 13x13 -> 6x6 and a
+# 14x14 -> 7x7 head (VGG's AdaptiveAvgPool2d at 448 px), adaptive max of the same maps.
+CPU_ADAPTIVE_POOL: List[AdaptivePoolShape] = [
+    _adaptive(32, 2048, 7, 7, (1, 1), "adaptive_avg", "r50-gap-c2048-7"),
+    _adaptive(32, 1280, 7, 7, (1, 1), "adaptive_avg", "mbv2-gap-c1280-7"),
+    _adaptive(16, 256, 56, 56, (1, 1), "adaptive_avg", "gap-c256-56"),
+    _adaptive(32, 256, 13, 13, (6, 6), "adaptive_avg", "alexnet-aap6-c256-13"),
+    _adaptive(32, 512, 14, 14, (7, 7), "adaptive_avg", "vgg448-aap7-c512-14"),
+    _adaptive(32, 256, 13, 13, (6, 6), "adaptive_max", "alexnet-amp6-c256-13"),
+    _adaptive(32, 512, 14, 14, (7, 7), "adaptive_max", "amp7-c512-14"),
+]
+
 RESNET50_CONV: List[ConvShape] = _resnet50_conv()
 RESNET18_CIFAR_CONV: List[ConvShape] = _resnet18_cifar_conv()
 MOBILENET_DW: List[ConvShape] = _mobilenet_dw()
@@ -323,6 +376,7 @@ TABLES: Dict[str, List[Union[ConvShape, PoolShape]]] = {
     "pool": POOL,
     "conv1d": CONV1D,
     "conv_transpose": CONV_TRANSPOSE,
+    "cpu_adaptive_pool": CPU_ADAPTIVE_POOL,
 }
 
 # Short (smoke-test) mode: a few representative shapes at a small batch.
@@ -332,6 +386,7 @@ _SHORT_PICK = {
     "cpu_pool": ("max-3x3s2p1", "avg-2x2s2"),
     "conv1d": ("c64-L4096-k3", "dw-c1024-L1024-k4"),
     "conv_transpose": ("dcgan-c256-8-to-16", "fcn-3x3s2op1-c256-28"),
+    "cpu_adaptive_pool": ("r50-gap-c2048-7", "alexnet-amp6-c256-13"),
 }
 
 

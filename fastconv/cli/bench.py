@@ -38,7 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = __doc__.split("\n\n")[1]
     p.add_argument("--table", default="cpu_conv",
                    help=f"comma-separated shape tables: {', '.join(TABLES)} (default cpu_conv)")
-    p.add_argument("--ops", default="conv2d,conv2d_relu,conv1d,conv1d_relu,conv_transpose2d,max_pool2d,avg_pool2d",
+    p.add_argument("--ops", default="conv2d,conv2d_relu,conv1d,conv1d_relu,conv_transpose2d,max_pool2d,avg_pool2d,"
+                                     "adaptive_avg_pool2d,adaptive_max_pool2d",
                    help="comma-separated ops; each row runs those that apply to it (conv ops on conv "
                         "shapes, a pooling row's own op) (default: all)")
     p.add_argument("--modes", default=None,

@@ -55,7 +55,7 @@ class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
     When H and W are multiples of the output size (always for a 1x1 output, the global pooling of every
     classifier head), adaptive pooling is avg_pool2d with kernel = stride = (H // oh, W // ow): fastconv's
     kernel computes it. Otherwise the windows overlap or differ in size (e.g. GoogLeNet's auxiliary heads
-    pool 14x14 to 4x4), which no fastconv kernel implements: torch's F.adaptive_avg_pool2d does.
+    pool 14x14 to 4x4): fastconv's adaptive_avg_pool2d computes those.
     """
 
     def forward(self, input: Tensor) -> Tensor:
@@ -63,7 +63,7 @@ class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
         oh, ow = _output_size(self.output_size, H, W)
         if oh > 0 and ow > 0 and H % oh == 0 and W % ow == 0:
             return FC.avg_pool2d(input, (H // oh, W // ow))
-        return F.adaptive_avg_pool2d(input, self.output_size)
+        return FC.adaptive_avg_pool2d(input, self.output_size)
 
 
 class BlurPool2d(nn.Module):

@@ -3,6 +3,7 @@ fused bias + ReLU, depthwise convolution, max/avg pooling forward and backward.
 
     conv2d.py   _conv2d_fwd_kernel, _conv2d_dgrad_kernel, _conv2d_wgrad_kernel, _dwconv2d_*_kernel + launchers
     pool2d.py   _max_pool2d_{fwd,bwd}_kernel, _avg_pool2d_{fwd,bwd}_kernel + launchers
+    pool_adaptive.py  _adaptive_{fwd,bwd}_kernel, _global_avg_fwd_kernel + launchers
     _jit.py     @triton.jit helpers shared by both; _common.py: launch-side flags and tuning helpers
 
 Importing this package needs Triton; fastconv itself does not (fastconv.backends.triton imports it lazily).
@@ -23,7 +24,7 @@ from . import _common
 
 _lock = threading.Lock()
 _loaded = {"mode": None, "ns": None}
-_MODULES = ("_jit", "conv2d", "pool2d")  # import order: the kernel files bind _jit's helpers at import
+_MODULES = ("_jit", "conv2d", "pool2d", "pool_adaptive")  # import order: the kernel files bind _jit's helpers at import
 
 
 def kernels() -> SimpleNamespace:
@@ -41,7 +42,8 @@ def kernels() -> SimpleNamespace:
                 if _loaded["mode"] is not None or _decorated_mode(mod) not in (None, mode):
                     mod = importlib.reload(mod)
                 mods[name] = mod
-            _loaded["ns"] = SimpleNamespace(conv2d=mods["conv2d"], pool2d=mods["pool2d"])
+            _loaded["ns"] = SimpleNamespace(conv2d=mods["conv2d"], pool2d=mods["pool2d"],
+                                            pool_adaptive=mods["pool_adaptive"])
             _loaded["mode"] = mode
         return _loaded["ns"]
 

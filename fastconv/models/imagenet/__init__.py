@@ -7,8 +7,8 @@
 Each model has torchvision's parameter and buffer names, shapes, hyper-parameters (BN eps/momentum,
 dropout, stochastic depth), initialization and eval-mode semantics; in_channels changes the stem conv
 only. Convolutions and pools come from fastconv.nn (backend='fastconv') or torch.nn (backend='torch');
-adaptive average pooling runs fastconv's avg_pool2d when the windows are uniform (see
-layers.AdaptiveAvgPool2d), and where torchvision pools with a function rather than a module
+adaptive average pooling runs fastconv's avg_pool2d when the windows are uniform, else its
+adaptive_avg_pool2d (see layers.AdaptiveAvgPool2d), and where torchvision pools with a function rather than a module
 (mobilenet_v2, densenet121, shufflenet's mean, GoogLeNet's aux heads) both backends use torch's.
 Activations stay separate modules as in torchvision (no fused Conv2dReLU), so module indices match.
 torch.fx.symbolic_trace traces the torch builds as it traces torchvision's models; a fastconv build
