@@ -23,11 +23,14 @@ GENERAL_DEFAULTS: Dict[str, Any] = {
     "label_smoothing": 0.0, "amp": "none", "channels_last": False,
     "device": "auto", "backend": "auto", "compile": False, "out": None, "resume": None, "save_every": 0,
     "eval_every": 1, "workers": 0, "progress": "auto",
+    "init": None, "freeze_backbone": False, "finetune_lr": None, "classes": None, "train_per_class": None,
+    "folds": None, "fold": None,
 }
 # Options that define the training itself: on --resume they come from the checkpoint unless given.
 FROM_CHECKPOINT = ("dataset", "data_dir", "model", "epochs", "batch_size", "lr", "optimizer", "momentum",
                    "weight_decay", "lr_schedule", "seed", "image_size", "width", "train_subset", "test_subset",
-                   "dtype", "label_smoothing", "amp", "channels_last", "eval_every")
+                   "dtype", "label_smoothing", "amp", "channels_last", "eval_every",
+                   "init", "freeze_backbone", "finetune_lr", "classes", "train_per_class")
 
 BACKEND_CHOICES = ("auto", "cpu", "cuda", "triton", "torch", "reference")
 MODEL_NAMES = tuple(list_models())  # the --model choices: the whole zoo
@@ -55,6 +58,7 @@ def resolve_config(args: Namespace) -> Namespace:
     cfg.setdefault("width", 2.0 if (dataset, cfg["model"]) == ("digits", "lenet5") else 1.0)
     cfg["channels_last"] = bool(cfg["channels_last"])
     cfg["compile"] = bool(cfg["compile"])
+    cfg["freeze_backbone"] = bool(cfg["freeze_backbone"])
     return Namespace(**cfg)
 
 
