@@ -3,9 +3,8 @@
 The localization test trains a small fastconv CNN on synthetic 16x16 images whose class is decided
 only by a 4x4 patch (horizontal stripes: class 0, vertical: class 1) at a random, known place in weak
 noise, then measures the share of each heatmap's mass that falls on the patch, which covers 6.25% of
-the image. Measured (seed below, torch 2.13 CPU): Grad-CAM 0.33 on average (min 0.28), saliency 0.15,
-SmoothGrad
-0.12 (8 samples); the same mask moved off the patch gets 0.003, 0.053 and 0.057.
+the image. Measured (seeds below, torch 2.13 CPU): Grad-CAM 0.33 on average (min 0.28), saliency
+0.15, SmoothGrad 0.12 (8 samples); the same mask moved off the patch gets 0.003, 0.053 and 0.057.
 """
 from __future__ import annotations
 
