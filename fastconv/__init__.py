@@ -7,6 +7,7 @@
     fastconv.optimize(model.eval(), example)                      # fold BatchNorm, fuse epilogues (fx)
     torch.compile(model, backend="fastconv")                      # the same on dynamo's graph + Inductor
     fastconv.info()                                               # what is built and available
+    fastconv.explain.explain(model, x, "gradcam")                 # heatmaps: Grad-CAM, saliency, SmoothGrad
 """
 from . import backends, functional, nn, ops  # noqa: F401
 from .backends import get_backend, set_backend, use_backend
@@ -29,4 +30,8 @@ def __getattr__(name):
 
         fusion = importlib.import_module(f"{__name__}.fusion")
         return fusion if name == "fusion" else getattr(fusion, name)
+    if name == "explain":  # Grad-CAM / saliency (fastconv/explain.py), also loaded on first use
+        import importlib
+
+        return importlib.import_module(f"{__name__}.explain")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -155,3 +155,9 @@ def test_explain_command_writes_pngs(tmp_path, capsys):
         capsys.readouterr().err
     assert main(["explain", str(out / "checkpoint.pt"), str(images / "d0.png"), "--target", "x"]) == 2
     assert "--target 'x' is not a class of this checkpoint" in capsys.readouterr().err
+
+
+def test_api_is_fastconv_explain():
+    import fastconv
+
+    assert fastconv.explain is fx and fx.conv_layers(small_cnn("fastconv")) == ["0", "1", "3"]
