@@ -148,7 +148,7 @@ def test_evaluate_conformal_coverage_on_the_test_set(digits_run, capsys):
         assert res["n_calibration"] == 180 and res["n_evaluation"] == 180
         assert lo <= res["coverage"] <= hi, res
         assert res["expected_coverage"] == pytest.approx([1 - alpha, 1 - alpha + 1 / 181])
-        assert 1 <= res["mean_set_size"] <= 10 and sum(res["set_size_counts"]) == 180
+        assert 0 < res["mean_set_size"] <= 10 and sum(res["set_size_counts"]) == 180  # LAC sets may be empty
         assert 0 <= res["ece"] <= 1
         assert open(res["reliability_png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert main(["evaluate", ckpt, "--conformal", "0.1"]) == 0

@@ -162,7 +162,7 @@ def plot_reliability(path: Path, rel: Dict[str, Any], title: str) -> None:
     ax.set_xlabel("confidence (top-class probability)")
     ax.set_ylabel("accuracy")
     ax.set_title(f"{title}\nECE {100 * rel['ece']:.2f}%")
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper left", fontsize="small")
     fig.tight_layout()
     fig.savefig(path)
 
