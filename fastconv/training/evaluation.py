@@ -112,9 +112,9 @@ def coverage_interval(n_cal: int, n_test: int, alpha: float, confidence: float =
     a, b, m = float(n_cal + 1 - l_), float(l_), n_test
     k = torch.arange(m + 1, dtype=torch.float64)
     lg = torch.lgamma
-    # BetaBinomial pmf: C(m, k) B(k + a, m - k + b) / B(a, b), in logs
-    log_pmf = (lg(torch.tensor(m + 1.0)) - lg(k + 1) - lg(m - k + 1) + lg(k + a) + lg(m - k + b) - lg(torch.tensor(m + a + b))
-               - lg(torch.tensor(a)) - lg(torch.tensor(b)) + lg(torch.tensor(a + b)))
+    # BetaBinomial pmf: C(m, k) B(k + a, m - k + b) / B(a, b), in logs; the terms without k are constants
+    const = math.lgamma(m + 1) - math.lgamma(m + a + b) - math.lgamma(a) - math.lgamma(b) + math.lgamma(a + b)
+    log_pmf = const - lg(k + 1) - lg(m - k + 1) + lg(k + a) + lg(m - k + b)
     cdf = log_pmf.exp().cumsum(0)
     cdf = cdf / cdf[-1]  # the pmf sums to 1 up to rounding in the lgamma sums
     tail = (1 - confidence) / 2
