@@ -95,7 +95,8 @@ def grad_cam(model: nn.Module, x: Tensor, target=None, layer: Optional[str] = No
     handle = module.register_forward_hook(hook)
     try:
         with torch.enable_grad():
-            logits = model(x)
+            # an input that requires grad: the activations do too, even if the parameters are frozen
+            logits = model(x.detach().requires_grad_(True))
             if not captured:
                 raise ValueError(f"explain: layer {name!r} did not run in the forward pass")
             acts = captured[-1]

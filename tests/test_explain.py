@@ -161,3 +161,15 @@ def test_api_is_fastconv_explain():
     import fastconv
 
     assert fastconv.explain is fx and fx.conv_layers(small_cnn("fastconv")) == ["0", "1", "3"]
+
+
+def test_gradcam_of_a_frozen_model():
+    """Parameters with requires_grad=False (a frozen or inference-only model) still get maps."""
+    model = small_cnn("fastconv").eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x, y, _ = patch_images(3, torch.Generator().manual_seed(2))
+    for method in ("gradcam", "saliency"):
+        ex = fx.explain(model, x, method, target=y)
+        assert ex.maps.shape == (3, SIZE, SIZE) and bool(torch.isfinite(ex.maps).all())
+        assert float(ex.maps.flatten(1).amax(1).min()) > 0  # not all zero
