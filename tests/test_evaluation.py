@@ -136,7 +136,6 @@ def digits_run(tmp_path_factory):
     return out
 
 
-@pytest.mark.slow  # trains 4 epochs of 600 digits first: 48 s on 2 busy cores
 def test_evaluate_conformal_coverage_on_the_test_set(digits_run, capsys):
     from fastconv.cli import main
 
@@ -158,7 +157,6 @@ def test_evaluate_conformal_coverage_on_the_test_set(digits_run, capsys):
     assert "--conformal ALPHA must be in (0, 1), got 1.5" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # three trainings: 16 s on 2 busy cores
 def test_train_folds_writes_per_fold_metrics(tmp_path, capsys):
     pytest.importorskip("sklearn")
     from fastconv.cli import main

@@ -68,8 +68,6 @@ def trained():
     return model, xt, yt, mt
 
 
-# The `trained` fixture trains for 80 steps (about 10 s on 2 busy cores), hence slow.
-@pytest.mark.slow
 @pytest.mark.parametrize("method, floor", [("gradcam", 0.2), ("saliency", 0.1), ("smoothgrad", 0.075)])
 def test_heatmap_mass_lies_on_the_patch(trained, method, floor):
     model, x, y, mask = trained
@@ -85,7 +83,6 @@ def test_heatmap_mass_lies_on_the_patch(trained, method, floor):
     assert float((on_patch > AREA).float().mean()) >= 0.9  # nearly every image, not just on average
 
 
-@pytest.mark.slow
 def test_gradcam_runs_fastconv_backward_and_matches_torch_layers(trained):
     """The graph Grad-CAM differentiates goes through fastconv's custom ops; the same weights in torch.nn
     layers give the same maps (so the fastconv backward kernels compute the right gradients)."""
@@ -108,7 +105,6 @@ def test_gradcam_runs_fastconv_backward_and_matches_torch_layers(trained):
         assert ours.layer == ref.layer
 
 
-@pytest.mark.slow
 def test_target_changes_the_map(trained):
     """Grad-CAM of the wrong class does not light up the patch as the right class's map does."""
     model, x, y, mask = trained
@@ -117,7 +113,6 @@ def test_target_changes_the_map(trained):
     assert float(wrong) < float(right)
 
 
-@pytest.mark.slow
 def test_explain_errors(trained):
     model, x, _, _ = trained
     with pytest.raises(ValueError, match=r"layer 'nope' is not a module of the model; its conv layers are 0, 1, 3"):
