@@ -24,7 +24,9 @@ Options (command line, or the environment for CI):
                                               cudnn.benchmark = True and every timed call synchronizes
   --bench-dtypes / FASTCONV_BENCH_DTYPES      comma-separated dtypes (default float32)
   --bench-conv-table, --bench-pool-table      shape tables from fastconv.benchmarks.TABLES
-                                              (default cpu_conv, cpu_pool; e.g. resnet50, pool)
+                                              (default cpu_conv, cpu_pool; e.g. resnet50, pool); the
+                                              conv1d / transposed suite (test_conv1d_transpose.py) runs
+                                              the tables conv1d and conv_transpose
   FASTCONV_BENCH_THREADS                      torch and kernel threads (default 2)
   FASTCONV_BENCH_NETWORKS                     bench/test_networks.py: comma-separated networks or 'all'
                                               (default all; short mode tv_resnet18)
@@ -166,7 +168,8 @@ def pytest_generate_tests(metafunc):  # torch baseline runs right before its fas
     from fastconv.benchmarks import TABLES, short_table
 
     cfg: BenchConfig = metafunc.config._fastconv_bench
-    for fixture, table in (("conv_shape", cfg.conv_table), ("pool_shape", cfg.pool_table)):
+    for fixture, table in (("conv_shape", cfg.conv_table), ("pool_shape", cfg.pool_table),
+                           ("conv1d_shape", "conv1d"), ("conv_transpose_shape", "conv_transpose")):
         if fixture in metafunc.fixturenames:
             shapes = short_table(table) if cfg.short else TABLES[table]
             metafunc.parametrize(fixture, shapes, ids=[s.name for s in shapes])
@@ -264,6 +267,35 @@ class _nullcontext:
 
     def __exit__(self, *exc):
         return False
+
+
+# bench/gpu_check.sh's budgeted run (FASTCONV_BENCH_DEADLINE set): test_gpu_backends.py's cases breadth
+# first, so that a run the deadline cuts short has covered every layer in the first combinations instead
+# of every combination of the first two layers. Order: channels_last before NCHW (the tensor-core path),
+# conv2d before the fused conv2d_relu, float16, bfloat16, float32, then fwd / pooling / dgrad / wgrad /
+# fwd+bwd, then the table's order; cuDNN and the backends of one case stay together (a ratio needs both).
+_GPU_ORDER = {"fmt": ("channels_last", "nchw"), "op": ("conv2d", "conv2d_relu"),
+              "dt": ("float16", "bfloat16", "float32"), "mode": ("fwd", "dgrad", "wgrad", "fwdbwd")}
+
+
+def _gpu_priority(item, position):
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if "test_gpu_backends.py" not in item.nodeid or "fmt" not in params:
+        return (1, position)
+
+    def rank(axis, value):
+        order = _GPU_ORDER[axis]
+        return order.index(value) if value in order else len(order)
+
+    pool = item.originalname == "test_gpu_pool"  # right after the first convolution mode (cheap cases)
+    return (0, rank("fmt", params["fmt"]), 0 if pool else rank("op", params["op"]), rank("dt", params["dt"]),
+            1.5 if pool else rank("mode", params["mode"]), position)
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("FASTCONV_BENCH_DEADLINE", "").strip():
+        keyed = sorted((_gpu_priority(item, i), i) for i, item in enumerate(items))
+        items[:] = [items[i] for _, i in keyed]
 
 
 @pytest.hookimpl(trylast=True)  # after pytest-benchmark's own tables

@@ -26,9 +26,16 @@ wgrad are timed alone by detaching the other operand in the forward (autograd th
 op for that gradient only).
 
 Without a CUDA GPU every test is skipped at once (CI's short mode has no GPU).
+
+bench/gpu_check.sh drives this file under a time budget: FASTCONV_BENCH_DEADLINE (Unix time) makes every
+case that starts after it skip itself (the report holds what ran), and its dry run points it at the CPU:
+FASTCONV_GPU_BENCH_DEVICE=cpu with FASTCONV_GPU_BENCH_BACKENDS=cpu, and the table cut down by
+FASTCONV_GPU_BENCH_LAYERS (layer names), FASTCONV_GPU_BENCH_DTYPES and FASTCONV_GPU_BENCH_BATCH.
+The JSON report's text tables are written next to it (same name, .txt).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -39,12 +46,17 @@ from fastconv.benchmarks import TABLES
 from fastconv.benchmarks.records import BASELINE, Collector, Timing
 from fastconv.benchmarks.report import format_report, make_report, write_report
 from fastconv.benchmarks.runner import (Case, conv_forward, conv_inputs, conv_step, measure_peak, pool_inputs,
-                                        pool_step, versions)
+                                        pool_step, synchronize, versions)
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
+DEVICE = os.environ.get("FASTCONV_GPU_BENCH_DEVICE", "cuda").strip().lower() or "cuda"
+pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(),
                                 reason="the GPU-backend-vs-cuDNN benchmarks need a CUDA GPU")
 
-DEVICE = "cuda"
+
+def _env_list(value, default):
+    """The comma-separated names of an environment variable's value, or default when it is empty."""
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value.strip() else default
+
 DTYPES = ("float16", "bfloat16", "float32")
 LAYOUTS = ("nchw", "channels_last")
 SHORT_LAYERS = ("r50-conv1-7x7s2", "r50-l1-3x3-c64-56", "r50-l3-1x1-c256k1024-14", "r50-l4-3x3-c512-7")
@@ -52,9 +64,15 @@ SHORT = os.environ.get("FASTCONV_BENCH_SHORT", "").strip().lower() not in ("", "
 BACKENDS = [b.strip() for b in os.environ.get("FASTCONV_GPU_BENCH_BACKENDS", "cuda,triton").split(",") if b.strip()]
 CONV_MODES = ("fwd", "fwdbwd") if SHORT else ("fwd", "dgrad", "wgrad", "fwdbwd")
 
-CONV_SHAPES = [s for s in TABLES["resnet50"] if not SHORT or s.name in SHORT_LAYERS]
+_LAYERS = _env_list(os.environ.get("FASTCONV_GPU_BENCH_LAYERS", ""), SHORT_LAYERS if SHORT else None)
+_BATCH = int(os.environ.get("FASTCONV_GPU_BENCH_BATCH", "0") or 0)
+CONV_SHAPES = [s.with_batch(_BATCH) if _BATCH else s for s in TABLES["resnet50"] if _LAYERS is None or s.name in _LAYERS]
 POOL_SHAPES = TABLES["pool"][:3] if SHORT else TABLES["pool"]
-CONV_DTYPES = ("float16",) if SHORT else DTYPES
+POOL_SHAPES = [dataclasses.replace(s, N=_BATCH) if _BATCH else s for s in POOL_SHAPES]
+CONV_DTYPES = _env_list(os.environ.get("FASTCONV_GPU_BENCH_DTYPES", ""), ("float16",) if SHORT else DTYPES)
+POOL_DTYPES = tuple(d for d in CONV_DTYPES if d in (("float16",) if SHORT else ("float16", "float32"))) or CONV_DTYPES[:1]
+_DEADLINE = float(os.environ.get("FASTCONV_BENCH_DEADLINE", "0") or 0)
+TARGET_S = float(os.environ.get("FASTCONV_BENCH_TARGET_S", "0") or 0) or (0.3 if SHORT else 1.0)
 
 COLLECTOR = Collector(BACKENDS)  # cuDNN's Timing (side BASELINE) and each backend's, per case
 
@@ -69,6 +87,13 @@ def _check(ours, ref, names, dt):
         o, r = o.detach().double(), r.detach().double()
         err = (torch.linalg.vector_norm(o - r) / torch.linalg.vector_norm(r).clamp_min(1e-30)).item()
         assert err <= _CHECK_TOL[dt], f"{name}: relative error {err:.2e} against cuDNN ({dt})"
+
+
+def _within_budget(case, which):
+    """Skips (and notes in the report) a case that would start after FASTCONV_BENCH_DEADLINE."""
+    if _DEADLINE and time.time() > _DEADLINE:
+        COLLECTOR.skip(case, "time budget spent (FASTCONV_BENCH_DEADLINE)", BASELINE if which == "cudnn" else which)
+        pytest.skip("time budget spent (FASTCONV_BENCH_DEADLINE)")
 
 
 def _backend_ready(name, case):
@@ -100,17 +125,17 @@ _GRAD_NAMES = {"fwd": ("output",), "dgrad": ("grad_input",), "wgrad": ("grad_wei
 def _time(benchmark, fn, target_s: float) -> Timing:
     """Seconds per call: rounds of `inner` back-to-back calls, one synchronize per round."""
     fn()
-    torch.cuda.synchronize()
+    synchronize(DEVICE)
     t0 = time.perf_counter()
     fn()
-    torch.cuda.synchronize()
+    synchronize(DEVICE)
     one = max(time.perf_counter() - t0, 1e-6)
     inner = max(1, min(50, int(2e-3 / one)))  # ~2 ms per round at least
 
     def rounds():
         for _ in range(inner):
             fn()
-        torch.cuda.synchronize()
+        synchronize(DEVICE)
 
     n = int(min(100, max(5, target_s / (one * inner))))
     benchmark.pedantic(rounds, rounds=n, iterations=1, warmup_rounds=2)
@@ -144,6 +169,7 @@ def test_gpu_conv(benchmark, shape, dt, fmt, op, mode, which):
     impl = "torch" if which == "cudnn" else "fastconv"
     work = shape.flops_fwd_bwd if mode == "fwdbwd" else shape.flops
     case = Case(op, mode, shape, fmt, impl, work, "GFLOP/s", dtype=dt, device=DEVICE, table="resnet50")
+    _within_budget(case, which)
     if which != "cudnn":
         _backend_ready(which, case)
     x, w, b, dy = conv_inputs(shape, fmt, grad=(mode != "fwd"), dtype=dt, device=DEVICE)
@@ -152,14 +178,14 @@ def test_gpu_conv(benchmark, shape, dt, fmt, op, mode, which):
     with ctx:
         if which != "cudnn":  # a wrong result records no speed
             _check(fn(), _conv_step("torch", op, mode, shape, x, w, b, dy)(), _GRAD_NAMES[mode], dt)
-        timing = _time(benchmark, fn, 0.3 if SHORT else 1.0)
+        timing = _time(benchmark, fn, TARGET_S)
     _record(case, which, timing, benchmark)
 
 
 @pytest.mark.parametrize("which", ["cudnn"] + BACKENDS)
 @pytest.mark.parametrize("mode", ["fwd", "bwd"])
 @pytest.mark.parametrize("fmt", LAYOUTS)
-@pytest.mark.parametrize("dt", ("float16",) if SHORT else ("float16", "float32"))
+@pytest.mark.parametrize("dt", POOL_DTYPES)
 @pytest.mark.parametrize("shape", POOL_SHAPES, ids=lambda s: s.name)
 def test_gpu_pool(benchmark, shape, dt, fmt, mode, which):
     import fastconv
@@ -168,6 +194,7 @@ def test_gpu_pool(benchmark, shape, dt, fmt, mode, which):
     size = torch.empty(0, dtype=getattr(torch, dt)).element_size()
     work = shape.bytes(size) if mode == "fwd" else shape.bytes_backward(size)
     case = Case(f"{shape.op}_pool2d", mode, shape, fmt, impl, work, "GB/s", dtype=dt, device=DEVICE, table="pool")
+    _within_budget(case, which)
     if which != "cudnn":
         _backend_ready(which, case)
     x, dy = pool_inputs(shape, fmt, dt, DEVICE)
@@ -176,7 +203,7 @@ def test_gpu_pool(benchmark, shape, dt, fmt, mode, which):
     with ctx:
         if which != "cudnn":
             _check((fn(),), (pool_step("torch", mode, shape, x, dy)(),), ("pool",), dt)
-        timing = _time(benchmark, fn, 0.3 if SHORT else 1.0)
+        timing = _time(benchmark, fn, TARGET_S)
     _record(case, which, timing, benchmark)
 
 
@@ -233,3 +260,5 @@ def _report(request):
     path = os.environ.get("FASTCONV_GPU_BENCH_REPORT")
     if path:
         write_report(report, path)
+        with open(os.path.splitext(path)[0] + ".txt", "w") as f:
+            f.write("\n".join(lines[1:]) + "\n")

@@ -59,6 +59,29 @@ def pair(value: IntOrPair, name: str, op: str = "conv2d") -> Tuple[int, int]:
     return (items[0], items[1])
 
 
+def single(value, name: str, op: str = "conv1d") -> Tuple[int]:
+    """Normalizes an int or a 1-sequence to a 1-tuple (the 1-d convolutions' stride, padding, ...), with
+    torch's error for other lengths."""
+    if type(value) is int:
+        return (value,)
+    if isinstance(value, torch.Tensor):
+        return (_tensor_as_int(value, name, op, (0, 1), allow_bool=True),)
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        return (as_int(value, name, op),)
+    items = [as_int(item, name, op) for item in value]
+    if len(items) != 1:
+        raise ArgumentError(
+            f"{op}: expected {name} to be a single integer value or a list of 1 values to match the "
+            f"convolution dimensions, but got {name}={items}"
+        )
+    return (items[0],)
+
+
+def ntuple(value, n: int, name: str, op: str) -> Tuple[int, ...]:
+    """single() or pair(), by the number of spatial dimensions n."""
+    return single(value, name, op) if n == 1 else pair(value, name, op)
+
+
 def strides_like_channels_last(t: torch.Tensor) -> bool:
     """torch's memory-format heuristic (c10 is_channels_last_strides_2d) for a 4-d tensor.
 

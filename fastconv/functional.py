@@ -14,15 +14,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import ops  # noqa: F401  (registers torch.ops.fastconv.*)
+from .ops import conv1d as conv1d_ops
 from .ops import conv2d as conv_ops
+from .ops import conv_transpose as transpose_ops
 from .ops import conv2d_fused as fused_ops
 from .ops._eager import direct_ok
 from .ops._autocast import autocast_unifies
 from .ops._eager import _PLAIN_TYPES
-from ._utils import as_int, pair, pool_out_hw
+from ._utils import as_int, ntuple, pair, pool_out_hw
 from .errors import ArgumentError, ArgumentTypeError
 
-__all__ = ["conv2d", "conv2d_relu", "conv2d_epilogue", "max_pool2d", "avg_pool2d"]
+__all__ = ["conv1d", "conv1d_relu", "conv2d", "conv2d_relu", "conv2d_epilogue", "conv_transpose1d", "conv_transpose2d",
+           "max_pool2d", "avg_pool2d"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -38,19 +41,27 @@ def _check_float(t: Tensor, name: str, op: str) -> None:
                                 f"bfloat16), got {t.dtype}")
 
 
-def _batched(input: Tensor, op: str, what: str) -> Tuple[Tensor, bool]:
-    """Adds the batch dim to an unbatched (C, H, W) input; returns (input4d, was_unbatched)."""
-    if input.dim() == 3:
+def _batched(input: Tensor, op: str, what: str, nd: int = 2) -> Tuple[Tensor, bool]:
+    """Adds the batch dim to an unbatched (C, *spatial) input of nd spatial dims; returns
+    (batched input, was_unbatched)."""
+    if input.dim() == nd + 1:
         return input.unsqueeze(0), True
-    if input.dim() == 4:
+    if input.dim() == nd + 2:
         return input, False
-    raise ArgumentError(f"{op}: expected 3D (unbatched) or 4D (batched) {what}, but got input of size: "
-                        f"{list(input.shape)}")
+    raise ArgumentError(f"{op}: expected {nd + 1}D (unbatched) or {nd + 2}D (batched) {what}, but got input of "
+                        f"size: {list(input.shape)}")
 
 
-def _positive(values: Tuple[int, int], name: str, op: str) -> None:
+def _positive(values: Tuple[int, ...], name: str, op: str, torch_says: str = "") -> None:
+    """torch_says: torch's own words for the error, kept in ours (code matching torch's message finds it)."""
     if any(v <= 0 for v in values):
-        raise ArgumentError(f"{op}: {name} must be positive, got {name}={tuple(values)}")
+        why = f" ({torch_says})" if torch_says else ""
+        raise ArgumentError(f"{op}: {name} must be positive{why}, got {name}={tuple(values)}")
+
+
+# torch's messages for non-positive convolution strides and dilations
+_CONV_STRIDE_SAYS = "non-positive stride is not supported"
+_CONV_DILATION_SAYS = "dilation should be greater than zero"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -85,9 +96,9 @@ def _conv_args_key(input, weight, bias, stride, padding, dilation, groups, op: s
             dilation, groups)
 
 
-def _conv_args(input, weight, bias, stride, padding, dilation, groups, op: str):
-    """Validates conv arguments with torch's rules; returns the normalized call
-    (input as 4-d, was_unbatched, stride, padding, dilation as lists, groups)."""
+def _conv_args(input, weight, bias, stride, padding, dilation, groups, op: str, nd: int = 2):
+    """Validates conv arguments with torch's rules; returns the normalized call (input batched: nd + 2
+    dims, was_unbatched, stride, padding, dilation as lists, groups)."""
     key = _conv_args_key(input, weight, bias, stride, padding, dilation, groups, op)
     if key is not None:
         hit = _CONV_ARGS_MEMO.get(key)
@@ -96,7 +107,7 @@ def _conv_args(input, weight, bias, stride, padding, dilation, groups, op: str):
             return (input.unsqueeze(0) if unbatched else input), unbatched, list(stride), list(padding), \
                 list(dilation), groups
     x, unbatched, stride, padding, dilation, groups = _validate_conv_args(input, weight, bias, stride, padding,
-                                                                          dilation, groups, op)
+                                                                          dilation, groups, op, nd)
     if key is not None:
         if len(_CONV_ARGS_MEMO) >= _CONV_ARGS_MEMO_MAX:
             _CONV_ARGS_MEMO.clear()
@@ -104,17 +115,93 @@ def _conv_args(input, weight, bias, stride, padding, dilation, groups, op: str):
     return x, unbatched, stride, padding, dilation, groups
 
 
-def _validate_conv_args(input, weight, bias, stride, padding, dilation, groups, op: str):
-    """_conv_args without the memo."""
+def _validate_conv_args(input, weight, bias, stride, padding, dilation, groups, op: str, nd: int = 2):
+    """_conv_args without the memo; nd spatial dims (2: conv2d, 1: conv1d)."""
     _check_tensor(input, "input", op)
     _check_tensor(weight, "weight", op)
     if bias is not None:
         _check_tensor(bias, "bias", op)
-    x, unbatched = _batched(input, op, "input to conv2d")
-    if weight.dim() != 4:
-        raise ArgumentError(f"{op}: weight must be 4-dimensional (out_channels, in_channels/groups, kH, kW), "
-                            f"got weight of size {list(weight.shape)}")
+    x, unbatched = _batched(input, op, f"input to conv{nd}d", nd)
+    _check_weight_rank(input, weight, nd, op, "out_channels, in_channels/groups")
+    _check_same_dtype_device(x, weight, bias, op)
     _check_float(x, "input", op)
+    groups = as_int(groups, "groups", op, tensor_dims=(0, 1))
+    if groups <= 0:
+        raise ArgumentError(f"{op}: groups must be positive (non-positive groups is not supported), got {groups}")
+    stride = ntuple(stride, nd, "stride", op)
+    dilation = ntuple(dilation, nd, "dilation", op)
+    _positive(stride, "stride", op, _CONV_STRIDE_SAYS)
+    _positive(dilation, "dilation", op, _CONV_DILATION_SAYS)
+
+    if not isinstance(padding, str):  # torch checks the padding before the shapes
+        padding = ntuple(padding, nd, "padding", op)
+        if any(p < 0 for p in padding):
+            raise ArgumentError(f"{op}: padding must be non-negative (negative padding is not supported), got "
+                                f"padding={tuple(padding)}")
+
+    K, Cg = weight.shape[:2]
+    kernel = tuple(weight.shape[2:])
+    if 0 in kernel:
+        names = ("kernel_height", "kernel_width")[2 - nd:]
+        sizes = " ".join(f"{n}: {k}" for n, k in zip(names, kernel))
+        raise ArgumentError(f"{op}: kernel size should be greater than zero, but got weight of size "
+                            f"{list(weight.shape)} ({sizes})")
+    _check_groups(weight, groups, op)
+    if x.shape[1] != Cg * groups:
+        raise ArgumentError(f"{op}: Given groups={groups}, weight of size {list(weight.shape)}, expected input"
+                            f"{list(x.shape)} to have {Cg * groups} channels, but got {x.shape[1]} channels "
+                            f"instead")
+    _check_nonempty_map(x, op)
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != K):
+        raise ArgumentError(f"{op}: Given weight of size {list(weight.shape)}, expected bias to be 1-dimensional "
+                            f"with {K} elements, but got bias of size {list(bias.shape)} instead")
+
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding = (0,) * nd
+        elif padding == "same":
+            if any(s != 1 for s in stride):
+                raise ArgumentError(f"{op}: padding='same' is not supported for strided convolutions "
+                                    f"(stride={stride})")
+            # torch: total padding dilation*(k-1), left = total // 2, the odd remainder on the
+            # right/bottom. The remainder is padded onto the input here so kernels see symmetric pads.
+            total = [d * (k - 1) for d, k in zip(dilation, kernel)]
+            padding = tuple(t // 2 for t in total)
+            extra = [t - 2 * p for t, p in zip(total, padding)]
+            if any(extra):
+                pads = []
+                for e in reversed(extra):  # F.pad: last dim first
+                    pads += [0, e]
+                x = F.pad(x, pads)
+        else:
+            raise ArgumentError(f"{op}: Invalid padding string: {padding!r}; expected 'same', 'valid', an int "
+                                f"or a tuple of {nd} ints")
+
+    padded = [x.shape[2 + i] + 2 * padding[i] for i in range(nd)]
+    effective = [dilation[i] * (kernel[i] - 1) + 1 for i in range(nd)]
+    if any(p < e for p, e in zip(padded, effective)):
+        raise ArgumentError(f"{op}: Calculated padded input size per channel: ({' x '.join(map(str, padded))}). "
+                            f"Kernel size: ({' x '.join(map(str, effective))}). Kernel size can't be greater "
+                            f"than actual input size")
+    return x, unbatched, list(stride), list(padding), list(dilation), groups
+
+
+def _check_weight_rank(input: Tensor, weight: Tensor, nd: int, op: str, channel_dims: str) -> None:
+    if weight.dim() == nd + 2:
+        return
+    # torch's words first: "weight should have at least three dimensions" / "Expected 3-dimensional input
+    # for 3-dimensional weight [...]"
+    if weight.dim() < 3:
+        said = "weight should have at least three dimensions"
+    else:
+        said = (f"Expected {weight.dim()}-dimensional input for {weight.dim()}-dimensional weight "
+                f"{list(weight.shape)}, but got {input.dim()}-dimensional input of size {list(input.shape)} instead")
+    kernel_dims = "kH, kW" if nd == 2 else "kW"
+    raise ArgumentError(f"{op}: {said}: weight must be {nd + 2}-dimensional ({channel_dims}, {kernel_dims}), got "
+                        f"weight of size {list(weight.shape)}")
+
+
+def _check_same_dtype_device(x: Tensor, weight: Tensor, bias: Optional[Tensor], op: str) -> None:
     # Under torch.autocast the op casts input, weight and bias to the autocast dtype (ops/_autocast.py),
     # so mixed float32/float16/bfloat16 arguments are valid there, as with F.conv2d.
     mixed_ok = (weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype)) and \
@@ -127,65 +214,22 @@ def _validate_conv_args(input, weight, bias, stride, padding, dilation, groups, 
         if t is not None and t.device != x.device:
             raise ArgumentError(f"{op}: input is on {x.device} but {name} is on {t.device}; they must be on "
                                 f"the same device")
-    groups = as_int(groups, "groups", op, tensor_dims=(0, 1))
-    if groups <= 0:
-        raise ArgumentError(f"{op}: groups must be positive (non-positive groups is not supported), got {groups}")
-    stride = pair(stride, "stride", op)
-    dilation = pair(dilation, "dilation", op)
-    _positive(stride, "stride", op)
-    _positive(dilation, "dilation", op)
 
-    K, Cg, R, S = weight.shape
-    if R == 0 or S == 0:
-        raise ArgumentError(f"{op}: kernel size should be greater than zero, but got weight of size "
-                            f"{list(weight.shape)} (kernel_height: {R} kernel_width: {S})")
-    if K < groups:
+
+def _check_groups(weight: Tensor, groups: int, op: str) -> None:
+    """torch's rule: weight's dim 0 (out_channels; in_channels for a transposed conv) a multiple of groups."""
+    if weight.shape[0] < groups:
         raise ArgumentError(f"{op}: Given groups={groups}, expected weight to be at least {groups} at dimension 0, "
                             f"but got weight of size {list(weight.shape)} instead")
-    if K % groups != 0:
+    if weight.shape[0] % groups != 0:
         raise ArgumentError(f"{op}: Given groups={groups}, expected weight to be divisible by {groups} at "
                             f"dimension 0, but got weight of size {list(weight.shape)} instead")
-    if x.shape[1] != Cg * groups:
-        raise ArgumentError(f"{op}: Given groups={groups}, weight of size {list(weight.shape)}, expected input"
-                            f"{list(x.shape)} to have {Cg * groups} channels, but got {x.shape[1]} channels "
-                            f"instead")
-    if (x.shape[2] == 0 or x.shape[3] == 0) and x.shape[0] != 0 and x.shape[1] != 0:
+
+
+def _check_nonempty_map(x: Tensor, op: str) -> None:
+    if 0 in x.shape[2:] and x.shape[0] != 0 and x.shape[1] != 0:
         raise ArgumentError(f"{op}: Only zero batch or zero channel inputs are supported, but got input shape: "
                             f"{list(x.shape)}")
-    if bias is not None and (bias.dim() != 1 or bias.shape[0] != K):
-        raise ArgumentError(f"{op}: Given weight of size {list(weight.shape)}, expected bias to be 1-dimensional "
-                            f"with {K} elements, but got bias of size {list(bias.shape)} instead")
-
-    if isinstance(padding, str):
-        if padding == "valid":
-            padding = (0, 0)
-        elif padding == "same":
-            if stride != (1, 1):
-                raise ArgumentError(f"{op}: padding='same' is not supported for strided convolutions "
-                                    f"(stride={stride})")
-            # torch: total padding dilation*(k-1), left = total // 2, the odd remainder on the
-            # right/bottom. The remainder is padded onto the input here so kernels see symmetric pads.
-            total = (dilation[0] * (R - 1), dilation[1] * (S - 1))
-            padding = (total[0] // 2, total[1] // 2)
-            extra_h, extra_w = total[0] - 2 * padding[0], total[1] - 2 * padding[1]
-            if extra_h or extra_w:
-                x = F.pad(x, [0, extra_w, 0, extra_h])
-        else:
-            raise ArgumentError(f"{op}: Invalid padding string: {padding!r}; expected 'same', 'valid', an int "
-                                f"or a tuple of 2 ints")
-    else:
-        padding = pair(padding, "padding", op)
-        if any(p < 0 for p in padding):
-            raise ArgumentError(f"{op}: padding must be non-negative (negative padding is not supported), got "
-                                f"padding={tuple(padding)}")
-
-    padded = (x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1])
-    effective = (dilation[0] * (R - 1) + 1, dilation[1] * (S - 1) + 1)
-    if padded[0] < effective[0] or padded[1] < effective[1]:
-        raise ArgumentError(f"{op}: Calculated padded input size per channel: ({padded[0]} x {padded[1]}). "
-                            f"Kernel size: ({effective[0]} x {effective[1]}). Kernel size can't be greater "
-                            f"than actual input size")
-    return x, unbatched, list(stride), list(padding), list(dilation), groups
 
 
 def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
@@ -273,16 +317,123 @@ def _conv_out_hw_of(x: Tensor, weight: Tensor, stride, padding, dilation):
 
 
 # ----------------------------------------------------------------------------------------------------
+# 1-d convolution (ops/conv1d.py: the 2-d kernels on (N, C, 1, L) views)
+
+
+def conv1d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+           stride: Union[int, Sequence[int]] = 1, padding: Union[str, int, Sequence[int]] = 0,
+           dilation: Union[int, Sequence[int]] = 1, groups: int = 1) -> Tensor:
+    """1-d convolution; same arguments and semantics as F.conv1d (input (N, C, L) or unbatched (C, L))."""
+    x, unbatched, stride, padding, dilation, groups = _conv_args(input, weight, bias, stride, padding, dilation,
+                                                                 groups, "conv1d", nd=1)
+    y = conv1d_ops.forward(x, weight, bias, stride, padding, dilation, groups, relu=False)
+    return y.squeeze(0) if unbatched else y
+
+
+def conv1d_relu(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                stride: Union[int, Sequence[int]] = 1, padding: Union[str, int, Sequence[int]] = 0,
+                dilation: Union[int, Sequence[int]] = 1, groups: int = 1) -> Tensor:
+    """relu(conv1d(...)) in one pass, as conv2d_relu."""
+    x, unbatched, stride, padding, dilation, groups = _conv_args(input, weight, bias, stride, padding, dilation,
+                                                                 groups, "conv1d_relu", nd=1)
+    y = conv1d_ops.forward(x, weight, bias, stride, padding, dilation, groups, relu=True)
+    return y.squeeze(0) if unbatched else y
+
+
+# ----------------------------------------------------------------------------------------------------
+# Transposed convolution (ops/conv_transpose.py: the dgrad kernels)
+
+
+def _transposed_args(input, weight, bias, stride, padding, output_padding, groups, dilation, op: str, nd: int):
+    """Validates F.conv_transpose{nd}d's arguments with torch's rules; returns (input batched, unbatched,
+    stride, padding, output_padding, dilation as lists, groups)."""
+    _check_tensor(input, "input", op)
+    _check_tensor(weight, "weight", op)
+    if bias is not None:
+        _check_tensor(bias, "bias", op)
+    x, unbatched = _batched(input, op, f"input to {op}", nd)
+    _check_weight_rank(input, weight, nd, op, "in_channels, out_channels/groups")
+    _check_same_dtype_device(x, weight, bias, op)
+    _check_float(x, "input", op)
+    groups = as_int(groups, "groups", op, tensor_dims=(0, 1))
+    if groups <= 0:
+        raise ArgumentError(f"{op}: groups must be positive (non-positive groups is not supported), got {groups}")
+    if isinstance(padding, str):
+        raise ArgumentTypeError(f"{op}: padding must be an int or a tuple of {nd} ints (a transposed convolution "
+                                f"takes no padding string), got {padding!r}")
+    stride = ntuple(stride, nd, "stride", op)
+    padding = ntuple(padding, nd, "padding", op)
+    output_padding = ntuple(output_padding, nd, "output_padding", op)
+    dilation = ntuple(dilation, nd, "dilation", op)
+    _positive(stride, "stride", op, _CONV_STRIDE_SAYS)
+    _positive(dilation, "dilation", op, _CONV_DILATION_SAYS)
+    for name, v in (("padding", padding), ("output_padding", output_padding)):
+        if any(p < 0 for p in v):
+            raise ArgumentError(f"{op}: {name} must be non-negative (negative {name} is not supported), got "
+                                f"{name}={tuple(v)}")
+    if any(o >= s and o >= d for o, s, d in zip(output_padding, stride, dilation)):
+        dims = ("height", "width")[2 - nd:]
+        got = " ".join(f"{what}_{dim}: {v[i]}" for what, v in (("output_padding", output_padding),
+                                                                ("stride", stride), ("dilation", dilation))
+                       for i, dim in enumerate(dims))
+        raise ArgumentError(f"{op}: output padding must be smaller than either stride or dilation, but got {got}")
+    kernel = tuple(weight.shape[2:])
+    if 0 in kernel:
+        raise ArgumentError(f"{op}: kernel size should be greater than zero, but got weight of size "
+                            f"{list(weight.shape)}")
+    _check_groups(weight, groups, op)
+    if x.shape[1] != weight.shape[0]:
+        raise ArgumentError(f"{op}: Given transposed=1, weight of size {list(weight.shape)}, expected input"
+                            f"{list(x.shape)} to have {weight.shape[0]} channels, but got {x.shape[1]} channels "
+                            f"instead")
+    _check_nonempty_map(x, op)
+    out_channels = weight.shape[1] * groups
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != out_channels):
+        raise ArgumentError(f"{op}: Given transposed=1, weight of size {list(weight.shape)}, expected bias to be "
+                            f"1-dimensional with {out_channels} elements, but got bias of size {list(bias.shape)} "
+                            f"instead")
+    out = [transpose_ops.output_size(x.shape[2 + i], kernel[i], stride[i], padding[i], output_padding[i],
+                                     dilation[i]) for i in range(nd)]
+    if any(o <= 0 for o in out):
+        raise ArgumentError(f"{op}: Given input size per channel: ({' x '.join(str(v) for v in x.shape[2:])}). "
+                            f"Calculated output size per channel: ({' x '.join(map(str, out))}). Output size is "
+                            f"too small (reduce padding or enlarge the input)")
+    return x, unbatched, list(stride), list(padding), list(output_padding), list(dilation), groups
+
+
+def _conv_transpose(input, weight, bias, stride, padding, output_padding, groups, dilation, op: str, nd: int):
+    x, unbatched, stride, padding, output_padding, dilation, groups = _transposed_args(
+        input, weight, bias, stride, padding, output_padding, groups, dilation, op, nd)
+    y = transpose_ops.forward(x, weight, bias, stride, padding, output_padding, dilation, groups)
+    return y.squeeze(0) if unbatched else y
+
+
+def conv_transpose2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                     stride: Union[int, Sequence[int]] = 1, padding: Union[int, Sequence[int]] = 0,
+                     output_padding: Union[int, Sequence[int]] = 0, groups: int = 1,
+                     dilation: Union[int, Sequence[int]] = 1) -> Tensor:
+    """2-d transposed convolution; same arguments (note: groups before dilation), semantics and output
+    memory format as F.conv_transpose2d. Weight (in_channels, out_channels/groups, kH, kW)."""
+    return _conv_transpose(input, weight, bias, stride, padding, output_padding, groups, dilation,
+                           "conv_transpose2d", 2)
+
+
+def conv_transpose1d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                     stride: Union[int, Sequence[int]] = 1, padding: Union[int, Sequence[int]] = 0,
+                     output_padding: Union[int, Sequence[int]] = 0, groups: int = 1,
+                     dilation: Union[int, Sequence[int]] = 1) -> Tensor:
+    """1-d transposed convolution; same arguments and semantics as F.conv_transpose1d."""
+    return _conv_transpose(input, weight, bias, stride, padding, output_padding, groups, dilation,
+                           "conv_transpose1d", 1)
+
+
+# ----------------------------------------------------------------------------------------------------
 # Pooling
 
 
 def _pool_args(input, kernel_size, stride, padding, dilation, ceil_mode, op: str):
+    # torch's order: the window's parameters first, then the input's shape (its messages are kept in ours)
     _check_tensor(input, "input", op)
-    if input.dim() not in (3, 4) or any(s == 0 for s in input.shape[-3:]):
-        raise ArgumentError(f"{op}: expected a 3D (C, H, W) or 4D (N, C, H, W) input with non-zero C, H, W "
-                            f"(N may be 0), but got input of size {list(input.shape)}")
-    _check_float(input, "input", op)
-    x, unbatched = _batched(input, op, "input")
     kernel = pair(kernel_size, "kernel_size", op)
     if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0):
         stride = kernel  # torch: stride defaults to kernel_size (None or an empty list)
@@ -290,14 +441,23 @@ def _pool_args(input, kernel_size, stride, padding, dilation, ceil_mode, op: str
     padding = pair(padding, "padding", op)
     dilation = pair(dilation, "dilation", op)
     _positive(kernel, "kernel_size", op)
-    _positive(stride, "stride", op)
-    _positive(dilation, "dilation", op)
+    _positive(stride, "stride", op, "stride should not be zero")
+    _positive(dilation, "dilation", op, "dilation should be greater than zero")
     if not isinstance(ceil_mode, bool):
         raise ArgumentTypeError(f"{op}: ceil_mode must be a bool, got {type(ceil_mode).__name__}")
+    if any(p < 0 for p in padding):
+        raise ArgumentError(f"{op}: pad must be non-negative, but got padding={tuple(padding)}")
     # torch bounds the padding by half the kernel size, whatever the dilation.
-    if any(p < 0 or p > k // 2 for p, k in zip(padding, kernel)):
-        raise ArgumentError(f"{op}: padding should be non-negative and at most half of kernel_size, but got "
-                            f"padding={tuple(padding)} and kernel_size={tuple(kernel)}")
+    if any(p > k // 2 for p, k in zip(padding, kernel)):
+        raise ArgumentError(f"{op}: pad should be at most half of effective kernel size (pad should be smaller "
+                            f"than or equal to half of kernel size), but got padding={tuple(padding)} and "
+                            f"kernel_size={tuple(kernel)}")
+    if input.dim() not in (3, 4) or any(s == 0 for s in input.shape[-3:]):
+        raise ArgumentError(f"{op}: Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for "
+                            f"input, but got: {list(input.shape)} (a 3D (C, H, W) or 4D (N, C, H, W) input with "
+                            f"non-zero C, H, W)")
+    _check_float(input, "input", op)
+    x, unbatched = _batched(input, op, "input")
     out_hw = pool_out_hw(x, kernel, stride, padding, dilation, ceil_mode)
     if out_hw[0] < 1 or out_hw[1] < 1:
         raise ArgumentError(f"{op}: Given input size: ({x.shape[1]}x{x.shape[2]}x{x.shape[3]}). Calculated "
@@ -333,7 +493,7 @@ def avg_pool2d(input: Tensor, kernel_size: Union[int, Sequence[int]], stride=Non
     if divisor_override is not None:
         divisor_override = as_int(divisor_override, "divisor_override", "avg_pool2d")
         if divisor_override == 0:
-            raise ArgumentError("avg_pool2d: divisor_override must be not zero")
+            raise ArgumentError("avg_pool2d: divisor must be not zero (divisor_override=0)")
     y = torch.ops.fastconv.avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad,
                                       divisor_override)
     return y.squeeze(0) if unbatched else y

@@ -114,3 +114,14 @@ def thread_order(request):
         yield request.param
     finally:
         _C_emu.set_thread_order("forward")
+
+
+@pytest.fixture
+def triton_interpreted():
+    """The 'triton' backend with TRITON_INTERPRET=1 (its kernels run on CPU tensors) for one test, for test
+    modules that sample their grids on Triton (tests/test_triton.py does this for its whole module)."""
+    triton = pytest.importorskip("triton", reason="Triton is not installed")
+    with triton.knobs.runtime.scope():
+        triton.knobs.runtime.interpret = True  # also sets os.environ["TRITON_INTERPRET"] = "1"
+        with fastconv.use_backend("triton"):
+            yield

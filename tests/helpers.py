@@ -356,6 +356,185 @@ def check_conv_case(case, dtype, tol=None, channels=None, ours=None):
 
 
 # ----------------------------------------------------------------------------------------------------
+# 1-d and transposed convolution (tests/test_conv1d.py, tests/test_conv_transpose.py; sampled again on the
+# SIMT emulator and in Triton's interpreter there)
+
+CONV1D_AXES = {
+    "op": ["conv1d", "conv1d_relu"],
+    "kernel": [1, 2, 3, 4, 5, 7, 11],
+    "stride": [1, 2, 3],
+    "padding": [0, 1, 3, "same", "valid"],
+    "dilation": [1, 2, 3],
+    "channels": list(CONV_CHANNELS),
+    "bias": [True, False],
+    # channels_last: (N, C, L) with strides (L*C, 1, C), a sequence model's (N, L, C) transposed
+    "layout": ["contiguous", "channels_last", "slice", "expanded", "unbatched"],
+    "N": [1, 2, 3],
+    "L": [5, 9, 16, 23],
+    "grad": ["contiguous", "transposed"],
+}
+
+TRANSPOSED_AXES = {
+    "op": ["conv_transpose2d"],
+    "kernel": [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (1, 3), (3, 2)],
+    "stride": [1, 2, 3, (1, 2), (2, 1)],
+    "padding": [0, 1, 2, (1, 0)],
+    "output_padding": [0, 1, 2, (0, 1)],
+    "dilation": [1, 2, (1, 3)],
+    "channels": list(CONV_CHANNELS),  # (C_in, C_out, groups): weight (C_in, C_out / groups, R, S)
+    "bias": [True, False],
+    "layout": ["contiguous", "cl_input", "cl_weight", "cl_both", "slice", "permuted", "unbatched"],
+    "N": [1, 2, 3],
+    "HW": [(4, 4), (5, 7), (6, 3)],
+    "grad": ["contiguous", "channels_last", "transposed"],
+}
+
+TRANSPOSED1D_AXES = {
+    "op": ["conv_transpose1d"],
+    "kernel": [1, 2, 3, 4, 5],
+    "stride": [1, 2, 3],
+    "padding": [0, 1, 2],
+    "output_padding": [0, 1, 2],
+    "dilation": [1, 2, 3],
+    "channels": list(CONV_CHANNELS),
+    "bias": [True, False],
+    "layout": ["contiguous", "channels_last", "slice", "unbatched"],
+    "N": [1, 2],
+    "L": [4, 7, 12],
+    "grad": ["contiguous", "transposed"],
+}
+
+
+def _per_dim(v, nd):
+    return (v,) * nd if isinstance(v, int) else tuple(v)
+
+
+def transposed_output_size(case, nd):
+    """The transposed convolution's output size per spatial dim (torch's formula)."""
+    sizes = case["HW"] if nd == 2 else (case["L"],)
+    kernel = _per_dim(case["kernel"], nd)
+    s, p, op, d = (_per_dim(case[k], nd) for k in ("stride", "padding", "output_padding", "dilation"))
+    return [(sizes[i] - 1) * s[i] - 2 * p[i] + d[i] * (kernel[i] - 1) + op[i] + 1 for i in range(nd)]
+
+
+def transposed_valid(nd):
+    """torch's rules: output_padding below the stride or the dilation; a positive output size."""
+    def valid(case):
+        s, op, d = (_per_dim(case[k], nd) for k in ("stride", "output_padding", "dilation"))
+        if any(o >= si and o >= di for o, si, di in zip(op, s, d)):
+            return False
+        return all(o > 0 for o in transposed_output_size(case, nd))
+    return valid
+
+
+def conv1d_valid(case) -> bool:
+    return not (case["padding"] == "same" and case["stride"] != 1)
+
+
+def _rnd_factory(dtype, seed, device="cpu"):
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+    return rnd
+
+
+def _make_1d_input(rnd, layout, N, C, L):
+    if layout == "channels_last":
+        xb = rnd(N, L, C).requires_grad_()
+        return xb, xb.transpose(1, 2)
+    if layout == "slice":
+        xb = rnd(N, 2 * C, 2 * L + 1).requires_grad_()
+        return xb, xb[:, 1::2, 1::2][..., :L]
+    if layout == "expanded":
+        xb = rnd(1, C, L).requires_grad_()
+        return xb, xb.expand(N, C, L)
+    if layout == "unbatched":
+        xb = rnd(C, L).requires_grad_()
+        return xb, xb
+    xb = rnd(N, C, L).requires_grad_()
+    return xb, xb
+
+
+def make_conv1d_case(case, dtype, seed=0, device="cpu"):
+    """(x, w, b, kwargs) for a CONV1D_AXES case: x a view with the case's layout of a leaf."""
+    rnd = _rnd_factory(dtype, seed, device)
+    C, K, groups = CONV_CHANNELS[case["channels"]]
+    k, d = case["kernel"], case["dilation"]
+    pad = 0 if isinstance(case["padding"], str) else case["padding"]
+    L = max(case["L"], d * (k - 1) + 1 - 2 * pad)
+    _, x = _make_1d_input(rnd, case["layout"], case["N"], C, L)
+    w = rnd(K, C // groups, k).requires_grad_()
+    b = rnd(K).requires_grad_() if case["bias"] else None
+    return x, w, b, dict(stride=case["stride"], padding=case["padding"], dilation=d, groups=groups)
+
+
+def make_transposed_case(case, dtype, seed=0, device="cpu"):
+    """(x, w, b, kwargs) for a TRANSPOSED_AXES (2-d) or TRANSPOSED1D_AXES case. channels (C, K, groups)
+    read as C_in = C, C_out = K: weight (C_in, C_out / groups, *kernel)."""
+    rnd = _rnd_factory(dtype, seed, device)
+    C, K, groups = CONV_CHANNELS[case["channels"]]
+    layout = case["layout"]
+    if "L" in case:
+        _, x = _make_1d_input(rnd, layout, case["N"], C, case["L"])
+        w = rnd(C, K // groups, case["kernel"]).requires_grad_()
+    else:
+        N, (H, W), (R, S) = case["N"], case["HW"], case["kernel"]
+        if layout == "slice":
+            x = rnd(N, 2 * C, H + 3, 2 * W + 1).requires_grad_()[:, 1::2, 2:2 + H, 1::2][..., :W]
+        elif layout == "permuted":
+            x = rnd(C, W, N, H).requires_grad_().permute(2, 0, 3, 1)
+        elif layout == "unbatched":
+            x = rnd(C, H, W).requires_grad_()
+        else:
+            x = rnd(N, C, H, W).requires_grad_()
+            if layout in ("cl_input", "cl_both"):
+                x = x.to(memory_format=torch.channels_last)
+        if layout == "permuted":
+            w = rnd(K // groups, C, S, R).requires_grad_().permute(1, 0, 3, 2)
+        else:
+            w = rnd(C, K // groups, R, S).requires_grad_()
+            if layout in ("cl_weight", "cl_both"):
+                w = w.to(memory_format=torch.channels_last)
+    b = rnd(K).requires_grad_() if case["bias"] else None
+    kwargs = dict(stride=case["stride"], padding=case["padding"], output_padding=case["output_padding"],
+                  groups=groups, dilation=case["dilation"])
+    return x, w, b, kwargs
+
+
+TORCH_OPS = {
+    "conv1d": F.conv1d,
+    "conv1d_relu": lambda *a, **k: torch.relu(F.conv1d(*a, **k)),
+    "conv_transpose1d": F.conv_transpose1d,
+    "conv_transpose2d": F.conv_transpose2d,
+}
+
+
+def check_against_torch(op, x, w, b, kwargs, dtype, grad, tol=None, memory_format=True):
+    """fastconv.functional.<op>(x, w, b, **kwargs) forward and backward (grad_output laid out as `grad`)
+    vs torch's F.<op>: dtype and shape as torch's in the same dtype, memory format too (4-d outputs, with
+    memory_format); the output and every gradient within tol of torch's float64 result."""
+    inputs = [x, w] + ([b] if b is not None else [])
+    y = getattr(FC, op)(x, w, b, **kwargs)
+    with torch.no_grad():
+        y_torch = TORCH_OPS[op](x, w, b, **kwargs)
+    assert y.dtype == dtype
+    assert y.shape == y_torch.shape, f"output shape {tuple(y.shape)} != torch's {tuple(y_torch.shape)}"
+    if memory_format and y.dim() == 4:
+        same_memory_format(y, y_torch)
+    g = make_grad(y.shape, grad, dtype, device=x.device)
+    grads = torch.autograd.grad(y, inputs, g)
+    ref_inputs = [t.detach().cpu().to(torch.float64).requires_grad_() for t in inputs]
+    y_ref = TORCH_OPS[op](ref_inputs[0], ref_inputs[1], ref_inputs[2] if b is not None else None, **kwargs)
+    ref_grads = torch.autograd.grad(y_ref, ref_inputs, g.cpu().to(torch.float64))
+    assert_rel(y.cpu(), y_ref, dtype, "output", tol)
+    for name, got, ref in zip(("grad_input", "grad_weight", "grad_bias"), grads, ref_grads):
+        assert got.dtype == dtype, f"{name} dtype {got.dtype}"
+        assert_rel(got.cpu(), ref, dtype, name, tol)
+    return y
+
+
+# ----------------------------------------------------------------------------------------------------
 # Pooling: the CPU grid (tests/test_pool2d.py, reused by tests/test_triton.py, tests/test_triton_gpu.py
 # and tests/test_cuda_gpu.py)
 

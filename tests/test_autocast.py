@@ -1,4 +1,4 @@
-"""fastconv's ops under torch.autocast behave as torch's: conv2d / conv2d_relu cast their floating-point
+"""fastconv's ops under torch.autocast behave as torch's: the convolutions (2-d, 1-d, transposed) cast their floating-point
 inputs (float64 excepted) to the autocast dtype, mixed float32/low-precision arguments are accepted,
 gradients flow back to the float32 leaves in float32; pooling runs in its input's dtype.
 
@@ -23,12 +23,24 @@ def _leaves(*shapes, dtype=torch.float32):
     return [torch.randn(*s, generator=g, dtype=torch.float64).to(dtype).requires_grad_() for s in shapes]
 
 
+# op -> (torch's op, input, weight, bias shapes, kwargs)
+_CAST_CASES = {
+    "conv2d": (F.conv2d, (2, 4, 9, 8), (6, 2, 3, 3), (6,), dict(stride=1, padding=1, groups=2)),
+    "conv2d_relu": (lambda *a, **k: torch.relu(F.conv2d(*a, **k)), (2, 4, 9, 8), (6, 2, 3, 3), (6,),
+                    dict(stride=1, padding=1, groups=2)),
+    "conv1d": (F.conv1d, (2, 4, 17), (6, 2, 3), (6,), dict(stride=2, padding=1, groups=2)),
+    "conv1d_relu": (lambda *a, **k: torch.relu(F.conv1d(*a, **k)), (2, 4, 17), (6, 4, 5), (6,), dict(padding=2)),
+    "conv_transpose2d": (F.conv_transpose2d, (2, 4, 5, 6), (4, 3, 3, 3), (6,),
+                         dict(stride=2, padding=1, output_padding=1, groups=2)),
+    "conv_transpose1d": (F.conv_transpose1d, (2, 4, 9), (4, 3, 4), (3,), dict(stride=2, padding=1)),
+}
+
+
 @pytest.mark.parametrize("amp", AMP_DTYPES, ids=str)
-@pytest.mark.parametrize("op", ["conv2d", "conv2d_relu"])
+@pytest.mark.parametrize("op", list(_CAST_CASES))
 def test_conv_casts_like_torch(backend, op, amp):
-    x, w, b = _leaves((2, 4, 9, 8), (6, 2, 3, 3), (6,))
-    kwargs = dict(stride=1, padding=1, groups=2)
-    torch_fn = F.conv2d if op == "conv2d" else (lambda *a, **k: torch.relu(F.conv2d(*a, **k)))
+    torch_fn, x_shape, w_shape, b_shape, kwargs = _CAST_CASES[op]
+    x, w, b = _leaves(x_shape, w_shape, b_shape)
     with torch.autocast("cpu", dtype=amp):
         y = getattr(FC, op)(x, w, b, **kwargs)
         y_t = torch_fn(x, w, b, **kwargs)

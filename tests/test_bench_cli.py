@@ -154,3 +154,27 @@ def test_steady_allocator_applies_on_glibc():
     rejects an out-of-range value, so this fails if the chosen values stop being valid."""
     from fastconv.benchmarks.runner import steady_allocator
     assert steady_allocator() is True
+
+
+@pytest.mark.parametrize("table", ["conv1d", "conv_transpose"])
+def test_conv1d_and_transposed_rows_are_torchs_shapes(table):
+    """Each row's input/weight/output shapes are what torch's op gives (the FLOP and byte models read
+    them), and its step passes the check against torch (a small batch, both layouts)."""
+    import torch
+    import torch.nn.functional as F
+
+    import fastconv
+
+    for s in TABLES[table]:
+        x, w = torch.empty(s.input_shape, device="meta"), torch.empty(s.weight_shape, device="meta")
+        if s.transposed:
+            y = F.conv_transpose2d(x, w, None, s.stride, s.pad, s.output_padding, s.groups)
+        else:
+            y = F.conv1d(x, w, None, s.stride, s.pad, 1, s.groups)
+        assert tuple(y.shape) == s.output_shape, s.name
+    small = min(TABLES[table], key=lambda s: s.flops).with_batch(1)
+    for op in small.ops:
+        for layout in ("nchw", "channels_last"):
+            with fastconv.use_backend("cpu"):
+                fn, check = make_step(op, "fwdbwd", small, layout, "fastconv")
+                check()

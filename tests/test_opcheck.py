@@ -133,9 +133,11 @@ def test_opcheck_conv2d_fused(backend, epilogue, return_conv, cl):
 
 
 def test_every_op_is_checked():
-    """Every op registered under the fastconv namespace has an opcheck test above."""
+    """Every op registered under the fastconv namespace has an opcheck test (above, or in the op's own
+    test module: test_conv1d.py, test_conv_transpose.py)."""
     checked = {"conv2d", "conv2d_relu", "conv2d_fused", "conv2d_dgrad", "conv2d_wgrad", "max_pool2d",
                "max_pool2d_with_indices",
                "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward"}
+    checked |= {"conv1d", "conv1d_relu", "conv_transpose1d", "conv_transpose2d"}
     registered = {name for name in dir(ops) if isinstance(getattr(ops, name), torch._ops.OpOverloadPacket)}
     assert registered == checked

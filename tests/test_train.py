@@ -87,7 +87,7 @@ def test_channels_last_float64_adam(backend, tmp_path):
 @pytest.mark.parametrize("argv,message", [
     (["--backend", "cuda"], "--backend cuda: not available: "),
     (["--backend", "triton"], "--backend triton: not available: "),
-    (["--backend", "cpu", "--amp", "bf16"], "AMP is not supported by backend 'cpu' yet"),
+    (["--backend", "cpu", "--amp", "fp16", "--dtype", "float64"], "--amp fp16 needs --dtype float32"),
     (["--dataset", "cifar10"], "no data directory given"),
     (["--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], "data_batch_1 ... data_batch_5, test_batch"),
     (["--dataset", "folder", "--data-dir", "/nonexistent/images"], "one sub-folder per class"),
@@ -106,7 +106,7 @@ def test_help_documents_amp(capsys):
         main(["train", "--help"])
     assert exc.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "fastconv's kernel backends do not support AMP yet" in text and "--resume" in text
+    assert "autocast to float16/bfloat16 on any backend" in text and "--resume" in text
 
 
 # ----------------------------------------------------------------------------------------------------

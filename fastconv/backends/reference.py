@@ -25,12 +25,25 @@ class ReferenceBackend(Backend):
         return dy if relu_y is None else dy * (relu_y > 0).to(dy.dtype)
 
     def conv2d_dgrad(self, dy, x, w, relu_y, stride, padding, dilation, groups):
-        dx = torch.nn.grad.conv2d_input(x.shape, w, self._masked(dy, relu_y), stride, padding, dilation, groups)
+        # The transposed convolution of dy: output_padding covers an x taller/wider than dy's rows
+        # reach (a convolution's discarded edge, or fastconv::conv_transpose2d's output_padding).
+        reach = [(dy.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (w.shape[2 + i] - 1) + 1
+                 for i in range(2)]
+        extra = [x.shape[2 + i] - reach[i] for i in range(2)]
+        dx = F.conv_transpose2d(self._masked(dy, relu_y), w, None, stride, padding, extra, groups, dilation)
         return dx.contiguous(memory_format=memory_format_of(x))  # the layout the op promises
 
     def conv2d_wgrad(self, dy, x, w, relu_y, stride, padding, dilation, groups, need_weight, need_bias):
         dy = self._masked(dy, relu_y)
-        dw = torch.nn.grad.conv2d_weight(x, w.shape, dy, stride, padding, dilation, groups) if need_weight else None
+        if need_weight:
+            # torch wants dy of the convolution's full output size: rows/columns of it that dy lacks
+            # (fastconv::conv_transpose2d's backward) are zeros, contributing nothing.
+            full = [(x.shape[2 + i] + 2 * padding[i] - dilation[i] * (w.shape[2 + i] - 1) - 1) // stride[i] + 1
+                    for i in range(2)]
+            dy_full = F.pad(dy, [0, full[1] - dy.shape[3], 0, full[0] - dy.shape[2]])
+            dw = torch.nn.grad.conv2d_weight(x, w.shape, dy_full, stride, padding, dilation, groups)
+        else:
+            dw = None
         db = dy.sum(dim=(0, 2, 3)) if need_bias else None
         return dw, db
 

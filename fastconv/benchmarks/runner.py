@@ -40,7 +40,7 @@ from .tables import ConvShape, PoolShape
 # flagged: on a 2-core machine one busy neighbour halves the cores an OpenMP kernel can use.
 BUSY_FLAG = 0.10
 
-CONV_OPS = ("conv2d", "conv2d_relu")
+CONV_OPS = ("conv2d", "conv2d_relu", "conv1d", "conv1d_relu", "conv_transpose2d")
 POOL_OPS = ("max_pool2d", "avg_pool2d")
 OPS = CONV_OPS + POOL_OPS
 MODES = ("fwd", "bwd", "fwdbwd")
@@ -51,7 +51,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.f
 
 @dataclasses.dataclass
 class Case:
-    op: str          # conv2d, conv2d_relu, max_pool2d, avg_pool2d (or a whole-model op in bench/)
+    op: str          # one of OPS (or a whole-model op in bench/)
     mode: str        # fwd, bwd, fwdbwd (train_step for the model suite)
     shape: Any       # ConvShape, PoolShape (or the model suite's own shape)
     layout: str      # nchw or channels_last
@@ -278,9 +278,7 @@ def conv_flops(s: ConvShape, mode: str) -> float:
 
 def conv_bytes(s: ConvShape, mode: str, size: int = 4) -> float:
     """Minimum traffic. fwd: x, w, b in, y out. dgrad: dy, w in, dx out; wgrad: dy, x in, dw, db out."""
-    x = s.N * s.C * s.H * s.W
-    w = s.K * (s.C // s.groups) * s.R * s.S
-    y = s.N * s.K * s.P * s.Q
+    x, w, y = s.elems
     fwd = x + w + s.K + y
     bwd = (y + w + x) + (y + x + w + s.K)
     return size * {"fwd": fwd, "bwd": bwd, "fwdbwd": fwd + bwd}[mode]
@@ -307,9 +305,10 @@ def work_of(op: str, shape, mode: str, dtype: str = "float32") -> Tuple[float, s
 
 
 def ops_for(shape, ops: Sequence[str]) -> List[str]:
-    """The ops of `ops` that apply to a table row: the conv ops to a ConvShape; a PoolShape's own op."""
+    """The ops of `ops` that apply to a table row: a ConvShape's (ConvShape.ops: 2-d, 1-d or transposed);
+    a PoolShape's own op."""
     if isinstance(shape, ConvShape):
-        return [op for op in ops if op in CONV_OPS]
+        return [op for op in ops if op in shape.ops]
     own = f"{shape.op}_pool2d"
     return [own] if own in ops else []
 
@@ -325,13 +324,17 @@ def _fmt(layout: str):
 def conv_inputs(s: ConvShape, layout: str, grad: bool, dtype: str = "float32", device: str = "cpu"):
     """x, w, b (requiring grad when `grad`) and dy, deterministic (seeded on the CPU, then moved)."""
     g = torch.Generator().manual_seed(1234)
-    fan_in = (s.C // s.groups) * s.R * s.S
+    fan_in = (s.K if s.transposed else s.C) // s.groups * s.R * s.S
     x = torch.randn(s.input_shape, generator=g)
     w = torch.randn(s.weight_shape, generator=g) / fan_in ** 0.5
-    b = torch.randn(s.K, generator=g) * 0.1
+    b = torch.randn(s.K, generator=g) * 0.1  # K: the output channels (transposed too)
     dy = torch.randn(s.output_shape, generator=g)
     dt = DTYPES[dtype]
     x, w, b, dy = (t.to(device=device, dtype=dt) for t in (x, w, b, dy))
+    if s.dims == 1:  # channels_last: (N, C, L) with strides (L*C, 1, C), a sequence model's (N, L, C)
+        if layout == "channels_last":
+            x, dy = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (x, dy))
+        return x.requires_grad_(grad), w.requires_grad_(grad), b.requires_grad_(grad), dy
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
         w = w.contiguous(memory_format=torch.channels_last)
@@ -340,16 +343,20 @@ def conv_inputs(s: ConvShape, layout: str, grad: bool, dtype: str = "float32", d
 
 
 def conv_forward(impl: str, op: str, s: ConvShape) -> Callable:
-    """fastconv.functional's op, or torch's: F.conv2d (+ in-place ReLU for conv2d_relu, what
+    """fastconv.functional's op, or torch's: F.<op> (+ in-place ReLU for the _relu ops, what
     nn.ReLU(inplace=True) does after a conv layer: the strongest unfused baseline)."""
+    base = op[:-len("_relu")] if op.endswith("_relu") else op
     if impl == "fastconv":
         import fastconv.functional as FC
 
-        f = FC.conv2d_relu if op == "conv2d_relu" else FC.conv2d
+        f = getattr(FC, op)
+    else:
+        f = getattr(F, base)
+    if base == "conv_transpose2d":
+        return lambda x, w, b: f(x, w, b, s.stride, s.pad, s.output_padding, s.groups)
+    if impl == "fastconv" or base == op:
         return lambda x, w, b: f(x, w, b, s.stride, s.pad, 1, s.groups)
-    if op == "conv2d_relu":
-        return lambda x, w, b: torch.relu_(F.conv2d(x, w, b, s.stride, s.pad, 1, s.groups))
-    return lambda x, w, b: F.conv2d(x, w, b, s.stride, s.pad, 1, s.groups)
+    return lambda x, w, b: torch.relu_(f(x, w, b, s.stride, s.pad, 1, s.groups))
 
 
 def conv_step(impl: str, op: str, mode: str, s: ConvShape, x, w, b, dy) -> Callable[[], Tuple]:
@@ -411,15 +418,15 @@ def assert_same(ours, ref, names, dtype: str = "float32", strict: bool = False) 
 
 
 def relu_unambiguous_grad(op: str, mode: str, s: ConvShape, x, w, b, dy, dtype: str = "float32"):
-    """dy for checking conv2d_relu gradients: zero where the pre-activation is within the forward
+    """dy for checking conv2d_relu (conv1d_relu) gradients: zero where the pre-activation is within the forward
     tolerance of 0. There the ReLU mask depends on the last bits of the forward result, which two
     correct kernels (direct vs Winograd, different summation orders) round to either side, and one
     flipped mask bit changes the input gradient by a whole dy value over an R x S x C window (2 of
     the 800K outputs of c256k256-14x14 flip between torch and fastconv's Winograd)."""
-    if op != "conv2d_relu" or mode == "fwd":
+    if not op.endswith("_relu") or mode == "fwd":
         return dy
     with torch.no_grad():
-        pre = F.conv2d(x, w, b, s.stride, s.pad, 1, s.groups)
+        pre = conv_forward("torch", op[:-len("_relu")], s)(x, w, b)
         _, atol = TOLERANCES[dtype]
         eps = atol * max(1.0, pre.abs().max().item())
         return dy.masked_fill(pre.abs() <= eps, 0)
@@ -438,8 +445,8 @@ def make_step(op: str, mode: str, shape, layout: str, impl: str, dtype: str = "f
     """(step, check) for one row: step() runs `impl` once; check() raises if fastconv's result (output
     or every gradient) differs from torch's. Run both under the backend being measured."""
     if isinstance(shape, ConvShape):
-        if op not in CONV_OPS:
-            raise ValueError(f"{op} does not apply to a conv shape")
+        if op not in shape.ops:
+            raise ValueError(f"{op} does not apply to the conv shape {shape.name}")
         x, w, b, dy = conv_inputs(shape, layout, grad=(mode != "fwd"), dtype=dtype, device=device)
         fn = conv_step(impl, op, mode, shape, x, w, b, dy)
 

@@ -4,6 +4,7 @@ or whole networks against torch eager and torch.compile.
     fastconv bench                                    # table cpu_conv, conv2d + conv2d_relu, fwd, both layouts
     fastconv bench --table resnet50 --batch 8 --quick # ResNet-50's distinct conv layers at N=8, few rounds
     fastconv bench --table pool --modes fwd,bwd       # pooling layers (GB/s)
+    fastconv bench --table conv1d,conv_transpose      # 1-d (speech, sequence) and transposed (decoder) layers
     fastconv bench --models resnet50,mobilenet_v2     # networks: infer at batch 1, 8, 32 and a train step
     fastconv bench --models all --variants torch,fastconv --batches 1,8   # every network, no torch.compile
     fastconv bench --breakdown resnet50 --modes infer # time per conv layer of ResNet-50, ours vs torch
@@ -37,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = __doc__.split("\n\n")[1]
     p.add_argument("--table", default="cpu_conv",
                    help=f"comma-separated shape tables: {', '.join(TABLES)} (default cpu_conv)")
-    p.add_argument("--ops", default="conv2d,conv2d_relu,max_pool2d,avg_pool2d",
+    p.add_argument("--ops", default="conv2d,conv2d_relu,conv1d,conv1d_relu,conv_transpose2d,max_pool2d,avg_pool2d",
                    help="comma-separated ops; each row runs those that apply to it (conv ops on conv "
                         "shapes, a pooling row's own op) (default: all)")
     p.add_argument("--modes", default=None,

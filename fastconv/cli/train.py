@@ -1,6 +1,6 @@
 """`fastconv train`: train a CNN on fastconv's kernels (the training itself: fastconv.training).
 
-    fastconv train                                   # LeNet-5 on scikit-learn's digits, a few seconds
+    fastconv train                                   # LeNet-5 on scikit-learn's digits, 10-40 s
     fastconv train --dataset cifar10 --data-dir ~/data/cifar-10-batches-py --model resnet18_cifar
     fastconv train --backend torch ...               # the same model on torch.nn layers, for comparison
     torchrun --nproc_per_node=2 -m fastconv train    # data-parallel (gloo on CPU, nccl on GPU)
@@ -42,6 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="resize images to NxN (default: digits 8, folder 32; cifar10 is 32)")
     d.add_argument("--train-subset", type=int, default=None, metavar="N", help="train on the first N samples only")
     d.add_argument("--test-subset", type=int, default=None, metavar="N", help="test on the first N samples only")
+    d.add_argument("--augment", choices=("none", "shift", "crop-flip"), default=None,
+                   help="training-time augmentation: shift = random translation by up to 1/8 of the image side "
+                        "(pad with the background, crop back), crop-flip = the same plus a random horizontal "
+                        "flip (default: digits shift, cifar10 and folder crop-flip)")
     d.add_argument("--workers", type=int, default=None, metavar="N", help="DataLoader worker processes (default 0)")
 
     m = p.add_argument_group("model and optimization")
@@ -53,7 +57,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--width", type=float, default=None, metavar="W",
                    help="multiply the model's channel counts by W (default: 2 for lenet5 on digits, else 1; "
                         "of the torchvision architectures only mobilenet_v2 and mobilenet_v3_large have one)")
-    m.add_argument("--epochs", type=int, default=None, help="epochs in all (default: digits 20, cifar10 30, folder 20)")
+    m.add_argument("--blur-pool", action="store_true", default=None,
+                   help="anti-aliased downsampling: strided max pools and strided convs become stride 1 followed "
+                        "by a stride-2 fixed [1,2,1] low-pass filter (BlurPool2d, on fastconv's depthwise "
+                        "kernels); lenet5, vgg_small, resnet18*, mobilenet")
+    m.add_argument("--head", choices=("fc", "gap"), default=None,
+                   help="lenet5's classifier head: fc (three linear layers, the default) or gap (global "
+                        "average pooling + one linear layer; the other small-zoo models always use gap)")
+    m.add_argument("--epochs", type=int, default=None, help="epochs in all (default: digits 40, cifar10 30, folder 20)")
     m.add_argument("--batch-size", type=int, default=None, metavar="B",
                    help="global batch size, split over the processes under torchrun (default: digits 32, "
                         "cifar10 128, folder 64)")
@@ -76,9 +87,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the pure-torch reference backend) (default auto)")
     r.add_argument("--dtype", choices=("float32", "float64"), default=None, help="parameter dtype (default float32)")
     r.add_argument("--amp", choices=("none", "fp16", "bf16"), default=None,
-                   help="autocast to float16/bfloat16. Supported with --backend torch (fp16 uses a GradScaler); "
-                        "fastconv's kernel backends do not support AMP yet (their custom ops are not "
-                        "autocast-aware) and stop with an error (default none)")
+                   help="autocast to float16/bfloat16 on any backend: fastconv's custom ops cast their inputs "
+                        "under autocast as torch's convolutions do (the cpu backend computes in fp32 and rounds); "
+                        "fp16 uses a GradScaler (default none)")
     r.add_argument("--channels-last", action="store_true", default=None, help="channels_last memory format")
     r.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     r.add_argument("--progress", choices=("auto", "on", "off"), default=None,
@@ -108,7 +119,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "runs/<model>-<dataset>-<time>/ under the current directory; with --resume, the "
                         "checkpoint's directory)")
     o.add_argument("--resume", default=None, metavar="CHECKPOINT",
-                   help="continue from a checkpoint exactly as if training had not stopped (model, optimizer, "
+                   help="continue from a checkpoint (or a run directory: its latest complete checkpoint; "
+                        "truncated ones, e.g. from a run killed while writing, are skipped) exactly as if training had not stopped (model, optimizer, "
                         "LR schedule, epoch, RNG states); training options not given are taken from it")
     o.add_argument("--save-every", type=int, default=None, metavar="N",
                    help="also keep checkpoint_epochN.pt every N epochs (checkpoint.pt is rewritten every epoch)")

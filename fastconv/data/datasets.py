@@ -4,6 +4,7 @@ new image must go through before the trained model sees it (`preprocess_image`).
 from __future__ import annotations
 
 import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -214,8 +215,8 @@ def load_image(path, in_channels: int, image_size: int) -> Tensor:
             if im.size != (image_size, image_size):
                 im = im.resize((image_size, image_size), Image.BILINEAR)
             a = np.asarray(im, dtype=np.float32) / 255.0
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"cannot read image {str(path)!r}: {exc}") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:  # PIL's decoders raise all four on bad files
+        raise DatasetError(f"cannot read image {str(path)!r}: it is truncated or not a valid image ({exc})") from None
     t = torch.from_numpy(a.copy())
     return t.unsqueeze(0) if in_channels == 1 else t.permute(2, 0, 1).contiguous()
 
@@ -241,12 +242,23 @@ def _scan_classes(root: Path) -> Dict[str, List[Path]]:
         raise DatasetError(f"folder: {str(root)!r} has no class sub-folders; expected {FOLDER_LAYOUT}")
     out = {}
     for c in classes:
-        files = sorted(p for p in (root / c).rglob("*") if _is_image(p))
+        entries = sorted(p for p in (root / c).rglob("*") if p.is_file() and not _hidden(p, root / c))
+        files = [p for p in entries if _is_image(p)]
         if not files:
             raise DatasetError(f"folder: class folder {str(root / c)!r} has no image files "
                                f"({', '.join(IMAGE_EXTENSIONS)}); expected {FOLDER_LAYOUT}")
+        others = [p for p in entries if not _is_image(p)]
+        if others:  # skipped, but said: a silent skip could leave a class smaller than the user counted
+            more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+            warnings.warn(f"folder: skipping {str(others[0])!r}{more}: not an image file (expected one of "
+                          f"{', '.join(IMAGE_EXTENSIONS)})", UserWarning, stacklevel=3)
         out[c] = files
     return out
+
+
+def _hidden(p: Path, top: Path) -> bool:
+    """A file or folder below `top` whose name starts with '.' (.DS_Store, .ipynb_checkpoints/...)."""
+    return any(part.startswith(".") for part in p.relative_to(top).parts)
 
 
 class ImageFolderDataset(Dataset):

@@ -4,4 +4,4 @@ Layers, as design.md describes: backends (raw launchers, no autograd) -> these o
 implementations for torch.compile) -> fastconv.functional (torch-compatible argument handling) ->
 fastconv.nn (modules).
 """
-from . import conv2d, conv2d_fused, pool2d  # noqa: F401  (registration side effects)
+from . import conv1d, conv2d, conv2d_fused, conv_transpose, pool2d  # noqa: F401  (registration side effects)

@@ -31,6 +31,8 @@ from torch import nn
 from . import checkpoint as ckpt_io
 from . import distributed as dist_util
 from . import report
+from ..data.augment import augment_train_split
+from .arch import arch_options
 
 
 class ConfigError(ValueError):
@@ -103,17 +105,15 @@ def select_backend(name: str, device: torch.device) -> Tuple[str, str]:
 
 
 def amp_context(amp: str, layers: str, backend_label: str, device: torch.device, dtype: torch.dtype):
-    """(autocast context factory, GradScaler or None). AMP runs on torch.nn layers only: fastconv's
-    custom ops are not autocast-aware (autocast would hand them mixed-dtype inputs)."""
+    """(autocast context factory, GradScaler or None). fastconv's custom ops have autocast rules (their
+    floating-point inputs are cast to the autocast dtype, as torch's conv2d's are; tests/test_autocast.py),
+    so AMP runs on every backend: torch.nn layers and fastconv's (the cpu backend computes fp16/bf16
+    convolutions in fp32 and rounds the result)."""
     amp = (amp or "none").lower()
     if amp == "none":
         return contextlib.nullcontext, None
     if amp not in AMP_DTYPES:
         raise ConfigError(f"--amp {amp}: expected none, fp16 or bf16")
-    if layers != "torch":
-        raise ConfigError(f"--amp {amp}: AMP is not supported by backend {backend_label!r} yet (fastconv's "
-                          f"custom ops are not autocast-aware); use --amp none, or --backend torch to train "
-                          f"torch.nn layers under autocast")
     if dtype != torch.float32:
         raise ConfigError(f"--amp {amp} needs --dtype float32 (autocast lowers float32 ops), got {dtype}")
     amp_dtype = AMP_DTYPES[amp]
@@ -154,7 +154,7 @@ def build(cfg: Namespace, data_info: Dict, layers: str) -> nn.Module:
 
     try:
         return build_model(cfg.model, len(data_info["classes"]), data_info["in_channels"], data_info["image_size"],
-                           backend=layers, **model_kwargs(cfg.model, cfg.width))
+                           backend=layers, **model_kwargs(cfg.model, cfg.width), **arch_options(cfg))
     except ConfigError:
         raise
     except ValueError as exc:  # the models' argument checks, e.g. an image size below the model's minimum
@@ -311,6 +311,7 @@ def _train(cfg: Namespace, device: torch.device, dinfo: dist_util.DistInfo) -> D
 
     seed_everything(cfg.seed)
     data = load_data(cfg)
+    augment_train_split(data, cfg.augment, cfg.seed)
     info = data.info()
     model = build(cfg, info, layers).to(device=device, dtype=dtype)
     if cfg.channels_last:
@@ -407,6 +408,7 @@ def _train(cfg: Namespace, device: torch.device, dinfo: dist_util.DistInfo) -> D
 def _train_epoch(model, loader, sampler, optimizer, scaler, autocast, device, dtype, cfg, epoch, dinfo, show_bar):
     model.train()
     sampler.set_epoch(epoch)
+    getattr(loader.dataset, "set_epoch", lambda e: None)(epoch)  # augmentation draws per (seed, epoch, sample)
     bar = None
     if show_bar:
         from tqdm.auto import tqdm

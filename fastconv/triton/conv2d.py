@@ -37,6 +37,7 @@ Masked-off lanes: every gather index is clamped to a valid coordinate before the
 """
 from __future__ import annotations
 
+import os
 from typing import Optional, Tuple
 
 import torch
@@ -556,9 +557,15 @@ _GEMM_TILES = [
 _SMEM_BUDGET = 160 * 1024  # shared memory one CTA may use: A100's 164 KiB minus a margin (H100: 227 KiB)
 
 
+# FASTCONV_TRITON_TUNE=small (bench/gpu_check.sh, a GPU run under a time budget): three of the six tiles,
+# one wide, one narrow along N, one small, so a layer geometry costs half the compile and timing.
+_SMALL_TILES = [(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 64, 32, 4, 4)]
+
+
 def _configs():
+    small = os.environ.get("FASTCONV_TRITON_TUNE", "").strip().lower() == "small"
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=nw, num_stages=ns)
-            for bm, bn, bk, nw, ns in _GEMM_TILES]
+            for bm, bn, bk, nw, ns in (_SMALL_TILES if small else _GEMM_TILES)]
 
 
 def _prune(m_extent: str, n_extent: str, k_extent: str):
