@@ -13,6 +13,10 @@ fastconv._C_cuda: the same launchers compiled by nvcc for sm_80, sm_86, sm_89, s
   with FASTCONV_CUDA_ARCHS="80;90"). FASTCONV_CUDA=0 skips it, 1 requires nvcc, auto (default) builds
   it when nvcc is found. ptxas's per-kernel report goes to build/fastconv-ptxas.txt and any register
   spill fails the build. The module links the CUDA runtime statically (needs only the driver).
+
+Every build copies kernels/*.cuh into the package (fastconv/kernels/ in a wheel): the NVRTC backend
+(fastconv.backends.cuda_nvrtc, CuPy) compiles them at run time on a machine where the wheel was built
+without nvcc. docs/packaging.md lists what each switch builds.
 """
 import glob
 import os
@@ -25,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 from setuptools import setup
+from setuptools.command.build_py import build_py
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 IS_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
@@ -324,4 +329,18 @@ cuda_ext = cuda_extension() if "cuda" in _wanted else None
 if cuda_ext is not None:
     extensions.append(cuda_ext)
 
-setup(ext_modules=extensions, cmdclass={"build_ext": BuildExt})
+
+
+class BuildPy(build_py):
+    """The package plus kernels/*.cuh as fastconv/kernels/ (where cuda_nvrtc.kernels_dir looks in an
+    installed package), whatever extensions are built."""
+
+    def run(self):
+        super().run()
+        target = os.path.join(self.build_lib, "fastconv", "kernels")
+        os.makedirs(target, exist_ok=True)
+        for header in sorted(glob.glob(os.path.join("kernels", "*.cuh"))):
+            self.copy_file(header, os.path.join(target, os.path.basename(header)))
+
+
+setup(ext_modules=extensions, cmdclass={"build_ext": BuildExt, "build_py": BuildPy})

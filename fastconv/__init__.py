@@ -8,6 +8,7 @@
     torch.compile(model, backend="fastconv")                      # the same on dynamo's graph + Inductor
     fastconv.info()                                               # what is built and available
     fastconv.explain.explain(model, x, "gradcam")                 # heatmaps: Grad-CAM, saliency, SmoothGrad
+    fastconv.export.to_onnx(model, (x,), "model.onnx")            # standard ONNX ops (docs/deployment.md)
 """
 from . import backends, functional, nn, ops  # noqa: F401
 from .backends import get_backend, set_backend, use_backend
@@ -18,7 +19,7 @@ from .version import __version__
 
 __all__ = [
     "functional", "nn", "ops", "backends", "convert", "optimize", "OptimizeError", "info", "set_backend",
-    "get_backend", "use_backend", "ArgumentError", "ArgumentTypeError", "__version__",
+    "get_backend", "use_backend", "ArgumentError", "ArgumentTypeError", "__version__", "export", "explain",
 ]
 
 
@@ -34,4 +35,8 @@ def __getattr__(name):
         import importlib
 
         return importlib.import_module(f"{__name__}.explain")
+    if name == "export":  # ONNX translations (imports torch.onnx): on first use too
+        import importlib
+
+        return importlib.import_module(f"{__name__}.export")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -299,8 +299,8 @@ def conv2d_epilogue(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None
         if t.dtype != x.dtype and not autocast_unifies(x, t):
             raise ArgumentTypeError(f"{op}: input dtype {x.dtype} and {name} dtype {t.dtype} should be the same")
     tensors = (x, weight, bias, scale, residual)
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    return_conv = grad and not fused_ops.mask_backward_ok(activation, scale is not None, residual_after_activation)
+    return_conv = _may_need_grad(*tensors) and not fused_ops.mask_backward_ok(activation, scale is not None,
+                                                                              residual_after_activation)
     args = (x, weight, bias, scale, residual, stride, padding, dilation, groups, activation,
             residual_after_activation, return_conv)
     if direct_ok(*tensors):
@@ -465,13 +465,24 @@ def _pool_args(input, kernel_size, stride, padding, dilation, ceil_mode, op: str
     return x, unbatched, list(kernel), list(stride), list(padding), list(dilation)
 
 
+def _may_need_grad(*tensors: Optional[Tensor]) -> bool:
+    """Whether the op chosen for these tensors must support a backward (max pool's indices, the fused
+    op's saved convolution). Under torch.jit.trace always: the traced graph must not depend on the grad
+    mode, since jit.trace's check retraces under torch.no_grad() and compares the graphs (a graph
+    traced with grad held max_pool2d_with_indices, the check's max_pool2d), and a traced module may be
+    trained."""
+    if torch.jit.is_tracing():
+        return True
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def max_pool2d(input: Tensor, kernel_size: Union[int, Sequence[int]], stride=None,
                padding: Union[int, Sequence[int]] = 0, dilation: Union[int, Sequence[int]] = 1,
                ceil_mode: bool = False, return_indices: bool = False):
     """Same as F.max_pool2d; indices (with return_indices=True) are torch's: h * W + w in the plane."""
     x, unbatched, kernel, stride, padding, dilation = _pool_args(input, kernel_size, stride, padding, dilation,
                                                                  ceil_mode, "max_pool2d")
-    if return_indices or (torch.is_grad_enabled() and x.requires_grad):
+    if return_indices or _may_need_grad(x):
         y, idx = torch.ops.fastconv.max_pool2d_with_indices(x, kernel, stride, padding, dilation, ceil_mode)
     else:
         y, idx = torch.ops.fastconv.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode), None

@@ -7,6 +7,7 @@
     fastconv train --resume runs/X/checkpoint.pt --epochs 30
     fastconv train --init runs/X/checkpoint.pt --classes 5,6,7,8,9 --finetune-lr 0.005   # transfer learning
     fastconv train --folds 5                         # 5-fold cross-validation: mean and spread of accuracy
+    fastconv train --export onnx --export torchscript   # also model.onnx, model.torchscript.pt
     fastconv evaluate runs/X/checkpoint.pt
     fastconv predict runs/X/checkpoint.pt image.png folder/
 
@@ -124,6 +125,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "LR schedule, epoch, RNG states); training options not given are taken from it")
     o.add_argument("--save-every", type=int, default=None, metavar="N",
                    help="also keep checkpoint_epochN.pt every N epochs (checkpoint.pt is rewritten every epoch)")
+    o.add_argument("--export", action="append", choices=("onnx", "torchscript", "exported"), default=None,
+                   metavar="FORMAT",
+                   help="also write the trained model next to the checkpoint, for deployment: onnx "
+                        "(model.onnx, standard ONNX operators; needs the 'onnx' extra), torchscript "
+                        "(model.torchscript.pt, torch.jit.trace), exported (model.pt2, torch.export); "
+                        "repeat for several")
     o.add_argument("--eval-every", type=int, default=None, metavar="N",
                    help="evaluate on the test set every N epochs (default 1; always after the last)")
 

@@ -15,8 +15,10 @@ has been replaced, moved or written in place (load_state_dict, an optimizer step
 compares the sources' identities, versions and data pointers with those of the last fold, a few
 microseconds. Under autograd (grad enabled and a source requiring grad) nothing is cached: the call
 passes the conv's own weight and the BatchNorm as a per-channel scale and shift computed in the call
-(conv2d_epilogue's scale), so gradients reach the original parameters; with the BatchNorm in training mode
-(optimized.train()) the call runs conv, BatchNorm and the epilogue unfused, with torch's semantics.
+(conv2d_epilogue's scale), so gradients reach the original parameters; under a tracer (torch.jit.trace,
+torch.export) the same, so the traced graph computes the fold from the parameters it holds; with the
+BatchNorm in training mode (optimized.train()) the call runs conv, BatchNorm and the epilogue unfused,
+with torch's semantics.
 """
 from __future__ import annotations
 
@@ -81,7 +83,12 @@ class FusedConv2d(nn.Module):
         if bn is None:
             return conv.weight, conv.bias, None
         sources = self._sources()
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in sources):
+        # Under a tracer (torch.jit.trace, torch.export / torch.compile) the in-call form too: the cached
+        # fold is a first-call path (the first call folds, later ones read the cache), so a traced graph
+        # would depend on the call count and on the grad mode (jit.trace's check, a retrace under no_grad,
+        # found two different graphs), and the cache key reads data pointers, which fake tensors lack.
+        if torch.jit.is_tracing() or torch.compiler.is_compiling() or (
+                torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in sources)):
             weight, bias, mean, var, gamma, beta = sources
             scale = torch.rsqrt(var + bn.eps)
             if gamma is not None:

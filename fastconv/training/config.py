@@ -28,7 +28,7 @@ GENERAL_DEFAULTS: Dict[str, Any] = {
     "seed": 0, "image_size": None, "train_subset": None, "test_subset": None, "dtype": "float32",
     "label_smoothing": 0.0, "amp": "none", "channels_last": False,
     "device": "auto", "backend": "auto", "compile": False, "out": None, "resume": None, "save_every": 0,
-    "eval_every": 1, "workers": 0, "progress": "auto",
+    "eval_every": 1, "workers": 0, "progress": "auto", "export": None,
     "init": None, "freeze_backbone": False, "finetune_lr": None, "classes": None, "train_per_class": None,
     "folds": None, "fold": None,
 }

@@ -308,6 +308,12 @@ def _train(cfg: Namespace, device: torch.device, dinfo: dist_util.DistInfo) -> D
                           f"number of processes ({dinfo.world_size})")
     if cfg.epochs < 1:
         raise ConfigError(f"--epochs must be at least 1, got {cfg.epochs}")
+    for fmt in cfg.export or ():
+        from ..export import check_format
+        try:
+            check_format(fmt)
+        except ValueError as exc:
+            raise ConfigError(f"--export {fmt}: {exc}") from None
 
     seed_everything(cfg.seed)
     data = load_data(cfg)
@@ -511,6 +517,9 @@ def _finish(cfg, data, info, model, ev, history, train_seconds, wall_seconds, ou
         "torch_version": str(torch.__version__),
         "checkpoint": str(out_dir / "checkpoint.pt"),
     }
+    exported = _export_model(cfg, data, model, device, _dtype_of(model), out_dir)
+    if exported:
+        metrics["exports"] = exported
     report.write_json(out_dir / "metrics.json", metrics)
     plot = out_dir / "curves.png"
     try:
@@ -522,8 +531,26 @@ def _finish(cfg, data, info, model, ev, history, train_seconds, wall_seconds, ou
         f"training time: {train_seconds:.1f} s ({cfg.epochs} epochs; {wall_seconds:.1f} s in all, with data "
         f"loading and evaluation)", "per-class accuracy:", *report.format_per_class(classes, conf),
         *report.format_confusion(classes, conf),
-        f"wrote {out_dir / 'metrics.json'}, {plot.name}, checkpoint.pt")
+        f"wrote {out_dir / 'metrics.json'}, {plot.name}, checkpoint.pt"
+        + "".join(f", {Path(p).name}" for p in exported.values()))
     return metrics
+
+
+def _dtype_of(model: nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+def _export_model(cfg, data, model, device, dtype, out_dir) -> Dict[str, str]:
+    """`--export FORMAT`: the trained model next to the checkpoint (fastconv.export.save_for_deployment),
+    traced with one test image; {format: path}."""
+    if not cfg.export:
+        return {}
+    from ..export import save_for_deployment
+
+    x = data.test[0][0].unsqueeze(0).to(device=device, dtype=dtype)
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return {fmt: save_for_deployment(model, x, fmt, out_dir) for fmt in dict.fromkeys(cfg.export)}
 
 
 # ----------------------------------------------------------------------------------------------------
