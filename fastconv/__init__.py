@@ -7,6 +7,7 @@
     fastconv.optimize(model.eval(), example)                      # fold BatchNorm, fuse epilogues (fx)
     torch.compile(model, backend="fastconv")                      # the same on dynamo's graph + Inductor
     fastconv.info()                                               # what is built and available
+    fastconv.explain.explain(model, x, "gradcam")                 # heatmaps: Grad-CAM, saliency, SmoothGrad
     fastconv.export.to_onnx(model, (x,), "model.onnx")            # standard ONNX ops (docs/deployment.md)
 """
 from . import backends, functional, nn, ops  # noqa: F401
@@ -18,7 +19,7 @@ from .version import __version__
 
 __all__ = [
     "functional", "nn", "ops", "backends", "convert", "optimize", "OptimizeError", "info", "set_backend",
-    "get_backend", "use_backend", "ArgumentError", "ArgumentTypeError", "__version__", "export",
+    "get_backend", "use_backend", "ArgumentError", "ArgumentTypeError", "__version__", "export", "explain",
 ]
 
 
@@ -30,6 +31,10 @@ def __getattr__(name):
 
         fusion = importlib.import_module(f"{__name__}.fusion")
         return fusion if name == "fusion" else getattr(fusion, name)
+    if name == "explain":  # Grad-CAM / saliency (fastconv/explain.py), also loaded on first use
+        import importlib
+
+        return importlib.import_module(f"{__name__}.explain")
     if name == "export":  # ONNX translations (imports torch.onnx): on first use too
         import importlib
 

@@ -15,7 +15,7 @@ from fastconv.cli import COMMANDS, main
 from fastconv.cli._util import missing_train_extra
 
 REPO = str(Path(__file__).resolve().parent.parent)
-NAMES = ["info", "demo", "train", "evaluate", "predict", "bench", "profile"]
+NAMES = ["info", "demo", "train", "evaluate", "predict", "explain", "bench", "profile"]
 
 
 def test_registry():

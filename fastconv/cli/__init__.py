@@ -5,12 +5,13 @@
     train     fastconv.cli.train     -> fastconv.training (training loop, checkpoints, DDP)
     evaluate  fastconv.cli.evaluate  -> fastconv.training
     predict   fastconv.cli.predict   -> fastconv.training
+    explain   fastconv.cli.explain   -> fastconv.explain (Grad-CAM, saliency, SmoothGrad PNGs)
     bench     fastconv.cli.bench     -> fastconv.benchmarks (sweep, records, report, charts, compare)
     profile   fastconv.cli.profile   -> fastconv.profiling (named ranges, profile_model, ncu command)
 
 A command module defines NAME, HELP, add_arguments(parser) and run(args) -> exit code; it parses and
 checks the arguments and calls the machinery, which imports its heavy or optional dependencies
-(scikit-learn, matplotlib, tqdm, Pillow for train / evaluate / predict) only when the command runs.
+(scikit-learn, matplotlib, tqdm, Pillow for train / evaluate / predict / explain) only when the command runs.
 """
 from __future__ import annotations
 
@@ -19,10 +20,10 @@ import sys
 from types import ModuleType
 from typing import Dict, List, Optional
 
-from . import bench, demo, evaluate, info, predict, profile, train
+from . import bench, demo, evaluate, explain, info, predict, profile, train
 
 # name -> command module, in the order `fastconv --help` lists them
-COMMANDS: Dict[str, ModuleType] = {m.NAME: m for m in (info, demo, train, evaluate, predict, bench, profile)}
+COMMANDS: Dict[str, ModuleType] = {m.NAME: m for m in (info, demo, train, evaluate, predict, explain, bench, profile)}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,8 @@
     fastconv train --backend torch ...               # the same model on torch.nn layers, for comparison
     torchrun --nproc_per_node=2 -m fastconv train    # data-parallel (gloo on CPU, nccl on GPU)
     fastconv train --resume runs/X/checkpoint.pt --epochs 30
+    fastconv train --init runs/X/checkpoint.pt --classes 5,6,7,8,9 --finetune-lr 0.005   # transfer learning
+    fastconv train --folds 5                         # 5-fold cross-validation: mean and spread of accuracy
     fastconv train --export onnx --export torchscript   # also model.onnx, model.torchscript.pt
     fastconv evaluate runs/X/checkpoint.pt
     fastconv predict runs/X/checkpoint.pt image.png folder/
@@ -20,7 +22,7 @@ import argparse
 from typing import Any, Dict, List, Optional
 
 from ..training.config import BACKEND_CHOICES, MODEL_NAMES
-from ._util import run_training_call
+from ._util import csv, run_training_call
 
 NAME = "train"
 HELP = "train a CNN (default: LeNet-5 on scikit-learn's digits) on fastconv's kernels"
@@ -95,6 +97,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="per-epoch progress bar: auto = when stderr is a terminal (default); a summary line "
                         "per epoch is printed in any case")
 
+    t = p.add_argument_group("transfer learning and cross-validation")
+    t.add_argument("--init", default=None, metavar="CHECKPOINT_OR_STATE_DICT",
+                   help="start from pretrained weights: a checkpoint.pt of `fastconv train` or a state_dict file "
+                        "(e.g. torchvision's weights for the same architecture); the classifier head is replaced "
+                        "when the class count differs (fastconv.training.transfer)")
+    t.add_argument("--freeze-backbone", action="store_true", default=None,
+                   help="with --init: train the classifier head only")
+    t.add_argument("--finetune-lr", type=float, default=None, metavar="LR",
+                   help="with --init: learning rate of the pretrained backbone (the head trains at --lr)")
+    t.add_argument("--classes", type=csv, default=None, metavar="A,B,...",
+                   help="keep only these classes (class names, e.g. 5,6,7,8,9 of digits), relabelled in this order")
+    t.add_argument("--train-per-class", type=int, default=None, metavar="N",
+                   help="train on the first N training images of each class (a few-shot training set)")
+    t.add_argument("--folds", type=int, default=None, metavar="K",
+                   help="K-fold cross-validation on the training split: K runs, each validated on one held-out "
+                        "fold; metrics.json holds the per-fold metrics and their mean and spread")
+
     o = p.add_argument_group("output and checkpoints")
     o.add_argument("--out", default=None, metavar="DIR",
                    help="output directory for metrics.json, curves.png, checkpoint.pt (default: a new "
@@ -116,16 +135,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="evaluate on the test set every N epochs (default 1; always after the last)")
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..training import resolve_config, train
+def _train_or_cross_validate(cfg) -> Dict[str, Any]:
+    from ..training import train
+    from ..training.evaluation import cross_validate
 
-    return run_training_call(NAME, lambda: train(resolve_config(args)))[1] or 0
+    return cross_validate(cfg) if cfg.folds else train(cfg)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..training import resolve_config
+
+    return run_training_call(NAME, lambda: _train_or_cross_validate(resolve_config(args)))[1] or 0
 
 
 def run_train(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     """`fastconv train ARGS` as a function: parses argv, trains, returns the metrics (raises on errors)."""
-    from ..training import resolve_config, train
+    from ..training import resolve_config
 
     parser = argparse.ArgumentParser(prog="fastconv train")
     add_arguments(parser)
-    return train(resolve_config(parser.parse_args(argv)))
+    return _train_or_cross_validate(resolve_config(parser.parse_args(argv)))

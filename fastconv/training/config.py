@@ -29,6 +29,8 @@ GENERAL_DEFAULTS: Dict[str, Any] = {
     "label_smoothing": 0.0, "amp": "none", "channels_last": False,
     "device": "auto", "backend": "auto", "compile": False, "out": None, "resume": None, "save_every": 0,
     "eval_every": 1, "workers": 0, "progress": "auto", "export": None,
+    "init": None, "freeze_backbone": False, "finetune_lr": None, "classes": None, "train_per_class": None,
+    "folds": None, "fold": None,
 }
 # Issue #33's options: anti-aliased downsampling and LeNet-5's head (None: the model's own); --augment's
 # default is per dataset (data.augment.DEFAULT_AUGMENT).
@@ -36,7 +38,8 @@ GENERAL_DEFAULTS.update({"blur_pool": False, "head": None})
 # Options that define the training itself: on --resume they come from the checkpoint unless given.
 FROM_CHECKPOINT = ("dataset", "data_dir", "model", "epochs", "batch_size", "lr", "optimizer", "momentum",
                    "weight_decay", "lr_schedule", "seed", "image_size", "width", "train_subset", "test_subset",
-                   "dtype", "label_smoothing", "amp", "channels_last", "eval_every")
+                   "dtype", "label_smoothing", "amp", "channels_last", "eval_every",
+                   "init", "freeze_backbone", "finetune_lr", "classes", "train_per_class")
 FROM_CHECKPOINT += ("augment", "blur_pool", "head")
 
 BACKEND_CHOICES = ("auto", "cpu", "cuda", "triton", "torch", "reference")
@@ -69,6 +72,7 @@ def resolve_config(args: Namespace) -> Namespace:
     cfg.setdefault("width", 2.0 if (dataset, cfg["model"]) == ("digits", "lenet5") else 1.0)
     cfg["channels_last"] = bool(cfg["channels_last"])
     cfg["compile"] = bool(cfg["compile"])
+    cfg["freeze_backbone"] = bool(cfg["freeze_backbone"])
     cfg["blur_pool"] = bool(cfg["blur_pool"])
     return Namespace(**cfg)
 

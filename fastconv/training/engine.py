@@ -189,9 +189,13 @@ def seed_everything(seed: int) -> None:
 
 def load_data(cfg: Namespace):
     from ..data import load_dataset
+    from ..data.subsets import select
 
-    return load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed, image_size=cfg.image_size,
+    data = load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed, image_size=cfg.image_size,
                         train_subset=cfg.train_subset, test_subset=cfg.test_subset)
+    # --classes, --train-per-class, --folds (getattr: checkpoints written before these options lack them)
+    return select(data, getattr(cfg, "classes", None), getattr(cfg, "train_per_class", None),
+                  getattr(cfg, "folds", None), getattr(cfg, "fold", None), cfg.seed)
 
 
 def _loader(dataset, batch_size: int, sampler, workers: int, device: torch.device, generator=None):
@@ -318,7 +322,11 @@ def _train(cfg: Namespace, device: torch.device, dinfo: dist_util.DistInfo) -> D
     model = build(cfg, info, layers).to(device=device, dtype=dtype)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(cfg, model.parameters())
+    from . import transfer
+
+    if getattr(cfg, "init", None) and resume is None:
+        transfer.load_pretrained(model, cfg.init, data.classes, log)
+    optimizer = make_optimizer(cfg, transfer.param_groups(model, cfg))
     scheduler = make_scheduler(cfg, optimizer)
     loader_gen = torch.Generator().manual_seed(cfg.seed)
 
