@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Dict, NamedTuple, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -59,6 +59,10 @@ class _Builder:
     def is_none(self, value: Any) -> bool:
         raise NotImplementedError
 
+    def static_hw(self, value: Any) -> Optional[Tuple[int, int]]:
+        """The (H, W) of an NCHW value when the exporter knows them as numbers, else None."""
+        raise NotImplementedError
+
 
 class _OnnxscriptBuilder(_Builder):
     """torch.onnx.export(dynamo=True): translation functions call onnxscript ops (traced)."""
@@ -78,6 +82,14 @@ class _OnnxscriptBuilder(_Builder):
 
     def is_none(self, value):
         return value is None
+
+    def static_hw(self, value):
+        dims = getattr(getattr(value, "shape", None), "dims", None) or getattr(value, "shape", None)
+        try:
+            h, w = dims[-2], dims[-1]
+            return (h, w) if isinstance(h, int) and isinstance(w, int) else None
+        except (TypeError, IndexError):
+            return None
 
 
 class _TorchScriptBuilder(_Builder):
@@ -100,6 +112,10 @@ class _TorchScriptBuilder(_Builder):
     def is_none(self, value):
         # parse_args has turned the non-tensor arguments into Python values already.
         return value is None or (isinstance(value, torch._C.Value) and value.node().mustBeNone())
+
+    def static_hw(self, value):
+        sizes = value.type().sizes() if hasattr(value.type(), "sizes") else None
+        return (sizes[-2], sizes[-1]) if sizes and None not in sizes[-2:] else None
 
 
 # ---- translations (one function per op, op arguments in the op's schema order) ----
@@ -205,6 +221,29 @@ def _avg_pool2d(b, input, kernel_size, stride, padding, ceil_mode, count_include
     return b.op("Mul", mean, b.scalar(kernel_size[0] * kernel_size[1] / float(divisor_override)))
 
 
+def _adaptive_window(b: _Builder, input, output_size, op: str) -> Tuple[int, int]:
+    """kernel = stride of an adaptive pool whose windows are uniform (H, W multiples of the output size);
+    other adaptive windows overlap unevenly and have no ONNX pooling op."""
+    hw = b.static_hw(input)
+    if hw is None or hw[0] % output_size[0] or hw[1] % output_size[1]:
+        raise ValueError(f"fastconv.export: {op} to {list(output_size)} from an input of size "
+                         f"{list(hw) if hw else 'unknown at export'} has non-uniform windows; ONNX pooling needs "
+                         f"the input size a multiple of the output size (or output size 1 x 1)")
+    return hw[0] // output_size[0], hw[1] // output_size[1]
+
+
+def _adaptive_avg_pool2d(b, input, output_size):
+    if list(output_size) == [1, 1]:
+        return b.op("GlobalAveragePool", input)
+    k = _adaptive_window(b, input, output_size, "adaptive_avg_pool2d")
+    return b.op("AveragePool", input, kernel_shape=list(k), strides=list(k))
+
+
+def _adaptive_max_pool2d(b, input, output_size):
+    k = _adaptive_window(b, input, output_size, "adaptive_max_pool2d")
+    return _max_pool2d_with_indices(b, input, k, k, (0, 0), (1, 1), False)
+
+
 class Translation(NamedTuple):
     emit: Callable[..., Any]   # emit(builder, *op_args) -> output or tuple of outputs
     arg_kinds: Tuple[str, ...]  # torch.onnx.symbolic_helper.parse_args codes, schema order
@@ -224,6 +263,8 @@ TRANSLATIONS: Dict[str, Translation] = {
     "max_pool2d": Translation(_max_pool2d, ("v", "is", "is", "is", "is", "b")),
     "max_pool2d_with_indices": Translation(_max_pool2d_with_indices, ("v", "is", "is", "is", "is", "b")),
     "avg_pool2d": Translation(_avg_pool2d, ("v", "is", "is", "is", "b", "b", "i")),
+    "adaptive_avg_pool2d": Translation(_adaptive_avg_pool2d, ("v", "is")),
+    "adaptive_max_pool2d": Translation(_adaptive_max_pool2d, ("v", "is")),
 }
 
 

@@ -522,7 +522,9 @@ def _adaptive_input(input, op: str) -> Tuple[Tensor, bool]:
     """Checks an adaptive 2-d pool's input as torch does; returns (input as 4-d, was_unbatched)."""
     _check_tensor(input, "input", op)
     if input.dim() not in (3, 4):
-        raise ArgumentError(f"{op}(): Expected 3D or 4D tensor, but got {list(input.shape)}")
+        # torch's words differ by side: "Input dimension should be at least 3" below 3 dims
+        said = "Input dimension should be at least 3; " if input.dim() < 3 else ""
+        raise ArgumentError(f"{op}(): {said}Expected 3D or 4D tensor, but got {list(input.shape)}")
     # torch: avg checks the spatial dimensions only (an empty channel dimension gives an empty output), max
     # every dimension after the first
     for i in range(input.dim() - 2 if op == "adaptive_avg_pool2d" else 1, input.dim()):
@@ -541,11 +543,12 @@ def _adaptive_size(output_size, x: Tensor, op: str) -> list:
         raise ArgumentTypeError(f"{op}: output_size must be an int or a tuple of 2 ints (None for the input's size), "
                                 f"got {type(output_size).__name__}")
     if len(output_size) != 2:
-        raise ArgumentError(f"{op}: output_size must be 2")
+        raise ArgumentError(f"{op}(): output_size must be 2 entries (internal error: output_size.size() must be 2), "
+                            f"got {list(output_size)}")
     sizes = [x.shape[2 + i] if v is None else as_int(v, "output_size", op) for i, v in enumerate(output_size)]
     if any(v < 0 for v in sizes):
         raise ArgumentError(f"{op}: elements of output_size must be greater than or equal to 0 but received "
-                            f"{{{sizes[0]}, {sizes[1]}}}")
+                            f"{{{sizes[0]}, {sizes[1]}}} (Trying to create tensor with negative dimension)")
     return sizes
 
 
@@ -635,10 +638,10 @@ def _pool1d_args(input, kernel_size, stride, padding, dilation, ceil_mode, op: s
         if v <= 0:
             raise ArgumentError(f"{op}() {name} must be greater than zero, but got {v}")
     if p < 0:
-        raise ArgumentError(f"{op}() padding must be non-negative, but got {p}")
+        raise ArgumentError(f"{op}() padding must be non-negative (pad must be non-negative), but got {p}")
     if p > k // 2:
-        raise ArgumentError(f"{op}() padding should be at most half of kernel size, but got padding={p} and "
-                            f"kernel_size={k}")
+        raise ArgumentError(f"{op}() padding should be at most half of kernel size (pad should be at most half of "
+                            f"effective kernel size), but got padding={p} and kernel_size={k}")
     if not isinstance(ceil_mode, bool):
         raise ArgumentTypeError(f"{op}: ceil_mode must be a bool, got {type(ceil_mode).__name__}")
     out = pool_out_hw(x, (1, k), (1, s), (0, p), (1, d), ceil_mode)[1]

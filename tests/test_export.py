@@ -384,3 +384,29 @@ def test_train_export_onnx_without_the_extra_stops_before_training(monkeypatch, 
     assert not (tmp_path / "checkpoint.pt").exists()
     with pytest.raises(ValueError, match="export format must be one of"):
         fexport.check_format("tflite")
+
+
+ADAPTIVE_CASES = [  # (op, output_size): global (1 x 1) and uniform windows of a 12 x 10 input
+    ("adaptive_avg_pool2d", 1), ("adaptive_avg_pool2d", (4, 5)), ("adaptive_avg_pool2d", (6, 2)),
+    ("adaptive_max_pool2d", (3, 5)), ("adaptive_max_pool2d", 1),
+]
+
+
+@needs_onnx
+@pytest.mark.parametrize("dynamo", EXPORTERS)
+def test_adaptive_pools_onnx(dynamo, tmp_path):
+    """Global average is GlobalAveragePool; uniform adaptive windows are AveragePool / MaxPool (max: torch's
+    indices); a 1-d pool is the 2-d op on a view."""
+    x = torch.randn(2, 3, 12, 10, generator=torch.Generator().manual_seed(6))
+    cases = [lambda x, c=c: getattr(FC, c[0])(x, c[1]) for c in ADAPTIVE_CASES]
+    cases.append(lambda x: FC.adaptive_max_pool2d(x, (4, 2), return_indices=True))
+    cases.append(lambda x: FC.max_pool1d(x.flatten(2), 4, 2, 1))
+    cases.append(lambda x: FC.adaptive_avg_pool1d(x.flatten(2), 20))
+    _check_onnx(cases, [x], tmp_path, dynamo, {"GlobalAveragePool", "AveragePool", "MaxPool"})
+
+
+@needs_onnx
+def test_adaptive_pool_with_uneven_windows_is_refused(tmp_path):
+    x = torch.randn(1, 2, 7, 7)
+    with pytest.raises(ValueError, match="non-uniform windows"):
+        _export(_Cases([lambda x: FC.adaptive_avg_pool2d(x, 3)]).eval(), (x,), tmp_path / "m.onnx", False)

@@ -206,9 +206,9 @@ def test_error_messages_are_torchs():
     with pytest.raises(RuntimeError, match=r"adaptive_avg_pool2d\(\): Expected input to have non-zero size for "
                                            r"non-batch dimensions, but input has sizes \[2, 3, 0, 4\] with dimension 2"):
         FC.adaptive_avg_pool2d(torch.randn(2, 3, 0, 4), 2)
-    with pytest.raises(RuntimeError, match="adaptive_avg_pool2d: output_size must be 2"):
+    with pytest.raises(RuntimeError, match=r"adaptive_avg_pool2d\(\): output_size must be 2"):
         FC.adaptive_avg_pool2d(torch.randn(2, 3, 4, 4), (2, 2, 2))
-    with pytest.raises(RuntimeError, match=r"max_pool1d\(\) padding should be at most half of kernel size, but got "
+    with pytest.raises(RuntimeError, match=r"max_pool1d\(\) padding should be at most half of kernel size .*, but got "
                                            r"padding=2 and kernel_size=3"):
         FC.max_pool1d(torch.randn(3, 8), 3, padding=2)
     with pytest.raises(RuntimeError, match=r"max_pool1d\(\) Invalid computed output size: 0"):

@@ -31,6 +31,11 @@ OPINFO_OPS = {
     "nn.functional.conv_transpose2d": "conv_transpose2d",
     "nn.functional.max_pool2d": "max_pool2d",
     "nn.functional.avg_pool2d": "avg_pool2d",
+    "nn.functional.adaptive_avg_pool2d": "adaptive_avg_pool2d",
+    "nn.functional.adaptive_max_pool2d": "adaptive_max_pool2d",
+    "nn.functional.adaptive_avg_pool1d": "adaptive_avg_pool1d",
+    "nn.functional.max_pool1d": "max_pool1d",
+    "nn.functional.avg_pool1d": "avg_pool1d",
 }
 
 
@@ -92,17 +97,21 @@ def _check_samples(op, ours) -> int:
 
 
 def _check_errors(op, ours) -> int:
-    n = 0
+    n, wrong = 0, []
     for ei in op.error_inputs("cpu"):
         s = ei.sample_input
         n += 1
         try:
             ours(s.input, *s.args, **s.kwargs)
         except ei.error_type as exc:
-            assert re.search(ei.error_regex, str(exc)), (
-                f"{op.name}: torch expects {ei.error_regex!r}, ours said {str(exc)!r}")
+            if not re.search(ei.error_regex, str(exc)):
+                wrong.append(f"torch expects {ei.error_regex!r}, ours said {str(exc)!r}")
+        except Exception as exc:  # noqa: BLE001
+            wrong.append(f"torch raises {ei.error_type.__name__}, ours {type(exc).__name__}: {exc}")
         else:
-            raise AssertionError(f"{op.name}: no error for {s.kwargs} (torch raises {ei.error_type.__name__})")
+            wrong.append(f"no error for input {tuple(s.input.shape)} {s.args} {s.kwargs} (torch raises "
+                         f"{ei.error_type.__name__})")
+    assert not wrong, f"{op.name}:\n" + "\n".join(wrong)
     return n
 
 
