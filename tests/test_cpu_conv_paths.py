@@ -213,6 +213,8 @@ STAGED_NCHW_CASES = [
     (1, 160, 8, 7, 48, (3, 1), (2, 3), (1, 0), 1),  # R != S, unequal strides, 160 channels
     (2, 128, 6, 6, 64, 5, 2, 2, 1),       # 5x5, 3x3 output: every window crosses the padding
     (45, 128, 9, 11, 32, 3, 2, 1, 1),     # batches of images (50 KB each) and a shorter last batch
+    (3, 64, 1, 1200, 64, (1, 3), 1, (0, 1), 1),   # one output row, one filter row (conv1d): 64 channels
+    (2, 96, 1, 1100, 72, (1, 5), (1, 2), (0, 2), 1),  # the same, strided, a channel tail
 ]
 
 
@@ -605,8 +607,8 @@ def test_path_channels_last_modes(isa, i, dtype):
 @pytest.mark.parametrize("case", STAGED_NCHW_CASES, ids=[str(i) for i in range(len(STAGED_NCHW_CASES))])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_path_staged_nchw(isa, case, dtype):
-    """NCHW float32 layers of >= 128 channels with stride 2 run conv_cl on channels_last copies (AVX-512
-    only); float64 and the other levels run the NCHW kernels."""
+    """NCHW float32 layers of >= 128 channels with stride 2, and one-row (conv1d) layers of >= 64 channels,
+    run conv_cl on channels_last copies (AVX-512 only); float64 and the other levels run the NCHW kernels."""
     N, C, H, W, K, k, stride, padding, dilation = case
     x, w = _meta(N, C, H, W, K, pair(k))
     path = _path(x, w, "fwd", dtype, stride=stride, padding=padding, dilation=dilation)

@@ -117,7 +117,10 @@ void conv_run(const Geo& g0, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T>
 //   the NCHW kernels' vectors along a few output columns waste lanes, and few output pixels in all
 //   (N*P*Q <= kStageFewPixels: 28x28 at batch 1), where the NCHW kernels split too little work over the
 //   threads: 1x512x28x28 1x1 -> 128 runs 0.69 ms staged against 1.52 (torch 0.83), but 2x128x28x28
-//   1x1 -> 512 1.56 against 1.20, and 56x56 at batch 1 gains nothing (/tmp A/B, steady allocator).
+//   1x1 -> 512 1.56 against 1.20, and 56x56 at batch 1 gains nothing (/tmp A/B, steady allocator);
+// - one output row of one filter row (a conv1d on (N, C, 1, L) views) on wide channels, where the NCHW
+//   kernels run 0.68-0.92x torch and conv_cl 1.06-1.60x (2 threads, fastconv bench --table conv1d:
+//   8x64x4096 k3 7.6 ms NCHW against 4.2 ms channels_last, torch 5.2).
 constexpr int64_t kStageSmallMap = 256;
 constexpr int64_t kStageFewPixels = 1024;
 constexpr int64_t kStageDgradMap = 64;  // the input gradient's small-map bound (dgrad_route)
@@ -128,7 +131,8 @@ inline bool stage_nchw_forward(const Geo& g, const Tensor4& x, const Tensor4& y)
   const bool strided_wide = g.Cg >= 128 && g.R * g.S > 1 && g.sh >= 2 && g.sw >= 2;
   const bool small_map =
       (g.P * g.Q <= kStageSmallMap || g.N * g.P * g.Q <= kStageFewPixels) && g.Cg >= 64 && g.Kg >= 64;
-  return strided_wide || small_map;
+  const bool one_row = g.H == 1 && g.P == 1 && g.R == 1 && g.Cg >= 64 && g.Kg >= 64;
+  return strided_wide || small_map || one_row;
 }
 
 // The general epilogue over a whole output y (N x Kout x P x Q, any strides), one (n, k) plane per task.
