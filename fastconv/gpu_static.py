@@ -63,7 +63,13 @@ def cuda_module_path() -> Optional[str]:
 
 
 def _run(cmd: List[str]) -> str:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # cuobjdump -sass runs nvdisasm, which it finds on the PATH only (not next to itself): put the one
+    # find_tool locates (the nvidia-cuda-nvdisasm wheel or Triton's copy) there.
+    env = dict(os.environ)
+    nvdisasm = find_tool("nvdisasm")
+    if nvdisasm:
+        env["PATH"] = os.pathsep.join([str(Path(nvdisasm).parent), env.get("PATH", "")])
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()[:500]}")
     return proc.stdout
