@@ -321,3 +321,20 @@ def test_cpu_global_pool_large_plane():
         torch.testing.assert_close(FC.adaptive_avg_pool2d(x, 1), x.mean((2, 3), keepdim=True), rtol=1e-12, atol=0)
     finally:
         fastconv.set_backend(None)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_global_average_backward_channels_last(backend, threads):
+    """The channels_last global-average backward writes pixel by pixel along the channels (cpu: its own
+    loop): every (n, h, w, c) of dx is dy[n, c] / (H*W), for a channel count that is no vector multiple and
+    more threads than cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.randn(3, 37, 5, 7, dtype=torch.float64).to(memory_format=torch.channels_last).requires_grad_()
+        dy = torch.randn(3, 37, 1, 1, dtype=torch.float64)
+        (dx,) = torch.autograd.grad(FC.adaptive_avg_pool2d(x, 1), x, dy)
+        assert dx.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(dx, (dy / 35).expand(3, 37, 5, 7), rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(previous)

@@ -255,12 +255,26 @@ void adaptive_fwd(const PoolDesc& d, const Tensor4& x, const Tensor4& y, const T
   }
 }
 
-// dx = dy / (H*W) everywhere, written once (no zeroing pass).
+// dx = dy / (H*W) everywhere, written once (no zeroing pass). A channels_last dx is written pixel by
+// pixel along its contiguous channels: plane by plane, each store lands C elements from the last one,
+// and 32x2048x7x7 took 8.4 ms against torch's 0.85 (2 threads).
 template <typename T>
 void avg_bwd_global(const PoolDesc& d, const Tensor4& dy, const Tensor4& dx, int nthreads) {
   const T* DY = static_cast<const T*>(dy.data);
   T* DX = static_cast<T*>(dx.data);
   const T area = T(d.H * d.W);
+  if (dx.stride[1] == 1 && d.C > 1) {
+    const int64_t hw = d.H * d.W;
+    parallel_ranges(d.N * hw, d.N * d.C * hw, nthreads, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t n = r / hw, h = r % hw / d.W, w = r % d.W;
+        const T* g = DY + n * dy.stride[0];
+        T* px = DX + n * dx.stride[0] + h * dx.stride[2] + w * dx.stride[3];
+        for (int64_t c = 0; c < d.C; ++c) px[c] = g[c * dy.stride[1]] / area;
+      }
+    });
+    return;
+  }
   parallel_ranges(d.N * d.C, d.N * d.C * d.H * d.W, nthreads, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / d.C, c = r % d.C;
