@@ -755,3 +755,101 @@ def test_path_dgrad_staged(isa, case):
     assert not _path(x, w, pass_="dgrad", relu=True, stride=stride, padding=padding).startswith("igemm_nhwc_staged")
     assert _path(x.contiguous(memory_format=torch.channels_last), w, pass_="dgrad", stride=stride,
                  padding=padding).startswith("residue_classes > igemm_nhwc/")
+
+
+# ----------------------------------------------------------------------------------------------------
+# channels_last grouped convolutions with narrow groups (conv2d_grouped_nhwc_isa.cpp): one vector holds
+# the output channels of L / Kg groups. (N, C, H, W, K, groups, kernel, stride, padding, dilation):
+# the in-chunk shuffles of every (Cg, Kg) they specialize at AVX-512 float32, the generic permutes
+# (Cg = 2, Kg = 2 or 4; Cg < Kg), a last group block with fewer groups (G not a multiple of L / Kg),
+# pixel blocks of 8 / 4 / 2 / 1 with border columns (Q = 32, 15, 7, 3, 1), stride 2 (the input
+# gradient's residue classes), dilation, 5x5 and 1x3 filters, no padding.
+GROUPED_CASES = [
+    (2, 32, 9, 32, 32, 4, 3, 1, 1, 1),      # Cg = Kg = 8: two groups per vector
+    (1, 104, 7, 15, 104, 13, 3, 1, 1, 1),   # 13 groups of 8: a half block last; Q = 15 = 8 + 4 + 2 + 1
+    (2, 16, 8, 7, 16, 4, 3, 1, 1, 1),       # Cg = Kg = 4: four groups per vector
+    (1, 32, 6, 9, 64, 8, 3, 1, 1, 1),       # Cg = 4, Kg = 8
+    (1, 32, 5, 6, 32, 2, 3, 1, 1, 1),       # Cg = Kg = 16: one group per vector
+    (1, 24, 6, 5, 48, 3, 3, 1, 1, 1),       # Cg = 8, Kg = 16
+    (2, 12, 6, 3, 12, 6, 3, 1, 1, 1),       # Cg = Kg = 2 (generic permutes), Q = 3
+    (1, 10, 5, 8, 20, 5, 3, 1, 1, 1),       # Cg = 2, Kg = 4
+    (2, 48, 13, 17, 48, 6, 3, 2, 1, 1),     # stride 2
+    (1, 40, 9, 14, 40, 5, 3, 1, 2, 2),      # dilation 2
+    (1, 32, 9, 11, 32, 4, 5, 2, 2, 1),      # 5x5 stride 2
+    (1, 16, 4, 9, 16, 2, (1, 3), 1, (0, 1), 1),  # 1x3
+    (2, 24, 5, 6, 24, 3, 3, 1, 0, 1),       # no padding
+    (1, 32, 3, 1, 32, 4, 3, 1, 1, 1),       # one column: the 1-pixel block, every tap an edge
+]
+
+
+def _grouped_input(case, dtype=torch.float32):
+    N, C, H, W, K, G, k, stride, padding, dilation = case
+    x = torch.randn(N, C, H, W, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(K, C // G, *pair(k), dtype=dtype)
+    return x, w, dict(stride=stride, padding=padding, dilation=dilation, groups=G)
+
+
+@pytest.mark.parametrize("case", GROUPED_CASES, ids=[str(i) for i in range(len(GROUPED_CASES))])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_grouped_channels_last(backend, isa, case, relu, dtype):
+    x, w, kw = _grouped_input(case)
+    _check(backend, isa, x, w, torch.randn(w.shape[0]), relu, dtype, **kw)
+
+
+@pytest.mark.parametrize("case", [GROUPED_CASES[1], GROUPED_CASES[6], GROUPED_CASES[8]], ids=["tail", "generic", "s2"])
+def test_grouped_channels_last_without_bias(backend, isa, case):
+    x, w, kw = _grouped_input(case)
+    _check(backend, isa, x, w, None, False, torch.float32, **kw)
+
+
+@pytest.mark.parametrize("activation", ["silu", "relu6"])
+@pytest.mark.parametrize("after", [False, True])
+def test_grouped_channels_last_epilogue(backend, isa, activation, after):
+    """The fused epilogue (activation and residual) over the kernel's pixel blocks."""
+    x, w, kw = _grouped_input(GROUPED_CASES[1])
+    b = torch.randn(w.shape[0])
+    ref = F.conv2d(x.double(), w.double(), b.double(), **kw)
+    res = torch.randn_like(ref).float().contiguous(memory_format=torch.channels_last)
+    act = {"silu": F.silu, "relu6": F.relu6}[activation]
+    want = act(ref) + res.double() if after else act(ref + res.double())
+    y = FC.conv2d_epilogue(x, w, b, activation=activation, residual=res, residual_after_activation=after, **kw)
+    assert_rel(y, want, torch.float32, "output")
+
+
+@pytest.mark.parametrize("case", GROUPED_CASES, ids=[str(i) for i in range(len(GROUPED_CASES))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_path_grouped_channels_last(isa, case, dtype):
+    """The narrow-group kernels take every pass where a vector holds whole groups (Kg divides the lanes,
+    Cg <= Kg), the GEMM engine the others; NCHW tensors never reach them."""
+    N, C, H, W, K, G, k, stride, padding, dilation = case
+    x, w = _meta(N, C, H, W, K, pair(k), groups=G, channels_last=True)
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=G)
+    Cg, Kg, L = C // G, K // G, _lanes(dtype)
+    takes = L % Kg == 0 and Cg <= Kg
+    assert (_path(x, w, "fwd", dtype, **kw) == "grouped_nhwc") == takes
+    # The input gradient's correlation swaps the roles: Kg input and Cg output channels per group.
+    dgrad = _path(x, w, "dgrad", dtype, relu=True, **kw)
+    assert (dgrad == "residue_classes > grouped_nhwc") == (L % Cg == 0 and Kg <= Cg), dgrad
+    assert (_path(x, w, "wgrad", dtype, **kw) == "wgrad_grouped_nhwc") == (takes and Cg in (2, 4, 8, 16))
+    assert "grouped" not in _path(x.contiguous(), w, "fwd", dtype, **kw)
+
+
+def test_grouped_channels_last_thread_count_free(backend):
+    """Output and weight gradient are the same bits at 1 and 2 threads: every sum runs over taps and
+    pixels in a fixed order, whatever the split (the weight gradient's tasks change with the thread
+    count: a task per group block or per tap row)."""
+    x, w, kw = _grouped_input((4, 104, 28, 28, 104, 13, 3, 1, 1, 1))  # above the serial-work bound
+    g = torch.randn(4, 104, 28, 28).contiguous(memory_format=torch.channels_last)
+    outs = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+            y = FC.conv2d(xr, wr, **kw)
+            outs.append((y.detach(),) + torch.autograd.grad(y, (xr, wr), g))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)

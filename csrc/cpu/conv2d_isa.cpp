@@ -71,6 +71,8 @@ EnginePlan<T> plan_engine(const Geo& g0, In4<T> x, In4<T> m, Out4<T> y) {
   if (g.Cg == 1) {
     const bool dw_cl = g.Kg == 1 && g.G > 1 && y_cl && e.x.s1 == 1 && (e.m.p == nullptr || e.m.s1 == 1);
     e.algo = dw_cl ? ConvAlgo::kDepthwiseNhwc : ConvAlgo::kDepthwiseNchw;
+  } else if (y_cl && e.x.s1 == 1 && (e.m.p == nullptr || e.m.s1 == 1) && grouped_nhwc_usable<T>(g)) {
+    e.algo = ConvAlgo::kGroupedNhwc;
   } else if (y_cl) {
     e.algo = ConvAlgo::kIgemmNhwc;
   } else {
@@ -91,6 +93,8 @@ void run_engine(const EnginePlan<T>& e, WV<T> w, const T* bias, const Epi& ep, i
       return conv_direct_plane(e.g, e.x, e.m, w, bias, e.y, ep, nth);
     case ConvAlgo::kIgemmNhwc:
       return igemm_nhwc_fwd(e.g, e.x, e.m, w, bias, e.y, ep, nth, pack);
+    case ConvAlgo::kGroupedNhwc:
+      return grouped_nhwc_fwd(e.g, e.x, e.m, w, bias, e.y, ep, nth, pack);
     case ConvAlgo::kIgemmNchwDirect:
     case ConvAlgo::kIgemmNchwPacked:
       return igemm_nchw_fwd(e.g, e.x, e.m, w, bias, e.y, ep, nth, pack, e.algo == ConvAlgo::kIgemmNchwDirect);
@@ -189,12 +193,12 @@ void fwd_impl(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& w, c
   run_engine(c.engine, wv, static_cast<const T*>(bias), ep, nth, pack);
 }
 
-enum PackFamily : int64_t { kPackWinograd = 1, kPackClPanels = 2, kPackPixPanels = 3 };
+enum PackFamily : int64_t { kPackWinograd = 1, kPackClPanels = 2, kPackPixPanels = 3, kPackGroupBlocks = 4 };
 
 // PackInfo::kind: family, microkernel width (NR columns or MR rows), dtype, ISA level and groups (the
 // same weight tensor used with another groups count packs differently), each in its own digits.
 inline int64_t pack_kind(PackFamily family, int64_t width, DType dt, int64_t groups) {
-  return family + 4 * (width + 256 * (dt + 2 * (kIsaLevel + 4 * groups)));
+  return family + 8 * (width + 256 * (dt + 2 * (kIsaLevel + 4 * groups)));
 }
 
 template <typename T>
@@ -214,6 +218,9 @@ PackInfo fwd_pack_info(const ConvDesc& d, DType dt, const Tensor4& x, const Tens
     case ConvAlgo::kIgemmNchwPacked:
       return PackInfo{pix_weight_floats<kPixMR>(c.engine.g) * floats_per,
                       pack_kind(kPackPixPanels, kPixMR, dt, d.groups)};
+    case ConvAlgo::kGroupedNhwc:
+      return PackInfo{grouped_nhwc_pack_size<T>(c.engine.g) * floats_per,
+                      pack_kind(kPackGroupBlocks, Simd<T>::L, dt, d.groups)};
     default:
       return {};
   }
@@ -411,11 +418,15 @@ void dgrad_impl(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& w
 // ---------------------------------------------------------------------------------------------
 // Weight gradient.
 
-inline ConvAlgo wgrad_algo(const ConvDesc& d, DType dt, const Tensor4& x) {
+template <typename T>
+ConvAlgo wgrad_algo(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& dy, const Tensor4* relu_y) {
   if (winograd_usable(d, dt)) return ConvAlgo::kWinograd;
   if (wgrad_blocked_usable(d, dt)) return ConvAlgo::kWgradBlocked;
   if (d.N == 0) return ConvAlgo::kNone;
   if (d.C == d.groups) return ConvAlgo::kWgradDepthwise;
+  if (x.stride[1] == 1 && dy.stride[1] == 1 && (relu_y == nullptr || relu_y->stride[1] == 1) &&
+      wgrad_grouped_nhwc_usable<T>(geo_of(d)))
+    return ConvAlgo::kWgradGroupedNhwc;
   return x.stride[1] == 1 ? ConvAlgo::kWgradGemmNhwc : ConvAlgo::kWgradGemmNchw;
 }
 
@@ -437,7 +448,7 @@ template <typename T>
 void wgrad_impl(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& x, const Tensor4* relu_y,
                 const Tensor4* dw, void* dbias, int nth) {
   const In4<T> mv = relu_y ? in_view<T>(*relu_y) : In4<T>{};
-  const ConvAlgo algo = wgrad_algo(d, dt, x);
+  const ConvAlgo algo = wgrad_algo<T>(d, dt, x, dy, relu_y);
   if (algo == ConvAlgo::kNone) return zero_wgrad<T>(d, dw, dbias);
   bool bias_done = false;
   if (dw) {
@@ -452,6 +463,9 @@ void wgrad_impl(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& x
       case ConvAlgo::kWgradDepthwise:
         bias_done = wgrad_depthwise<T>(d, in_view<T>(x), in_view<T>(dy), mv, out_view<T>(*dw), static_cast<T*>(dbias),
                                        nth);
+        break;
+      case ConvAlgo::kWgradGroupedNhwc:
+        wgrad_grouped_nhwc<T>(d, in_view<T>(x), in_view<T>(dy), mv, out_view<T>(*dw), nth);
         break;
       case ConvAlgo::kWgradGemmNhwc:
         wgrad_gemm_nhwc<T>(d, in_view<T>(x), in_view<T>(dy), mv, out_view<T>(*dw), nth);
@@ -479,6 +493,8 @@ const char* algo_name(ConvAlgo a) {
     case ConvAlgo::kIgemmNchwPacked: return "igemm_nchw_packed";
     case ConvAlgo::kDepthwiseNhwc: return "depthwise_nhwc";
     case ConvAlgo::kDepthwiseNchw: return "depthwise_nchw";
+    case ConvAlgo::kGroupedNhwc: return "grouped_nhwc";
+    case ConvAlgo::kWgradGroupedNhwc: return "wgrad_grouped_nhwc";
     case ConvAlgo::kWgradBlocked: return "wgrad_blocked";
     case ConvAlgo::kWgradDepthwise: return "wgrad_depthwise";
     case ConvAlgo::kWgradGemmNhwc: return "wgrad_gemm_nhwc";
@@ -557,7 +573,7 @@ template <typename T>
 std::string conv_path(int pass, const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& y, bool relu) {
   if (pass == kConvFwd) return fwd_path<T>(d, dt, x, y);
   if (pass == kConvDgrad) return dgrad_path<T>(d, dt, y, relu, x);
-  return algo_name(wgrad_algo(d, dt, x));
+  return algo_name(wgrad_algo<T>(d, dt, x, y, relu ? &y : nullptr));
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 //   conv2d_igemm_nchw_isa.cpp        implicit GEMM, NCHW output                  fwd, dgrad's correlations
 //   conv2d_depthwise_nhwc_isa.cpp    direct depthwise loops, channels_last       fwd, dgrad's correlations
 //   conv2d_depthwise_nchw_isa.cpp    direct depthwise loops, NCHW                fwd, dgrad's correlations
+//   conv2d_grouped_nhwc_isa.cpp      narrow groups, channels_last (lane permutes) fwd, dgrad's correlations, wgrad
 //   conv2d_winograd_isa.cpp          Winograd F(4x4, 3x3) (conv2d_winograd.h)   fwd, dgrad, wgrad
 //   conv2d_wgrad_gemm_isa.cpp        GEMM weight gradient, bias gradient         wgrad
 //   conv2d_wgrad_blocked_isa.cpp     blocked rank-update weight gradient         wgrad
@@ -34,10 +35,12 @@ enum class ConvAlgo : int {
   kIgemmNchwPacked,  // conv_pix: im2col panels packed per block
   kDepthwiseNhwc,    // conv_direct_cl
   kDepthwiseNchw,    // conv_direct_plane
+  kGroupedNhwc,      // grouped_nhwc_fwd
   kWgradBlocked,     // conv2d_wgrad_blocked_isa.cpp
   kWgradDepthwise,   // conv2d_depthwise_wgrad_isa.cpp
   kWgradGemmNhwc,    // wgrad_gemm_cl
   kWgradGemmNchw,    // wgrad_gemm
+  kWgradGroupedNhwc, // wgrad_grouped_nhwc
 };
 
 // conv_cl's modes (conv2d_igemm_nhwc_isa.cpp: cl_plan).
@@ -76,6 +79,27 @@ template <typename T>
 void conv_direct_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, const Epi& ep, int nth);
 template <typename T>
 void conv_direct_plane(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, const Epi& ep, int nth);
+
+// ---- conv2d_grouped_nhwc_isa.cpp (channels_last, G > 1, 2 <= Cg <= Kg, Kg divides the vector length)
+// Whether the narrow-group kernels take the layer: a vector then holds the output channels of L / Kg
+// whole groups, whose L / Kg * Cg input channels one vector load brings in.
+template <typename T>
+bool grouped_nhwc_usable(const Geo& g) {
+  return g.G > 1 && g.Cg > 1 && g.Kg <= Simd<T>::L && Simd<T>::L % g.Kg == 0 && g.Cg <= g.Kg;
+}
+// T elements of grouped_nhwc_fwd's packed weight.
+template <typename T>
+int64_t grouped_nhwc_pack_size(const Geo& g);
+template <typename T>
+void grouped_nhwc_fwd(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, const Epi& ep, int nth,
+                      WeightPack* pack);
+// dw of such a layer (x, dy and the mask m of dy channels_last); Cg in {2, 4, 8, 16}.
+template <typename T>
+bool wgrad_grouped_nhwc_usable(const Geo& g) {
+  return grouped_nhwc_usable<T>(g) && (g.Cg == 2 || g.Cg == 4 || g.Cg == 8 || g.Cg == 16);
+}
+template <typename T>
+void wgrad_grouped_nhwc(const ConvDesc& d, In4<T> x, In4<T> dy, In4<T> m, Out4<T> dw, int nth);
 
 // ---- conv2d_depthwise_wgrad_isa.cpp
 // dw of a depthwise layer (dy masked by m); db (may be null) too where the kernel can carry it along.
