@@ -150,7 +150,7 @@ S2_CASES = [
     (1, 4, 17, 40, 6, 3, (2, 1), 1, 1, 1),  # row stride only, Q = 40, Wp = 42
     (1, 4, 11, 17, 6, 3, (1, 2), (0, 1), 1, 1),  # column stride only, Q = 9, Wp = 10
     (1, 6, 19, 40, 4, 3, 2, 2, 2, 1),      # dilation 2, Q = 20, Wp = 22
-    (2, 8, 12, 24, 8, 3, 2, 1, 1, 2),      # groups, Q = 12, Wp = 13
+    (2, 8, 12, 24, 6, 3, 2, 1, 1, 2),      # groups (Kg = 3: not the narrow-group kernel), Q = 12, Wp = 13
     (1, 3, 20, 40, 8, 5, 2, 2, 1, 1),      # 5x5, C = 3, Q = 20, Wp = 22
 ]
 
@@ -275,7 +275,7 @@ ROW_ALIGNED_CASES = [
     (1, 5, 14, 14, 20, 3, 1, 1, 1, 1),     # Q = 14, Wp = 16: one masked vector per row; K tail of 4
     (1, 4, 31, 47, 12, 3, 2, 1, 1, 1),     # stride 2: Q = 24, Wp = 25: grid at L = 16, aligned at L <= 8
     (3, 6, 20, 48, 9, 5, 1, 2, 1, 1),      # 5x5: Q = 48, Wp = 52
-    (2, 8, 16, 16, 8, 3, 1, 1, 1, 2),      # groups: Q = 16, Wp = 18
+    (2, 8, 16, 16, 6, 3, 1, 1, 1, 2),      # groups (Kg = 3: not the narrow-group kernel): Q = 16, Wp = 18
     (1, 4, 20, 36, 8, 3, 1, 2, 2, 1),      # dilation 2: Q = 36, Wp = 40: grid at L = 16, aligned at L <= 8
     (16, 3, 32, 32, 32, 3, 1, 1, 1, 1),    # a 2 MiB float32 output: streamed stores
 ]
@@ -832,7 +832,40 @@ def test_path_grouped_channels_last(isa, case, dtype):
     dgrad = _path(x, w, "dgrad", dtype, relu=True, **kw)
     assert (dgrad == "residue_classes > grouped_nhwc") == (L % Cg == 0 and Kg <= Cg), dgrad
     assert (_path(x, w, "wgrad", dtype, **kw) == "wgrad_grouped_nhwc") == (takes and Cg in (2, 4, 8, 16))
-    assert "grouped" not in _path(x.contiguous(), w, "fwd", dtype, **kw)
+    nchw = _path(x.contiguous(), w, "fwd", dtype, **kw)
+    P, Q = (F.conv2d(torch.empty(1, C, H, W), torch.empty(K, C // G, *pair(k)), **kw)).shape[2:]
+    staged = (takes and _C.cpu_isa() == "avx512" and dtype == torch.float32
+              and (P * Q <= 64 or N * P * Q <= 1024))
+    assert (nchw == "grouped_nhwc_staged_nchw") == staged, nchw
+
+
+# NCHW narrow-group layers on small maps: the channels_last kernel on staged copies (AVX-512 float32).
+GROUPED_STAGED_CASES = [
+    (2, 104, 7, 7, 104, 13, 3, 1, 1, 1),     # RegNet's 7x7 stage, a half group block last
+    (1, 64, 9, 9, 64, 8, 3, 2, 1, 1),        # stride 2 to 5x5
+    (3, 32, 6, 5, 32, 4, 3, 1, 1, 1),        # odd sizes
+]
+
+
+@pytest.mark.parametrize("case", GROUPED_STAGED_CASES, ids=[str(i) for i in range(len(GROUPED_STAGED_CASES))])
+@pytest.mark.parametrize("relu", [False, True])
+def test_grouped_nchw_staged(backend, isa, case, relu):
+    x, w, kw = _grouped_input(case)
+    _check(backend, isa, x.contiguous(), w, torch.randn(w.shape[0]), relu, torch.float32, **kw)
+
+
+@pytest.mark.parametrize("after", [False, True])
+def test_grouped_nchw_staged_residual(backend, isa, after):
+    """The residual sits at the NCHW output's offsets: the staged path applies the epilogue after the
+    copy back."""
+    x, w, kw = _grouped_input(GROUPED_STAGED_CASES[0])
+    x = x.contiguous()
+    b = torch.randn(w.shape[0])
+    ref = F.conv2d(x.double(), w.double(), b.double(), **kw)
+    res = torch.randn_like(ref).float()
+    want = F.silu(ref) + res.double() if after else F.silu(ref + res.double())
+    y = FC.conv2d_epilogue(x, w, b, activation="silu", residual=res, residual_after_activation=after, **kw)
+    assert_rel(y, want, torch.float32, "output")
 
 
 def test_grouped_channels_last_thread_count_free(backend):

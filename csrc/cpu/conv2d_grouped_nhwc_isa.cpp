@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "cpu/cl_staging.h"
 #include "cpu/conv2d_paths.h"
 
 namespace fastconv {
@@ -472,17 +473,20 @@ int64_t grouped_nhwc_pack_size(const Geo& g) {
   return group_blocks<T>(g).nGB * g.R * g.S * g.Cg * Simd<T>::L;
 }
 
+// The packed weight: the caller's cached pack, or packed into own.
 template <typename T>
-void grouped_nhwc_fwd(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, const Epi& ep, int nth,
-                      WeightPack* pack) {
+const T* grouped_weights(const Geo& g, const WV<T>& w, WeightPack* pack, std::vector<T>& own) {
   const int64_t count = grouped_nhwc_pack_size<T>(g);
   const T* wp = cached_pack<T>(pack, count, [&](T* p) { pack_group_weights<T>(g, w, p); });
-  std::vector<T> own;
-  if (wp == nullptr) {
-    own.resize(count);
-    pack_group_weights<T>(g, w, own.data());
-    wp = own.data();
-  }
+  if (wp != nullptr) return wp;
+  own.resize(count);
+  pack_group_weights<T>(g, w, own.data());
+  return own.data();
+}
+
+template <typename T>
+void grouped_cl_run(const Geo& g, In4<T> x, In4<T> m, const T* wp, const T* bias, Out4<T> y, const Epi& ep,
+                    int nth) {
   with_group_shape<T>(g.Cg, g.Kg, [&](auto cg, auto kg) {
     constexpr int CG = decltype(cg)::value, KG = decltype(kg)::value;
     if (m.p != nullptr)
@@ -491,6 +495,43 @@ void grouped_nhwc_fwd(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, 
       conv_grouped_cl_impl<T, CG, KG, false>(g, x, m, wp, bias, y, ep, nth);
   });
 }
+
+template <typename T>
+void grouped_nhwc_fwd(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, const Epi& ep, int nth,
+                      WeightPack* pack) {
+  std::vector<T> own;
+  grouped_cl_run<T>(g, x, m, grouped_weights<T>(g, w, pack, own), bias, y, ep, nth);
+}
+
+#if defined(__AVX512F__)
+// NCHW x and y through the channels_last kernel on staged copies, a few images at a time (half an L2 of
+// input per thread, and at least 8 output rows per thread, so a batch keeps the threads busy).
+void grouped_nhwc_staged_nchw_fwd(const Geo& g, const Tensor4& x, WV<float> w, const float* bias, const Tensor4& y,
+                                  const Epi& ep, int nth, WeightPack* pack) {
+  std::vector<float> own;
+  const float* wp = grouped_weights<float>(g, w, pack, own);
+  const int64_t image_bytes = g.Cin * g.H * g.W * (int64_t)sizeof(float);
+  const int64_t by_cache = nth * (l2_cache_bytes() / 2) / image_bytes;
+  const int64_t by_tasks = cdiv(8 * nth, g.P);
+  const int64_t NB = std::max<int64_t>({int64_t(1), by_cache, by_tasks});
+  for (int64_t n0 = 0; n0 < g.N; n0 += NB) {
+    const int64_t nb = std::min(NB, g.N - n0);
+    Tensor4 xc = x, yc = y;
+    xc.data = static_cast<float*>(x.data) + n0 * x.stride[0];
+    yc.data = static_cast<float*>(y.data) + n0 * y.stride[0];
+    xc.size[0] = yc.size[0] = nb;
+    Geo gc = g;
+    gc.N = nb;
+    with_channels_last_copy(xc, nth, [&](const float* xs) {
+      const In4<float> xcl{xs, g.H * g.W * g.Cin, 1, g.W * g.Cin, g.Cin};
+      with_channels_last_output(yc, nth, [&](float* ys) {
+        const Out4<float> ycl{ys, g.P * g.Q * g.Kout, 1, g.Q * g.Kout, g.Kout};
+        grouped_cl_run<float>(gc, xcl, In4<float>{}, wp, bias, ycl, ep, nth);
+      });
+    });
+  }
+}
+#endif
 
 template <typename T>
 void wgrad_grouped_nhwc(const ConvDesc& d, In4<T> x, In4<T> dy, In4<T> m, Out4<T> dw, int nth) {

@@ -139,6 +139,16 @@ inline bool stage_nchw_forward(const Geo& g, const Tensor4& x, const Tensor4& y)
   return strided_wide || small_map || one_row;
 }
 
+// NCHW narrow-group layers (grouped_nhwc_usable) on small maps run the channels_last grouped kernel on
+// staged copies, where the NCHW kernels' vectors along 7 output columns waste most lanes (2 threads,
+// batch 8, RegNet-Y-400MF's c440 7x7 3x3 g55: 0.28 ms staged against 1.43, torch 0.23). From 14x14 up
+// the copies cost what the kernel saves (c208 14x14 g26 0.49 ms either way, c104 28x28 1.01 staged
+// against 0.89).
+inline bool stage_grouped_nchw(const Geo& g, const Tensor4& x, const Tensor4& y) {
+  return g.N > 0 && g.P > 0 && g.Q > 0 && x.stride[1] != 1 && y.stride[1] != 1 && grouped_nhwc_usable<float>(g) &&
+         (g.P * g.Q <= kStageDgradMap || g.N * g.P * g.Q <= kStageFewPixels);
+}
+
 // The general epilogue over a whole output y (N x Kout x P x Q, any strides), one (n, k) plane per task.
 template <typename T>
 void epilogue_pass(const Epi& ep, const Out4<T>& y, const Geo& g, int nth) {
@@ -164,6 +174,8 @@ FwdChoice<T> choose_fwd(const ConvDesc& d, DType dt, const Tensor4& x, const Ten
     c.algo = ConvAlgo::kWinograd;
   } else if (std::is_same_v<T, float> && kIsaLevel == 2 && stage_nchw_forward(g, x, y)) {
     c.algo = ConvAlgo::kIgemmNhwcStaged;
+  } else if (std::is_same_v<T, float> && kIsaLevel == 2 && stage_grouped_nchw(g, x, y)) {
+    c.algo = ConvAlgo::kGroupedNhwcStaged;
   } else {
     c.algo = c.engine.algo;
   }
@@ -181,11 +193,13 @@ void fwd_impl(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& w, c
                  w.stride[3]};
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>) {
-    if (c.algo == ConvAlgo::kIgemmNhwcStaged) {
-      if (!ep.has_res) return igemm_nhwc_staged_nchw_fwd(g, x, wv, static_cast<const float*>(bias), y, ep, nth, pack);
-      // The residual sits at y's (NCHW) offsets, not at those of conv_cl's channels_last buffer: the
+    if (c.algo == ConvAlgo::kIgemmNhwcStaged || c.algo == ConvAlgo::kGroupedNhwcStaged) {
+      const auto staged = c.algo == ConvAlgo::kIgemmNhwcStaged ? igemm_nhwc_staged_nchw_fwd
+                                                                 : grouped_nhwc_staged_nchw_fwd;
+      if (!ep.has_res) return staged(g, x, wv, static_cast<const float*>(bias), y, ep, nth, pack);
+      // The residual sits at y's (NCHW) offsets, not at those of the channels_last buffer: the
       // activation and residual go over y after the transpose, while it is in the caches.
-      igemm_nhwc_staged_nchw_fwd(g, x, wv, static_cast<const float*>(bias), y, Epi{}, nth, pack);
+      staged(g, x, wv, static_cast<const float*>(bias), y, Epi{}, nth, pack);
       return epilogue_pass<float>(ep, out_view<float>(y), g, nth);
     }
   }
@@ -219,7 +233,8 @@ PackInfo fwd_pack_info(const ConvDesc& d, DType dt, const Tensor4& x, const Tens
       return PackInfo{pix_weight_floats<kPixMR>(c.engine.g) * floats_per,
                       pack_kind(kPackPixPanels, kPixMR, dt, d.groups)};
     case ConvAlgo::kGroupedNhwc:
-      return PackInfo{grouped_nhwc_pack_size<T>(c.engine.g) * floats_per,
+    case ConvAlgo::kGroupedNhwcStaged:
+      return PackInfo{grouped_nhwc_pack_size<T>(geo_of(d)) * floats_per,
                       pack_kind(kPackGroupBlocks, Simd<T>::L, dt, d.groups)};
     default:
       return {};
@@ -494,6 +509,7 @@ const char* algo_name(ConvAlgo a) {
     case ConvAlgo::kDepthwiseNhwc: return "depthwise_nhwc";
     case ConvAlgo::kDepthwiseNchw: return "depthwise_nchw";
     case ConvAlgo::kGroupedNhwc: return "grouped_nhwc";
+    case ConvAlgo::kGroupedNhwcStaged: return "grouped_nhwc_staged_nchw";
     case ConvAlgo::kWgradGroupedNhwc: return "wgrad_grouped_nhwc";
     case ConvAlgo::kWgradBlocked: return "wgrad_blocked";
     case ConvAlgo::kWgradDepthwise: return "wgrad_depthwise";

@@ -36,6 +36,7 @@ enum class ConvAlgo : int {
   kDepthwiseNhwc,    // conv_direct_cl
   kDepthwiseNchw,    // conv_direct_plane
   kGroupedNhwc,      // grouped_nhwc_fwd
+  kGroupedNhwcStaged,  // NCHW tensors through grouped_nhwc_fwd on channels_last copies (AVX-512 float32)
   kWgradBlocked,     // conv2d_wgrad_blocked_isa.cpp
   kWgradDepthwise,   // conv2d_depthwise_wgrad_isa.cpp
   kWgradGemmNhwc,    // wgrad_gemm_cl
@@ -93,6 +94,11 @@ int64_t grouped_nhwc_pack_size(const Geo& g);
 template <typename T>
 void grouped_nhwc_fwd(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, const Epi& ep, int nth,
                       WeightPack* pack);
+#if defined(__AVX512F__)
+// NCHW x and y (any strides) through grouped_nhwc_fwd on channels_last copies, a few images at a time.
+void grouped_nhwc_staged_nchw_fwd(const Geo& g, const Tensor4& x, WV<float> w, const float* bias, const Tensor4& y,
+                                  const Epi& ep, int nth, WeightPack* pack);
+#endif
 // dw of such a layer (x, dy and the mask m of dy channels_last); Cg in {2, 4, 8, 16}.
 template <typename T>
 bool wgrad_grouped_nhwc_usable(const Geo& g) {
