@@ -38,6 +38,7 @@ EXPECTED = {
     "tv_resnet18": ({"conv+bn+relu": 9, "conv+bn+add+relu": 8, "conv+bn": 3}, 0),
     # stem + 16 bottlenecks x (conv1, conv2); 16 x conv3 + add + relu; 4 downsample
     "resnet50": ({"conv+bn+relu": 33, "conv+bn+add+relu": 16, "conv+bn": 4}, 0),
+    "resnext50_32x4d": ({"conv+bn+relu": 33, "conv+bn+add+relu": 16, "conv+bn": 4}, 0),
     # relu6: stem, the first block's depthwise, 16 blocks x (expand, depthwise), the last 1x1; 17
     # projections, 10 of them on residual blocks (stride 1, same width: 1+2+3+2+2 over the stages)
     "mobilenet_v2": ({"conv+bn+relu6": 35, "conv+bn+add": 10, "conv+bn": 7}, 0),

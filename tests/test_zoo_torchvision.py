@@ -34,6 +34,11 @@ GEOMETRY = {
     "resnet50": (25_557_032, 53 * 6 + 2, {
         "layer1.0.downsample.0.weight": (256, 64, 1, 1), "layer3.5.conv2.weight": (256, 256, 3, 3),
         "layer4.2.bn3.running_var": (2048,), "fc.weight": (1000, 2048)}),
+    # ResNet-50's tree; the 3x3 convs grouped (32 groups of 4-32 channels), bottlenecks twice as wide
+    "resnext50_32x4d": (25_028_904, 53 * 6 + 2, {
+        "layer1.0.conv1.weight": (128, 64, 1, 1), "layer1.0.conv2.weight": (128, 4, 3, 3),
+        "layer3.5.conv2.weight": (512, 16, 3, 3), "layer4.0.conv2.weight": (1024, 32, 3, 3),
+        "layer4.2.conv3.weight": (2048, 1024, 1, 1), "fc.weight": (1000, 2048)}),
     # 52 conv+BN (stem, first block 2, 16 blocks x 3, head) + classifier linear
     "mobilenet_v2": (3_504_872, 52 * 6 + 2, {
         "features.1.conv.0.0.weight": (32, 1, 3, 3), "features.1.conv.1.weight": (16, 32, 1, 1),
@@ -92,7 +97,8 @@ NAMES = list(GEOMETRY)
 # The smallest input side torchvision documents (weights meta "min_size"); 1 for the others.
 MIN_SIZE = {"googlenet": 15, "densenet121": 29, "convnext_tiny": 32, "vgg11": 32}
 # The stem convolution, the one layer in_channels changes.
-STEM = {"tv_resnet18": "conv1.weight", "resnet50": "conv1.weight", "mobilenet_v2": "features.0.0.weight",
+STEM = {"tv_resnet18": "conv1.weight", "resnet50": "conv1.weight", "resnext50_32x4d": "conv1.weight",
+        "mobilenet_v2": "features.0.0.weight",
         "mobilenet_v3_large": "features.0.0.weight", "efficientnet_b0": "features.0.0.weight",
         "regnet_y_400mf": "stem.0.weight", "densenet121": "features.conv0.weight",
         "convnext_tiny": "features.0.0.weight", "shufflenet_v2_x1_0": "conv1.0.weight",
@@ -263,6 +269,8 @@ def test_resnet18_imagenet_takes_torchvision_resnet18_weights():
 INIT_STD = {
     "tv_resnet18": [("layer3.0.conv1.weight", math.sqrt(2 / (256 * 9))), ("fc.weight", 1 / math.sqrt(3 * 512))],
     "resnet50": [("layer3.0.conv2.weight", math.sqrt(2 / (256 * 9))), ("fc.weight", 1 / math.sqrt(3 * 2048))],
+    "resnext50_32x4d": [("layer3.0.conv2.weight", math.sqrt(2 / (512 * 9))),
+                        ("fc.weight", 1 / math.sqrt(3 * 2048))],
     "mobilenet_v2": [("features.18.0.weight", math.sqrt(2 / 1280)), ("classifier.1.weight", 0.01)],
     "mobilenet_v3_large": [("features.16.0.weight", math.sqrt(2 / 960)), ("classifier.0.weight", 0.01)],
     "efficientnet_b0": [("features.8.0.weight", math.sqrt(2 / 1280)),

@@ -58,7 +58,7 @@ from .tables import ConvShape
 
 # The default list: torchvision's ResNet-18 (fastconv.models' name tv_resnet18) and the other
 # architectures of fastconv.models.imagenet.
-DEFAULT_NETWORKS = ("tv_resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0",
+DEFAULT_NETWORKS = ("tv_resnet18", "resnet50", "resnext50_32x4d", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0",
                     "regnet_y_400mf", "densenet121", "convnext_tiny", "shufflenet_v2_x1_0", "googlenet", "vgg11")
 OPTIMIZED = "fastconv-opt"
 VARIANTS = (BASELINE, COMPILE, "fastconv", OPTIMIZED)

@@ -12,7 +12,7 @@ Two families:
 - torchvision's ImageNet architectures (fastconv.models.imagenet), with torchvision's module trees,
   parameter/buffer names, initialization and eval semantics, so a torchvision state_dict loads with
   strict=True: tv_resnet18, resnet50, mobilenet_v2, mobilenet_v3_large, efficientnet_b0,
-  regnet_y_400mf, densenet121, convnext_tiny, shufflenet_v2_x1_0, googlenet, vgg11.
+  resnext50_32x4d, regnet_y_400mf, densenet121, convnext_tiny, shufflenet_v2_x1_0, googlenet, vgg11.
   Naming: torchvision's name wherever the small zoo does not already use it; the one collision,
   resnet18, keeps its small-zoo meaning and torchvision's ResNet-18 is registered as tv_resnet18.
   (resnet18_imagenet has the same state_dict keys, shapes, initialization and eval outputs as

@@ -51,6 +51,7 @@ class ImageNetSpec(NamedTuple):
 SPECS: Dict[str, ImageNetSpec] = {
     "tv_resnet18": ImageNetSpec(resnet.resnet18),
     "resnet50": ImageNetSpec(resnet.resnet50),
+    "resnext50_32x4d": ImageNetSpec(resnet.resnext50_32x4d),
     "mobilenet_v2": ImageNetSpec(mobilenet.mobilenet_v2, width_kwarg="width_mult"),
     "mobilenet_v3_large": ImageNetSpec(mobilenet.mobilenet_v3_large, width_kwarg="width_mult"),
     "efficientnet_b0": ImageNetSpec(efficientnet.efficientnet_b0),
