@@ -15,7 +15,6 @@
 #include <utility>
 #include <vector>
 
-#include "cpu/cl_staging.h"
 #include "cpu/conv2d_paths.h"
 
 namespace fastconv {
@@ -514,22 +513,9 @@ void grouped_nhwc_staged_nchw_fwd(const Geo& g, const Tensor4& x, WV<float> w, c
   const int64_t by_cache = nth * (l2_cache_bytes() / 2) / image_bytes;
   const int64_t by_tasks = cdiv(8 * nth, g.P);
   const int64_t NB = std::max<int64_t>({int64_t(1), by_cache, by_tasks});
-  for (int64_t n0 = 0; n0 < g.N; n0 += NB) {
-    const int64_t nb = std::min(NB, g.N - n0);
-    Tensor4 xc = x, yc = y;
-    xc.data = static_cast<float*>(x.data) + n0 * x.stride[0];
-    yc.data = static_cast<float*>(y.data) + n0 * y.stride[0];
-    xc.size[0] = yc.size[0] = nb;
-    Geo gc = g;
-    gc.N = nb;
-    with_channels_last_copy(xc, nth, [&](const float* xs) {
-      const In4<float> xcl{xs, g.H * g.W * g.Cin, 1, g.W * g.Cin, g.Cin};
-      with_channels_last_output(yc, nth, [&](float* ys) {
-        const Out4<float> ycl{ys, g.P * g.Q * g.Kout, 1, g.Q * g.Kout, g.Kout};
-        grouped_cl_run<float>(gc, xcl, In4<float>{}, wp, bias, ycl, ep, nth);
-      });
-    });
-  }
+  for_staged_image_batches(g, x, y, NB, nth, [&](const Geo& gc, const In4<float>& xcl, const Out4<float>& ycl) {
+    grouped_cl_run<float>(gc, xcl, In4<float>{}, wp, bias, ycl, ep, nth);
+  });
 }
 #endif
 

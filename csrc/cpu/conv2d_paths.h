@@ -15,6 +15,7 @@
 // dispatch calls and Python can ask (fastconv._C.conv2d_path).
 #pragma once
 
+#include "cpu/cl_staging.h"
 #include "cpu/conv2d_common.h"
 
 namespace fastconv {
@@ -62,6 +63,27 @@ ClMode igemm_nhwc_mode(const Geo& g, const In4<T>& x, const In4<T>& m, const Out
 void igemm_nhwc_staged_nchw_fwd(const Geo& g, const Tensor4& x, WV<float> w, const float* bias, const Tensor4& y,
                                 const Epi& ep, int nth, WeightPack* pack);
 #endif
+
+// The NCHW (any strides) problem g on x and y in batches of NB images: f(gc, xcl, ycl) with gc the
+// batch's problem and xcl / ycl dense channels_last copies (ycl is copied into y after f returns).
+template <typename F>
+void for_staged_image_batches(const Geo& g, const Tensor4& x, const Tensor4& y, int64_t NB, int nth, F&& f) {
+  for (int64_t n0 = 0; n0 < g.N; n0 += NB) {
+    const int64_t nb = std::min(NB, g.N - n0);
+    Tensor4 xc = x, yc = y;
+    xc.data = static_cast<float*>(x.data) + n0 * x.stride[0];
+    yc.data = static_cast<float*>(y.data) + n0 * y.stride[0];
+    xc.size[0] = yc.size[0] = nb;
+    Geo gc = g;
+    gc.N = nb;
+    with_channels_last_copy(xc, nth, [&](const float* xs) {
+      const In4<float> xcl{xs, g.H * g.W * g.Cin, 1, g.W * g.Cin, g.Cin};
+      with_channels_last_output(yc, nth, [&](float* ys) {
+        f(gc, xcl, Out4<float>{ys, g.P * g.Q * g.Kout, 1, g.Q * g.Kout, g.Kout});
+      });
+    });
+  }
+}
 
 // ---- conv2d_igemm_nchw_isa.cpp
 // T elements of the NCHW kernels' packed weight A[G][ceil(Kg/MR)][CRS][MR] (MR = kPixMR).
