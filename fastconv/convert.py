@@ -75,7 +75,7 @@ def convert(model: nn.Module, fuse_relu: bool = True, memory_format: str = "auto
         target = _REPLACEMENTS.get(type(module))
         if target is not None:
             module.__class__ = target
-    _set_layout(model, memory_format)
+    set_layout(model, memory_format)
     return model
 
 
@@ -90,6 +90,11 @@ def convert(model: nn.Module, fuse_relu: bool = True, memory_format: str = "auto
 # 80 / 105, GoogLeNet 101 / 123, DenseNet-121 259 / 302; slower only where forward reshapes: ShuffleNetV2
 # 41 / 34 (its channel shuffle copies to NCHW, which the first-call check below catches) and ConvNeXt-T
 # 486 / 446 (its LayerNorm blocks permute to NHWC and back), which 'auto' leaves as given.
+
+
+def _conv_types() -> tuple:
+    from .fusion.modules import FusedConv2d  # optimize()'s conv modules (not nn.Conv2d subclasses)
+    return (nn.Conv2d, FusedConv2d)
 
 
 class _Layout:
@@ -131,7 +136,7 @@ class _LayoutPreHook:
         if state.mode == "auto":
             state.nchw_seen = False
             for m in module.modules():
-                if isinstance(m, nn.Conv2d):
+                if isinstance(m, _conv_types()):
                     m._fastconv_layout_probe = m.register_forward_pre_hook(_ProbeHook(state))
         return tuple(a.contiguous(memory_format=torch.channels_last) if _is_nchw_image(a) else a for a in args)
 
@@ -159,9 +164,9 @@ class _ProbeHook:
             self.state.nchw_seen = True
 
 
-def _set_layout(model: nn.Module, memory_format: str) -> None:
+def set_layout(model: nn.Module, memory_format: str) -> None:
     if memory_format == "auto":
-        convs = any(isinstance(m, nn.Conv2d) for m in model.modules())
+        convs = any(isinstance(m, _conv_types()) for m in model.modules())
         norms = any(isinstance(m, nn.LayerNorm) for m in model.modules())
         memory_format = "auto" if convs and not norms else "preserve"
     state = getattr(model, "_fastconv_layout", None)

@@ -198,3 +198,19 @@ def test_converted_model_pickles_and_traces():
 def test_bad_memory_format_names_the_argument():
     with pytest.raises(ValueError, match="memory_format must be one of"):
         fastconv.convert(SmallNet(), memory_format="nhwc")
+
+
+def test_optimize_runs_nchw_callers_in_channels_last_too():
+    ref, ours = _pair(SmallNet, dense=True)
+    x = torch.randn(2, 3, 9, 8)
+    opt = fastconv.optimize(ours, (x,))
+    with torch.no_grad():
+        for _ in range(2):
+            y = opt(x)
+            torch.testing.assert_close(y, ref(x), rtol=1e-4, atol=1e-5)
+            assert y.is_contiguous()
+    assert opt._fastconv_layout.mode == "channels_last"
+    kept = fastconv.optimize(ours, (x,), memory_format="preserve")
+    assert not hasattr(kept, "_fastconv_layout")
+    with pytest.raises(ValueError, match="memory_format must be one of"):
+        fastconv.optimize(ours, (x,), memory_format="cl")

@@ -37,6 +37,7 @@ from torch.fx import Node
 from torch.utils import _pytree as pytree
 
 from .. import nn as fnn
+from ..convert import MEMORY_FORMATS, set_layout
 from ..models.imagenet.blocks import stochastic_depth
 from ..models.layers import GlobalAvgPool2d, TorchConv2dReLU
 from .modules import FUSED_CONTAINER, FusedConv2d, OptimizedModule
@@ -513,7 +514,7 @@ def _as_args(example_inputs: Any) -> Tuple:
 
 
 def optimize(model: nn.Module, example_inputs: Any, *, inplace: bool = False, check: bool = True,
-             report: bool = False):
+             report: bool = False, memory_format: str = "auto"):
     """Returns `model` rewritten for inference: each Conv2d with the eval-mode BatchNorm, activation and
     residual add that follow it as one fastconv conv2d_epilogue call (docs/fusion.md).
 
@@ -524,10 +525,14 @@ def optimize(model: nn.Module, example_inputs: Any, *, inplace: bool = False, ch
     check: run the example inputs through both models and raise OptimizeError on a difference beyond
         float tolerance (naming the first fused node that differs).
     report: also return the OptimizeReport (it is always the result's `fastconv_report` attribute).
+    memory_format: 'auto', 'channels_last' or 'preserve', as fastconv.convert's: where the result keeps
+        its activations when called with NCHW images (the check above runs before, as given).
     The state dict of the result has the original's keys and tensors; load_state_dict refolds.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"fastconv.optimize: model must be a torch.nn.Module, got {type(model).__name__}")
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"fastconv.optimize: memory_format must be one of {MEMORY_FORMATS}, got {memory_format!r}")
     if model.training:
         raise ValueError("fastconv.optimize: the model is in training mode; optimize() folds BatchNorm for "
                          "inference, so call model.eval() first (for training, use "
@@ -571,5 +576,6 @@ def optimize(model: nn.Module, example_inputs: Any, *, inplace: bool = False, ch
             _check(model, result, args, expected=expected)
         optimized = result.module
     optimized.fastconv_report = rep
+    set_layout(optimized, memory_format)
     log.info("%s", rep.summary())
     return (optimized, rep) if report else optimized
