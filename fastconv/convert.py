@@ -55,13 +55,14 @@ def convert(model: nn.Module, fuse_relu: bool = True, memory_format: str = "auto
     nn.Identity, so the Sequential's indices and the state_dict keys stay the same. Returns `model`.
 
     memory_format: where the model's activations live when it is called with NCHW (contiguous) images.
-    'channels_last' runs the network in channels_last: a hook on `model` hands it channels_last copies of
-    its 4-d floating-point inputs and gives its 4-d outputs back contiguous, so callers see torch's values
+    'channels_last' runs the network in channels_last: hooks on `model` hand it channels_last copies of
+    its 4-d floating-point inputs and give its 4-d outputs back contiguous, so callers see torch's values
     and layouts (the kernels' sums run in another order: float rounding differs). 'auto' (the default)
-    does that for a model with a Conv2d and without a LayerNorm, and keeps it only if the layout carries
-    through: if on the first such call some Conv2d received an NCHW input (a reshape in forward, such as
-    ShuffleNet's channel shuffle, made a contiguous copy), later calls run as given. 'preserve' never
-    changes layouts. docs/fusion.md (convert() and memory formats) has the measurements.
+    does that for a model with a Conv2d and without a LayerNorm if the layout carries through: before the
+    first call with NCHW images, one forward without autograd on channels_last copies (buffers put back
+    after) checks that every Conv2d receives a channels_last input and nothing raises; a reshape in
+    forward (ShuffleNet's channel shuffle copies to contiguous) or a `.view` that needs NCHW strides
+    keeps the model as given. 'preserve' never changes layouts. docs/fusion.md (convert() and memory formats) has the measurements.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"fastconv.convert: model must be a torch.nn.Module, got {type(model).__name__}")
@@ -98,12 +99,12 @@ def _conv_types() -> tuple:
 
 
 class _Layout:
-    """The hooks' state, a picklable object on the model (torch.save(model) keeps it)."""
+    """The layout hooks' state, a picklable object on the model (torch.save(model) keeps it): mode is
+    'channels_last', 'preserve', or 'auto' until the first call with NCHW images decides."""
 
     def __init__(self, mode: str):
-        self.mode = mode          # 'channels_last' or 'auto' (until the first call decides), 'preserve'
-        self.converted = []       # per nested call: whether its inputs were converted
-        self.nchw_seen = False    # during the first 'auto' call: some Conv2d received an NCHW input
+        self.mode = mode
+        self.converted = []  # per call in progress (calls may nest): whether its inputs were converted
 
 
 def _is_nchw_image(t: Any) -> bool:
@@ -124,44 +125,65 @@ def _to_nchw(out: Any) -> Any:
     return out
 
 
+def _probe_channels_last(model: nn.Module, cl_args: tuple, kwargs: dict) -> bool:
+    """Whether the layout carries through `model` on these inputs: one forward on the channels_last copies
+    (no autograd; in training mode the buffers, such as BatchNorm's running statistics, put back after)
+    in which every convolution must receive a channels_last input and nothing may raise (a `.view` that
+    needs NCHW strides)."""
+    nchw_seen = []
+
+    def probe(module, inputs):
+        if inputs and _is_nchw_image(inputs[0]):
+            nchw_seen.append(type(module).__name__)
+
+    # In training mode BatchNorm updates its running statistics; eval-mode modules leave buffers alone
+    # (and may hold inference tensors, which refuse in-place writes outside inference mode).
+    saved = [b.detach().clone() for b in model.buffers()] if model.training else None
+    handles = [m.register_forward_pre_hook(probe) for m in model.modules() if isinstance(m, _conv_types())]
+    try:
+        with torch.no_grad():
+            model.forward(*cl_args, **kwargs)
+    except Exception:
+        return False
+    finally:
+        for h in handles:
+            h.remove()
+        if saved is not None:
+            with torch.no_grad():
+                for b, v in zip(model.buffers(), saved):
+                    b.copy_(v)
+    return not nchw_seen
+
+
 class _LayoutPreHook:
-    def __call__(self, module: nn.Module, args: tuple):
-        state = getattr(module, "_fastconv_layout", None)
-        convert = (state is not None and state.mode != "preserve" and not torch.jit.is_tracing()
-                   and not torch.jit.is_scripting() and any(_is_nchw_image(a) for a in args))
-        if state is not None:
-            state.converted.append(convert)
-        if not convert:
-            return None
-        if state.mode == "auto":
-            state.nchw_seen = False
-            for m in module.modules():
-                if isinstance(m, _conv_types()):
-                    m._fastconv_layout_probe = m.register_forward_pre_hook(_ProbeHook(state))
-        return tuple(a.contiguous(memory_format=torch.channels_last) if _is_nchw_image(a) else a for a in args)
+    """Hands the model channels_last copies of its NCHW image inputs; the first such call of an 'auto'
+    model decides first, with _probe_channels_last, whether it runs that way from then on."""
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict):
+        state = module._fastconv_layout
+        convert = (state.mode != "preserve" and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+                   and any(_is_nchw_image(a) for a in args))
+        if convert:
+            cl_args = tuple(a.contiguous(memory_format=torch.channels_last) if _is_nchw_image(a) else a for a in args)
+            if state.mode == "auto":
+                if torch.compiler.is_compiling():  # undecided under dynamo / torch.export: run as given
+                    convert = False
+                else:
+                    state.mode = "channels_last" if _probe_channels_last(module, cl_args, kwargs) else "preserve"
+                    convert = state.mode == "channels_last"
+        state.converted.append(convert)
+        return (cl_args, kwargs) if convert else None
 
 
 class _LayoutHook:
+    """Gives 4-d outputs back contiguous after a call whose inputs _LayoutPreHook converted (also when
+    forward raised: always_call, so the per-call record stays balanced)."""
+
     def __call__(self, module: nn.Module, args: tuple, out: Any):
-        state = getattr(module, "_fastconv_layout", None)
-        if state is None or not state.converted or not state.converted.pop():
-            return None
-        if state.mode == "auto":
-            for m in module.modules():
-                probe = m.__dict__.pop("_fastconv_layout_probe", None)
-                if probe is not None:
-                    probe.remove()
-            state.mode = "preserve" if state.nchw_seen else "channels_last"
-        return _to_nchw(out)
-
-
-class _ProbeHook:
-    def __init__(self, state: _Layout):
-        self.state = state
-
-    def __call__(self, module: nn.Module, args: tuple):
-        if args and _is_nchw_image(args[0]):
-            self.state.nchw_seen = True
+        state = module._fastconv_layout
+        if state.converted and state.converted.pop():
+            return _to_nchw(out)
+        return None
 
 
 def set_layout(model: nn.Module, memory_format: str) -> None:
@@ -174,8 +196,8 @@ def set_layout(model: nn.Module, memory_format: str) -> None:
         if memory_format == "preserve":
             return
         model._fastconv_layout = _Layout(memory_format)
-        model.register_forward_pre_hook(_LayoutPreHook())
-        model.register_forward_hook(_LayoutHook())
+        model.register_forward_pre_hook(_LayoutPreHook(), with_kwargs=True)
+        model.register_forward_hook(_LayoutHook(), always_call=True)
     else:  # converted before: the hooks are in place
         state.mode = memory_format
 

@@ -120,7 +120,7 @@ def test_a_reshape_in_forward_keeps_the_given_layout():
     fastconv.convert(ours)
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
-        torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-5)  # first call: converted, checked
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-5)  # the probe finds an NCHW conv input
         assert ours._fastconv_layout.mode == "preserve"
         seen, handles = _conv_input_layouts(ours)
         torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-5)
@@ -193,6 +193,59 @@ def test_converted_model_pickles_and_traces():
         torch.testing.assert_close(loaded(x), want, rtol=1e-4, atol=1e-5)
         traced = torch.jit.trace(ours, (x,))
         torch.testing.assert_close(traced(x), want, rtol=1e-4, atol=1e-5)
+
+
+class ViewNet(SmallNet):
+    """A `.view` that needs NCHW strides (the PyTorch tutorials' flatten), in training mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16 * 4 * 4, 5)
+
+    def forward(self, x):
+        x = F.max_pool2d(self.stem(x), 2)
+        return self.fc(x.view(x.size(0), -1))
+
+
+def test_a_view_that_needs_nchw_falls_back_once_with_buffers_restored():
+    ref, ours = _pair(ViewNet)
+    ref.train()
+    ours.train()
+    fastconv.convert(ours)
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-5)  # the channels_last probe raised
+    assert ours._fastconv_layout.mode == "preserve"
+    # BatchNorm's running statistics moved once, as torch's did (the probe's update was undone)
+    for (name, b), r in zip(ours.named_buffers(), ref.buffers()):
+        torch.testing.assert_close(b, r, rtol=1e-5, atol=1e-6, msg=name)
+    torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-5)
+
+
+def test_train_mode_probe_leaves_the_statistics_to_the_real_call():
+    """'auto' decides with a forward on copies before the first call; BatchNorm's running statistics
+    move once per call, as torch's do, and the gradients are torch's."""
+    ref, ours = _pair(SmallNet)
+    ref.train()
+    ours.train()
+    fastconv.convert(ours)
+    x = torch.randn(4, 3, 8, 8)
+    yr, yo = ref(x), ours(x)
+    torch.testing.assert_close(yo, yr, rtol=1e-4, atol=1e-5)
+    assert ours._fastconv_layout.mode == "channels_last"
+    for b, r in zip(ours.buffers(), ref.buffers()):
+        torch.testing.assert_close(b, r, rtol=1e-5, atol=1e-6)
+    yr.sum().backward()
+    yo.sum().backward()
+    for p, r in zip(ours.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, r.grad, rtol=1e-3, atol=1e-4)
+
+
+def test_a_raising_call_keeps_the_record_balanced():
+    _, ours = _pair(SmallNet)
+    fastconv.convert(ours, memory_format="channels_last")
+    with pytest.raises(RuntimeError):
+        ours(torch.randn(2, 4, 8, 8))  # 4 channels for a 3-channel stem
+    assert ours._fastconv_layout.converted == []
 
 
 def test_bad_memory_format_names_the_argument():
