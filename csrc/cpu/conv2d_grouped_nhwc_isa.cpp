@@ -384,9 +384,9 @@ FC_INLINE void wgrad_grouped_row(const Geo& g, const T* xrow, const T* dyrow, co
   using Sd = Simd<T>;
   using V = typename Sd::V;
   constexpr int L = Sd::L;
-  V acc[SB][CG];
+  V acc[SB][CG];  // rows j >= nsb are neither read nor written: sums holds only the block's nsb taps
   FC_UNROLL for (int j = 0; j < SB; ++j) FC_UNROLL for (int c = 0; c < CG; ++c)
-      acc[j][c] = Sd::load(sums + (j * CG + c) * L);
+      acc[j][c] = j < nsb ? Sd::load(sums + (j * CG + c) * L) : Sd::zero();
   auto pixel = [&](int64_t q, bool edge) {
     V dv = nl == L ? Sd::load(dyrow + q * dys3) : Sd::load_n(dyrow + q * dys3, nl);
     if (MASK) dv = Sd::mask_le0(dv, nl == L ? Sd::load(mrow + q * ms3) : Sd::load_n(mrow + q * ms3, nl));
@@ -402,8 +402,10 @@ FC_INLINE void wgrad_grouped_row(const Geo& g, const T* xrow, const T* dyrow, co
   for (; q < qlo; ++q) pixel(q, true);
   for (; q < qhi; ++q) pixel(q, false);
   for (; q < g.Q; ++q) pixel(q, true);
-  FC_UNROLL for (int j = 0; j < SB; ++j) FC_UNROLL for (int c = 0; c < CG; ++c)
-      Sd::store(sums + (j * CG + c) * L, acc[j][c]);
+  FC_UNROLL for (int j = 0; j < SB; ++j) {
+    if (j >= nsb) break;
+    FC_UNROLL for (int c = 0; c < CG; ++c) Sd::store(sums + (j * CG + c) * L, acc[j][c]);
+  }
 }
 
 // Tasks are (group block, tap row), or whole group blocks when there are enough of them (every tap row
