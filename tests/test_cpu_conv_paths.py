@@ -236,11 +236,11 @@ def test_strided_wide_nchw_staged_views(backend):
 
 
 def test_pointwise_channels_last_views_and_batches(backend):
-    """1x1 channels_last layers without bias: the dense case (conv_cl_pointwise, one GEMM over the
-    batch's pixels) and views it must leave to conv_cl (a channel slice: pixels 32 floats apart for 24
-    channels; a column slice: rows not W pixels apart). A pixel's result does not depend on where its
-    tile starts: each image alone gives the batch's output bit for bit (63 pixels per image, so the
-    batch's tiles straddle images)."""
+    """1x1 channels_last layers without bias (conv_cl_pointwise, one GEMM over the batch's pixels): the
+    dense case and views whose pixel rows it addresses one by one (a channel slice: pixels 32 floats
+    apart for 24 channels; a column slice: rows not W pixels apart). A pixel's result does not depend
+    on where its tile starts: each image alone gives the batch's output bit for bit (63 pixels per
+    image, so the batch's tiles straddle images)."""
     w = torch.randn(40, 24, 1, 1)
     base = torch.randn(3, 32, 7, 9).contiguous(memory_format=torch.channels_last)
     dense = base[:, :24].contiguous(memory_format=torch.channels_last)
@@ -251,6 +251,33 @@ def test_pointwise_channels_last_views_and_batches(backend):
     y = FC.conv2d(dense, w)
     for i in range(3):
         assert torch.equal(FC.conv2d(dense[i:i + 1], w), y[i:i + 1])
+
+
+@pytest.mark.parametrize("stride", [2, 3])
+def test_pointwise_strided_channels_last(backend, stride):
+    """1x1 channels_last layers with stride > 1 take conv_cl_pointwise too (its rows addressed per pixel):
+    forward with the whole epilogue (bias, scale, SiLU, a residual written back per pixel row), and the
+    input gradient, whose one residue class with a tap writes every stride-th pixel of dx while the
+    others are zero-filled; the input a channel slice of a wider tensor."""
+    torch.manual_seed(0)
+    wide = torch.randn(3, 40, 13, 11).contiguous(memory_format=torch.channels_last)
+    x = wide[:, 4:36].requires_grad_()
+    w = torch.randn(48, 32, 1, 1, requires_grad=True)
+    b, scale = torch.randn(48), torch.rand(48) + 0.5
+    assert _path(x.detach(), w.detach(), "fwd", stride=stride) == "igemm_nhwc/pointwise"
+    assert _path(x.detach(), w.detach(), "dgrad", stride=stride) == "residue_classes > igemm_nhwc/pointwise"
+    P, Q = (13 - 1) // stride + 1, (11 - 1) // stride + 1
+    res = torch.randn(3, 48, P, Q).contiguous(memory_format=torch.channels_last)
+    y = FC.conv2d_epilogue(x, w, b, stride, scale=scale, activation="silu", residual=res)
+    xd, wd = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    ref = F.silu(F.conv2d(xd, wd, None, stride) * scale.double()[:, None, None] + b.double()[:, None, None]
+                 + res.double())
+    assert_rel(y, ref, torch.float32, "output")
+    g = torch.randn_like(ref)
+    y.backward(g.float())
+    ref.backward(g)
+    assert_rel(x.grad, xd.grad, torch.float32, "grad_input")
+    assert_rel(w.grad, wd.grad, torch.float32, "grad_weight")
 
 
 @pytest.mark.parametrize("channels", [(3, 32), (128, 128)], ids=["rgb", "c128"])

@@ -86,27 +86,41 @@ void pack_cl_weights(const Geo& g, WV<T> w, T* B, int nth) {
   }
 }
 
-// Pointwise layers (1x1, stride 1, no padding, one group) on dense channels_last tensors are one GEMM
-// C[N*P*Q x Kg] = X[N*P*Q x Cg] * B over the batch's pixels, which are consecutive rows of Cg (x) and
-// Kout (y) elements, so it needs none of conv_cl's per-task machinery (pixel lists, row runs, output
-// offsets, reduction blocks): each thread walks a contiguous range of MR-pixel tiles, a tile's row
-// pointers are x + pixel * Cg and its whole reduction runs against one B panel (Cg x NR, up to half
-// the L2: cl_plan's condition); the bias initializes the accumulators and the k loop is unrolled by 4.
-// 1x1 64->64, N=32, 32x32, 2 threads, raw kernel call: 0.775 ms against conv_cl's 0.87-0.98.
+// Pointwise layers (1x1, no padding, one group) on channels_last tensors are one GEMM
+// C[N*P*Q x Kg] = X[N*P*Q x Cg] * B over the batch's pixels, so they need none of conv_cl's per-task
+// machinery (pixel lists, row runs, output offsets, reduction blocks): each thread walks a contiguous
+// range of MR-pixel tiles, a tile's row pointers are its pixels' channel rows and its whole reduction
+// runs against one B panel (Cg x NR, up to half the L2: cl_plan's condition); the bias initializes
+// the accumulators and the k loop is unrolled by 4. 1x1 64->64, N=32, 32x32, 2 threads, raw kernel
+// call: 0.775 ms against conv_cl's 0.87-0.98. On dense tensors at stride 1 pixel j's rows are
+// x + j*Cg and y + j*Kg; otherwise (stride 2, the input gradient's residue class of a strided 1x1
+// layer, which writes every other pixel of dx, or views) they come from the pixel's (n, p, q): the
+// 1x1 stride-2 input gradient of ResNet-50's c512k1024 28x28 layer, batch 8, 2 threads, took 16 ms
+// on conv_cl's per-tap path, torch 9.
 template <typename T, int MR, int NV>
-void conv_cl_pointwise(const Geo& g, const T* x, const T* Bp, const T* biasp, T* y, const Epi& ep, bool stream_out,
-                       int nth) {
+void conv_cl_pointwise(const Geo& g, In4<T> xv, const T* Bp, const T* biasp, Out4<T> yv, const Epi& ep,
+                       bool stream_out, int nth) {
   using Sd = Simd<T>;
   using V = typename Sd::V;
   constexpr int L = Sd::L;
   constexpr int NR = NV * L;
   const int64_t M = g.N * g.P * g.Q, Cg = g.Cg, Kg = g.Kg, nJr = cdiv(Kg, NR);
   const int64_t ntile = cdiv(M, MR);
+  const bool dense = g.sh == 1 && g.sw == 1 && xv.s3 == Cg && xv.s2 == g.W * xv.s3 && xv.s0 == g.H * xv.s2 &&
+                     yv.s3 == Kg && yv.s2 == g.Q * yv.s3 && yv.s0 == g.P * yv.s2;
+  const T* const x = xv.p;
+  T* const y = yv.p;
   const Epi e = ep;
   // Few pixel tiles (a small map at batch 1: 7x7 = 9 tiles) also split the output channels, so that
   // every thread has work: units (panel chunk, tile), chunk-major, so a thread's static share walks its
   // panels' tiles with the B panel in cache.
-  const int64_t jper = cdiv(nJr, ntile >= 4 * nth ? 1 : std::min(nJr, cdiv(4 * nth, ntile))), nJs = cdiv(nJr, jper);
+  // All of B larger than half the L2 (1x1 2048->512: 4 MiB): one panel per unit, so that a thread's
+  // units walk every tile against one panel held in L2 and x's rows, not B, are what is re-read
+  // (the panels of every tile in turn streamed all of B from L3 per 6-pixel tile: that layer's input
+  // gradient at 7x7, batch 8, 2 threads, 5.4 ms against torch's 4.4).
+  const bool b_in_l2 = Cg * nJr * NR * (int64_t)sizeof(T) <= l2_cache_bytes() / 2;
+  const int64_t jper = !b_in_l2 ? 1 : cdiv(nJr, ntile >= 4 * nth ? 1 : std::min(nJr, cdiv(4 * nth, ntile)));
+  const int64_t nJs = cdiv(nJr, jper);
 #pragma omp parallel num_threads(nth)
   {
 #pragma omp for schedule(static)
@@ -114,8 +128,32 @@ void conv_cl_pointwise(const Geo& g, const T* x, const T* Bp, const T* biasp, T*
       const int64_t tile = unit % ntile, js = unit / ntile;
       const int64_t j0 = tile * MR, mr = std::min<int64_t>(MR, M - j0);
       const T* r[MR];
+      T* yr[MR];
       // Rows past mr repeat the last pixel: tail lanes, never stored.
-      FC_UNROLL for (int i = 0; i < MR; ++i) r[i] = x + (j0 + std::min<int64_t>(i, mr - 1)) * Cg;
+      if (dense) {
+        FC_UNROLL for (int i = 0; i < MR; ++i) {
+          r[i] = x + (j0 + std::min<int64_t>(i, mr - 1)) * Cg;
+          yr[i] = y + (j0 + i) * Kg;
+        }
+      } else {
+        int64_t n = j0 / (g.P * g.Q), p = (j0 / g.Q) % g.P, q = j0 % g.Q;
+        FC_UNROLL for (int i = 0; i < MR; ++i) {
+          if (i < mr) {
+            r[i] = x + n * xv.s0 + p * g.sh * xv.s2 + q * g.sw * xv.s3;
+            yr[i] = y + n * yv.s0 + p * yv.s2 + q * yv.s3;
+            if (++q == g.Q) {
+              q = 0;
+              if (++p == g.P) {
+                p = 0;
+                ++n;
+              }
+            }
+          } else {
+            r[i] = r[i - 1];
+            yr[i] = nullptr;
+          }
+        }
+      }
       for (int64_t jr = js * jper; jr < std::min(nJr, (js + 1) * jper); ++jr) {
         const int64_t kb = jr * NR;
         // The bias is the accumulators' initial value, which saves MR * NV additions per tile.
@@ -127,7 +165,7 @@ void conv_cl_pointwise(const Geo& g, const T* x, const T* Bp, const T* biasp, T*
         for (int64_t k = 0; k < Cg; ++k) rows_rank1<T, MR, NV>(acc, r, k, bp + k * NR);
         FC_UNROLL for (int i = 0; i < MR; ++i) {
           if (i >= mr) break;
-          T* yp = y + (j0 + i) * Kg + kb;
+          T* yp = yr[i] + kb;
           FC_UNROLL for (int v = 0; v < NV; ++v) {
             const int64_t left = Kg - kb - v * L;  // output channels left from this vector on
             if (left <= 0) continue;
@@ -139,8 +177,12 @@ void conv_cl_pointwise(const Geo& g, const T* x, const T* Bp, const T* biasp, T*
               Sd::store_n(yp + v * L, val, nval);
           }
         }
-        if (!epi_plain(e))
-          epi_fixup<T>(e, y + j0 * Kg + kb, 1, std::min<int64_t>(NV * L, Kg - kb), mr, Kg);
+        if (!epi_plain(e)) {
+          if (dense)
+            epi_fixup<T>(e, y + j0 * Kg + kb, 1, std::min<int64_t>(NV * L, Kg - kb), mr, Kg);
+          else
+            for (int64_t i = 0; i < mr; ++i) epi_fixup<T>(e, yr[i] + kb, 1, std::min<int64_t>(NV * L, Kg - kb));
+        }
       }
     }
 #if defined(__AVX512F__)
@@ -240,12 +282,10 @@ ClPlan<T, MR, NV> cl_plan(const Geo& g, const In4<T>& x, const In4<T>& m, const 
   // Non-temporal stores as stream_output says (RGB stem, N=32, 3->32, 32x32, channels_last, 4 MiB
   // out, 2 threads: 0.55 ms streamed, 0.60 plain).
   pl.stream_out = y.s1 == 1 && stream_output<T>(g);
-  // Pointwise layers on dense channels_last tensors: one GEMM over the batch's pixels (see
+  // Pointwise layers on channels_last tensors: one GEMM over the batch's pixels (see
   // conv_cl_pointwise). A B panel of up to half the L2 streams from L2 like the row-merge blocks.
-  pl.pointwise = g.R == 1 && g.S == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0 && g.G == 1 &&
-                 m.p == nullptr && g.Cg * NR * (int64_t)sizeof(T) <= l2_cache_bytes() / 2 && x.s1 == 1 &&
-                 x.s3 == g.Cg && x.s2 == g.W * x.s3 && x.s0 == g.H * x.s2 && y.s1 == 1 && y.s3 == g.Kout &&
-                 y.s2 == g.Q * y.s3 && y.s0 == g.P * y.s2;
+  pl.pointwise = g.R == 1 && g.S == 1 && g.ph == 0 && g.pw == 0 && g.G == 1 && m.p == nullptr &&
+                 g.Cg * NR * (int64_t)sizeof(T) <= l2_cache_bytes() / 2 && x.s1 == 1 && y.s1 == 1;
   // Padded copy for whole windows with padding and few input channels (e.g. the RGB stem): a task
   // copies the input rows its pixels read into Xp, zero rows and columns in the padding, so that every
   // pixel is a whole window of Xp and runs ukr_rows_strided; without it the border pixels (12% of a
@@ -554,7 +594,7 @@ void conv_cl(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y
     for (int64_t gi = 0; gi < g.G; ++gi)
       for (int64_t k = 0; k < g.Kg; ++k) biasp[gi * Npad + k] = bias[gi * g.Kg + k];
   if (pl.pointwise)
-    return conv_cl_pointwise<T, MR, NV>(g, x.p, Bp, bias ? biasp.data() : nullptr, y.p, ep,
+    return conv_cl_pointwise<T, MR, NV>(g, x, Bp, bias ? biasp.data() : nullptr, y, ep,
                                         pl.stream_out && epi_plain(ep), nth);
 
   const int64_t csz = pl.csz, asz = pl.asz, gsegs = pl.gsegs, rows_sz = pl.rows_sz, nIrb = pl.nIrb;

@@ -28,6 +28,7 @@
 
 #include "cpu/conv2d_paths.h"
 #include "cpu/conv2d_wgrad_blocked.h"
+#include "cpu/conv2d_wgrad_pointwise.h"
 #include "cpu/conv2d_winograd.h"
 
 namespace fastconv {
@@ -418,6 +419,14 @@ void dgrad_impl(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& w
       const ResidueClass rc = residue_class(d, a, b);
       const Out4<T> ys = residue_view(d, dxv, a, b);
       if (!rc.taps) {  // no tap reaches this sub-grid
+        if (ys.s1 == 1) {  // channels_last: a pixel's C channels are contiguous
+#pragma omp parallel for num_threads(nth) schedule(static)
+          for (int64_t ni = 0; ni < d.N * rc.g.P; ++ni) {
+            T* row = ys.p + (ni / rc.g.P) * ys.s0 + (ni % rc.g.P) * ys.s2;
+            for (int64_t j = 0; j < rc.g.Q; ++j) std::fill(row + j * ys.s3, row + j * ys.s3 + d.C, T(0));
+          }
+          continue;
+        }
 #pragma omp parallel for num_threads(nth) schedule(static)
         for (int64_t nc = 0; nc < d.N * d.C; ++nc) {
           T* base = ys.p + (nc / d.C) * ys.s0 + (nc % d.C) * ys.s1;
@@ -436,6 +445,7 @@ void dgrad_impl(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& w
 template <typename T>
 ConvAlgo wgrad_algo(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& dy, const Tensor4* relu_y) {
   if (winograd_usable(d, dt)) return ConvAlgo::kWinograd;
+  if (wgrad_pointwise_usable(d, dt, x, dy, relu_y)) return ConvAlgo::kWgradPointwise;
   if (wgrad_blocked_usable(d, dt)) return ConvAlgo::kWgradBlocked;
   if (d.N == 0) return ConvAlgo::kNone;
   if (d.C == d.groups) return ConvAlgo::kWgradDepthwise;
@@ -470,6 +480,9 @@ void wgrad_impl(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& x
     switch (algo) {
       case ConvAlgo::kWinograd:
         winograd_wgrad(d, dy, x, relu_y, *dw, nth);
+        break;
+      case ConvAlgo::kWgradPointwise:
+        wgrad_pointwise(d, dy, x, *dw, nth);
         break;
       case ConvAlgo::kWgradBlocked:
         wgrad_blocked(d, dy, x, relu_y, *dw, static_cast<float*>(dbias), nth);
@@ -512,6 +525,7 @@ const char* algo_name(ConvAlgo a) {
     case ConvAlgo::kGroupedNhwcStaged: return "grouped_nhwc_staged_nchw";
     case ConvAlgo::kWgradGroupedNhwc: return "wgrad_grouped_nhwc";
     case ConvAlgo::kWgradBlocked: return "wgrad_blocked";
+    case ConvAlgo::kWgradPointwise: return "wgrad_pointwise";
     case ConvAlgo::kWgradDepthwise: return "wgrad_depthwise";
     case ConvAlgo::kWgradGemmNhwc: return "wgrad_gemm_nhwc";
     case ConvAlgo::kWgradGemmNchw: return "wgrad_gemm_nchw";
