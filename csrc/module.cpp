@@ -300,15 +300,19 @@ void bind_conv(py::module_& m) {
       "0 = that pass does not run Winograd.");
 
   m.def(
-      "conv2d_dgrad_pack_floats",
-      [](const ConvDesc& d, int dtype) {
+      "conv2d_dgrad_pack_info",
+      [](const ConvDesc& d, int dtype, const PyTensor& dy, std::optional<PyTensor> relu_y, const PyTensor& dx) {
         check_conv(d);
         const DType dt = as_dtype(dtype);
-        return with_sample(kernels().conv2d_weight_pack_floats(d, dt, 1), d, dt);
+        Tensor4 tdy = as_tensor(dy, "grad_output", yshape(d)), tdx = as_tensor(dx, "grad_input", xshape(d)), ty;
+        if (relu_y) ty = as_tensor(*relu_y, "output (ReLU mask)", yshape(d));
+        const PackInfo p = kernels().conv2d_dgrad_pack_info(d, dt, tdy, relu_y ? &ty : nullptr, tdx);
+        return std::make_tuple(with_sample(p.floats, d, dt), p.kind);
       },
-      py::arg("desc"), py::arg("dtype"),
-      "Floats of the pack buffer conv2d_dgrad uses (its packed weight, then a sample of the weight it "
-      "checks on each use); 0 = it uses none.");
+      py::arg("desc"), py::arg("dtype"), py::arg("grad_output"), py::arg("relu_output"), py::arg("grad_input"),
+      "(floats, kind) of the pack buffer conv2d_dgrad uses for these tensors (its packed weight, then a "
+      "sample of the weight it checks on each use; 0, 0 when it uses none); packs of different kinds are "
+      "different formats and must never be exchanged.");
 
   m.def(
       "conv2d_dgrad",
@@ -320,7 +324,7 @@ void bind_conv(py::module_& m) {
                 tdx = as_tensor(dx, "grad_input", xshape(d));
         Tensor4 ty;
         if (relu_y) ty = as_tensor(*relu_y, "output (ReLU mask)", yshape(d));
-        const int64_t body = kernels().conv2d_weight_pack_floats(d, dt, 1);
+        const int64_t body = kernels().conv2d_dgrad_pack_info(d, dt, tdy, relu_y ? &ty : nullptr, tdx).floats;
         WeightPack wp = as_pack(pack, with_sample(body, d, dt));
         py::gil_scoped_release release;
         with_checked_pack(pack ? &wp : nullptr, body, d, dt, tw, [&] {

@@ -458,6 +458,66 @@ def test_gemm_weight_pack_follows_the_isa_level(backend, weight_pack_cache, monk
     assert weight_pack_cache.info()["entries"] == len(CPU_ISAS) and weight_pack_cache.info()["hits"] == 1
 
 
+# Input gradients whose one residue class with taps keeps its packed weight in the cache:
+# (name, x shape, w shape, stride, padding, groups, channels_last)
+DGRAD_PACKED = [
+    ("cl-1x1", (2, 24, 9, 9), (40, 24, 1, 1), 1, 0, 1, True),          # conv_cl pointwise
+    ("cl-1x1s2", (2, 24, 9, 9), (40, 24, 1, 1), 2, 0, 1, True),        # one tap class of four
+    ("cl-3x3", (2, 12, 9, 9), (20, 12, 3, 3), 1, 1, 1, True),          # too few channels for Winograd
+    ("cl-grouped", (2, 32, 8, 8), (32, 8, 3, 3), 1, 1, 4, True),       # the narrow-group kernel
+    ("nchw-3x3", (2, 12, 9, 9), (20, 12, 3, 3), 1, 1, 1, False),       # the NCHW kernels
+    ("nchw-staged", (1, 64, 7, 7), (96, 64, 1, 1), 1, 0, 1, False),    # staged through conv_cl
+]
+
+
+@pytest.mark.parametrize("spec", DGRAD_PACKED, ids=[s[0] for s in DGRAD_PACKED])
+def test_input_grad_pack_cached_and_exact(backend, weight_pack_cache, spec, monkeypatch):
+    """The input gradient's rearranged weight is packed once per weight version (a pack of its own kind
+    beside the forward's), gives the bits of an uncached run, and follows an in-place update."""
+    if backend != "cpu":
+        pytest.skip("the weight-pack cache belongs to the cpu backend")
+    _, xs, ws, stride, padding, groups, cl = spec
+    x = torch.randn(*xs).contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+    w = torch.randn(*ws)
+    kw = dict(stride=stride, padding=padding, groups=groups)
+
+    def grads():
+        xg = x.clone().requires_grad_()
+        y = FC.conv2d(xg, w, None, **kw)
+        y.backward(torch.ones_like(y) + torch.arange(y.numel()).reshape(y.shape).remainder(7).to(y.dtype))
+        return xg.grad
+
+    first, second = grads(), grads()
+    info = weight_pack_cache.info()  # the forward's pack and the input gradient's, each hit once
+    assert info["entries"] == 2 and info["misses"] == 2 and info["hits"] == 2, info
+    monkeypatch.setenv("FASTCONV_WEIGHT_CACHE", "0")
+    uncached = grads()
+    monkeypatch.delenv("FASTCONV_WEIGHT_CACHE")
+    assert torch.equal(first, second) and torch.equal(second, uncached)
+    with torch.no_grad():
+        w.mul_(-2.0)
+    xd = x.double().requires_grad_()
+    yd = F.conv2d(xd, w.double(), None, **kw)
+    yd.backward(torch.ones_like(yd) + torch.arange(yd.numel()).reshape(yd.shape).remainder(7).double())
+    assert_rel(grads(), xd.grad, torch.float32, "grad_input")
+
+
+def test_input_grad_pack_info(backend):
+    """conv2d_dgrad_pack_info: (0, 0) where several residue classes have taps (3x3 stride 2) or the
+    depthwise loops run; a size and a kind otherwise."""
+    def info(xs, ws, stride, padding, groups=1):
+        x = torch.empty(*xs).contiguous(memory_format=torch.channels_last)
+        w = torch.empty(*ws)
+        P = (xs[2] + 2 * padding - ws[2]) // stride + 1
+        dy = torch.empty(xs[0], ws[0], P, P).contiguous(memory_format=torch.channels_last)
+        d = cpu_backend.conv_desc(x, w, (stride,) * 2, (padding,) * 2, (1, 1), groups, dy.shape[2:])
+        return _C.conv2d_dgrad_pack_info(d, 0, cpu_backend._t4(dy), None, cpu_backend._t4(x))
+    assert info((2, 24, 9, 9), (40, 24, 3, 3), 2, 1) == (0, 0)
+    assert info((2, 24, 9, 9), (24, 1, 3, 3), 1, 1, groups=24) == (0, 0)
+    floats, kind = info((2, 24, 9, 9), (40, 24, 1, 1), 2, 0)
+    assert floats >= 24 * 40 and kind > 0
+
+
 def test_forward_pack_info_by_kernel_family(backend):
     """ConvFwdCall.pack_info(): (0, 0) where the kernel packs nothing (depthwise direct loops), a size
     and a kind otherwise; the kind differs between kernel families and dtypes."""

@@ -216,30 +216,36 @@ inline int64_t pack_kind(PackFamily family, int64_t width, DType dt, int64_t gro
   return family + 8 * (width + 256 * (dt + 2 * (kIsaLevel + 4 * groups)));
 }
 
+// The pack an engine of algorithm `algo` keeps for geometry g (the forward's, or an input-gradient
+// correlation's with the channel roles swapped); {} for the engines that use none.
 template <typename T>
-PackInfo fwd_pack_info(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& y) {
-  const FwdChoice<T> c = choose_fwd<T>(d, dt, x, y);
+PackInfo engine_pack_info(ConvAlgo algo, const Geo& g, DType dt, int64_t groups) {
   constexpr int64_t floats_per = sizeof(T) / sizeof(float);
-  switch (c.algo) {
-    case ConvAlgo::kWinograd:
-      return PackInfo{winograd_pack_floats(d, dt, WinogradPass::kForward), pack_kind(kPackWinograd, 0, dt, d.groups)};
+  switch (algo) {
     case ConvAlgo::kIgemmNhwc:
     case ConvAlgo::kIgemmNhwcStaged: {
       int64_t count = 0, nr = 0;
-      igemm_nhwc_pack_size<T>(c.engine.g, count, nr);
-      return PackInfo{count * floats_per, pack_kind(kPackClPanels, nr, dt, d.groups)};
+      igemm_nhwc_pack_size<T>(g, count, nr);
+      return PackInfo{count * floats_per, pack_kind(kPackClPanels, nr, dt, groups)};
     }
     case ConvAlgo::kIgemmNchwDirect:
     case ConvAlgo::kIgemmNchwPacked:
-      return PackInfo{pix_weight_floats<kPixMR>(c.engine.g) * floats_per,
-                      pack_kind(kPackPixPanels, kPixMR, dt, d.groups)};
+      return PackInfo{pix_weight_floats<kPixMR>(g) * floats_per, pack_kind(kPackPixPanels, kPixMR, dt, groups)};
     case ConvAlgo::kGroupedNhwc:
     case ConvAlgo::kGroupedNhwcStaged:
-      return PackInfo{grouped_nhwc_pack_size<T>(geo_of(d)) * floats_per,
-                      pack_kind(kPackGroupBlocks, Simd<T>::L, dt, d.groups)};
+      return PackInfo{grouped_nhwc_pack_size<T>(g) * floats_per, pack_kind(kPackGroupBlocks, Simd<T>::L, dt, groups)};
     default:
       return {};
   }
+}
+
+template <typename T>
+PackInfo fwd_pack_info(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& y) {
+  const FwdChoice<T> c = choose_fwd<T>(d, dt, x, y);
+  if (c.algo == ConvAlgo::kWinograd)
+    return PackInfo{winograd_pack_floats(d, dt, WinogradPass::kForward), pack_kind(kPackWinograd, 0, dt, d.groups)};
+  const bool grouped = c.algo == ConvAlgo::kGroupedNhwc || c.algo == ConvAlgo::kGroupedNhwcStaged;
+  return engine_pack_info<T>(c.algo, grouped ? geo_of(d) : c.engine.g, dt, d.groups);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -372,6 +378,48 @@ inline Tensor4 dense_nchw(const Tensor4& t, void* buf) {
   return r;
 }
 
+// The one residue class whose correlation has taps, when only one has (stride 1, or a 1x1 layer at
+// any stride): its engine may keep a cached pack of the rearranged weight, as the forward's does.
+// {-1, -1} when several classes have taps (each would need a pack of its own) or none has.
+inline std::pair<int64_t, int64_t> single_tap_class(const ConvDesc& d) {
+  std::pair<int64_t, int64_t> found{-1, -1};
+  for (int64_t a = 0; a < std::min(d.stride_h, d.H); ++a)
+    for (int64_t b = 0; b < std::min(d.stride_w, d.W); ++b) {
+      if (!residue_class(d, a, b).taps) continue;
+      if (found.first >= 0) return {-1, -1};
+      found = {a, b};
+    }
+  return found;
+}
+
+// The pack conv2d_dgrad uses for these tensors (the weight's Winograd transform, or the packed panels
+// of the single tap class's engine, as dgrad_impl below routes them); {} when it uses none. Packing
+// the rearranged weight on every call had cost more than the GEMM at batch 1: 1x2048x7x7 1x1 -> 512,
+// 2 threads, 1.6 ms against torch's 0.6, two thirds of it in pack_cl_weights.
+template <typename T>
+PackInfo dgrad_pack_info(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4* relu_y, const Tensor4& dx) {
+  switch (dgrad_route<T>(d, dt, dy, relu_y != nullptr, dx)) {
+    case DgradRoute::kWinograd:
+      return PackInfo{winograd_pack_floats(d, dt, WinogradPass::kInputGrad), pack_kind(kPackWinograd, 1, dt, d.groups)};
+    case DgradRoute::kMaskDyFirst:
+      return dgrad_pack_info<T>(d, dt, dense_nchw(dy, nullptr), nullptr, dx);
+    case DgradRoute::kNchwCopies:
+      return dgrad_pack_info<T>(d, dt, dense_nchw(dy, nullptr), nullptr, dense_nchw(dx, nullptr));
+    case DgradRoute::kStaged:
+      return engine_pack_info<T>(ConvAlgo::kIgemmNhwcStaged, residue_class(d, 0, 0).g, dt, d.groups);
+    case DgradRoute::kResidueClasses: {
+      const auto [a, b] = single_tap_class(d);
+      if (a < 0) return {};
+      const In4<T> mv = relu_y ? in_view<T>(*relu_y) : In4<T>{};
+      const EnginePlan<T> e =
+          plan_engine<T>(residue_class(d, a, b).g, in_view<T>(dy), mv, residue_view(d, out_view<T>(dx), a, b));
+      return engine_pack_info<T>(e.algo, e.g, dt, d.groups);
+    }
+    default:
+      return {};
+  }
+}
+
 template <typename T>
 void dgrad_impl(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& w, const Tensor4* relu_y,
                 const Tensor4& dx, WeightPack* pack, int nth) {
@@ -403,8 +451,7 @@ void dgrad_impl(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& w
 #if defined(__AVX512F__)
       if constexpr (std::is_same_v<T, float>) {
         const ResidueClass rc = residue_class(d, 0, 0);
-        return igemm_nhwc_staged_nchw_fwd(rc.g, dy, residue_weights<float>(d, rc, w), nullptr, dx, Epi{}, nth,
-                                          nullptr);
+        return igemm_nhwc_staged_nchw_fwd(rc.g, dy, residue_weights<float>(d, rc, w), nullptr, dx, Epi{}, nth, pack);
       }
 #endif
       break;  // not routed here: float32 at the AVX-512 level only
@@ -414,6 +461,7 @@ void dgrad_impl(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& w
   const In4<T> dyv = in_view<T>(dy);
   const In4<T> mv = relu_y ? in_view<T>(*relu_y) : In4<T>{};
   const Out4<T> dxv = out_view<T>(dx);
+  const std::pair<int64_t, int64_t> packed_class = single_tap_class(d);
   for (int64_t a = 0; a < std::min(d.stride_h, d.H); ++a)
     for (int64_t b = 0; b < std::min(d.stride_w, d.W); ++b) {
       const ResidueClass rc = residue_class(d, a, b);
@@ -435,7 +483,8 @@ void dgrad_impl(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& w
         }
         continue;
       }
-      conv_run<T>(rc.g, dyv, mv, residue_weights<T>(d, rc, w), nullptr, ys, Epi{}, nth);
+      conv_run<T>(rc.g, dyv, mv, residue_weights<T>(d, rc, w), nullptr, ys, Epi{}, nth,
+                  packed_class == std::make_pair(a, b) ? pack : nullptr);
     }
 }
 
@@ -651,6 +700,13 @@ void conv2d_wgrad(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4&
 
 int64_t conv2d_weight_pack_floats(const ConvDesc& d, DType dt, int pass) {
   return winograd_pack_floats(d, dt, pass == 0 ? WinogradPass::kForward : WinogradPass::kInputGrad);
+}
+
+PackInfo conv2d_dgrad_pack_info(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4* relu_y,
+                                const Tensor4& dx) {
+  if (dt == kFloat32) return dgrad_pack_info<float>(d, dt, dy, relu_y, dx);
+  if (dt == kFloat64) return dgrad_pack_info<double>(d, dt, dy, relu_y, dx);
+  throw std::invalid_argument("conv2d_dgrad_pack_info: unsupported dtype");
 }
 
 PackInfo conv2d_fwd_pack_info(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& y) {

@@ -11,7 +11,7 @@ namespace {
 #define FASTCONV_TABLE(ISA)                                                                           \
   KernelTable {                                                                                       \
     #ISA, &ISA::conv2d_fwd, &ISA::conv2d_dgrad, &ISA::conv2d_wgrad, &ISA::conv2d_weight_pack_floats,      \
-        &ISA::conv2d_fwd_pack_info, &ISA::conv2d_path, &ISA::max_pool2d_fwd, &ISA::max_pool2d_bwd,        \
+        &ISA::conv2d_fwd_pack_info, &ISA::conv2d_dgrad_pack_info, &ISA::conv2d_path, &ISA::max_pool2d_fwd, &ISA::max_pool2d_bwd,        \
         &ISA::avg_pool2d_fwd, &ISA::avg_pool2d_bwd, &ISA::adaptive_avg_pool2d_fwd,                         \
         &ISA::adaptive_max_pool2d_fwd, &ISA::adaptive_avg_pool2d_bwd, &ISA::adaptive_pool2d_path,          \
         &ISA::fma_peak, &ISA::stream_fill, &ISA::stream_scale                                              \

@@ -17,6 +17,7 @@ struct KernelTable {
   decltype(&baseline::conv2d_wgrad) conv2d_wgrad;
   decltype(&baseline::conv2d_weight_pack_floats) conv2d_weight_pack_floats;
   decltype(&baseline::conv2d_fwd_pack_info) conv2d_fwd_pack_info;
+  decltype(&baseline::conv2d_dgrad_pack_info) conv2d_dgrad_pack_info;
   decltype(&baseline::conv2d_path) conv2d_path;
   decltype(&baseline::max_pool2d_fwd) max_pool2d_fwd;
   decltype(&baseline::max_pool2d_bwd) max_pool2d_bwd;

@@ -110,6 +110,8 @@ StreamStores stream_stores();
 //               Winograd for that pass.
 // conv2d_fwd_pack_info: the pack conv2d_fwd uses for x and y of these strides (any kernel family),
 //               {0, 0} when it uses none (depthwise direct loops, empty problems).
+// conv2d_dgrad_pack_info: the pack conv2d_dgrad uses for dy, relu_y and dx of these strides (the
+//               Winograd transform, or the panels of the one residue class with taps); {0, 0}: none.
 // conv2d_path: the algorithm the pass (ConvPass) runs for tensors of these sizes and strides (x: the
 //               input or dx, y: the output or dy; relu: the fused op's mask in dgrad), named as the
 //               path chooser in conv2d_isa.cpp decides it, e.g. "igemm_nhwc/rows_whole_windows".
@@ -133,6 +135,8 @@ StreamStores stream_stores();
                     const Tensor4* relu_y, const Tensor4& dx, WeightPack* pack, int nthreads);    \
   int64_t conv2d_weight_pack_floats(const ConvDesc& d, DType dt, int pass);                       \
   PackInfo conv2d_fwd_pack_info(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& y); \
+  PackInfo conv2d_dgrad_pack_info(const ConvDesc& d, DType dt, const Tensor4& dy,                 \
+                                  const Tensor4* relu_y, const Tensor4& dx);                      \
   void conv2d_wgrad(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& x,             \
                     const Tensor4* relu_y, const Tensor4* dw, void* dbias, int nthreads);         \
   std::string conv2d_path(int pass, const ConvDesc& d, DType dt, const Tensor4& x,                \

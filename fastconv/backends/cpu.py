@@ -335,9 +335,10 @@ class CpuBackend(Backend):
             return dx.zero_()
         d = conv_desc(x, w, stride, padding, dilation, groups, dy.shape[2:])
         code = _dtype_code(x)
-        _packed_call(_C.conv2d_dgrad, (d, code, _t4(dy), _t4(w), _t4(relu_y) if relu_y is not None else None, _t4(dx),
-                                       _conv_threads(x, w, dy.shape[2:])),
-                     w, _C.conv2d_dgrad_pack_floats(d, code), ("input_grad",))
+        mask = _t4(relu_y) if relu_y is not None else None
+        floats, kind = _C.conv2d_dgrad_pack_info(d, code, _t4(dy), mask, _t4(dx))
+        _packed_call(_C.conv2d_dgrad, (d, code, _t4(dy), _t4(w), mask, _t4(dx), _conv_threads(x, w, dy.shape[2:])),
+                     w, floats, ("input_grad", kind))
         return dx
 
     @_upcasting
