@@ -307,12 +307,13 @@ void bind_conv(py::module_& m) {
         Tensor4 tdy = as_tensor(dy, "grad_output", yshape(d)), tdx = as_tensor(dx, "grad_input", xshape(d)), ty;
         if (relu_y) ty = as_tensor(*relu_y, "output (ReLU mask)", yshape(d));
         const PackInfo p = kernels().conv2d_dgrad_pack_info(d, dt, tdy, relu_y ? &ty : nullptr, tdx);
-        return std::make_tuple(with_sample(p.floats, d, dt), p.kind);
+        return std::make_tuple(with_sample(p.floats, d, dt), p.kind, p.taps);
       },
       py::arg("desc"), py::arg("dtype"), py::arg("grad_output"), py::arg("relu_output"), py::arg("grad_input"),
-      "(floats, kind) of the pack buffer conv2d_dgrad uses for these tensors (its packed weight, then a "
-      "sample of the weight it checks on each use; 0, 0 when it uses none); packs of different kinds are "
-      "different formats and must never be exchanged.");
+      "(floats, kind, taps) of the pack buffer conv2d_dgrad uses for these tensors (its packed weight, then "
+      "a sample of the weight it checks on each use; 0, 0, 0 when it uses none); kind names the format and "
+      "taps which of the weight's taps it holds (0: all): packs that differ in either must never be "
+      "exchanged.");
 
   m.def(
       "conv2d_dgrad",

@@ -512,10 +512,30 @@ def test_input_grad_pack_info(backend):
         dy = torch.empty(xs[0], ws[0], P, P).contiguous(memory_format=torch.channels_last)
         d = cpu_backend.conv_desc(x, w, (stride,) * 2, (padding,) * 2, (1, 1), groups, dy.shape[2:])
         return _C.conv2d_dgrad_pack_info(d, 0, cpu_backend._t4(dy), None, cpu_backend._t4(x))
-    assert info((2, 24, 9, 9), (40, 24, 3, 3), 2, 1) == (0, 0)
-    assert info((2, 24, 9, 9), (24, 1, 3, 3), 1, 1, groups=24) == (0, 0)
-    floats, kind = info((2, 24, 9, 9), (40, 24, 1, 1), 2, 0)
-    assert floats >= 24 * 40 and kind > 0
+    assert info((2, 24, 9, 9), (40, 24, 3, 3), 2, 1) == (0, 0, 0)
+    assert info((2, 24, 9, 9), (24, 1, 3, 3), 1, 1, groups=24) == (0, 0, 0)
+    floats, kind, taps = info((2, 24, 9, 9), (40, 24, 1, 1), 2, 0)
+    assert floats >= 24 * 40 and kind > 0 and taps == 0
+    # a 3x3 stride-2 layer on a one-pixel map: one class, with the centre tap only
+    floats, kind3, taps = info((2, 24, 1, 1), (40, 24, 3, 3), 2, 1)
+    assert floats > 0 and taps != 0 and info((2, 24, 9, 9), (40, 24, 3, 3), 1, 1)[2] == 0
+
+
+def test_input_grad_pack_tap_subsets_never_mix(backend, weight_pack_cache):
+    """One weight, its input gradient at stride 1 (all 9 taps) and at stride 2 on a 1x1 map (the centre
+    tap only): two packs, each gradient right, in both orders."""
+    if backend != "cpu":
+        pytest.skip("the weight-pack cache belongs to the cpu backend")
+    w = torch.randn(40, 12, 3, 3)  # 12 channels: not Winograd at stride 1
+    for _ in range(2):
+        for hw, stride in ((5, 1), (1, 2)):
+            x = torch.randn(2, 12, hw, hw).contiguous(memory_format=torch.channels_last).requires_grad_()
+            y = FC.conv2d(x, w, None, stride, 1)
+            g = torch.randn_like(y)
+            y.backward(g)
+            xd = x.detach().double().requires_grad_()
+            F.conv2d(xd, w.double(), None, stride, 1).backward(g.double())
+            assert_rel(x.grad, xd.grad, torch.float32, "grad_input")
 
 
 def test_forward_pack_info_by_kernel_family(backend):

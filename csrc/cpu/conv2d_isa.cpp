@@ -410,10 +410,21 @@ PackInfo dgrad_pack_info(const ConvDesc& d, DType dt, const Tensor4& dy, const T
     case DgradRoute::kResidueClasses: {
       const auto [a, b] = single_tap_class(d);
       if (a < 0) return {};
+      const ResidueClass rc = residue_class(d, a, b);
       const In4<T> mv = relu_y ? in_view<T>(*relu_y) : In4<T>{};
-      const EnginePlan<T> e =
-          plan_engine<T>(residue_class(d, a, b).g, in_view<T>(dy), mv, residue_view(d, out_view<T>(dx), a, b));
-      return engine_pack_info<T>(e.algo, e.g, dt, d.groups);
+      const EnginePlan<T> e = plan_engine<T>(rc.g, in_view<T>(dy), mv, residue_view(d, out_view<T>(dx), a, b));
+      PackInfo info = engine_pack_info<T>(e.algo, e.g, dt, d.groups);
+      // A subset of the taps (a strided layer on a one-pixel map) packs other values than the whole
+      // filter of the same weight at stride 1: the cache keys them apart.
+      if (rc.g.R != d.R || rc.g.S != d.S) {
+        const int64_t f[6] = {rc.r0, rc.rstep, rc.g.R, rc.s0, rc.sstep, rc.g.S};
+        for (int64_t i = 5; i >= 0; --i) {
+          if (f[i] < 0 || f[i] >= 1024) return {};
+          info.taps = info.taps * 1024 + f[i];
+        }
+        info.taps += 1;  // never 0
+      }
+      return info;
     }
     default:
       return {};

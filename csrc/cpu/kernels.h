@@ -60,6 +60,9 @@ struct WeightPack {
 struct PackInfo {
   int64_t floats = 0;
   int64_t kind = 0;
+  // The input gradient's pack of one residue class holds some of the weight's taps: which ones (a
+  // number that differs between tap subsets); 0 = all of them (the forward, any stride-1 layer).
+  int64_t taps = 0;
 };
 
 // The forward convolution's epilogue after the bias: an activation (act: 0 none, 1 relu, 2 relu6,

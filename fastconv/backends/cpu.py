@@ -336,9 +336,9 @@ class CpuBackend(Backend):
         d = conv_desc(x, w, stride, padding, dilation, groups, dy.shape[2:])
         code = _dtype_code(x)
         mask = _t4(relu_y) if relu_y is not None else None
-        floats, kind = _C.conv2d_dgrad_pack_info(d, code, _t4(dy), mask, _t4(dx))
+        floats, kind, taps = _C.conv2d_dgrad_pack_info(d, code, _t4(dy), mask, _t4(dx))
         _packed_call(_C.conv2d_dgrad, (d, code, _t4(dy), _t4(w), mask, _t4(dx), _conv_threads(x, w, dy.shape[2:])),
-                     w, floats, ("input_grad", kind))
+                     w, floats, ("input_grad", kind, taps))
         return dx
 
     @_upcasting
