@@ -458,7 +458,7 @@ def test_gemm_weight_pack_follows_the_isa_level(backend, weight_pack_cache, monk
     assert weight_pack_cache.info()["entries"] == len(CPU_ISAS) and weight_pack_cache.info()["hits"] == 1
 
 
-# Input gradients whose one residue class with taps keeps its packed weight in the cache:
+# Input gradients whose residue classes keep their packed weight in the cache:
 # (name, x shape, w shape, stride, padding, groups, channels_last)
 DGRAD_PACKED = [
     ("cl-1x1", (2, 24, 9, 9), (40, 24, 1, 1), 1, 0, 1, True),          # conv_cl pointwise
@@ -467,6 +467,9 @@ DGRAD_PACKED = [
     ("cl-grouped", (2, 32, 8, 8), (32, 8, 3, 3), 1, 1, 4, True),       # the narrow-group kernel
     ("nchw-3x3", (2, 12, 9, 9), (20, 12, 3, 3), 1, 1, 1, False),       # the NCHW kernels
     ("nchw-staged", (1, 64, 7, 7), (96, 64, 1, 1), 1, 0, 1, False),    # staged through conv_cl
+    ("cl-3x3s2", (2, 24, 9, 9), (40, 24, 3, 3), 2, 1, 1, True),        # four tap classes, four parts
+    ("nchw-5x5s2", (2, 12, 11, 10), (20, 12, 5, 5), 2, 2, 1, False),   # the same on the NCHW kernels
+    ("cl-grouped-s2", (2, 32, 9, 9), (32, 8, 3, 3), 2, 1, 4, True),    # and on the narrow-group kernel
 ]
 
 
@@ -503,8 +506,8 @@ def test_input_grad_pack_cached_and_exact(backend, weight_pack_cache, spec, monk
 
 
 def test_input_grad_pack_info(backend):
-    """conv2d_dgrad_pack_info: (0, 0) where several residue classes have taps (3x3 stride 2) or the
-    depthwise loops run; a size and a kind otherwise."""
+    """conv2d_dgrad_pack_info: (0, 0, 0) where the depthwise loops run; a size and a kind otherwise,
+    with taps 0 where one class holds the whole filter, and a number for each other tap partition."""
     def info(xs, ws, stride, padding, groups=1):
         x = torch.empty(*xs).contiguous(memory_format=torch.channels_last)
         w = torch.empty(*ws)
@@ -512,8 +515,9 @@ def test_input_grad_pack_info(backend):
         dy = torch.empty(xs[0], ws[0], P, P).contiguous(memory_format=torch.channels_last)
         d = cpu_backend.conv_desc(x, w, (stride,) * 2, (padding,) * 2, (1, 1), groups, dy.shape[2:])
         return _C.conv2d_dgrad_pack_info(d, 0, cpu_backend._t4(dy), None, cpu_backend._t4(x))
-    assert info((2, 24, 9, 9), (40, 24, 3, 3), 2, 1) == (0, 0, 0)
     assert info((2, 24, 9, 9), (24, 1, 3, 3), 1, 1, groups=24) == (0, 0, 0)
+    s2, s2_pad0 = info((2, 24, 9, 9), (40, 24, 3, 3), 2, 1), info((2, 24, 9, 9), (40, 24, 3, 3), 2, 0)
+    assert s2[0] >= 24 * 40 * 9 and s2[2] not in (0, s2_pad0[2])
     floats, kind, taps = info((2, 24, 9, 9), (40, 24, 1, 1), 2, 0)
     assert floats >= 24 * 40 and kind > 0 and taps == 0
     # a 3x3 stride-2 layer on a one-pixel map: one class, with the centre tap only

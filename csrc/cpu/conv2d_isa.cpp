@@ -378,24 +378,45 @@ inline Tensor4 dense_nchw(const Tensor4& t, void* buf) {
   return r;
 }
 
-// The one residue class whose correlation has taps, when only one has (stride 1, or a 1x1 layer at
-// any stride): its engine may keep a cached pack of the rearranged weight, as the forward's does.
-// {-1, -1} when several classes have taps (each would need a pack of its own) or none has.
-inline std::pair<int64_t, int64_t> single_tap_class(const ConvDesc& d) {
-  std::pair<int64_t, int64_t> found{-1, -1};
+// The input gradient's pack on the residue-class route: one part per class with taps, each that
+// class's engine pack (conv_cl panels, the NCHW kernels' panels, the narrow-group blocks) of the
+// taps the class reads, at 64-byte-aligned offsets. parts: (a, b, offset, floats) per class; info
+// {} when a class's engine packs nothing or the classes' formats differ. info.taps is 0 when one
+// class holds the whole filter (any stride-1 layer, a 1x1 layer at any stride: the same values as
+// every other such pack of the weight), else a 63-bit FNV-1a hash of the classes' tap subsets, so
+// that the cache keeps packs of other subsets (another stride or padding of the same weight) apart.
+struct ClassPacks {
+  PackInfo info;
+  std::vector<std::array<int64_t, 4>> parts;
+};
+
+template <typename T>
+ClassPacks class_packs(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4* relu_y, const Tensor4& dx) {
+  ClassPacks cp;
+  const In4<T> dyv = in_view<T>(dy), mv = relu_y ? in_view<T>(*relu_y) : In4<T>{};
+  const Out4<T> dxv = out_view<T>(dx);
+  uint64_t hash = 1469598103934665603ull;
+  int64_t kind = -1, offset = 0;
+  bool whole = false;
   for (int64_t a = 0; a < std::min(d.stride_h, d.H); ++a)
     for (int64_t b = 0; b < std::min(d.stride_w, d.W); ++b) {
-      if (!residue_class(d, a, b).taps) continue;
-      if (found.first >= 0) return {-1, -1};
-      found = {a, b};
+      const ResidueClass rc = residue_class(d, a, b);
+      if (!rc.taps) continue;
+      const EnginePlan<T> e = plan_engine<T>(rc.g, dyv, mv, residue_view(d, dxv, a, b));
+      const PackInfo p = engine_pack_info<T>(e.algo, e.g, dt, d.groups);
+      if (p.floats == 0 || (kind >= 0 && p.kind != kind)) return {};
+      kind = p.kind;
+      cp.parts.push_back({a, b, offset, p.floats});
+      offset += cdiv(p.floats, 16) * 16;
+      whole = rc.g.R == d.R && rc.g.S == d.S;
+      for (int64_t f : {a, b, rc.r0, rc.rstep, rc.g.R, rc.s0, rc.sstep, rc.g.S})
+        hash = (hash ^ static_cast<uint64_t>(f)) * 1099511628211ull;
     }
-  return found;
+  if (cp.parts.empty()) return {};
+  cp.info = PackInfo{offset, kind, cp.parts.size() == 1 && whole ? 0 : static_cast<int64_t>((hash >> 1) | 1)};
+  return cp;
 }
 
-// The pack conv2d_dgrad uses for these tensors (the weight's Winograd transform, or the packed panels
-// of the single tap class's engine, as dgrad_impl below routes them); {} when it uses none. Packing
-// the rearranged weight on every call had cost more than the GEMM at batch 1: 1x2048x7x7 1x1 -> 512,
-// 2 threads, 1.6 ms against torch's 0.6, two thirds of it in pack_cl_weights.
 template <typename T>
 PackInfo dgrad_pack_info(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4* relu_y, const Tensor4& dx) {
   switch (dgrad_route<T>(d, dt, dy, relu_y != nullptr, dx)) {
@@ -407,25 +428,8 @@ PackInfo dgrad_pack_info(const ConvDesc& d, DType dt, const Tensor4& dy, const T
       return dgrad_pack_info<T>(d, dt, dense_nchw(dy, nullptr), nullptr, dense_nchw(dx, nullptr));
     case DgradRoute::kStaged:
       return engine_pack_info<T>(ConvAlgo::kIgemmNhwcStaged, residue_class(d, 0, 0).g, dt, d.groups);
-    case DgradRoute::kResidueClasses: {
-      const auto [a, b] = single_tap_class(d);
-      if (a < 0) return {};
-      const ResidueClass rc = residue_class(d, a, b);
-      const In4<T> mv = relu_y ? in_view<T>(*relu_y) : In4<T>{};
-      const EnginePlan<T> e = plan_engine<T>(rc.g, in_view<T>(dy), mv, residue_view(d, out_view<T>(dx), a, b));
-      PackInfo info = engine_pack_info<T>(e.algo, e.g, dt, d.groups);
-      // A subset of the taps (a strided layer on a one-pixel map) packs other values than the whole
-      // filter of the same weight at stride 1: the cache keys them apart.
-      if (rc.g.R != d.R || rc.g.S != d.S) {
-        const int64_t f[6] = {rc.r0, rc.rstep, rc.g.R, rc.s0, rc.sstep, rc.g.S};
-        for (int64_t i = 5; i >= 0; --i) {
-          if (f[i] < 0 || f[i] >= 1024) return {};
-          info.taps = info.taps * 1024 + f[i];
-        }
-        info.taps += 1;  // never 0
-      }
-      return info;
-    }
+    case DgradRoute::kResidueClasses:
+      return class_packs<T>(d, dt, dy, relu_y, dx).info;
     default:
       return {};
   }
@@ -472,7 +476,10 @@ void dgrad_impl(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& w
   const In4<T> dyv = in_view<T>(dy);
   const In4<T> mv = relu_y ? in_view<T>(*relu_y) : In4<T>{};
   const Out4<T> dxv = out_view<T>(dx);
-  const std::pair<int64_t, int64_t> packed_class = single_tap_class(d);
+  // Each class's part of the pack (class_packs); all of them ready once every class has filled its own.
+  const ClassPacks cp = pack ? class_packs<T>(d, dt, dy, relu_y, dx) : ClassPacks{};
+  const bool use_pack = pack && cp.info.floats > 0 && pack->floats >= cp.info.floats;
+  bool all_ready = use_pack;
   for (int64_t a = 0; a < std::min(d.stride_h, d.H); ++a)
     for (int64_t b = 0; b < std::min(d.stride_w, d.W); ++b) {
       const ResidueClass rc = residue_class(d, a, b);
@@ -494,9 +501,17 @@ void dgrad_impl(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& w
         }
         continue;
       }
-      conv_run<T>(rc.g, dyv, mv, residue_weights<T>(d, rc, w), nullptr, ys, Epi{}, nth,
-                  packed_class == std::make_pair(a, b) ? pack : nullptr);
+      WeightPack part;
+      WeightPack* part_pack = nullptr;
+      for (const auto& pt : cp.parts)
+        if (use_pack && pt[0] == a && pt[1] == b) {
+          part = WeightPack{pack->data + pt[2], pt[3], pack->ready};
+          part_pack = &part;
+        }
+      conv_run<T>(rc.g, dyv, mv, residue_weights<T>(d, rc, w), nullptr, ys, Epi{}, nth, part_pack);
+      all_ready = all_ready && part_pack != nullptr && part.ready;
     }
+  if (use_pack) pack->ready = all_ready;
 }
 
 // ---------------------------------------------------------------------------------------------
