@@ -127,9 +127,10 @@ def _to_nchw(out: Any) -> Any:
 
 def _probe_channels_last(model: nn.Module, cl_args: tuple, kwargs: dict) -> bool:
     """Whether the layout carries through `model` on these inputs: one forward on the channels_last copies
-    (no autograd; in training mode the buffers, such as BatchNorm's running statistics, put back after)
-    in which every convolution must receive a channels_last input and nothing may raise (a `.view` that
-    needs NCHW strides)."""
+    (no autograd; in training mode the buffers, such as BatchNorm's running statistics, put back after;
+    the random number generators of the CPU and of the inputs' GPUs put back too, so that Dropout draws
+    the masks the unconverted model would) in which every convolution must receive a channels_last
+    input and nothing may raise (a `.view` that needs NCHW strides)."""
     nchw_seen = []
 
     def probe(module, inputs):
@@ -140,8 +141,9 @@ def _probe_channels_last(model: nn.Module, cl_args: tuple, kwargs: dict) -> bool
     # (and may hold inference tensors, which refuse in-place writes outside inference mode).
     saved = [b.detach().clone() for b in model.buffers()] if model.training else None
     handles = [m.register_forward_pre_hook(probe) for m in model.modules() if isinstance(m, _conv_types())]
+    gpus = sorted({t.device.index or 0 for t in cl_args if isinstance(t, torch.Tensor) and t.is_cuda})
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=gpus):
             model.forward(*cl_args, **kwargs)
     except Exception:
         return False

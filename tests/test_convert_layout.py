@@ -240,6 +240,38 @@ def test_train_mode_probe_leaves_the_statistics_to_the_real_call():
         torch.testing.assert_close(p.grad, r.grad, rtol=1e-3, atol=1e-4)
 
 
+class DropoutNet(SmallNet):
+    """SmallNet with a Dropout before its head, as torchvision's MobileNets, EfficientNet and VGG have."""
+
+    def __init__(self):
+        super().__init__()
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = F.relu(x + self.block(x))
+        return self.fc(self.drop(torch.flatten(self.pool(x), 1)))
+
+
+def test_train_mode_probe_leaves_the_random_numbers_to_the_real_call():
+    """The probe forward runs Dropout too; the generator is put back after it, so that under one seed the
+    converted model draws torch's masks (a training run reproduces the unconverted one's)."""
+    ref, ours = _pair(DropoutNet)
+    ref.train()
+    ours.train()
+    fastconv.convert(ours)
+    x = torch.randn(4, 3, 8, 8)
+    torch.manual_seed(7)
+    yr = ref(x)
+    after_ref = torch.rand(3)
+    torch.manual_seed(7)
+    yo = ours(x)
+    after_ours = torch.rand(3)
+    assert ours._fastconv_layout.mode == "channels_last"
+    torch.testing.assert_close(yo, yr, rtol=1e-4, atol=1e-5)
+    assert torch.equal(after_ours, after_ref)
+
+
 def test_a_raising_call_keeps_the_record_balanced():
     _, ours = _pair(SmallNet)
     fastconv.convert(ours, memory_format="channels_last")
