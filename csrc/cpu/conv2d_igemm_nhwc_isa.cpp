@@ -115,9 +115,10 @@ void conv_cl_pointwise(const Geo& g, In4<T> xv, const T* Bp, const T* biasp, Out
   // every thread has work: units (panel chunk, tile), chunk-major, so a thread's static share walks its
   // panels' tiles with the B panel in cache.
   // All of B larger than half the L2 (1x1 2048->512: 4 MiB): one panel per unit, so that a thread's
-  // units walk every tile against one panel held in L2 and x's rows, not B, are what is re-read
-  // (the panels of every tile in turn streamed all of B from L3 per 6-pixel tile: that layer's input
-  // gradient at 7x7, batch 8, 2 threads, 5.4 ms against torch's 4.4).
+  // units walk every tile against one panel held in L2 and x's rows, not B, are what is re-read (the
+  // panels of every tile in turn stream all of B from L3 per 6-pixel tile). Reasoned from the bytes,
+  // not shown by a measurement: that layer's input gradient at 7x7, batch 8, 2 threads, stayed within
+  // noise (5.4-6.0 ms either way; the per-call weight repack was the cost there, see dgrad_pack_info).
   const bool b_in_l2 = Cg * nJr * NR * (int64_t)sizeof(T) <= l2_cache_bytes() / 2;
   const int64_t jper = !b_in_l2 ? 1 : cdiv(nJr, ntile >= 4 * nth ? 1 : std::min(nJr, cdiv(4 * nth, ntile)));
   const int64_t nJs = cdiv(nJr, jper);
