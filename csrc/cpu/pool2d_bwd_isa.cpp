@@ -3,9 +3,12 @@
 // window), so each dx element sums its terms in torch's order; each task owns a disjoint slice of dx
 // and zeroes it first. Which kernel serves a call is pool2d_isa.cpp's choice (from dx's strides).
 //
-//  - max_bwd_scatter: a scatter into a zeroed slice of dx owned by one task ((n, c) plane, or (n,
-//    channel block) for channels_last dx); on these shapes it beats a gather form, whose work grows
-//    with the window overlap.
+//  - max_bwd_gather_nhwc_rows (channels_last, dilation 1, fewer images than the scatter needs to keep
+//    the threads busy): each dx pixel gathers dy from the outputs whose window covers it where their
+//    index is that pixel; whole input rows per task.
+//  - max_bwd_scatter (any other strides, and any indices): a scatter into a zeroed slice of dx owned by
+//    one task ((n, c) plane, or (n, channel block) for channels_last dx); for NCHW planes it beats a
+//    gather form, whose work grows with the window overlap.
 //  - avg_bwd_nchw: a gather along w: dy/divisor rows are spread with zeros to the input columns they
 //    cover, and each dx element sums its terms in the scatter's (p, q) order (bitwise torch's) with
 //    contiguous vector loads; a plane per task.
@@ -126,7 +129,161 @@ void max_bwd_scatter_slice(const PoolDesc& d, const Tensor4& dy, const Tensor4& 
     }
 }
 
+// acc += g on the lanes whose index (int64) is pos, and hits (per lane) counts them. AVX-512 compares
+// the int64 lanes into mask registers and adds under the mask; GCC 12 turns the vector-extension form
+// (which the other ISA levels use) into one scalar compare per lane there, and the gather took longer
+// than the scatter it replaces.
+template <typename T>
+inline void add_where_index(typename Vec<T>::v& acc, typename Vec<T>::iv& hits, const int64_t* ip, const T* g,
+                            int64_t pos, const typename Vec<T>::i64& posv) {
+  using V = typename Vec<T>::v;
+  using IV = typename Vec<T>::iv;
+#if defined(__AVX512F__)
+  (void)posv;
+  const __m512i pv = _mm512_set1_epi64(pos);
+  if constexpr (sizeof(T) == 4) {
+    const __mmask8 lo = _mm512_cmpeq_epi64_mask(_mm512_loadu_si512(ip), pv);
+    const __mmask8 hi = _mm512_cmpeq_epi64_mask(_mm512_loadu_si512(ip + 8), pv);
+    const __mmask16 m = _mm512_kunpackb(hi, lo);  // lanes 0-7 from lo, 8-15 from hi
+    acc = (V)_mm512_mask_add_ps((__m512)acc, m, (__m512)acc, _mm512_loadu_ps(g));
+    hits = (IV)_mm512_mask_sub_epi32((__m512i)hits, m, (__m512i)hits, _mm512_set1_epi32(-1));
+  } else {
+    const __mmask8 m = _mm512_cmpeq_epi64_mask(_mm512_loadu_si512(ip), pv);
+    acc = (V)_mm512_mask_add_pd((__m512d)acc, m, (__m512d)acc, _mm512_loadu_pd(g));
+    hits = (IV)_mm512_mask_sub_epi64((__m512i)hits, m, (__m512i)hits, _mm512_set1_epi64(-1));
+  }
+#else
+  (void)pos;
+  const IV m = __builtin_convertvector(loadu<typename Vec<T>::i64>(ip) == posv, IV);
+  acc = m ? acc + loadu<V>(g) : acc;
+  hits -= m;  // m is -1 where it matched
+#endif
+}
+
+// max backward, gather form, channels_last dx / dy / indices, dilation 1: each dx pixel's channel
+// vector sums, over the outputs (p, q) whose window covers it in row-major order, dy where the index is
+// this pixel: the scatter's terms in the scatter's order, so bitwise its result (and torch's), with dx
+// written once (no zeroing pass), vector loads only, and tasks of whole input rows (any batch keeps the
+// threads busy). Channels past the last whole vector are one vector ending at channel C (recomputed
+// lanes get the same value), and C < one vector is scalar. Returns the number of index entries it
+// matched: an entry matches once if it lies in its own window, never otherwise (outside the plane,
+// or elsewhere in it), so a count below N*P*Q*C says the indices were not a max pool's and the caller
+// redoes the call with the scatter, which takes any index.
+// One dx pixel's channels [c, c + NV*L): the sums over the pixel's covering outputs (np of them, in
+// row-major order: index rows ip[i], gradient rows gp[i]); lanes: which lanes count their matches.
+template <typename T, int NV>
+inline void gather_pixel_block(const int64_t* const* ip, const T* const* gp, int np, int64_t c, int64_t pos,
+                               T* px, typename Vec<T>::iv& counted, const typename Vec<T>::iv& lanes) {
+  using V = typename Vec<T>::v;
+  using IV = typename Vec<T>::iv;
+  constexpr int L = Vec<T>::L;
+  const typename Vec<T>::i64 posv = typename Vec<T>::i64{} + pos;
+  V acc[NV];
+  IV hits[NV];
+  for (int v = 0; v < NV; ++v) acc[v] = V{}, hits[v] = IV{};
+  for (int i = 0; i < np; ++i)
+    for (int v = 0; v < NV; ++v) add_where_index<T>(acc[v], hits[v], ip[i] + c + v * L, gp[i] + c + v * L, pos, posv);
+  for (int v = 0; v < NV; ++v) {
+    storeu(px + c + v * L, acc[v]);
+    counted += hits[v] & lanes;
+  }
+}
+
+template <typename T>
+int64_t max_bwd_gather_nhwc_rows(const PoolDesc& d, const Tensor4& dy, const Tensor4& ind, const Tensor4& dx,
+                                 const std::vector<Cover>& qcover, int64_t r0, int64_t r1) {
+  using IV = typename Vec<T>::iv;
+  using I = typename Vec<T>::I;
+  constexpr int L = Vec<T>::L;
+  const T* DY = static_cast<const T*>(dy.data);
+  const int64_t* IND = static_cast<const int64_t*>(ind.data);
+  T* DX = static_cast<T*>(dx.data);
+  const int64_t C = d.C, sy2 = dy.stride[2], sy3 = dy.stride[3], si2 = ind.stride[2], si3 = ind.stride[3];
+  IV counted{};  // matches per lane (the tail vector counts only its lanes past the last whole vector)
+  int64_t counted_scalar = 0;
+  IV tail_lanes;  // -1 on the lanes the tail vector counts, 0 on those a whole vector counted
+  for (int l = 0; l < L; ++l) tail_lanes[l] = (I)(C - L + l >= C / L * L ? -1 : 0);
+  const IV all_lanes = IV{} - (I)1;
+  // Outputs covering one pixel: at most ceil(k / stride) + 1 per dimension.
+  const int64_t max_pairs =
+      ((d.kernel_h + d.stride_h - 1) / d.stride_h + 1) * ((d.kernel_w + d.stride_w - 1) / d.stride_w + 1);
+  std::vector<const int64_t*> ip(max_pairs);
+  std::vector<const T*> gp(max_pairs);
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / d.H, h = r % d.H;
+    const Cover cp = cover(h, d.pad_h, d.stride_h, d.kernel_h, 1, d.P);
+    const T* dyn = DY + n * dy.stride[0];
+    const int64_t* indn = IND + n * ind.stride[0];
+    T* dxr = DX + n * dx.stride[0] + h * dx.stride[2];
+    for (int64_t w = 0; w < d.W; ++w) {
+      const Cover& cq = qcover[w];
+      int np = 0;
+      for (int64_t p = cp.lo; p <= cp.hi; ++p)
+        for (int64_t q = cq.lo; q <= cq.hi; ++q, ++np) {
+          ip[np] = indn + p * si2 + q * si3;
+          gp[np] = dyn + p * sy2 + q * sy3;
+        }
+      const int64_t pos = h * d.W + w;
+      T* px = dxr + w * dx.stride[3];
+      int64_t c = 0;
+      for (; c + 4 * L <= C; c += 4 * L)
+        gather_pixel_block<T, 4>(ip.data(), gp.data(), np, c, pos, px, counted, all_lanes);
+      for (; c + L <= C; c += L) gather_pixel_block<T, 1>(ip.data(), gp.data(), np, c, pos, px, counted, all_lanes);
+      if (c < C && C >= L) {
+        gather_pixel_block<T, 1>(ip.data(), gp.data(), np, C - L, pos, px, counted, tail_lanes);
+        c = C;
+      }
+      for (; c < C; ++c) {
+        T acc = 0;
+        for (int i = 0; i < np; ++i)
+          if (ip[i][c] == pos) {
+            acc += gp[i][c];
+            ++counted_scalar;
+          }
+        px[c] = acc;
+      }
+    }
+  }
+  int64_t total = counted_scalar;
+  for (int l = 0; l < L; ++l) total += counted[l];
+  return total;
+}
+
 }  // namespace
+
+// The gather form where it applies (channels_last dx, dy and indices, dilation 1) and the scatter's
+// tasks, one per image, are too few for the threads; else the scatter, which also redoes a gather whose
+// indices were not all inside their windows. 3x3 stride-2 pools, fp32, 2 threads (AMD Zen 4 VM,
+// interleaved medians): batch 1, C = 64, 112x112: gather 0.18 ms, scatter 0.30 (torch 0.19); batch 8
+// the scatter wins (C = 24, 112x112: 0.6-0.7 ms against 0.9-1.0; C = 58, 56x56: 0.25 against 0.43):
+// its writes go to a zeroed image slice in L2, the gather's dx rows straight out.
+template <typename T>
+void max_bwd(const PoolDesc& d, const Tensor4& dy, const Tensor4& ind, const Tensor4& dx, int nthreads) {
+  // Windows that tile the output as a max pool's (adaptive max's backward passes 1x1 windows that do
+  // not: the gather would match few entries and hand over to the scatter anyway).
+  auto tiles = [](int64_t in, int64_t out, int64_t k, int64_t s, int64_t pad) {
+    const int64_t span = in + 2 * pad - k;
+    return span >= 0 && span / s + 1 <= out && out <= (span + s - 1) / s + 1;
+  };
+  const bool channels_last = dx.stride[1] == 1 && dy.stride[1] == 1 && ind.stride[1] == 1 && d.C > 1;
+  const bool gather = channels_last && d.N < 4 * std::max(nthreads, 1) && d.dil_h == 1 && d.dil_w == 1 &&
+                      tiles(d.H, d.P, d.kernel_h, d.stride_h, d.pad_h) &&
+                      tiles(d.W, d.Q, d.kernel_w, d.stride_w, d.pad_w);
+  if (gather) {
+    std::vector<Cover> qcover(d.W);
+    for (int64_t w = 0; w < d.W; ++w) qcover[w] = cover(w, d.pad_w, d.stride_w, d.kernel_w, 1, d.Q);
+    const int64_t rows = d.N * d.H;
+    const int64_t cost = (d.H * d.W + 2 * d.P * d.Q) * d.N * d.C;
+    std::vector<int64_t> matched(rows, 0);  // per row, summed after: no shared counter
+    parallel_ranges(rows, cost, nthreads, [&](int64_t r0, int64_t r1) {
+      matched[r0] = max_bwd_gather_nhwc_rows<T>(d, dy, ind, dx, qcover, r0, r1);
+    });
+    int64_t total = 0;
+    for (int64_t m : matched) total += m;
+    if (total == d.N * d.P * d.Q * d.C) return;
+  }
+  max_bwd_scatter<T>(d, dy, ind, dx, nthreads);
+}
 
 template <typename T>
 void max_bwd_scatter(const PoolDesc& d, const Tensor4& dy, const Tensor4& ind, const Tensor4& dx, int nthreads) {
@@ -259,7 +416,7 @@ void avg_bwd_nchw(const PoolDesc& d, const Tensor4& dy, const Tensor4& dx, int n
 
 // The instances pool2d_isa.cpp's path choice calls.
 #define FC_POOL_BWD_INSTANCES(T)                                                                          \
-  template void max_bwd_scatter<T>(const PoolDesc&, const Tensor4&, const Tensor4&, const Tensor4&, int); \
+  template void max_bwd<T>(const PoolDesc&, const Tensor4&, const Tensor4&, const Tensor4&, int);         \
   template void avg_bwd_nhwc<T>(const PoolDesc&, const Tensor4&, const Tensor4&, int);                    \
   template void avg_bwd_nchw<T>(const PoolDesc&, const Tensor4&, const Tensor4&, int);
 FC_POOL_BWD_INSTANCES(float)

@@ -300,7 +300,9 @@ void max_fwd_generic(const PoolDesc& d, const Tensor4& x, const Tensor4& y, cons
 template <typename T>
 void avg_fwd_generic(const PoolDesc& d, const Tensor4& x, const Tensor4& y, int nthreads);
 
-// Backward, pool2d_bwd_isa.cpp.
+// Backward, pool2d_bwd_isa.cpp: max_bwd picks the channels_last gather or the scatter.
+template <typename T>
+void max_bwd(const PoolDesc& d, const Tensor4& dy, const Tensor4& ind, const Tensor4& dx, int nthreads);
 template <typename T>
 void max_bwd_scatter(const PoolDesc& d, const Tensor4& dy, const Tensor4& ind, const Tensor4& dx, int nthreads);
 template <typename T>

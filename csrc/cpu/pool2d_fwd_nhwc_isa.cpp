@@ -4,7 +4,10 @@
 //
 //  - max_fwd_nhwc / avg_fwd_nhwc: an output pixel reduces its window of C-vectors; the channel loop is
 //    the vector loop, blocks of 4 vectors kept in registers (C = 64 fp32 is one block on AVX-512), so
-//    every load is contiguous; channels past the last whole vector take the scalar window. The
+//    every load is contiguous; channels past the last whole vector are one more vector that ends at
+//    channel C and so recomputes a few channels the same thread just wrote (C = 24 fp32 on AVX-512:
+//    channels 8-23; every channel's value is its own window's, so writing it twice writes the same
+//    bits); only C < one vector takes the scalar window. The
 //    flattened (n, p, q) pixels split over the threads, and each kernel prefetches into L2 the input
 //    that the window kPrefetchPixels pixels ahead adds. max without indices uses x86's max instruction
 //    and redoes a pixel range that read a NaN with the exact scan.
@@ -205,6 +208,11 @@ void max_fwd_nhwc(const PoolDesc& d, const Tensor4& x, const Tensor4& y, const T
           max_pixel_block_fast<T, 4>(d, xn + c, x.stride[2], x.stride[3], mr, yp + c * syc, syc, nan);
         for (; c + L <= d.C; c += L)
           max_pixel_block_fast<T, 1>(d, xn + c, x.stride[2], x.stride[3], mr, yp + c * syc, syc, nan);
+        if (c < d.C && d.C >= L) {  // the tail: one vector ending at channel C (file head)
+          c = d.C - L;
+          max_pixel_block_fast<T, 1>(d, xn + c, x.stride[2], x.stride[3], mr, yp + c * syc, syc, nan);
+          c = d.C;
+        }
         for (; c < d.C; ++c) max_window(d, xn + c, x.stride[2], x.stride[3], p, q, yp + c * syc, nullptr);
       });
       if (!nan.any()) return;
@@ -219,6 +227,12 @@ void max_fwd_nhwc(const PoolDesc& d, const Tensor4& x, const Tensor4& y, const T
       for (; c + L <= d.C; c += L)
         max_pixel_block<T, kIdx, 1>(d, xn + c, x.stride[2], x.stride[3], mr, yp + c * syc, syc,
                                     kIdx ? ip + c * sic : nullptr, sic);
+      if (c < d.C && d.C >= L) {
+        c = d.C - L;
+        max_pixel_block<T, kIdx, 1>(d, xn + c, x.stride[2], x.stride[3], mr, yp + c * syc, syc,
+                                    kIdx ? ip + c * sic : nullptr, sic);
+        c = d.C;
+      }
       for (; c < d.C; ++c)
         max_window(d, xn + c, x.stride[2], x.stride[3], p, q, yp + c * syc, kIdx ? ip + c * sic : nullptr);
     });
@@ -237,6 +251,11 @@ void avg_fwd_nhwc(const PoolDesc& d, const Tensor4& x, const Tensor4& y, int nth
         avg_pixel_block<T, 4>(xn + c, x.stride[2], x.stride[3], ar, yp + c * syc, syc);
       for (; c + L <= d.C; c += L)
         avg_pixel_block<T, 1>(xn + c, x.stride[2], x.stride[3], ar, yp + c * syc, syc);
+      if (c < d.C && d.C >= L) {
+        c = d.C - L;
+        avg_pixel_block<T, 1>(xn + c, x.stride[2], x.stride[3], ar, yp + c * syc, syc);
+        c = d.C;
+      }
       for (; c < d.C; ++c) yp[c * syc] = avg_window(d, xn + c, x.stride[2], x.stride[3], p, q);
     });
   });

@@ -23,8 +23,10 @@
 //    stride max_fwd_nchw_separable; everything else max_fwd_nchw / avg_fwd_nchw, one output row at a
 //    time vectorized along q, borders by masked loads.
 //  - anything else: the scalar window per output (max_fwd_generic / avg_fwd_generic).
-//  Backward: max is always max_bwd_scatter (a scatter into the slice of dx a task owns); avg is a
-//  scatter of C-vectors for channels_last dx (avg_bwd_nhwc), else a gather along w (avg_bwd_nchw).
+//  Backward: max is a gather of C-vectors for channels_last tensors without dilation
+//  (max_bwd_gather_nhwc_rows, checked to have matched every index, else redone as the scatter), else a
+//  scatter into the slice of dx a task owns (max_bwd_scatter); avg is a scatter of C-vectors for
+//  channels_last dx (avg_bwd_nhwc), else a gather along w (avg_bwd_nchw).
 // Results do not depend on the work split: bitwise identical for any thread count, and equal to torch's
 // on every path.
 // Measured (bench/results/cpu-2026-12-05-xeon-vm.txt: Intel Xeon AVX-512 VM, 2 threads, N=32, C=64,
@@ -125,9 +127,9 @@ void max_pool2d_bwd(const PoolDesc& d, DType dt, const Tensor4& dy, const Tensor
                     int nthreads) {
   if (d.N == 0) return;
   if (dt == kFloat32)
-    max_bwd_scatter<float>(d, dy, indices, dx, nthreads);
+    max_bwd<float>(d, dy, indices, dx, nthreads);
   else
-    max_bwd_scatter<double>(d, dy, indices, dx, nthreads);
+    max_bwd<double>(d, dy, indices, dx, nthreads);
 }
 
 void avg_pool2d_fwd(const PoolDesc& d, DType dt, const Tensor4& x, const Tensor4& y, int nthreads) {
