@@ -567,6 +567,12 @@ _CATEGORIES = (
 
 def op_category(name: str) -> str:
     tail = name.split("::")[-1].lower()
+    # A custom op's autograd node, which runs its forward under autograd: named after the op, whose
+    # namespace ("fastconv") must not make every one of them a "conv".
+    for prefix in ("generatedbackwardfor_fastconv_", "fastconv_"):
+        if tail.startswith(prefix):
+            tail = tail[len(prefix):]
+            break
     for cat, keys in _CATEGORIES:
         if any(k in tail for k in keys if len(k) > 2) or tail.lstrip("_").split("[")[0] in keys:
             return cat
