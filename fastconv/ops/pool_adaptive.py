@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .. import _utils
 from ..backends import check_deterministic, resolve
-from ..profiling import op_range
+from ..profiling import is_enabled as profiling_enabled, op_range
 
 
 def _adaptive_output(input: Tensor, output_size, dtype=None) -> Tensor:
@@ -31,6 +31,8 @@ def _adaptive_output(input: Tensor, output_size, dtype=None) -> Tensor:
 def avg_impl(input: Tensor, output_size: List[int]) -> Tensor:
     b = resolve(input.device)
     check_deterministic(b, "adaptive_avg_pool2d_fwd")
+    if not profiling_enabled():  # the usual case: no range
+        return b.adaptive_avg_pool2d_fwd(input, output_size)
     with op_range("adaptive_avg_pool2d", b, input, output_size, output_size):
         return b.adaptive_avg_pool2d_fwd(input, output_size)
 
@@ -38,6 +40,8 @@ def avg_impl(input: Tensor, output_size: List[int]) -> Tensor:
 def max_impl(input: Tensor, output_size: List[int]) -> Tuple[Tensor, Tensor]:
     b = resolve(input.device)
     check_deterministic(b, "adaptive_max_pool2d_fwd")
+    if not profiling_enabled():
+        return b.adaptive_max_pool2d_fwd(input, output_size)
     with op_range("adaptive_max_pool2d", b, input, output_size, output_size):
         return b.adaptive_max_pool2d_fwd(input, output_size)
 
