@@ -253,6 +253,23 @@ def test_pointwise_channels_last_views_and_batches(backend):
         assert torch.equal(FC.conv2d(dense[i:i + 1], w), y[i:i + 1])
 
 
+@pytest.mark.parametrize("k", [8, 24, 40, 128, 240])
+def test_pointwise_one_pixel(backend, isa, k):
+    """A 1x1 layer on a 1x1 map at batch 1 (an SE block's) runs one-row tiles, not tiles of copies of
+    its one pixel; every tile shape (K a multiple of 64, K <= 2 vectors, wider, one vector) with bias
+    and the fused ReLU, float32 and float64, and the same values as that pixel inside a batch."""
+    torch.manual_seed(k)
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(1, 96, 1, 1, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(k, 96, 1, 1, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        b = torch.randn(k, dtype=dtype)
+        assert _path(x, w, "fwd") == "igemm_nhwc/pointwise"
+        assert_rel(FC.conv2d(x, w, b), F.conv2d(x.double(), w.double(), b.double()), dtype, "output")
+        assert_rel(FC.conv2d_relu(x, w, b), F.relu(F.conv2d(x.double(), w.double(), b.double())), dtype, "output")
+        batch = torch.cat([x, torch.randn(4, 96, 1, 1, dtype=dtype)]).contiguous(memory_format=torch.channels_last)
+        assert torch.equal(FC.conv2d(x, w, b), FC.conv2d(batch, w, b)[:1])
+
+
 @pytest.mark.parametrize("stride", [2, 3])
 def test_pointwise_strided_channels_last(backend, stride):
     """1x1 channels_last layers with stride > 1 take conv_cl_pointwise too (its rows addressed per pixel):
