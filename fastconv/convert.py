@@ -86,7 +86,7 @@ def convert(model: nn.Module, fuse_relu: bool = True, memory_format: str = "auto
 # Why: fastconv's channels_last kernels are the faster ones on most layers (vectors along channels:
 # no lanes wasted on 7- or 14-column rows, depthwise loops over channel vectors), and the layout, once
 # the input has it, carries through convolutions, BatchNorm, activations and adds. Converted networks
-# at batch 8, 2 threads, AMD EPYC Zen 4 (bench/results/cpu-2026-12-06-epyc-zen4-vm-networks.txt), ours
+# at batch 8, 2 threads, AMD EPYC Zen 4 (the network report of d4666e2, in git history), ours
 # in channels_last against ours in NCHW: ResNet-50 316 ms / 387, MobileNetV2 52 / 89, EfficientNet-B0
 # 80 / 105, GoogLeNet 101 / 123, DenseNet-121 259 / 302; slower only where forward reshapes: ShuffleNetV2
 # 41 / 34 (its channel shuffle copies to NCHW, which the first-call check below catches) and ConvNeXt-T
