@@ -160,15 +160,6 @@ inline void add_where_index(typename Vec<T>::v& acc, typename Vec<T>::iv& hits, 
 #endif
 }
 
-// max backward, gather form, channels_last dx / dy / indices, dilation 1: each dx pixel's channel
-// vector sums, over the outputs (p, q) whose window covers it in row-major order, dy where the index is
-// this pixel: the scatter's terms in the scatter's order, so bitwise its result (and torch's), with dx
-// written once (no zeroing pass), vector loads only, and tasks of whole input rows (any batch keeps the
-// threads busy). Channels past the last whole vector are one vector ending at channel C (recomputed
-// lanes get the same value), and C < one vector is scalar. Returns the number of index entries it
-// matched: an entry matches once if it lies in its own window, never otherwise (outside the plane,
-// or elsewhere in it), so a count below N*P*Q*C says the indices were not a max pool's and the caller
-// redoes the call with the scatter, which takes any index.
 // One dx pixel's channels [c, c + NV*L): the sums over the pixel's covering outputs (np of them, in
 // row-major order: index rows ip[i], gradient rows gp[i]); lanes: which lanes count their matches.
 template <typename T, int NV>
@@ -189,6 +180,15 @@ inline void gather_pixel_block(const int64_t* const* ip, const T* const* gp, int
   }
 }
 
+// max backward, gather form, channels_last dx / dy / indices, dilation 1: each dx pixel's channel
+// vector sums, over the outputs (p, q) whose window covers it in row-major order, dy where the index is
+// this pixel: the scatter's terms in the scatter's order, so bitwise its result (and torch's), with dx
+// written once (no zeroing pass), vector loads only, and tasks of whole input rows (any batch keeps the
+// threads busy). Channels past the last whole vector are one vector ending at channel C (recomputed
+// lanes get the same value), and C < one vector is scalar. Returns the number of index entries it
+// matched: an entry matches once if it lies in its own window, never otherwise (outside the plane,
+// or elsewhere in it), so a count below N*P*Q*C says the indices were not a max pool's and the caller
+// redoes the call with the scatter, which takes any index.
 template <typename T>
 int64_t max_bwd_gather_nhwc_rows(const PoolDesc& d, const Tensor4& dy, const Tensor4& ind, const Tensor4& dx,
                                  const std::vector<Cover>& qcover, int64_t r0, int64_t r1) {
