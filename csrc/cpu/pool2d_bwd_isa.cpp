@@ -135,11 +135,10 @@ void max_bwd_scatter_slice(const PoolDesc& d, const Tensor4& dy, const Tensor4& 
 // than the scatter it replaces.
 template <typename T>
 inline void add_where_index(typename Vec<T>::v& acc, typename Vec<T>::iv& hits, const int64_t* ip, const T* g,
-                            int64_t pos, const typename Vec<T>::i64& posv) {
+                            int64_t pos) {
   using V = typename Vec<T>::v;
   using IV = typename Vec<T>::iv;
 #if defined(__AVX512F__)
-  (void)posv;
   const __m512i pv = _mm512_set1_epi64(pos);
   if constexpr (sizeof(T) == 4) {
     const __mmask8 lo = _mm512_cmpeq_epi64_mask(_mm512_loadu_si512(ip), pv);
@@ -153,8 +152,8 @@ inline void add_where_index(typename Vec<T>::v& acc, typename Vec<T>::iv& hits, 
     hits = (IV)_mm512_mask_sub_epi64((__m512i)hits, m, (__m512i)hits, _mm512_set1_epi64(-1));
   }
 #else
-  (void)pos;
-  const IV m = __builtin_convertvector(loadu<typename Vec<T>::i64>(ip) == posv, IV);
+  using I64 = typename Vec<T>::i64;
+  const IV m = __builtin_convertvector(loadu<I64>(ip) == I64{} + pos, IV);
   acc = m ? acc + loadu<V>(g) : acc;
   hits -= m;  // m is -1 where it matched
 #endif
@@ -168,12 +167,11 @@ inline void gather_pixel_block(const int64_t* const* ip, const T* const* gp, int
   using V = typename Vec<T>::v;
   using IV = typename Vec<T>::iv;
   constexpr int L = Vec<T>::L;
-  const typename Vec<T>::i64 posv = typename Vec<T>::i64{} + pos;
   V acc[NV];
   IV hits[NV];
   for (int v = 0; v < NV; ++v) acc[v] = V{}, hits[v] = IV{};
   for (int i = 0; i < np; ++i)
-    for (int v = 0; v < NV; ++v) add_where_index<T>(acc[v], hits[v], ip[i] + c + v * L, gp[i] + c + v * L, pos, posv);
+    for (int v = 0; v < NV; ++v) add_where_index<T>(acc[v], hits[v], ip[i] + c + v * L, gp[i] + c + v * L, pos);
   for (int v = 0; v < NV; ++v) {
     storeu(px + c + v * L, acc[v]);
     counted += hits[v] & lanes;
@@ -225,23 +223,21 @@ int64_t max_bwd_gather_nhwc_rows(const PoolDesc& d, const Tensor4& dy, const Ten
         }
       const int64_t pos = h * d.W + w;
       T* px = dxr + w * dx.stride[3];
-      int64_t c = 0;
-      for (; c + 4 * L <= C; c += 4 * L)
-        gather_pixel_block<T, 4>(ip.data(), gp.data(), np, c, pos, px, counted, all_lanes);
-      for (; c + L <= C; c += L) gather_pixel_block<T, 1>(ip.data(), gp.data(), np, c, pos, px, counted, all_lanes);
-      if (c < C && C >= L) {
-        gather_pixel_block<T, 1>(ip.data(), gp.data(), np, C - L, pos, px, counted, tail_lanes);
-        c = C;
-      }
-      for (; c < C; ++c) {
-        T acc = 0;
-        for (int i = 0; i < np; ++i)
-          if (ip[i][c] == pos) {
-            acc += gp[i][c];
-            ++counted_scalar;
-          }
-        px[c] = acc;
-      }
+      for_channel_vectors<L>(
+          C,
+          [&](int64_t c, auto nv) {  // c is not a multiple of L only for the tail vector
+            gather_pixel_block<T, decltype(nv)::value>(ip.data(), gp.data(), np, c, pos, px, counted,
+                                                       c % L ? tail_lanes : all_lanes);
+          },
+          [&](int64_t c) {
+            T acc = 0;
+            for (int i = 0; i < np; ++i)
+              if (ip[i][c] == pos) {
+                acc += gp[i][c];
+                ++counted_scalar;
+              }
+            px[c] = acc;
+          });
     }
   }
   int64_t total = counted_scalar;

@@ -256,6 +256,20 @@ __attribute__((always_inline)) inline AvgRange avg_range(const PoolDesc& d, int6
   return {h0, h1, w0, w1, div_h, div_w, div_h * div_w};
 }
 
+// The channel loop of the channels_last kernels: block(c, nv) computes channels [c, c + nv*L) as nv
+// vectors (nv a std::integral_constant: 4, then 1); channels past the last whole vector are one more
+// vector ending at channel C, which recomputes a few channels with the same bits (so its c, C - L, is
+// the one that is not a multiple of L); only a C under one vector takes scalar(c) per channel.
+template <int L, class Block, class Scalar>
+__attribute__((always_inline)) inline void for_channel_vectors(int64_t C, const Block& block, const Scalar& scalar) {
+  int64_t c = 0;
+  for (; c + 4 * L <= C; c += 4 * L) block(c, std::integral_constant<int, 4>{});
+  for (; c + L <= C; c += L) block(c, std::integral_constant<int, 1>{});
+  if (c == C) return;
+  if (C >= L) return block(C - L, std::integral_constant<int, 1>{});
+  for (; c < C; ++c) scalar(c);
+}
+
 // Floats per input row of the separable pass's row maxima: the chunks store whole vectors.
 inline int64_t separable_row_floats(const PoolDesc& d, int64_t L) { return (std::max(d.Q, L) + L - 1) / L * L; }
 

@@ -5,9 +5,9 @@
 //  - max_fwd_nhwc / avg_fwd_nhwc: an output pixel reduces its window of C-vectors; the channel loop is
 //    the vector loop, blocks of 4 vectors kept in registers (C = 64 fp32 is one block on AVX-512), so
 //    every load is contiguous; channels past the last whole vector are one more vector that ends at
-//    channel C and so recomputes a few channels the same thread just wrote (C = 24 fp32 on AVX-512:
-//    channels 8-23; every channel's value is its own window's, so writing it twice writes the same
-//    bits); only C < one vector takes the scalar window. The
+//    channel C and so recomputes a few channels the same thread just wrote (for_channel_vectors;
+//    C = 24 fp32 on AVX-512: channels 8-23; every channel's value is its own window's, so writing it
+//    twice writes the same bits); only C < one vector takes the scalar window. The
 //    flattened (n, p, q) pixels split over the threads, and each kernel prefetches into L2 the input
 //    that the window kPrefetchPixels pixels ahead adds. max without indices uses x86's max instruction
 //    and redoes a pixel range that read a NaN with the exact scan.
@@ -203,38 +203,28 @@ void max_fwd_nhwc(const PoolDesc& d, const Tensor4& x, const Tensor4& y, const T
       NanTest<T> nan;
       for_pixels<T>(d, x, y, r0, r1, [&](int64_t, int64_t p, int64_t q, const T* xn, T* yp) {
         const MaxRange mr = max_range(d, p, q);
-        int64_t c = 0;
-        for (; c + 4 * L <= d.C; c += 4 * L)
-          max_pixel_block_fast<T, 4>(d, xn + c, x.stride[2], x.stride[3], mr, yp + c * syc, syc, nan);
-        for (; c + L <= d.C; c += L)
-          max_pixel_block_fast<T, 1>(d, xn + c, x.stride[2], x.stride[3], mr, yp + c * syc, syc, nan);
-        if (c < d.C && d.C >= L) {  // the tail: one vector ending at channel C (file head)
-          c = d.C - L;
-          max_pixel_block_fast<T, 1>(d, xn + c, x.stride[2], x.stride[3], mr, yp + c * syc, syc, nan);
-          c = d.C;
-        }
-        for (; c < d.C; ++c) max_window(d, xn + c, x.stride[2], x.stride[3], p, q, yp + c * syc, nullptr);
+        for_channel_vectors<L>(
+            d.C,
+            [&](int64_t c, auto nv) {
+              max_pixel_block_fast<T, decltype(nv)::value>(d, xn + c, x.stride[2], x.stride[3], mr, yp + c * syc,
+                                                           syc, nan);
+            },
+            [&](int64_t c) { max_window(d, xn + c, x.stride[2], x.stride[3], p, q, yp + c * syc, nullptr); });
       });
       if (!nan.any()) return;
     }
     for_pixels<T>(d, x, y, r0, r1, [&](int64_t n, int64_t p, int64_t q, const T* xn, T* yp) {
       int64_t* ip = kIdx ? IND + n * ind->stride[0] + p * ind->stride[2] + q * ind->stride[3] : nullptr;
       const MaxRange mr = max_range(d, p, q);
-      int64_t c = 0;
-      for (; c + 4 * L <= d.C; c += 4 * L)
-        max_pixel_block<T, kIdx, 4>(d, xn + c, x.stride[2], x.stride[3], mr, yp + c * syc, syc,
-                                    kIdx ? ip + c * sic : nullptr, sic);
-      for (; c + L <= d.C; c += L)
-        max_pixel_block<T, kIdx, 1>(d, xn + c, x.stride[2], x.stride[3], mr, yp + c * syc, syc,
-                                    kIdx ? ip + c * sic : nullptr, sic);
-      if (c < d.C && d.C >= L) {
-        c = d.C - L;
-        max_pixel_block<T, kIdx, 1>(d, xn + c, x.stride[2], x.stride[3], mr, yp + c * syc, syc,
-                                    kIdx ? ip + c * sic : nullptr, sic);
-        c = d.C;
-      }
-      for (; c < d.C; ++c)
-        max_window(d, xn + c, x.stride[2], x.stride[3], p, q, yp + c * syc, kIdx ? ip + c * sic : nullptr);
+      for_channel_vectors<L>(
+          d.C,
+          [&](int64_t c, auto nv) {
+            max_pixel_block<T, kIdx, decltype(nv)::value>(d, xn + c, x.stride[2], x.stride[3], mr, yp + c * syc,
+                                                          syc, kIdx ? ip + c * sic : nullptr, sic);
+          },
+          [&](int64_t c) {
+            max_window(d, xn + c, x.stride[2], x.stride[3], p, q, yp + c * syc, kIdx ? ip + c * sic : nullptr);
+          });
     });
   });
 }
@@ -246,17 +236,12 @@ void avg_fwd_nhwc(const PoolDesc& d, const Tensor4& x, const Tensor4& y, int nth
   parallel_ranges(pixels, (d.H * d.W + d.P * d.Q) * d.N * d.C, nthreads, [&](int64_t r0, int64_t r1) {
     for_pixels<T>(d, x, y, r0, r1, [&](int64_t, int64_t p, int64_t q, const T* xn, T* yp) {
       const AvgRange ar = avg_range(d, p, q);
-      int64_t c = 0;
-      for (; c + 4 * L <= d.C; c += 4 * L)
-        avg_pixel_block<T, 4>(xn + c, x.stride[2], x.stride[3], ar, yp + c * syc, syc);
-      for (; c + L <= d.C; c += L)
-        avg_pixel_block<T, 1>(xn + c, x.stride[2], x.stride[3], ar, yp + c * syc, syc);
-      if (c < d.C && d.C >= L) {
-        c = d.C - L;
-        avg_pixel_block<T, 1>(xn + c, x.stride[2], x.stride[3], ar, yp + c * syc, syc);
-        c = d.C;
-      }
-      for (; c < d.C; ++c) yp[c * syc] = avg_window(d, xn + c, x.stride[2], x.stride[3], p, q);
+      for_channel_vectors<L>(
+          d.C,
+          [&](int64_t c, auto nv) {
+            avg_pixel_block<T, decltype(nv)::value>(xn + c, x.stride[2], x.stride[3], ar, yp + c * syc, syc);
+          },
+          [&](int64_t c) { yp[c * syc] = avg_window(d, xn + c, x.stride[2], x.stride[3], p, q); });
     });
   });
 }
