@@ -162,3 +162,101 @@ def test_dynamo_graph_holds_op(backend):
     assert len(graphs) == 1
     assert any("fastconv.conv2d" in str(n.target) for n in graphs[0].graph.nodes), graphs[0].graph
     assert torch.equal(y, FC.conv2d(x, w, b, padding=1))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Eager training: eager_route's AUTOGRAD runs the op's implementation inside a plain autograd.Function.
+
+def _grads(fn, x, w, b, g):
+    x, w, b = (t.detach().clone().requires_grad_() for t in (x, w, b))
+    y = fn(x, w, b, stride=(1, 2), padding=1)
+    y.backward(g)
+    return y.detach(), x.grad, w.grad, b.grad, y.grad_fn
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_eager_autograd_and_op_paths_bitwise_equal(backend, relu, channels_last, dtype):
+    x, w, b = _args(channels_last, dtype)
+    fn = FC.conv2d_relu if relu else FC.conv2d
+    g = torch.randn(2, 6, 9, 5, dtype=dtype)
+    eager = _grads(fn, x, w, b, g)
+    with _FunctionRecorder():  # a mode: the torch.ops path and the op's registered autograd
+        op = _grads(fn, x, w, b, g)
+    assert type(eager[-1]).__name__ == "FastconvConv2dBackward"
+    assert type(op[-1]).__name__ != "FastconvConv2dBackward"
+    for name, a, o in zip(("y", "dx", "dw", "db"), eager[:-1], op[:-1]):
+        assert a.stride() == o.stride(), name
+        assert torch.equal(a, o), name
+
+
+def test_eager_autograd_route_conditions():
+    from fastconv.ops._eager import AUTOGRAD, DIRECT, OP, eager_route
+    x, w, b = _args()
+    assert eager_route(x, w, b) == DIRECT
+    w.requires_grad_()
+    assert eager_route(x, w, b) == AUTOGRAD
+    with torch.no_grad():
+        assert eager_route(x, w, b) == DIRECT
+    with _FunctionRecorder():
+        assert eager_route(x, w, b) == OP
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert eager_route(x, w, b) == OP
+    assert eager_route(x.as_subclass(_Sub), w, b) == OP
+
+
+def test_eager_autograd_partial_grads_and_hooks(backend, monkeypatch):
+    """Only the gradients autograd asks for; saved-tensor hooks see the saved tensors; the backward
+    ops go direct (no torch.ops call reaches a dispatch mode set inside the backward)."""
+    x, w, b = _args()
+    w.requires_grad_()
+    packed = []
+
+    def pack(t):
+        packed.append(t.shape)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = FC.conv2d(x, w, b, padding=1)
+    assert type(y.grad_fn).__name__ == "FastconvConv2dBackward"
+    assert (2, 8, 9, 10) in packed and (6, 8, 3, 3) in packed
+    dw, = torch.autograd.grad(y.sum(), (w,))
+    assert x.grad is None and b.grad is None
+    wr = w.detach().double().requires_grad_()
+    ref, = torch.autograd.grad(torch.nn.functional.conv2d(x.double(), wr, b.double(), padding=1).sum(), (wr,))
+    torch.testing.assert_close(dw.double(), ref, rtol=1e-4, atol=1e-4)
+    seen = []
+    monkeypatch.setattr(conv_ops, "direct_ok", lambda *t: seen.append(direct_ok(*t)) or seen[-1])
+    FC.conv2d(x, w, b, padding=1).sum().backward()
+    assert w.grad is not None and seen == [True]  # the weight gradient's op, called directly
+
+
+def test_profiler_sees_backward_ops_in_training(backend):
+    x, w, b = _args()
+    w.requires_grad_()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        FC.conv2d(x, w, b, padding=1).sum().backward()
+    names = {e.name for e in prof.events()}
+    assert {"fastconv::conv2d", "fastconv::conv2d_wgrad"} <= names
+
+
+def test_double_backward_same_on_both_paths(backend):
+    """create_graph=True: the backward ops go through torch.ops on both paths, which have no autograd
+    formula of their own; both paths raise the same error at the second backward."""
+    x, w, _ = _args()
+    errors = []
+    for mode in (None, _FunctionRecorder()):
+        xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+        if mode is not None:
+            mode.__enter__()
+        try:
+            gx, = torch.autograd.grad(FC.conv2d(xg, wg, None, padding=1).sum(), (xg,), create_graph=True)
+            assert gx.requires_grad
+            with pytest.raises(RuntimeError, match="no autograd formula") as err:
+                gx.sum().backward()
+            errors.append(str(err.value))
+        finally:
+            if mode is not None:
+                mode.__exit__(None, None, None)
+    assert errors[0] == errors[1]

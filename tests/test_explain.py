@@ -95,7 +95,9 @@ def test_gradcam_runs_fastconv_backward_and_matches_torch_layers(trained):
         seen.add(node)
         names.add(type(node).__name__)
         stack += [n for n, _ in node.next_functions]
-    assert any("fastconv_conv2d" in n for n in names) and any("fastconv_max_pool2d" in n for n in names), names
+    # the op's autograd node (GeneratedBackwardFor_fastconv_...), or eager training's (FastconvConv2dBackward)
+    assert any("fastconv" in n.lower() and "conv2d" in n.lower() for n in names), names
+    assert any("fastconv" in n.lower() and "max_pool2d" in n.lower() for n in names), names
     twin = small_cnn("torch")
     twin.load_state_dict(model.state_dict())
     twin.eval()

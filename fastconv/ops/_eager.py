@@ -20,6 +20,14 @@ the call, so a forward op runs its implementation directly when none of these ho
 
 The direct call runs the very function registered as the op's implementation, so results are
 identical; tests/test_eager_direct.py checks each condition and the bitwise equality.
+
+Eager training (eager_route's AUTOGRAD): when only the last two conditions keep an op off the direct
+path - autograd must record it, nothing else observes it - the op runs as a plain
+torch.autograd.Function around the same implementation and the same backward, and the backward ops
+go direct by direct_ok (grad mode is off in a backward without create_graph). The custom op's
+autograd wrapper (fill_defaults, redispatch, the dynamo-disable wrapper) and the backward ops'
+dispatch cost most of a small layer's training time: a 1x1 conv on a 1x8x2x2 input, forward+backward,
+2 threads, 370 us -> 190 us (torch: 80); the forward alone in grad mode 96 -> 35 us (torch: 9).
 """
 from __future__ import annotations
 
@@ -48,18 +56,33 @@ def _forward_ad_active() -> bool:
     return getattr(_forward_ad, "_current_level", -1) >= 0
 
 
-def direct_ok(*tensors: Optional[Tensor]) -> bool:
-    """True when a forward op called with these tensor arguments (None allowed) may run its
-    implementation directly instead of through torch.ops (see the module docstring)."""
+# eager_route's answers.
+OP = 0        # through torch.ops
+DIRECT = 1    # the implementation itself (nothing records or observes the call)
+AUTOGRAD = 2  # the implementation inside the op's plain autograd.Function (autograd records it)
+
+
+def eager_route(*tensors: Optional[Tensor]) -> int:
+    """How an op called with these tensor arguments (None allowed) runs: OP, DIRECT or AUTOGRAD (see
+    the module docstring)."""
     if _is_compiling() or not _QUERIES_PRESENT:
-        return False
+        return OP
     if (_len_dispatch_stack() or _function_mode_enabled() or _functorch_active() or _any_autocast()
             or _profiler_enabled() or _tracing_state() is not None or _forward_ad_active()):
-        return False
+        return OP
     grad = torch.is_grad_enabled()
+    route = DIRECT
     for t in tensors:
         if t is None:
             continue
-        if type(t) not in _PLAIN_TYPES or t.is_meta or (grad and t.requires_grad):
-            return False
-    return True
+        if type(t) not in _PLAIN_TYPES or t.is_meta:
+            return OP
+        if grad and t.requires_grad:
+            route = AUTOGRAD
+    return route
+
+
+def direct_ok(*tensors: Optional[Tensor]) -> bool:
+    """True when an op called with these tensor arguments (None allowed) may run its implementation
+    directly instead of through torch.ops (see the module docstring)."""
+    return eager_route(*tensors) == DIRECT

@@ -22,7 +22,7 @@ from torch import Tensor
 from .. import _utils
 from ..backends import check_deterministic, resolve
 from ._autocast import register_lower_precision
-from ._eager import direct_ok
+from ._eager import AUTOGRAD, DIRECT, direct_ok, eager_route
 from ..profiling import is_enabled as profiling_enabled, op_range
 
 
@@ -59,19 +59,47 @@ def forward(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[
             dilation: List[int], groups: int, relu: bool) -> Tensor:
     """fastconv::conv2d or ::conv2d_relu on normalized arguments: through torch.ops, or straight to the
     implementation when nothing needs to see the op (plain eager inference, see ops/_eager.py)."""
-    if direct_ok(input, weight, bias):
+    route = eager_route(input, weight, bias)
+    if route == DIRECT:
         return _forward_impl(input, weight, bias, stride, padding, dilation, groups, relu)
+    if route == AUTOGRAD:
+        return FastconvConv2d.apply(input, weight, bias, stride, padding, dilation, groups, relu)
     op = torch.ops.fastconv.conv2d_relu if relu else torch.ops.fastconv.conv2d
     return op(input, weight, bias, stride, padding, dilation, groups)
+
+
+def _dgrad_impl(grad_output: Tensor, input: Tensor, weight: Tensor, relu_output: Optional[Tensor],
+                stride: List[int], padding: List[int], dilation: List[int], groups: int) -> Tensor:
+    """The implementation of fastconv::conv2d_dgrad."""
+    b = resolve(input.device)
+    check_deterministic(b, "conv2d_dgrad")
+    if not profiling_enabled():
+        return b.conv2d_dgrad(grad_output, input, weight, relu_output, stride, padding, dilation, groups)
+    with op_range("conv2d_dgrad", b, input, weight.shape[2:], stride):
+        return b.conv2d_dgrad(grad_output, input, weight, relu_output, stride, padding, dilation, groups)
+
+
+def _wgrad_impl(grad_output: Tensor, input: Tensor, weight: Tensor, relu_output: Optional[Tensor],
+                stride: List[int], padding: List[int], dilation: List[int], groups: int,
+                need_weight: bool, need_bias: bool) -> Tuple[Tensor, Tensor]:
+    """The implementation of fastconv::conv2d_wgrad."""
+    b = resolve(input.device)
+    check_deterministic(b, "conv2d_wgrad")
+    if not profiling_enabled():
+        dw, db = b.conv2d_wgrad(grad_output, input, weight, relu_output, stride, padding, dilation, groups,
+                                need_weight, need_bias)
+    else:
+        with op_range("conv2d_wgrad", b, input, weight.shape[2:], stride):
+            dw, db = b.conv2d_wgrad(grad_output, input, weight, relu_output, stride, padding, dilation, groups,
+                                    need_weight, need_bias)
+    empty = grad_output.new_empty(0)
+    return (dw if dw is not None else empty, db if db is not None else empty.clone())
 
 
 @torch.library.custom_op("fastconv::conv2d_dgrad", mutates_args=())
 def conv2d_dgrad(grad_output: Tensor, input: Tensor, weight: Tensor, relu_output: Optional[Tensor],
                  stride: List[int], padding: List[int], dilation: List[int], groups: int) -> Tensor:
-    b = resolve(input.device)
-    check_deterministic(b, "conv2d_dgrad")
-    with op_range("conv2d_dgrad", b, input, weight.shape[2:], stride):
-        return b.conv2d_dgrad(grad_output, input, weight, relu_output, stride, padding, dilation, groups)
+    return _dgrad_impl(grad_output, input, weight, relu_output, stride, padding, dilation, groups)
 
 
 @torch.library.custom_op("fastconv::conv2d_wgrad", mutates_args=())
@@ -79,13 +107,28 @@ def conv2d_wgrad(grad_output: Tensor, input: Tensor, weight: Tensor, relu_output
                  stride: List[int], padding: List[int], dilation: List[int], groups: int,
                  need_weight: bool, need_bias: bool) -> Tuple[Tensor, Tensor]:
     """Returns (grad_weight, grad_bias); an unrequested gradient is an empty tensor."""
-    b = resolve(input.device)
-    check_deterministic(b, "conv2d_wgrad")
-    with op_range("conv2d_wgrad", b, input, weight.shape[2:], stride):
-        dw, db = b.conv2d_wgrad(grad_output, input, weight, relu_output, stride, padding, dilation, groups,
-                                need_weight, need_bias)
-    empty = grad_output.new_empty(0)
-    return (dw if dw is not None else empty, db if db is not None else empty.clone())
+    return _wgrad_impl(grad_output, input, weight, relu_output, stride, padding, dilation, groups, need_weight,
+                       need_bias)
+
+
+def dgrad(grad_output: Tensor, input: Tensor, weight: Tensor, relu_output: Optional[Tensor], stride: List[int],
+          padding: List[int], dilation: List[int], groups: int) -> Tensor:
+    """fastconv::conv2d_dgrad, called directly when nothing needs to see the op (ops/_eager.py)."""
+    if direct_ok(grad_output, input, weight, relu_output):
+        return _dgrad_impl(grad_output, input, weight, relu_output, stride, padding, dilation, groups)
+    return torch.ops.fastconv.conv2d_dgrad(grad_output, input, weight, relu_output, stride, padding, dilation,
+                                           groups)
+
+
+def wgrad(grad_output: Tensor, input: Tensor, weight: Tensor, relu_output: Optional[Tensor], stride: List[int],
+          padding: List[int], dilation: List[int], groups: int, need_weight: bool,
+          need_bias: bool) -> Tuple[Tensor, Tensor]:
+    """fastconv::conv2d_wgrad, called directly when nothing needs to see the op (ops/_eager.py)."""
+    if direct_ok(grad_output, input, weight, relu_output):
+        return _wgrad_impl(grad_output, input, weight, relu_output, stride, padding, dilation, groups, need_weight,
+                           need_bias)
+    return torch.ops.fastconv.conv2d_wgrad(grad_output, input, weight, relu_output, stride, padding, dilation,
+                                           groups, need_weight, need_bias)
 
 
 @conv2d.register_fake
@@ -125,14 +168,28 @@ def _backward(ctx, grad_output):
     need_bias = need_bias and ctx.has_bias
     grad_input = grad_weight = grad_bias = None
     if need_input:
-        grad_input = torch.ops.fastconv.conv2d_dgrad(grad_output, input, weight, relu_output, stride, padding,
-                                                     dilation, groups)
+        grad_input = dgrad(grad_output, input, weight, relu_output, stride, padding, dilation, groups)
     if need_weight or need_bias:
-        dw, db = torch.ops.fastconv.conv2d_wgrad(grad_output, input, weight, relu_output, stride, padding,
-                                                 dilation, groups, need_weight, need_bias)
+        dw, db = wgrad(grad_output, input, weight, relu_output, stride, padding, dilation, groups, need_weight,
+                       need_bias)
         grad_weight = dw if need_weight else None
         grad_bias = db if need_bias else None
     return grad_input, grad_weight, grad_bias, None, None, None, None
+
+
+class FastconvConv2d(torch.autograd.Function):
+    """fastconv::conv2d / ::conv2d_relu (relu) for eager training (ops/_eager.py, eager_route's
+    AUTOGRAD): the op's implementation, context and backward without the custom op's dispatch."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, stride, padding, dilation, groups, relu):
+        output = _forward_impl(input, weight, bias, stride, padding, dilation, groups, relu)
+        _setup_context(ctx, (input, weight, bias, stride, padding, dilation, groups), output, relu)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return (*_backward(ctx, grad_output), None)
 
 
 conv2d.register_autograd(
