@@ -141,6 +141,49 @@ def test_few_channels_input_grad_channels_last_strided_grad(backend):
         assert_rel(x.grad, xr.grad, torch.float32, "dx")
 
 
+# (N, C, H, W, K, kernel, stride, padding, groups): an NCHW input with a channels_last weight, so a
+# channels_last output (torch's rule) and dy; the input gradient is NCHW (dgrad's kClOutput: computed
+# channels_last, copied back) and a depthwise weight gradient reads a channels_last copy of x.
+MIXED_LAYOUT_CASES = [
+    (2, 32, 9, 11, 40, 1, 1, 0, 1),      # 1x1
+    (2, 64, 7, 7, 96, 1, 2, 0, 1),       # 1x1 stride 2 (one residue class has taps)
+    (2, 24, 12, 13, 24, 3, 2, 1, 24),    # depthwise 3x3 stride 2, channel tail at 16 lanes
+    (1, 20, 10, 9, 20, 3, 1, 1, 20),     # depthwise stride 1
+    (2, 16, 11, 11, 16, 5, 2, 2, 16),    # depthwise 5x5 stride 2, one whole vector
+    (2, 16, 6, 7, 24, 3, 2, 1, 1),       # dense 3x3 stride 2
+    (1, 8, 9, 9, 8, 3, 2, 1, 8),         # fewer channels than a float32 vector: not copied
+]
+
+
+@pytest.mark.parametrize("case", MIXED_LAYOUT_CASES, ids=[str(i) for i in range(len(MIXED_LAYOUT_CASES))])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mixed_layout_gradients(backend, isa, case, relu, dtype):
+    N, C, H, W, K, k, stride, padding, groups = case
+    x = torch.randn(N, C, H, W)
+    w = torch.randn(K, C // groups, k, k).to(memory_format=torch.channels_last)  # as module.to(...) makes it
+    _check(backend, isa, x, w, torch.randn(K), relu, dtype, stride=stride, padding=padding, groups=groups)
+
+
+def test_mixed_layout_channel_slice_input(backend):
+    """ShuffleNetV2's kind: the input is a channel slice of an NCHW tensor (not dense), its gradient a
+    dense NCHW tensor of the slice's size."""
+    base = torch.randn(2, 64, 10, 10)
+    for groups, k in ((1, 1), (32, 3)):
+        x = base[:, 32:].detach().requires_grad_()
+        w = torch.randn(32, 32 // groups, k, k).to(memory_format=torch.channels_last).requires_grad_()
+        xr, wr = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+        y = FC.conv2d(x, w, None, stride=2, padding=k // 2, groups=groups)
+        yr = F.conv2d(xr, wr, None, stride=2, padding=k // 2, groups=groups)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        g = torch.randn_like(yr)
+        ours = torch.autograd.grad(y, (x, w), g.float())
+        want = torch.autograd.grad(yr, (xr, wr), g)
+        assert ours[0].is_contiguous()
+        for name, o, r in zip(("dx", "dw"), ours, want):
+            assert_rel(o, r, torch.float32, name)
+
+
 # (N, C, H, W, K, kernel, stride, padding, dilation, groups). The direct path runs when the plane
 # width Wp = Q + (taps' reach in plane columns) wastes at most 1/8: Q * 8 >= Wp * 7.
 S2_CASES = [
@@ -674,6 +717,30 @@ def test_path_depthwise_channels_last(isa, case):
     assert _path(x, w, "dgrad", relu=True, **kw) == "residue_classes > depthwise_nhwc"
     assert _path(x, w, "wgrad", **kw) == "wgrad_depthwise"
     assert _path(x.contiguous(), w, **kw) == "depthwise_nchw"
+
+
+@pytest.mark.parametrize("case", MIXED_LAYOUT_CASES, ids=[str(i) for i in range(len(MIXED_LAYOUT_CASES))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_path_mixed_layout(isa, case, dtype):
+    """NCHW input, channels_last weight: a float32 AVX-512 input gradient of >= 16 channels is computed
+    channels_last and copied (a 3x3 stride-1 dense layer is Winograd's); a depthwise weight gradient
+    reads a channels_last copy of x."""
+    N, C, H, W, K, k, stride, padding, groups = case
+    x, w = _meta(N, C, H, W, K, (k, k), groups=groups)
+    w = w.to(memory_format=torch.channels_last)
+    kw = dict(stride=stride, padding=padding, groups=groups)
+    staged = _C.cpu_isa() == "avx512" and dtype == torch.float32 and C >= 16
+    dgrad = _path(x, w, "dgrad", dtype, **kw)
+    wgrad = _path(x, w, "wgrad", dtype, **kw)
+    assert dgrad.startswith("channels_last_dx > residue_classes > ") == staged, dgrad
+    if staged:
+        want = "depthwise_nhwc" if groups == C else "igemm_nhwc/"
+        assert want in dgrad, dgrad
+    assert wgrad.startswith("channels_last_x > ") == (staged and groups == C), wgrad
+    # both channels_last, or both NCHW: no copies
+    xc = x.contiguous(memory_format=torch.channels_last)
+    assert not _path(xc, w, "dgrad", dtype, **kw).startswith("channels_last_dx")
+    assert not _path(xc, w, "wgrad", dtype, **kw).startswith("channels_last_x")
 
 
 @pytest.mark.parametrize("case", FEW_CHANNEL_DGRAD_CASES, ids=[str(i) for i in range(len(FEW_CHANNEL_DGRAD_CASES))])

@@ -300,7 +300,7 @@ Out4<T> residue_view(const ConvDesc& d, const Out4<T>& dxv, int64_t a, int64_t b
   return {dxv.p + a * dxv.s2 + b * dxv.s3, dxv.s0, dxv.s1, d.stride_h * dxv.s2, d.stride_w * dxv.s3};
 }
 
-enum class DgradRoute : int { kNone, kWinograd, kMaskDyFirst, kNchwCopies, kStaged, kResidueClasses };
+enum class DgradRoute : int { kNone, kWinograd, kMaskDyFirst, kNchwCopies, kClOutput, kStaged, kResidueClasses };
 
 // The input gradient's route:
 // - kMaskDyFirst: NCHW dy of the fused op is masked in one streaming pass first; the NCHW paths would
@@ -311,6 +311,13 @@ enum class DgradRoute : int { kNone, kWinograd, kMaskDyFirst, kNchwCopies, kStag
 //   work (RGB stem, N=32, 32->3, 32x32, 2 threads: 1.8-2.1 ms against 0.84 for the NCHW kernels), so
 //   dy is copied to NCHW (mask applied on the way), the NCHW kernels run, and dx is copied back. A
 //   one-pixel dx is the same in both layouts (excluding it also keeps the NCHW call from coming back).
+// - kClOutput: an NCHW input gradient of a channels_last dy (a layer whose input is NCHW and whose
+//   output is channels_last: the first layers after ShuffleNetV2's channel shuffle, whose .contiguous()
+//   returns NCHW). The NCHW kernels read dy's channel rows across the pixels they vectorize over, so
+//   the correlation writes a channels_last dx into a scratch buffer, copied to dx after (float32,
+//   AVX-512: with_channels_last_output; >= one vector of channels, so the copy moves whole vectors).
+//   2 threads, batch 8: 464 -> 1024 1x1 at 7x7 4.5 ms -> 2.0 (torch 2.9); 232-channel 3x3 s2
+//   depthwise at 14x14 1.7 ms -> 0.56 (torch 0.35), both counting the copy.
 // - kStaged: a stride-1 NCHW float32 input gradient (no mask) of >= 64 channels each way on a map of
 //   <= kStageDgradMap pixels, or <= kStageFewPixels in all: conv_cl on channels_last copies of dy and
 //   dx, as the forward stages (2 threads: 8x2048x7x7 1x1 -> 512 dgrad 6.1 ms against 9.6 on the NCHW
@@ -324,6 +331,9 @@ DgradRoute dgrad_route(const ConvDesc& d, DType dt, const Tensor4& dy, bool relu
   if (relu && dy.stride[1] != 1) return DgradRoute::kMaskDyFirst;
   if (dx.stride[1] == 1 && d.C > 1 && 4 * d.C <= Simd<T>::L && d.groups == 1 && d.H * d.W > 1)
     return DgradRoute::kNchwCopies;
+  if (std::is_same_v<T, float> && kIsaLevel == 2 && dx.stride[1] != 1 && dy.stride[1] == 1 && d.K > 1 &&
+      d.C >= Simd<T>::L && d.H * d.W > 1 && d.P * d.Q > 1)
+    return DgradRoute::kClOutput;
   if (std::is_same_v<T, float> && kIsaLevel == 2 && !relu && d.stride_h == 1 && d.stride_w == 1 &&
       d.dil_h == 1 && d.dil_w == 1) {
     Geo g = residue_class(d, 0, 0).g;
@@ -378,6 +388,14 @@ inline Tensor4 dense_nchw(const Tensor4& t, void* buf) {
   return r;
 }
 
+// A dense channels_last tensor of t's sizes at buf.
+inline Tensor4 dense_channels_last(const Tensor4& t, void* buf) {
+  Tensor4 r = t;
+  r.data = buf;
+  r.stride = {t.size[1] * t.size[2] * t.size[3], 1, t.size[3] * t.size[1], t.size[1]};
+  return r;
+}
+
 // The input gradient's pack on the residue-class route: one part per class with taps, each that
 // class's engine pack (conv_cl panels, the NCHW kernels' panels, the narrow-group blocks) of the
 // taps the class reads, at 64-byte-aligned offsets. parts: (a, b, offset, floats) per class; info
@@ -426,6 +444,8 @@ PackInfo dgrad_pack_info(const ConvDesc& d, DType dt, const Tensor4& dy, const T
       return dgrad_pack_info<T>(d, dt, dense_nchw(dy, nullptr), nullptr, dx);
     case DgradRoute::kNchwCopies:
       return dgrad_pack_info<T>(d, dt, dense_nchw(dy, nullptr), nullptr, dense_nchw(dx, nullptr));
+    case DgradRoute::kClOutput:
+      return dgrad_pack_info<T>(d, dt, dy, relu_y, dense_channels_last(dx, nullptr));
     case DgradRoute::kStaged:
       return engine_pack_info<T>(ConvAlgo::kIgemmNhwcStaged, residue_class(d, 0, 0).g, dt, d.groups);
     case DgradRoute::kResidueClasses:
@@ -462,6 +482,12 @@ void dgrad_impl(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& w
       }
       return;
     }
+    case DgradRoute::kClOutput:
+      if constexpr (std::is_same_v<T, float>)
+        with_channels_last_output(dx, nth, [&](float* buf) {
+          dgrad_impl<T>(d, dt, dy, w, relu_y, dense_channels_last(dx, buf), pack, nth);
+        });
+      return;
     case DgradRoute::kStaged:
 #if defined(__AVX512F__)
       if constexpr (std::is_same_v<T, float>) {
@@ -530,6 +556,16 @@ ConvAlgo wgrad_algo(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4
   return x.stride[1] == 1 ? ConvAlgo::kWgradGemmNhwc : ConvAlgo::kWgradGemmNchw;
 }
 
+// A depthwise weight gradient of an NCHW x and a channels_last dy (the mixed layers of dgrad's
+// kClOutput) reads a channels_last copy of x: wgrad_depthwise vectorizes over the channels of both.
+// 2 threads, batch 8, 3x3 s2 at 14x14: 232 channels 1.7 ms -> 0.39 (torch 0.28); 116 at 28x28 1.4 ->
+// 0.75 (torch 0.35), counting the copy.
+template <typename T>
+bool wgrad_depthwise_stages_x(ConvAlgo algo, const ConvDesc& d, const Tensor4& x, const Tensor4& dy) {
+  return std::is_same_v<T, float> && kIsaLevel == 2 && algo == ConvAlgo::kWgradDepthwise && x.stride[1] != 1 &&
+         dy.stride[1] == 1 && d.C >= Simd<T>::L && d.H * d.W > 1;
+}
+
 template <typename T>
 void zero_wgrad(const ConvDesc& d, const Tensor4* dw, void* dbias) {
   if (dw) {
@@ -564,6 +600,16 @@ void wgrad_impl(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& x
         bias_done = true;  // summed on the way
         break;
       case ConvAlgo::kWgradDepthwise:
+        if constexpr (std::is_same_v<T, float>) {
+          if (wgrad_depthwise_stages_x<T>(algo, d, x, dy)) {
+            with_channels_last_copy(x, nth, [&](const float* xs) {
+              const Tensor4 xc = dense_channels_last(x, const_cast<float*>(xs));
+              bias_done = wgrad_depthwise<T>(d, in_view<T>(xc), in_view<T>(dy), mv, out_view<T>(*dw),
+                                             static_cast<T*>(dbias), nth);
+            });
+            break;
+          }
+        }
         bias_done = wgrad_depthwise<T>(d, in_view<T>(x), in_view<T>(dy), mv, out_view<T>(*dw), static_cast<T*>(dbias),
                                        nth);
         break;
@@ -657,6 +703,8 @@ std::string dgrad_path(const ConvDesc& d, DType dt, const Tensor4& dy, bool relu
       return "masked_dy_copy > " + dgrad_path<T>(d, dt, nchw_like(dy), false, dx);
     case DgradRoute::kNchwCopies:
       return "nchw_copies > " + dgrad_path<T>(d, dt, nchw_like(dy), false, nchw_like(dx));
+    case DgradRoute::kClOutput:
+      return "channels_last_dx > " + dgrad_path<T>(d, dt, dy, relu, dense_channels_last(dx, nullptr));
     case DgradRoute::kStaged:
       return staged_path<T>(residue_class(d, 0, 0).g);
     case DgradRoute::kResidueClasses:
@@ -678,7 +726,8 @@ template <typename T>
 std::string conv_path(int pass, const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& y, bool relu) {
   if (pass == kConvFwd) return fwd_path<T>(d, dt, x, y);
   if (pass == kConvDgrad) return dgrad_path<T>(d, dt, y, relu, x);
-  return algo_name(wgrad_algo<T>(d, dt, x, y, relu ? &y : nullptr));
+  const ConvAlgo algo = wgrad_algo<T>(d, dt, x, y, relu ? &y : nullptr);
+  return std::string(wgrad_depthwise_stages_x<T>(algo, d, x, y) ? "channels_last_x > " : "") + algo_name(algo);
 }
 
 }  // namespace
