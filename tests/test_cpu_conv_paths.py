@@ -165,6 +165,28 @@ def test_mixed_layout_gradients(backend, isa, case, relu, dtype):
     _check(backend, isa, x, w, torch.randn(K), relu, dtype, stride=stride, padding=padding, groups=groups)
 
 
+# (N, C, H, W, kernel, stride, padding): NCHW depthwise layers on small maps, whose gradients run the
+# channels_last kernels on staging copies (depthwise_stages_nchw) when both maps are <= 256 pixels.
+DW_NCHW_SMALL_MAP_CASES = [
+    (2, 32, 7, 7, 3, 1, 1),       # ShuffleNetV2's last stage
+    (2, 20, 14, 14, 3, 1, 1),     # channel tail
+    (1, 24, 14, 13, 3, 2, 1),     # stride 2
+    (2, 16, 9, 9, 5, 1, 2),       # 5x5
+    (1, 48, 16, 16, 3, 1, 1),     # 256 pixels: the bound itself
+    (1, 16, 17, 17, 3, 1, 1),     # 289 pixels: stays NCHW
+    (2, 8, 7, 7, 3, 1, 1),        # fewer channels than a float32 vector: stays NCHW
+]
+
+
+@pytest.mark.parametrize("case", DW_NCHW_SMALL_MAP_CASES, ids=[str(i) for i in range(len(DW_NCHW_SMALL_MAP_CASES))])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_depthwise_nchw_small_map_gradients(backend, isa, case, relu, dtype):
+    N, C, H, W, k, stride, padding = case
+    _check(backend, isa, torch.randn(N, C, H, W), torch.randn(C, 1, k, k), torch.randn(C), relu, dtype,
+           stride=stride, padding=padding, groups=C)
+
+
 def test_mixed_layout_channel_slice_input(backend):
     """ShuffleNetV2's kind: the input is a channel slice of an NCHW tensor (not dense), its gradient a
     dense NCHW tensor of the slice's size."""
@@ -717,6 +739,27 @@ def test_path_depthwise_channels_last(isa, case):
     assert _path(x, w, "dgrad", relu=True, **kw) == "residue_classes > depthwise_nhwc"
     assert _path(x, w, "wgrad", **kw) == "wgrad_depthwise"
     assert _path(x.contiguous(), w, **kw) == "depthwise_nchw"
+
+
+@pytest.mark.parametrize("case", DW_NCHW_SMALL_MAP_CASES, ids=[str(i) for i in range(len(DW_NCHW_SMALL_MAP_CASES))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_path_depthwise_nchw_small_map(isa, case, dtype):
+    N, C, H, W, k, stride, padding = case
+    x, w = _meta(N, C, H, W, C, (k, k), groups=C)
+    kw = dict(stride=stride, padding=padding, groups=C)
+    P = (H + 2 * padding - k) // stride + 1
+    staged = _C.cpu_isa() == "avx512" and dtype == torch.float32 and C >= 16 and H * W <= 256 and P * P <= 256
+    assert _path(x, w, **kw) == "depthwise_nchw"
+    dgrad, wgrad = _path(x, w, "dgrad", dtype, **kw), _path(x, w, "wgrad", dtype, **kw)
+    if staged:
+        assert dgrad == "channels_last_copies > residue_classes > depthwise_nhwc", dgrad
+        assert wgrad == "channels_last_copies > wgrad_depthwise", wgrad
+        # the fused ReLU's backward: dy masked into an NCHW copy first, then the same route; the weight
+        # gradient reads the mask in place, unstaged
+        assert _path(x, w, "dgrad", dtype, relu=True, **kw).startswith("masked_dy_copy > channels_last_copies > ")
+        assert _path(x, w, "wgrad", dtype, relu=True, **kw) == "wgrad_depthwise"
+    else:
+        assert not dgrad.startswith("channels_last") and wgrad == "wgrad_depthwise", (dgrad, wgrad)
 
 
 @pytest.mark.parametrize("case", MIXED_LAYOUT_CASES, ids=[str(i) for i in range(len(MIXED_LAYOUT_CASES))])

@@ -19,6 +19,11 @@ void with_channels_last_copy(const Tensor4& t, int nth, const std::function<void
 // buffers are distinct, so the calls nest.
 void with_channels_last_output(const Tensor4& t, int nth, const std::function<void(float*)>& f);
 
+// Calls f(da, db) with channels_last copies of a and b (as with_channels_last_copy), both alive until f
+// returns. Same arena and ISA rules; it does not nest with the two functions above.
+void with_channels_last_copies(const Tensor4& a, const Tensor4& b, int nth,
+                               const std::function<void(const float*, const float*)>& f);
+
 }  // namespace FC_ISA
 }  // namespace cpu
 }  // namespace fastconv

@@ -163,6 +163,15 @@ void with_channels_last_output(const Tensor4& t, int nth, const std::function<vo
   unstage_channels_last(buf.p, t, nth);
 }
 
+void with_channels_last_copies(const Tensor4& a, const Tensor4& b, int nth,
+                               const std::function<void(const float*, const float*)>& f) {
+  FBuf ba(kStageA, a.size[0] * a.size[1] * a.size[2] * a.size[3]);
+  FBuf bb(kStageB, b.size[0] * b.size[1] * b.size[2] * b.size[3]);
+  stage_channels_last(a, nullptr, ba.p, nth);
+  stage_channels_last(b, nullptr, bb.p, nth);
+  f(ba.p, bb.p);
+}
+
 #else
 
 void wgrad_blocked(const ConvDesc&, const Tensor4&, const Tensor4&, const Tensor4*, const Tensor4&, float*, int) {
@@ -174,6 +183,11 @@ void with_channels_last_copy(const Tensor4&, int, const std::function<void(const
 }
 
 void with_channels_last_output(const Tensor4&, int, const std::function<void(float*)>&) {
+  throw std::logic_error("fastconv: the channels_last staging copy needs the avx512 build");
+}
+
+void with_channels_last_copies(const Tensor4&, const Tensor4&, int,
+                               const std::function<void(const float*, const float*)>&) {
   throw std::logic_error("fastconv: the channels_last staging copy needs the avx512 build");
 }
 
