@@ -19,6 +19,12 @@ _C = cpu_backend._C
 pytestmark = pytest.mark.skipif(_C is None or _C.cpu_isa() != "avx512",
                                 reason="the blocked weight gradient is built for AVX-512 only")
 
+@pytest.fixture(autouse=True)
+def _no_rows_kernel(monkeypatch):
+    """The RGB stem below is the filter-row kernel's (test_cpu_wgrad_rows.py) unless it is off."""
+    monkeypatch.setenv("FASTCONV_CPU_WGRAD_ROWS", "0")
+
+
 # (N, C, H, W, K, R, S, stride, padding, dilation): enough output pixels for 8 tile groups of 64.
 CASES = [
     (8, 64, 16, 16, 64, 1, 1, 1, 0, 1),    # 1x1

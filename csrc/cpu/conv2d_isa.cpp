@@ -29,6 +29,7 @@
 #include "cpu/conv2d_paths.h"
 #include "cpu/conv2d_wgrad_blocked.h"
 #include "cpu/conv2d_wgrad_pointwise.h"
+#include "cpu/conv2d_wgrad_rows.h"
 #include "cpu/conv2d_winograd.h"
 
 namespace fastconv {
@@ -577,6 +578,7 @@ template <typename T>
 ConvAlgo wgrad_algo(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& dy, const Tensor4* relu_y) {
   if (winograd_usable(d, dt)) return ConvAlgo::kWinograd;
   if (wgrad_pointwise_usable(d, dt, x, dy, relu_y)) return ConvAlgo::kWgradPointwise;
+  if (wgrad_rows_usable(d, dt)) return ConvAlgo::kWgradRows;
   if (wgrad_blocked_usable(d, dt)) return ConvAlgo::kWgradBlocked;
   if (d.N == 0) return ConvAlgo::kNone;
   if (d.C == d.groups) return ConvAlgo::kWgradDepthwise;
@@ -628,6 +630,9 @@ void wgrad_impl(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& x
       case ConvAlgo::kWgradBlocked:
         wgrad_blocked(d, dy, x, relu_y, *dw, static_cast<float*>(dbias), nth);
         bias_done = true;  // summed on the way
+        break;
+      case ConvAlgo::kWgradRows:
+        wgrad_rows(d, dy, x, relu_y, *dw, nth);
         break;
       case ConvAlgo::kWgradDepthwise:
         if constexpr (std::is_same_v<T, float>) {
@@ -685,6 +690,7 @@ const char* algo_name(ConvAlgo a) {
     case ConvAlgo::kGroupedNhwcStaged: return "grouped_nhwc_staged_nchw";
     case ConvAlgo::kWgradGroupedNhwc: return "wgrad_grouped_nhwc";
     case ConvAlgo::kWgradBlocked: return "wgrad_blocked";
+    case ConvAlgo::kWgradRows: return "wgrad_rows";
     case ConvAlgo::kWgradPointwise: return "wgrad_pointwise";
     case ConvAlgo::kWgradDepthwise: return "wgrad_depthwise";
     case ConvAlgo::kWgradGemmNhwc: return "wgrad_gemm_nhwc";

@@ -39,6 +39,7 @@ enum class ConvAlgo : int {
   kGroupedNhwc,      // grouped_nhwc_fwd
   kGroupedNhwcStaged,  // NCHW tensors through grouped_nhwc_fwd on channels_last copies (AVX-512 float32)
   kWgradBlocked,     // conv2d_wgrad_blocked_isa.cpp
+  kWgradRows,        // conv2d_wgrad_rows_isa.cpp
   kWgradPointwise,   // conv2d_wgrad_pointwise_isa.cpp
   kWgradDepthwise,   // conv2d_depthwise_wgrad_isa.cpp
   kWgradGemmNhwc,    // wgrad_gemm_cl
