@@ -915,3 +915,31 @@ def check_pool1d(case, dtype, kind, values=None, tol=None):
     else:
         check_pooling(FC.adaptive_avg_pool1d, F.adaptive_avg_pool1d, x, dict(output_size=case["output_size"]),
                       dtype, case["grad"], False, tol)
+
+
+def check_cpu_wgrad_two_threads(x, w, dy, relu_y, stride, padding, dilation) -> None:
+    """The cpu backend's weight and bias gradients (groups 1) against torch in float64, at 1 OpenMP thread
+    and then three times at 2, bit for bit equal to the 1-thread result (the xdist workers otherwise run
+    1 thread): kernels whose work split depends on the thread count show up as other bits."""
+    from fastconv.backends import cpu as cpu_backend
+
+    be = cpu_backend.CpuBackend()
+    s, p, d = pair(stride), pair(padding), pair(dilation)
+
+    def wgrad():
+        return be.conv2d_wgrad(dy, x, w, relu_y, s, p, d, 1, True, True)
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = wgrad()
+        torch.set_num_threads(2)
+        runs = [wgrad() for _ in range(3)]
+    finally:
+        torch.set_num_threads(before)
+    g = dy.double() if relu_y is None else dy.double() * (relu_y > 0)
+    ref = torch.nn.grad.conv2d_weight(x.double(), w.shape, g, stride=s, padding=p, dilation=d)
+    assert_rel(serial[0], ref, torch.float32, "grad_weight")
+    assert_rel(serial[1], g.sum((0, 2, 3)), torch.float32, "grad_bias")
+    for dw, db in runs:
+        assert torch.equal(dw, serial[0]) and torch.equal(db, serial[1])

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import fastconv
 from fastconv.backends import cpu as cpu_backend
 
-from helpers import assert_rel
+from helpers import assert_rel, check_cpu_wgrad_two_threads
 
 _C = cpu_backend._C
 pytestmark = pytest.mark.skipif(_C is None or _C.cpu_isa() != "avx512",
@@ -54,20 +53,7 @@ def test_blocked_wgrad_two_threads(case, layout, relu):
     relu_y = torch.randn(N, K, P, Q).clamp_min(0) if relu else None  # the fused op's output: 0 where masked
     if layout == "channels_last":
         x, dy = (t.contiguous(memory_format=torch.channels_last) for t in (x, dy))
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        serial = _wgrad(x, w, dy, relu_y, stride, pad, dil)
-        torch.set_num_threads(2)
-        runs = [_wgrad(x, w, dy, relu_y, stride, pad, dil) for _ in range(3)]
-    finally:
-        torch.set_num_threads(before)
-    g = dy.double() if relu_y is None else dy.double() * (relu_y > 0)
-    ref = torch.nn.grad.conv2d_weight(x.double(), w.shape, g, stride=stride, padding=pad, dilation=dil)
-    assert_rel(serial[0], ref, torch.float32, "grad_weight")
-    assert_rel(serial[1], g.sum((0, 2, 3)), torch.float32, "grad_bias")
-    for dw, db in runs:
-        assert torch.equal(dw, serial[0]) and torch.equal(db, serial[1])
+    check_cpu_wgrad_two_threads(x, w, dy, relu_y, stride, pad, dil)
 
 
 def test_switch_off(monkeypatch):

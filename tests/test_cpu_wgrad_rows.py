@@ -10,7 +10,7 @@ import torch
 
 from fastconv.backends import cpu as cpu_backend
 
-from helpers import assert_rel
+from helpers import assert_rel, check_cpu_wgrad_two_threads, pair
 
 _C = cpu_backend._C
 pytestmark = pytest.mark.skipif(_C is None or _C.cpu_isa() != "avx512",
@@ -27,13 +27,9 @@ CASES = [
 ]
 
 
-def _pair(v):
-    return v if isinstance(v, tuple) else (v, v)
-
-
 def _wgrad(x, w, dy, relu_y, stride, padding, dilation):
     be = cpu_backend.CpuBackend()
-    return be.conv2d_wgrad(dy, x, w, relu_y, _pair(stride), _pair(padding), _pair(dilation), 1, True, True)
+    return be.conv2d_wgrad(dy, x, w, relu_y, pair(stride), pair(padding), pair(dilation), 1, True, True)
 
 
 @pytest.mark.parametrize("relu", [False, True])
@@ -41,7 +37,7 @@ def _wgrad(x, w, dy, relu_y, stride, padding, dilation):
 @pytest.mark.parametrize("case", CASES, ids=[str(i) for i in range(len(CASES))])
 def test_rows_wgrad_two_threads(case, layout, relu):
     N, C, H, W, K, R, S, stride, pad, dil = case
-    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(pad), _pair(dil)
+    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(pad), pair(dil)
     x = torch.randn(N, C, H, W)
     if layout == "strided":  # pixels not C floats apart: every window row through the zero-padded copy
         x = torch.randn(N, H, W, C + 2).permute(0, 3, 1, 2)[:, 1:C + 1]
@@ -53,20 +49,7 @@ def test_rows_wgrad_two_threads(case, layout, relu):
     if layout == "channels_last":
         x, dy = (t.contiguous(memory_format=torch.channels_last) for t in (x, dy))
     assert cpu_backend.conv2d_path(x, w, stride, pad, dil, pass_="wgrad", relu=relu) == "wgrad_rows"
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        serial = _wgrad(x, w, dy, relu_y, stride, pad, dil)
-        torch.set_num_threads(2)
-        runs = [_wgrad(x, w, dy, relu_y, stride, pad, dil) for _ in range(3)]
-    finally:
-        torch.set_num_threads(before)
-    g = dy.double() if relu_y is None else dy.double() * (relu_y > 0)
-    ref = torch.nn.grad.conv2d_weight(x.double(), w.shape, g, stride=stride, padding=pad, dilation=dil)
-    assert_rel(serial[0], ref, torch.float32, "grad_weight")
-    assert_rel(serial[1], g.sum((0, 2, 3)), torch.float32, "grad_bias")
-    for dwt, db in runs:
-        assert torch.equal(dwt, serial[0]) and torch.equal(db, serial[1])
+    check_cpu_wgrad_two_threads(x, w, dy, relu_y, stride, pad, dil)
 
 
 def test_rows_path_bounds(monkeypatch):
