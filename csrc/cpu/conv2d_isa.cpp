@@ -309,11 +309,11 @@ enum class DgradRoute : int {
 // on channels_last copies: the NCHW kernels vectorize along output rows of 7 or 14 pixels, the
 // channels_last ones along the channels. float32, AVX-512 (the staging copies), >= one vector of
 // channels, no fused ReLU mask (dgrad's masked NCHW dy is masked first, then comes here unmasked).
-// 2 threads, batch 8, ours NCHW -> staged (torch): wgrad 116ch 14x14 3x3 0.64 -> 0.27 ms (0.14),
-// 232ch 7x7 0.63 -> 0.17 (0.11); dgrad 232ch 7x7 0.30 -> 0.16 (0.11), 232ch 14x14 s2 0.94 -> 0.35
-// (0.17), counting torch's layout copies; with ours (this route): wgrad 0.20 and 0.13, dgrad 0.12 and
-// 0.26. Input or output maps above kStageSmallMap stay NCHW: 116ch 28x28 s2 dgrad 0.55 -> 0.96 staged
-// (the channels_last stride-2 dgrad is the slower one there), 58ch 28x28 s1 gained nothing.
+// 2 threads, batch 8, ours NCHW -> staged, counting the copies (torch): wgrad 116ch 14x14 3x3 0.64 ->
+// 0.20 ms (0.14), 232ch 7x7 0.63 -> 0.13 (0.11); dgrad 116ch 14x14 0.25 -> 0.18 (0.16), 232ch 7x7
+// 0.30 -> 0.12 (0.13), 232ch 14x14 s2 0.94 -> 0.26 (0.19). Input or output maps above kStageSmallMap
+// stay NCHW: 116ch 28x28 s2 dgrad 0.55 -> 0.96 staged (the channels_last stride-2 dgrad is the slower
+// one there), 58ch 28x28 s1 gained nothing.
 template <typename T>
 bool depthwise_stages_nchw(const ConvDesc& d, const Tensor4& x, const Tensor4& dy, bool relu) {
   return std::is_same_v<T, float> && kIsaLevel == 2 && !relu && d.groups == d.C && d.K == d.C &&
@@ -335,8 +335,8 @@ bool depthwise_stages_nchw(const ConvDesc& d, const Tensor4& x, const Tensor4& d
 //   returns NCHW). The NCHW kernels read dy's channel rows across the pixels they vectorize over, so
 //   the correlation writes a channels_last dx into a scratch buffer, copied to dx after (float32,
 //   AVX-512: with_channels_last_output; >= one vector of channels, so the copy moves whole vectors).
-//   2 threads, batch 8: 464 -> 1024 1x1 at 7x7 4.5 ms -> 2.0 (torch 2.9); 232-channel 3x3 s2
-//   depthwise at 14x14 1.7 ms -> 0.56 (torch 0.35), both counting the copy.
+//   2 threads, batch 8: 464 -> 1024 1x1 at 7x7 4.47 ms -> 2.16 (torch 3.2); 232-channel 3x3 s2
+//   depthwise at 14x14 1.67 ms -> 0.24 (torch 0.23), both counting the copy.
 // - kStaged: a stride-1 NCHW float32 input gradient (no mask) of >= 64 channels each way on a map of
 //   <= kStageDgradMap pixels, or <= kStageFewPixels in all: conv_cl on channels_last copies of dy and
 //   dx, as the forward stages (2 threads: 8x2048x7x7 1x1 -> 512 dgrad 6.1 ms against 9.6 on the NCHW
@@ -590,8 +590,8 @@ ConvAlgo wgrad_algo(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4
 
 // A depthwise weight gradient of an NCHW x and a channels_last dy (the mixed layers of dgrad's
 // kClOutput) reads a channels_last copy of x: wgrad_depthwise vectorizes over the channels of both.
-// 2 threads, batch 8, 3x3 s2 at 14x14: 232 channels 1.7 ms -> 0.39 (torch 0.28); 116 at 28x28 1.4 ->
-// 0.75 (torch 0.35), counting the copy.
+// 2 threads, batch 8, 3x3 s2, counting the copy: 232 channels at 14x14 1.74 ms -> 0.17 (torch 0.40);
+// 116 at 28x28 1.44 -> 0.38 (torch 0.75).
 template <typename T>
 bool wgrad_depthwise_stages_x(ConvAlgo algo, const ConvDesc& d, const Tensor4& x, const Tensor4& dy) {
   return std::is_same_v<T, float> && kIsaLevel == 2 && algo == ConvAlgo::kWgradDepthwise && x.stride[1] != 1 &&
