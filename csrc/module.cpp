@@ -243,6 +243,66 @@ Tensor4 at(Tensor4 t, uintptr_t p, const char* name) {
   return t;
 }
 
+// The input and weight gradients with their geometry fixed, as ConvFwdCall for the forward: the backward
+// of a layer called again with tensors of that geometry passes only data pointers. The tensors were
+// checked against the descriptor when the call was made; an absent ReLU mask or weight gradient is
+// has_relu / has_dw false.
+struct ConvDgradCall {
+  ConvDesc d;
+  DType dt;
+  Tensor4 dy, w, relu_y, dx;
+  bool has_relu;
+};
+
+struct ConvWgradCall {
+  ConvDesc d;
+  DType dt;
+  Tensor4 dy, x, relu_y, dw;
+  bool has_relu, has_dw;
+};
+
+// (sizes, strides) of a tensor whose pointer is given per call.
+using Geometry = std::tuple<Dims, Dims>;
+
+// A geometry with a non-null placeholder pointer: the pointers are checked per call (at()).
+PyTensor placeholder(const Geometry& g) { return PyTensor{1, std::get<0>(g), std::get<1>(g)}; }
+
+ConvDgradCall make_dgrad_call(const ConvDesc& d, int dtype, const PyTensor& dy, const PyTensor& w,
+                              const std::optional<PyTensor>& relu_y, const PyTensor& dx) {
+  ConvDgradCall c{d, as_dtype(dtype), as_tensor(dy, "grad_output", yshape(d)), as_tensor(w, "weight", wshape(d)),
+                  {}, as_tensor(dx, "grad_input", xshape(d)), relu_y.has_value()};
+  if (relu_y) c.relu_y = as_tensor(*relu_y, "output (ReLU mask)", yshape(d));
+  return c;
+}
+
+ConvWgradCall make_wgrad_call(const ConvDesc& d, int dtype, const PyTensor& dy, const PyTensor& x,
+                              const std::optional<PyTensor>& relu_y, const std::optional<PyTensor>& dw) {
+  ConvWgradCall c{d, as_dtype(dtype), as_tensor(dy, "grad_output", yshape(d)), as_tensor(x, "input", xshape(d)),
+                  {}, {}, relu_y.has_value(), dw.has_value()};
+  if (relu_y) c.relu_y = as_tensor(*relu_y, "output (ReLU mask)", yshape(d));
+  if (dw) c.dw = as_tensor(*dw, "grad_weight", wshape(d));
+  return c;
+}
+
+// c's geometry with these tensors (c's own, or the same with the pointers of this call).
+void run_conv_dgrad(const ConvDgradCall& c, const Tensor4& dy, const Tensor4& w, const Tensor4& relu_y,
+                    const Tensor4& dx, int nthreads, const std::optional<PyPack>& pack) {
+  const Tensor4* mask = c.has_relu ? &relu_y : nullptr;
+  const int64_t body = kernels().conv2d_dgrad_pack_info(c.d, c.dt, dy, mask, dx).floats;
+  WeightPack wp = as_pack(pack, with_sample(body, c.d, c.dt));
+  py::gil_scoped_release release;
+  with_checked_pack(pack ? &wp : nullptr, body, c.d, c.dt, w, [&] {
+    kernels().conv2d_dgrad(c.d, c.dt, dy, w, mask, dx, pack ? &wp : nullptr, threads(nthreads));
+  });
+}
+
+void run_conv_wgrad(const ConvWgradCall& c, const Tensor4& dy, const Tensor4& x, const Tensor4& relu_y,
+                    const Tensor4& dw, uintptr_t dbias, int nthreads) {
+  py::gil_scoped_release release;
+  kernels().conv2d_wgrad(c.d, c.dt, dy, x, c.has_relu ? &relu_y : nullptr, c.has_dw ? &dw : nullptr,
+                         reinterpret_cast<void*>(dbias), threads(nthreads));
+}
+
 void bind_descriptors(py::module_& m) {
   py::class_<ConvDesc>(m, "ConvDesc")
       .def(py::init<>())
@@ -344,38 +404,77 @@ void bind_conv(py::module_& m) {
       [](const ConvDesc& d, int dtype, const PyTensor& dy, const PyTensor& w,
          std::optional<PyTensor> relu_y, const PyTensor& dx, int nthreads, std::optional<PyPack> pack) {
         check_conv(d);
-        DType dt = as_dtype(dtype);
-        Tensor4 tdy = as_tensor(dy, "grad_output", yshape(d)), tw = as_tensor(w, "weight", wshape(d)),
-                tdx = as_tensor(dx, "grad_input", xshape(d));
-        Tensor4 ty;
-        if (relu_y) ty = as_tensor(*relu_y, "output (ReLU mask)", yshape(d));
-        const int64_t body = kernels().conv2d_dgrad_pack_info(d, dt, tdy, relu_y ? &ty : nullptr, tdx).floats;
-        WeightPack wp = as_pack(pack, with_sample(body, d, dt));
-        py::gil_scoped_release release;
-        with_checked_pack(pack ? &wp : nullptr, body, d, dt, tw, [&] {
-          kernels().conv2d_dgrad(d, dt, tdy, tw, relu_y ? &ty : nullptr, tdx, pack ? &wp : nullptr,
-                                 threads(nthreads));
-        });
+        const ConvDgradCall c = make_dgrad_call(d, dtype, dy, w, relu_y, dx);
+        run_conv_dgrad(c, c.dy, c.w, c.relu_y, c.dx, nthreads, pack);
       },
       py::arg("desc"), py::arg("dtype"), py::arg("grad_output"), py::arg("weight"), py::arg("relu_output"),
       py::arg("grad_input"), py::arg("nthreads"), py::arg("pack") = py::none());
+
+  py::class_<ConvDgradCall>(m, "ConvDgradCall",
+                            "conv2d_dgrad with its geometry fixed: ConvDgradCall(desc, dtype, (grad_output sizes, "
+                            "strides), (weight sizes, strides), (relu_output sizes, strides) or None, (grad_input "
+                            "sizes, strides)), then call(grad_output_ptr, weight_ptr, relu_output_ptr, "
+                            "grad_input_ptr, nthreads, pack=None).")
+      .def(py::init([](const ConvDesc& d, int dtype, const Geometry& dy, const Geometry& w,
+                       const std::optional<Geometry>& relu_y, const Geometry& dx) {
+             check_conv(d);
+             return make_dgrad_call(d, dtype, placeholder(dy), placeholder(w),
+                                    relu_y ? std::optional<PyTensor>(placeholder(*relu_y)) : std::nullopt,
+                                    placeholder(dx));
+           }),
+           py::arg("desc"), py::arg("dtype"), py::arg("grad_output"), py::arg("weight"), py::arg("relu_output"),
+           py::arg("grad_input"))
+      .def("__call__", [](const ConvDgradCall& c, uintptr_t dy, uintptr_t w, uintptr_t relu_y, uintptr_t dx,
+                          int nthreads, std::optional<PyPack> pack) {
+        if (c.has_relu != (relu_y != 0))
+          throw std::invalid_argument(c.has_relu ? "fastconv._C: this call needs the relu_output pointer"
+                                                 : "fastconv._C: this call takes no relu_output (pass 0)");
+        run_conv_dgrad(c, at(c.dy, dy, "grad_output"), at(c.w, w, "weight"),
+                       c.has_relu ? at(c.relu_y, relu_y, "relu_output") : Tensor4{}, at(c.dx, dx, "grad_input"),
+                       nthreads, pack);
+      }, py::arg("grad_output"), py::arg("weight"), py::arg("relu_output"), py::arg("grad_input"),
+         py::arg("nthreads"), py::arg("pack") = py::none())
+      .def("pack_info", [](const ConvDgradCall& c) {
+        const PackInfo p = kernels().conv2d_dgrad_pack_info(c.d, c.dt, c.dy, c.has_relu ? &c.relu_y : nullptr, c.dx);
+        return std::make_tuple(with_sample(p.floats, c.d, c.dt), p.kind, p.taps);
+      }, "(floats, kind, taps) as conv2d_dgrad_pack_info gives them for this geometry.");
 
   m.def(
       "conv2d_wgrad",
       [](const ConvDesc& d, int dtype, const PyTensor& dy, const PyTensor& x,
          std::optional<PyTensor> relu_y, std::optional<PyTensor> dw, uintptr_t dbias, int nthreads) {
         check_conv(d);
-        DType dt = as_dtype(dtype);
-        Tensor4 tdy = as_tensor(dy, "grad_output", yshape(d)), tx = as_tensor(x, "input", xshape(d));
-        Tensor4 ty, tdw;
-        if (relu_y) ty = as_tensor(*relu_y, "output (ReLU mask)", yshape(d));
-        if (dw) tdw = as_tensor(*dw, "grad_weight", wshape(d));
-        py::gil_scoped_release release;
-        kernels().conv2d_wgrad(d, dt, tdy, tx, relu_y ? &ty : nullptr, dw ? &tdw : nullptr,
-                               reinterpret_cast<void*>(dbias), threads(nthreads));
+        const ConvWgradCall c = make_wgrad_call(d, dtype, dy, x, relu_y, dw);
+        run_conv_wgrad(c, c.dy, c.x, c.relu_y, c.dw, dbias, nthreads);
       },
       py::arg("desc"), py::arg("dtype"), py::arg("grad_output"), py::arg("input"), py::arg("relu_output"),
       py::arg("grad_weight"), py::arg("grad_bias"), py::arg("nthreads"));
+
+  py::class_<ConvWgradCall>(m, "ConvWgradCall",
+                            "conv2d_wgrad with its geometry fixed: ConvWgradCall(desc, dtype, (grad_output sizes, "
+                            "strides), (input sizes, strides), (relu_output sizes, strides) or None, (grad_weight "
+                            "sizes, strides) or None), then call(grad_output_ptr, input_ptr, relu_output_ptr, "
+                            "grad_weight_ptr, grad_bias_ptr, nthreads); a pointer the geometry has no tensor for "
+                            "is 0, grad_bias_ptr 0 when no bias gradient is wanted.")
+      .def(py::init([](const ConvDesc& d, int dtype, const Geometry& dy, const Geometry& x,
+                       const std::optional<Geometry>& relu_y, const std::optional<Geometry>& dw) {
+             check_conv(d);
+             return make_wgrad_call(d, dtype, placeholder(dy), placeholder(x),
+                                    relu_y ? std::optional<PyTensor>(placeholder(*relu_y)) : std::nullopt,
+                                    dw ? std::optional<PyTensor>(placeholder(*dw)) : std::nullopt);
+           }),
+           py::arg("desc"), py::arg("dtype"), py::arg("grad_output"), py::arg("input"), py::arg("relu_output"),
+           py::arg("grad_weight"))
+      .def("__call__", [](const ConvWgradCall& c, uintptr_t dy, uintptr_t x, uintptr_t relu_y, uintptr_t dw,
+                          uintptr_t dbias, int nthreads) {
+        if (c.has_relu != (relu_y != 0) || c.has_dw != (dw != 0))
+          throw std::invalid_argument("fastconv._C: ConvWgradCall: relu_output and grad_weight pointers must be "
+                                      "given exactly for the tensors the call was made with (0 otherwise)");
+        run_conv_wgrad(c, at(c.dy, dy, "grad_output"), at(c.x, x, "input"),
+                       c.has_relu ? at(c.relu_y, relu_y, "relu_output") : Tensor4{},
+                       c.has_dw ? at(c.dw, dw, "grad_weight") : Tensor4{}, dbias, nthreads);
+      }, py::arg("grad_output"), py::arg("input"), py::arg("relu_output"), py::arg("grad_weight"),
+         py::arg("grad_bias"), py::arg("nthreads"));
 
   m.def(
       "conv2d_path",

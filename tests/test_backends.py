@@ -436,6 +436,93 @@ def test_cpu_forward_plans_follow_the_geometry(restore_choice):
     assert len(cpu_backend._FWD_PLANS) == 8
 
 
+def _grads_by_backend(dy, x, w, relu_y, stride, padding, need_weight=True, need_bias=True):
+    """(dx, dw, db) of the cpu backend's dgrad and wgrad, called as the ops call them."""
+    from fastconv.backends import cpu as cpu_backend
+    b = cpu_backend.CpuBackend()
+    args = ([stride] * 2, [padding] * 2, [1, 1], 1)
+    dx = b.conv2d_dgrad(dy, x, w, relu_y, *args)
+    dw, db = b.conv2d_wgrad(dy, x, w, relu_y, *args, need_weight, need_bias)
+    return dx, dw, db
+
+
+def test_cpu_gradient_plans_follow_the_geometry():
+    """The input- and weight-gradient plans (_DGRAD_PLANS, _WGRAD_PLANS): one per geometry (shapes,
+    strides, ReLU mask, dtype, conv parameters, whether dw is wanted), reused for new data; each call's
+    gradients match torch's in shape, strides and values, first call (plan made) and second (reused)."""
+    from fastconv.backends import cpu as cpu_backend
+    cpu_backend._DGRAD_PLANS.clear()
+    cpu_backend._WGRAD_PLANS.clear()
+    cl = torch.channels_last
+    w = torch.randn(8, 4, 3, 3, dtype=torch.float64)
+    x = torch.randn(2, 4, 9, 9, dtype=torch.float64)
+    cases = [  # (x, stride, padding, relu)
+        (x, 1, 0, False), (torch.randn_like(x), 1, 0, False),  # the second reuses the first's plans
+        (x.contiguous(memory_format=cl), 1, 0, False), (x, 2, 1, False), (x, 1, 1, True), (x.float(), 1, 0, False),
+        (torch.randn(3, 4, 9, 9, dtype=torch.float64), 1, 0, False),
+    ]
+    for xi, s, p, relu in cases:
+        wi = w.to(xi.dtype).clone().requires_grad_()
+        xg = xi.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+        bias = torch.randn(8, dtype=xi.dtype, requires_grad=True)
+        y = F.conv2d(xg, wi, bias, s, p)
+        y = y.relu() if relu else y
+        dy = torch.randn_like(y)
+        y.backward(dy)
+        relu_y = y.detach() if relu else None
+        for _ in range(2):
+            dx, dw, db = _grads_by_backend(dy, xi, wi.detach(), relu_y, s, p)
+            for ours, ref, what in ((dx, xg.grad, "grad_input"), (dw, wi.grad, "grad_weight"), (db, bias.grad, "grad_bias")):
+                assert ours.shape == ref.shape and ours.stride() == ref.stride(), what
+                assert_rel(ours, ref, xi.dtype, what)
+    assert len(cpu_backend._DGRAD_PLANS) == 6 and len(cpu_backend._WGRAD_PLANS) == 6
+    # The bias gradient alone shares the plan geometry but writes no weight gradient; it is planned apart.
+    dx, dw, db = _grads_by_backend(torch.ones(2, 8, 7, 7, dtype=torch.float64), x, w, None, 1, 0, need_weight=False)
+    assert dw is None and torch.equal(db, torch.full((8,), 98.0, dtype=torch.float64))
+    assert len(cpu_backend._WGRAD_PLANS) == 7
+    # Calls that need no kernel (an empty tensor) are answered without a plan, every time.
+    for _ in range(2):
+        dx, dw, db = _grads_by_backend(torch.randn(0, 8, 7, 7), torch.randn(0, 4, 9, 9), w.float(), None, 1, 0)
+        assert dx.shape == (0, 4, 9, 9) and torch.equal(dw, torch.zeros(8, 4, 3, 3)) and torch.equal(db, torch.zeros(8))
+    assert len(cpu_backend._DGRAD_PLANS) == 6 and len(cpu_backend._WGRAD_PLANS) == 7
+
+
+def test_cpu_prepared_gradient_calls_check_geometry_once_and_pointers_per_call():
+    """_C.ConvDgradCall / ConvWgradCall (the gradient plans' kernel calls): sizes and strides checked
+    when made, pointers per call (a ReLU mask or weight gradient exactly when made with one); results
+    are _C.conv2d_dgrad's / conv2d_wgrad's bit for bit."""
+    from fastconv import _C
+    from fastconv.backends import cpu as cpu_backend
+    t4, geo = cpu_backend._t4, cpu_backend._geometry
+    x, w, dy = torch.randn(2, 4, 9, 9), torch.randn(8, 4, 3, 3), torch.randn(2, 8, 7, 7)
+    relu_y = torch.randn(2, 8, 7, 7).relu()
+    d = cpu_backend.conv_desc(x, w, (1, 1), (0, 0), (1, 1), 1, (7, 7))
+    dx_ref, dx = torch.empty_like(x), torch.full_like(x, float("nan"))
+    _C.conv2d_dgrad(d, 0, t4(dy), t4(w), t4(relu_y), t4(dx_ref), 1)
+    dcall = _C.ConvDgradCall(d, 0, geo(dy), geo(w), geo(relu_y), geo(dx))
+    dcall(dy.data_ptr(), w.data_ptr(), relu_y.data_ptr(), dx.data_ptr(), 1)
+    assert torch.equal(dx, dx_ref)
+    dw_ref, db_ref, dw, db = torch.empty_like(w), torch.empty(8), torch.full_like(w, float("nan")), torch.empty(8)
+    _C.conv2d_wgrad(d, 0, t4(dy), t4(x), None, t4(dw_ref), db_ref.data_ptr(), 1)
+    wcall = _C.ConvWgradCall(d, 0, geo(dy), geo(x), None, geo(dw))
+    wcall(dy.data_ptr(), x.data_ptr(), 0, dw.data_ptr(), db.data_ptr(), 1)
+    assert torch.equal(dw, dw_ref) and torch.equal(db, db_ref)
+    with pytest.raises(ValueError, match=r"grad_input has size \(2, 4, 9, 8\), expected \(2, 4, 9, 9\)"):
+        _C.ConvDgradCall(d, 0, geo(dy), geo(w), None, ((2, 4, 9, 8), x.stride()))
+    with pytest.raises(ValueError, match="grad_output has a negative stride"):
+        _C.ConvWgradCall(d, 0, ((2, 8, 7, 7), (392, 49, 7, -1)), geo(x), None, geo(w))
+    with pytest.raises(ValueError, match="needs the relu_output pointer"):
+        dcall(dy.data_ptr(), w.data_ptr(), 0, dx.data_ptr(), 1)
+    with pytest.raises(ValueError, match="grad_input has a null data pointer"):
+        dcall(dy.data_ptr(), w.data_ptr(), relu_y.data_ptr(), 0, 1)
+    with pytest.raises(ValueError, match="relu_output and grad_weight pointers"):
+        wcall(dy.data_ptr(), x.data_ptr(), relu_y.data_ptr(), dw.data_ptr(), 0, 1)
+    with pytest.raises(ValueError, match="relu_output and grad_weight pointers"):
+        wcall(dy.data_ptr(), x.data_ptr(), 0, 0, db.data_ptr(), 1)
+    with pytest.raises(ValueError, match="input has a null data pointer"):
+        wcall(dy.data_ptr(), 0, 0, dw.data_ptr(), 0, 1)
+
+
 def test_cpu_prepared_forward_call_checks_geometry_once_and_pointers_per_call():
     """_C.ConvFwdCall (the forward plans' kernel call): sizes and strides are checked when it is made,
     data pointers on every call; its result is _C.conv2d_fwd's, bit for bit."""

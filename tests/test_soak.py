@@ -16,8 +16,8 @@ test_soak_harness_detects_a_leak checks that the harness does see a leak of one 
 test_soak_harness_counts_objects_not_bounded_caches that it sees a leak of one small Python object per
 step and not the bounded caches filling up.
 
-Bounded caches. fastconv keeps per-geometry state by design: the cpu backend's forward plans
-(backends/cpu.py, _FWD_PLANS), its pooling descriptors (_POOL_DESCS) and the conv argument memo
+Bounded caches. fastconv keeps per-geometry state by design: the cpu backend's forward, input-gradient
+and weight-gradient plans (backends/cpu.py, _FWD_PLANS, _DGRAD_PLANS, _WGRAD_PLANS), its pooling descriptors (_POOL_DESCS) and the conv argument memo
 (functional.py, _CONV_ARGS_MEMO), each emptied when it reaches its bound (1024 entries), and the
 weight-pack cache (bounded in bytes, entries die with their weight). The workload's sizes never repeat within a run, so these fill at ~1.6 entries
 a step; how full they are when the test starts depends on what ran before it in the process. So the
@@ -57,7 +57,8 @@ OBJECT_TOLERANCE = 200      # gc-tracked Python objects (a few caches in torch/p
 SOAK_CACHE_BOUND = 64       # entries: the bounded dict caches fill and empty every ~40 steps during a soak
 
 # fastconv's caches that are bounded by design: (module, dict, its bound), as the code names them
-BOUNDED_CACHES = [(cpu_backend, "_FWD_PLANS", "_FWD_PLANS_MAX"), (FC, "_CONV_ARGS_MEMO", "_CONV_ARGS_MEMO_MAX"),
+BOUNDED_CACHES = [(cpu_backend, "_FWD_PLANS", "_FWD_PLANS_MAX"), (cpu_backend, "_DGRAD_PLANS", "_DGRAD_PLANS_MAX"),
+                  (cpu_backend, "_WGRAD_PLANS", "_WGRAD_PLANS_MAX"), (FC, "_CONV_ARGS_MEMO", "_CONV_ARGS_MEMO_MAX"),
                   (cpu_backend, "_POOL_DESCS", "_POOL_DESCS_MAX")]
 
 _LIBC = None

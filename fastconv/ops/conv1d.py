@@ -7,7 +7,8 @@ wgrad, the fused bias + ReLU) serve it. A (N, C, L) tensor with strides (L*C, 1,
 sequence model's (N, L, C) activations transposed - is a channels_last (N, C, 1, L) view, so it runs on
 the channels_last kernels and gives an output of the same (N, K, L) stride order.
 
-The backward ops are conv2d's (fastconv::conv2d_dgrad / ::conv2d_wgrad) on the same views.
+The backward ops are conv2d's (fastconv::conv2d_dgrad / ::conv2d_wgrad, through ops/conv2d.py's dgrad and
+wgrad: direct when nothing observes them) on the same views.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from .. import _utils
 from ..backends import check_deterministic, resolve
 from ..profiling import is_enabled as profiling_enabled, op_range
 from ._autocast import register_lower_precision
+from . import conv2d as conv2d_ops
 from ._eager import direct_ok
 
 
@@ -100,9 +102,9 @@ def _backward(ctx, grad_output):
     ry4 = relu_output.unsqueeze(2) if relu_output is not None else None
     grad_input = grad_weight = grad_bias = None
     if need_input:
-        grad_input = torch.ops.fastconv.conv2d_dgrad(dy4, x4, w4, ry4, s2, p2, d2, groups).squeeze(2)
+        grad_input = conv2d_ops.dgrad(dy4, x4, w4, ry4, s2, p2, d2, groups).squeeze(2)
     if need_weight or need_bias:
-        dw, db = torch.ops.fastconv.conv2d_wgrad(dy4, x4, w4, ry4, s2, p2, d2, groups, need_weight, need_bias)
+        dw, db = conv2d_ops.wgrad(dy4, x4, w4, ry4, s2, p2, d2, groups, need_weight, need_bias)
         grad_weight = dw.squeeze(2) if need_weight else None
         grad_bias = db if need_bias else None
     return grad_input, grad_weight, grad_bias, None, None, None, None

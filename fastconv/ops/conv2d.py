@@ -167,11 +167,16 @@ def _backward(ctx, grad_output):
     need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
     need_bias = need_bias and ctx.has_bias
     grad_input = grad_weight = grad_bias = None
+    # dgrad() and wgrad() with the route decided once for both.
+    if direct_ok(grad_output, input, weight, relu_output):
+        dgrad_fn, wgrad_fn = _dgrad_impl, _wgrad_impl
+    else:
+        dgrad_fn, wgrad_fn = torch.ops.fastconv.conv2d_dgrad, torch.ops.fastconv.conv2d_wgrad
     if need_input:
-        grad_input = dgrad(grad_output, input, weight, relu_output, stride, padding, dilation, groups)
+        grad_input = dgrad_fn(grad_output, input, weight, relu_output, stride, padding, dilation, groups)
     if need_weight or need_bias:
-        dw, db = wgrad(grad_output, input, weight, relu_output, stride, padding, dilation, groups, need_weight,
-                       need_bias)
+        dw, db = wgrad_fn(grad_output, input, weight, relu_output, stride, padding, dilation, groups, need_weight,
+                          need_bias)
         grad_weight = dw if need_weight else None
         grad_bias = db if need_bias else None
     return grad_input, grad_weight, grad_bias, None, None, None, None

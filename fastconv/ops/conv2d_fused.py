@@ -28,6 +28,7 @@ from torch import Tensor
 
 from .. import _utils
 from ..backends import check_deterministic, resolve
+from . import conv2d as conv2d_ops
 from ._autocast import register_lower_precision
 from ..profiling import is_enabled as profiling_enabled, op_range
 
@@ -129,7 +130,7 @@ def _backward(ctx, grad_y, grad_c):
             grads[4] = dz
     else:
         if c.dim() != 4:  # called without return_conv: recompute c
-            c = torch.ops.fastconv.conv2d(input, weight, None, stride, padding, dilation, groups)
+            c = conv2d_ops.forward(input, weight, None, stride, padding, dilation, groups, False)
         z = compose_epilogue(c, bias, scale, residual if not residual_after else None, "none", False)
         dz = ACTIVATIONS[activation][1](grad_y, z)
         if need_r:
@@ -138,13 +139,12 @@ def _backward(ctx, grad_y, grad_c):
             grads[3] = (dz * c).sum(dim=(0, 2, 3))
         dz_kernels, relu_mask = (dz if scale is None else dz * _channel(scale)), None
     if need_x:
-        grads[0] = torch.ops.fastconv.conv2d_dgrad(dz_kernels, input, weight, relu_mask, stride, padding, dilation,
-                                                   groups)
+        grads[0] = conv2d_ops.dgrad(dz_kernels, input, weight, relu_mask, stride, padding, dilation, groups)
     # The wgrad kernels give d shift = sum(dc) too when there is no scale (dc = dz).
     bias_from_kernels = need_b and scale is None
     if need_w or bias_from_kernels:
-        dw, db = torch.ops.fastconv.conv2d_wgrad(dz_kernels, input, weight, relu_mask, stride, padding, dilation,
-                                                 groups, need_w, bias_from_kernels)
+        dw, db = conv2d_ops.wgrad(dz_kernels, input, weight, relu_mask, stride, padding, dilation, groups, need_w,
+                                  bias_from_kernels)
         grads[1] = dw if need_w else None
         grads[2] = db if bias_from_kernels else None
     if need_b and scale is not None:

@@ -30,6 +30,7 @@ from .. import _utils
 from ..backends import check_deterministic, resolve
 from ..profiling import op_range
 from ._autocast import register_lower_precision
+from . import conv2d as conv2d_ops
 from ._eager import direct_ok
 from .conv1d import as_2d
 
@@ -65,13 +66,13 @@ def _backward_4d(input, weight, grad_output, stride, padding, dilation, groups, 
     need_input, need_weight, need_bias = needs
     grad_input = grad_weight = grad_bias = None
     if need_input:
-        gi = torch.ops.fastconv.conv2d(grad_output, weight, None, stride, padding, dilation, groups)
+        gi = conv2d_ops.forward(grad_output, weight, None, stride, padding, dilation, groups, False)
         if gi.shape[2:] != input.shape[2:]:
             gi = gi[:, :, :input.shape[2], :input.shape[3]]
         grad_input = gi
     if need_weight:
-        grad_weight, _ = torch.ops.fastconv.conv2d_wgrad(input, grad_output, weight, None, stride, padding,
-                                                         dilation, groups, True, False)
+        grad_weight, _ = conv2d_ops.wgrad(input, grad_output, weight, None, stride, padding, dilation, groups, True,
+                                           False)
     if need_bias:
         grad_bias = grad_output.sum(dim=(0, 2, 3), dtype=torch.float32 if grad_output.dtype in (
             torch.float16, torch.bfloat16) else None).to(grad_output.dtype)
