@@ -183,20 +183,23 @@ void with_group_shape(int64_t Cg, int64_t Kg, F&& f) {
 }
 
 // The packed weight: vector [gb][r][s][c] holds w(gb*V + l / Kg, l % Kg, c, r, s) in lane l (zeros past
-// the last group).
+// the last group): one L-wide panel per group block (pack_columns). RegNetY-400MF's 440-channel layer
+// (55 groups of 8) packed element by element in panel order took 0.10-0.15 ms per pass, the kernel 0.25.
 template <typename T>
-void pack_group_weights(const Geo& g, const WV<T>& w, T* wp) {
+void pack_group_weights(const Geo& g, const WV<T>& w, T* wp, int nth) {
   constexpr int L = Simd<T>::L;
   const GroupBlocks b = group_blocks<T>(g);
-  int64_t i = 0;
-  for (int64_t gb = 0; gb < b.nGB; ++gb)
-    for (int64_t r = 0; r < g.R; ++r)
-      for (int64_t s = 0; s < g.S; ++s)
-        for (int64_t c = 0; c < g.Cg; ++c, i += L)
-          for (int l = 0; l < L; ++l) {
-            const int64_t grp = gb * b.V + l / g.Kg;
-            wp[i + l] = grp < g.G ? w.at(grp, l % g.Kg, c, r, s) : T(0);
-          }
+  const PanelRows<T> rows(w, g.Cg, g.R, g.S, /*taps_outer=*/true);
+  const int64_t panel = g.R * g.S * g.Cg * L;
+#pragma omp parallel for num_threads(nth) schedule(static)
+  for (int64_t gb = 0; gb < b.nGB; ++gb) {
+    const T* col[L];
+    for (int l = 0; l < L; ++l) {
+      const int64_t grp = gb * b.V + l / g.Kg;
+      col[l] = grp < g.G ? w.p + grp * w.sg + (l % g.Kg) * w.sk : nullptr;
+    }
+    pack_columns<T>(col, L, rows, /*rows_outer=*/false, wp + gb * panel);
+  }
 }
 
 // QB output pixels of one row x one group block. xr[k] / mr[k]: the k-th valid tap row (tap row
@@ -476,12 +479,12 @@ int64_t grouped_nhwc_pack_size(const Geo& g) {
 
 // The packed weight: the caller's cached pack, or packed into own.
 template <typename T>
-const T* grouped_weights(const Geo& g, const WV<T>& w, WeightPack* pack, std::vector<T>& own) {
+const T* grouped_weights(const Geo& g, const WV<T>& w, WeightPack* pack, std::vector<T>& own, int nth) {
   const int64_t count = grouped_nhwc_pack_size<T>(g);
-  const T* wp = cached_pack<T>(pack, count, [&](T* p) { pack_group_weights<T>(g, w, p); });
+  const T* wp = cached_pack<T>(pack, count, [&](T* p) { pack_group_weights<T>(g, w, p, nth); });
   if (wp != nullptr) return wp;
   own.resize(count);
-  pack_group_weights<T>(g, w, own.data());
+  pack_group_weights<T>(g, w, own.data(), nth);
   return own.data();
 }
 
@@ -501,7 +504,7 @@ template <typename T>
 void grouped_nhwc_fwd(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, const Epi& ep, int nth,
                       WeightPack* pack) {
   std::vector<T> own;
-  grouped_cl_run<T>(g, x, m, grouped_weights<T>(g, w, pack, own), bias, y, ep, nth);
+  grouped_cl_run<T>(g, x, m, grouped_weights<T>(g, w, pack, own, nth), bias, y, ep, nth);
 }
 
 #if defined(__AVX512F__)
@@ -510,7 +513,7 @@ void grouped_nhwc_fwd(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, 
 void grouped_nhwc_staged_nchw_fwd(const Geo& g, const Tensor4& x, WV<float> w, const float* bias, const Tensor4& y,
                                   const Epi& ep, int nth, WeightPack* pack) {
   std::vector<float> own;
-  const float* wp = grouped_weights<float>(g, w, pack, own);
+  const float* wp = grouped_weights<float>(g, w, pack, own, nth);
   const int64_t image_bytes = g.Cin * g.H * g.W * (int64_t)sizeof(float);
   const int64_t by_cache = nth * (l2_cache_bytes() / 2) / image_bytes;
   const int64_t by_tasks = cdiv(8 * nth, g.P);

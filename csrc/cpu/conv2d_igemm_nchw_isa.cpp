@@ -31,17 +31,11 @@ struct PixRun {
 template <typename T, int MR>
 void pack_weight_panels(const Geo& g, const WV<T>& w, T* A, int nth) {
   const int64_t nIr = cdiv(g.Kg, MR), CRS = g.Cg * g.R * g.S;
+  const PanelRows<T> rows(w, g.Cg, g.R, g.S, /*taps_outer=*/false);
 #pragma omp parallel for num_threads(nth) schedule(static)
   for (int64_t t = 0; t < g.G * nIr; ++t) {
     const int64_t gi = t / nIr, ir = t % nIr;
-    T* dst = A + t * CRS * MR;
-    for (int64_t c = 0; c < g.Cg; ++c)
-      for (int64_t r = 0; r < g.R; ++r)
-        for (int64_t s = 0; s < g.S; ++s)
-          for (int i = 0; i < MR; ++i) {
-            const int64_t k = ir * MR + i;
-            *dst++ = k < g.Kg ? w.at(gi, k, c, r, s) : T(0);
-          }
+    pack_panel<T>(w, rows, gi, ir * MR, std::min<int64_t>(MR, g.Kg - ir * MR), MR, A + t * CRS * MR);
   }
 }
 

@@ -72,17 +72,11 @@ template <typename T, int NV>
 void pack_cl_weights(const Geo& g, WV<T> w, T* B, int nth) {
   constexpr int NR = NV * Simd<T>::L;
   const int64_t nJr = cdiv(g.Kg, NR), CRS = g.Cg * g.R * g.S;
+  const PanelRows<T> rows(w, g.Cg, g.R, g.S, /*taps_outer=*/true);
 #pragma omp parallel for num_threads(nth) schedule(static)
   for (int64_t t = 0; t < g.G * nJr; ++t) {
     const int64_t gi = t / nJr, jr = t % nJr;
-    T* dst = B + t * CRS * NR;
-    for (int64_t r = 0; r < g.R; ++r)
-      for (int64_t s = 0; s < g.S; ++s)
-        for (int64_t c = 0; c < g.Cg; ++c)
-          for (int l = 0; l < NR; ++l) {
-            const int64_t k = jr * NR + l;
-            *dst++ = k < g.Kg ? w.at(gi, k, c, r, s) : T(0);
-          }
+    pack_panel<T>(w, rows, gi, jr * NR, std::min<int64_t>(NR, g.Kg - jr * NR), NR, B + t * CRS * NR);
   }
 }
 
