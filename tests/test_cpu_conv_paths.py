@@ -147,6 +147,7 @@ def test_few_channels_input_grad_channels_last_strided_grad(backend):
 MIXED_LAYOUT_CASES = [
     (2, 32, 9, 11, 40, 1, 1, 0, 1),      # 1x1
     (2, 64, 7, 7, 96, 1, 2, 0, 1),       # 1x1 stride 2 (one residue class has taps)
+    (2, 20, 7, 9, 24, 1, 1, 0, 1),       # 1x1, channel tail at 16 lanes (the staged pointwise wgrad)
     (2, 24, 12, 13, 24, 3, 2, 1, 24),    # depthwise 3x3 stride 2, channel tail at 16 lanes
     (1, 20, 10, 9, 20, 3, 1, 1, 20),     # depthwise stride 1
     (2, 16, 11, 11, 16, 5, 2, 2, 16),    # depthwise 5x5 stride 2, one whole vector
@@ -766,9 +767,10 @@ def test_path_depthwise_nchw_small_map(isa, case, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_path_mixed_layout(isa, case, dtype):
     """NCHW input, channels_last weight: a float32 AVX-512 input gradient of >= 16 channels is computed
-    channels_last and copied (a 3x3 stride-1 dense layer is Winograd's); a depthwise weight gradient
-    reads a channels_last copy of x."""
+    channels_last and copied (a 3x3 stride-1 dense layer is Winograd's); a depthwise or 1x1 weight
+    gradient, and a depthwise forward, read a channels_last copy of x."""
     N, C, H, W, K, k, stride, padding, groups = case
+    pointwise = k == 1 and groups == 1 and padding == 0
     x, w = _meta(N, C, H, W, K, (k, k), groups=groups)
     w = w.to(memory_format=torch.channels_last)
     kw = dict(stride=stride, padding=padding, groups=groups)
@@ -779,7 +781,13 @@ def test_path_mixed_layout(isa, case, dtype):
     if staged:
         want = "depthwise_nhwc" if groups == C else "igemm_nhwc/"
         assert want in dgrad, dgrad
-    assert wgrad.startswith("channels_last_x > ") == (staged and groups == C), wgrad
+    assert wgrad.startswith("channels_last_x > ") == (staged and (groups == C or pointwise)), wgrad
+    if staged and pointwise:
+        assert wgrad == "channels_last_x > wgrad_pointwise", wgrad
+    fwd = _path(x, w, "fwd", dtype, **kw)
+    assert fwd.startswith("channels_last_x > ") == (staged and groups == C), fwd
+    if staged and groups == C:
+        assert fwd == "channels_last_x > depthwise_nhwc", fwd
     # both channels_last, or both NCHW: no copies
     xc = x.contiguous(memory_format=torch.channels_last)
     assert not _path(xc, w, "dgrad", dtype, **kw).startswith("channels_last_dx")

@@ -111,6 +111,22 @@ void conv_run(const Geo& g0, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T>
   run_engine(plan_engine(g0, x, m, y), w, bias, ep, nth, pack);
 }
 
+// A dense NCHW tensor of t's sizes at buf.
+inline Tensor4 dense_nchw(const Tensor4& t, void* buf) {
+  Tensor4 r = t;
+  r.data = buf;
+  r.stride = {t.size[1] * t.size[2] * t.size[3], t.size[2] * t.size[3], t.size[3], 1};
+  return r;
+}
+
+// A dense channels_last tensor of t's sizes at buf.
+inline Tensor4 dense_channels_last(const Tensor4& t, void* buf) {
+  Tensor4 r = t;
+  r.data = buf;
+  r.stride = {t.size[1] * t.size[2] * t.size[3], 1, t.size[3] * t.size[1], t.size[1]};
+  return r;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward.
 
@@ -163,7 +179,19 @@ template <typename T>
 struct FwdChoice {
   ConvAlgo algo;
   EnginePlan<T> engine;  // for the engine's algorithms
+  bool stage_x = false;  // the engine reads a channels_last copy of x (stage_depthwise_input)
 };
+
+// A depthwise layer of an NCHW x and a channels_last output (ShuffleNetV2's stride-2 units, whose input
+// comes out of a channel shuffle in NCHW while the weight is channels_last) runs the channels_last
+// kernel on a channels_last copy of x: the NCHW kernel's vectors run along an output row and scatter
+// into y's channel-strided pixels. 2 threads, batch 8, 3x3 s2, counting the copy: 232 channels at 14x14
+// 0.53 ms -> 0.12 (torch 0.18), 116 at 28x28 0.41 -> 0.14 (torch 0.34).
+template <typename T>
+bool stage_depthwise_input(const Geo& g, const Tensor4& x, const Tensor4& y) {
+  return std::is_same_v<T, float> && kIsaLevel == 2 && g.Cg == 1 && g.Kg == 1 && g.G >= Simd<T>::L &&
+         x.stride[1] != 1 && y.stride[1] == 1 && g.H * g.W > 1;
+}
 
 // The forward's path: Winograd (3x3 stride 1 float32, conv2d_winograd.h decides), the staged NCHW
 // engine, or plan_engine's choice.
@@ -178,6 +206,10 @@ FwdChoice<T> choose_fwd(const ConvDesc& d, DType dt, const Tensor4& x, const Ten
     c.algo = ConvAlgo::kIgemmNhwcStaged;
   } else if (std::is_same_v<T, float> && kIsaLevel == 2 && stage_grouped_nchw(g, x, y)) {
     c.algo = ConvAlgo::kGroupedNhwcStaged;
+  } else if (c.engine.algo == ConvAlgo::kDepthwiseNchw && stage_depthwise_input<T>(g, x, y)) {
+    c.engine = plan_engine<T>(g, in_view<T>(dense_channels_last(x, nullptr)), In4<T>{}, out_view<T>(y));
+    c.algo = c.engine.algo;
+    c.stage_x = true;
   } else {
     c.algo = c.engine.algo;
   }
@@ -203,6 +235,13 @@ void fwd_impl(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& w, c
       // activation and residual go over y after the transpose, while it is in the caches.
       staged(g, x, wv, static_cast<const float*>(bias), y, Epi{}, nth, pack);
       return epilogue_pass<float>(ep, out_view<float>(y), g, nth);
+    }
+    if (c.stage_x) {
+      return with_channels_last_copy(x, nth, [&](const float* xs) {
+        const Tensor4 xc = dense_channels_last(x, const_cast<float*>(xs));
+        run_engine(plan_engine<T>(g, in_view<T>(xc), In4<T>{}, out_view<T>(y)), wv, static_cast<const T*>(bias), ep,
+                   nth, pack);
+      });
     }
   }
 #endif
@@ -400,22 +439,6 @@ Tensor4 dense_nchw_grad(const ConvDesc& d, const Tensor4& dy, const Tensor4* rel
   return t;
 }
 
-// A dense NCHW tensor of t's sizes at buf.
-inline Tensor4 dense_nchw(const Tensor4& t, void* buf) {
-  Tensor4 r = t;
-  r.data = buf;
-  r.stride = {t.size[1] * t.size[2] * t.size[3], t.size[2] * t.size[3], t.size[3], 1};
-  return r;
-}
-
-// A dense channels_last tensor of t's sizes at buf.
-inline Tensor4 dense_channels_last(const Tensor4& t, void* buf) {
-  Tensor4 r = t;
-  r.data = buf;
-  r.stride = {t.size[1] * t.size[2] * t.size[3], 1, t.size[3] * t.size[1], t.size[1]};
-  return r;
-}
-
 // The input gradient's pack on the residue-class route: one part per class with taps, each that
 // class's engine pack (conv_cl panels, the NCHW kernels' panels, the narrow-group blocks) of the
 // taps the class reads, at 64-byte-aligned offsets. parts: (a, b, offset, floats) per class; info
@@ -574,10 +597,22 @@ void dgrad_impl(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& w
 // ---------------------------------------------------------------------------------------------
 // Weight gradient.
 
+// A 1x1 weight gradient of an NCHW x (a channel slice after ShuffleNetV2's channel shuffle, its last
+// 464->1024 layer) with a channels_last dy reads a channels_last copy of x, as the pointwise kernel
+// wants. 2 threads, batch 8, 7x7, 464->1024, counting the 0.7 MB copy: 1.91 ms against wgrad_blocked's
+// 2.39 (torch 2.15).
+template <typename T>
+bool wgrad_pointwise_stages_x(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& dy,
+                              const Tensor4* relu_y) {
+  return std::is_same_v<T, float> && kIsaLevel == 2 && x.stride[1] != 1 && dy.stride[1] == 1 && d.C >= Simd<T>::L &&
+         wgrad_pointwise_usable(d, dt, dense_channels_last(x, nullptr), dy, relu_y);
+}
+
 template <typename T>
 ConvAlgo wgrad_algo(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& dy, const Tensor4* relu_y) {
   if (winograd_usable(d, dt)) return ConvAlgo::kWinograd;
   if (wgrad_pointwise_usable(d, dt, x, dy, relu_y)) return ConvAlgo::kWgradPointwise;
+  if (wgrad_pointwise_stages_x<T>(d, dt, x, dy, relu_y)) return ConvAlgo::kWgradPointwise;
   if (wgrad_rows_usable(d, dt)) return ConvAlgo::kWgradRows;
   if (wgrad_blocked_usable(d, dt)) return ConvAlgo::kWgradBlocked;
   if (d.N == 0) return ConvAlgo::kNone;
@@ -588,14 +623,21 @@ ConvAlgo wgrad_algo(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4
   return x.stride[1] == 1 ? ConvAlgo::kWgradGemmNhwc : ConvAlgo::kWgradGemmNchw;
 }
 
-// A depthwise weight gradient of an NCHW x and a channels_last dy (the mixed layers of dgrad's
-// kClOutput) reads a channels_last copy of x: wgrad_depthwise vectorizes over the channels of both.
-// 2 threads, batch 8, 3x3 s2, counting the copy: 232 channels at 14x14 1.74 ms -> 0.17 (torch 0.40);
-// 116 at 28x28 1.44 -> 0.38 (torch 0.75).
+// The weight gradient's staged inputs (wgrad_staging), for the mixed-layout layers that dgrad's kClOutput
+// serves too (an NCHW x, often a channel slice after a channel shuffle, with a channels_last dy):
+// - kX: the kernel reads a channels_last copy of x, which it vectorizes over with dy. Depthwise:
+//   2 threads, batch 8, 3x3 s2, counting the copy: 232 channels at 14x14 1.74 ms -> 0.17 (torch 0.40);
+//   116 at 28x28 1.44 -> 0.38 (torch 0.75). Pointwise (1x1 layers, see wgrad_pointwise_stages_x).
+// - kXAndDy: depthwise layers whose x and dy are both NCHW on small maps (depthwise_stages_nchw).
+enum class WgradStaging { kNone, kX, kXAndDy };
+
 template <typename T>
-bool wgrad_depthwise_stages_x(ConvAlgo algo, const ConvDesc& d, const Tensor4& x, const Tensor4& dy) {
-  return std::is_same_v<T, float> && kIsaLevel == 2 && algo == ConvAlgo::kWgradDepthwise && x.stride[1] != 1 &&
-         dy.stride[1] == 1 && d.C >= Simd<T>::L && d.H * d.W > 1;
+WgradStaging wgrad_staging(ConvAlgo algo, const ConvDesc& d, const Tensor4& x, const Tensor4& dy, bool relu) {
+  if (!std::is_same_v<T, float> || kIsaLevel != 2 || x.stride[1] == 1) return WgradStaging::kNone;
+  if (algo == ConvAlgo::kWgradPointwise) return WgradStaging::kX;  // chosen on a copy: wgrad_pointwise_stages_x
+  if (algo != ConvAlgo::kWgradDepthwise) return WgradStaging::kNone;
+  if (depthwise_stages_nchw<T>(d, x, dy, relu)) return WgradStaging::kXAndDy;
+  return dy.stride[1] == 1 && d.C >= Simd<T>::L && d.H * d.W > 1 ? WgradStaging::kX : WgradStaging::kNone;
 }
 
 template <typename T>
@@ -618,6 +660,7 @@ void wgrad_impl(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& x
   const In4<T> mv = relu_y ? in_view<T>(*relu_y) : In4<T>{};
   const ConvAlgo algo = wgrad_algo<T>(d, dt, x, dy, relu_y);
   if (algo == ConvAlgo::kNone) return zero_wgrad<T>(d, dw, dbias);
+  const WgradStaging staging = wgrad_staging<T>(algo, d, x, dy, relu_y != nullptr);
   bool bias_done = false;
   if (dw) {
     switch (algo) {
@@ -625,6 +668,14 @@ void wgrad_impl(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& x
         winograd_wgrad(d, dy, x, relu_y, *dw, nth);
         break;
       case ConvAlgo::kWgradPointwise:
+        if constexpr (std::is_same_v<T, float>) {
+          if (staging == WgradStaging::kX) {
+            with_channels_last_copy(x, nth, [&](const float* xs) {
+              wgrad_pointwise(d, dy, dense_channels_last(x, const_cast<float*>(xs)), *dw, nth);
+            });
+            break;
+          }
+        }
         wgrad_pointwise(d, dy, x, *dw, nth);
         break;
       case ConvAlgo::kWgradBlocked:
@@ -636,7 +687,7 @@ void wgrad_impl(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& x
         break;
       case ConvAlgo::kWgradDepthwise:
         if constexpr (std::is_same_v<T, float>) {
-          if (depthwise_stages_nchw<T>(d, x, dy, relu_y != nullptr)) {
+          if (staging == WgradStaging::kXAndDy) {
             with_channels_last_copies(x, dy, nth, [&](const float* xs, const float* dys) {
               const Tensor4 xc = dense_channels_last(x, const_cast<float*>(xs));
               const Tensor4 dyc = dense_channels_last(dy, const_cast<float*>(dys));
@@ -645,7 +696,7 @@ void wgrad_impl(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& x
             });
             break;
           }
-          if (wgrad_depthwise_stages_x<T>(algo, d, x, dy)) {
+          if (staging == WgradStaging::kX) {
             with_channels_last_copy(x, nth, [&](const float* xs) {
               const Tensor4 xc = dense_channels_last(x, const_cast<float*>(xs));
               bias_done = wgrad_depthwise<T>(d, in_view<T>(xc), in_view<T>(dy), mv, out_view<T>(*dw),
@@ -730,6 +781,7 @@ std::string staged_path(const Geo& g) {
 template <typename T>
 std::string fwd_path(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& y) {
   const FwdChoice<T> c = choose_fwd<T>(d, dt, x, y);
+  if (c.stage_x) return "channels_last_x > " + engine_name(c.engine);
   if (c.algo != ConvAlgo::kIgemmNhwcStaged) return c.algo == c.engine.algo ? engine_name(c.engine) : algo_name(c.algo);
   return staged_path<T>(c.engine.g);
 }
@@ -775,9 +827,11 @@ std::string conv_path(int pass, const ConvDesc& d, DType dt, const Tensor4& x, c
   if (pass == kConvFwd) return fwd_path<T>(d, dt, x, y);
   if (pass == kConvDgrad) return dgrad_path<T>(d, dt, y, relu, x);
   const ConvAlgo algo = wgrad_algo<T>(d, dt, x, y, relu ? &y : nullptr);
-  if (algo == ConvAlgo::kWgradDepthwise && depthwise_stages_nchw<T>(d, x, y, relu))
-    return std::string("channels_last_copies > ") + algo_name(algo);
-  return std::string(wgrad_depthwise_stages_x<T>(algo, d, x, y) ? "channels_last_x > " : "") + algo_name(algo);
+  switch (wgrad_staging<T>(algo, d, x, y, relu)) {
+    case WgradStaging::kXAndDy: return std::string("channels_last_copies > ") + algo_name(algo);
+    case WgradStaging::kX: return std::string("channels_last_x > ") + algo_name(algo);
+    default: return algo_name(algo);
+  }
 }
 
 }  // namespace
