@@ -198,7 +198,7 @@ void pack_group_weights(const Geo& g, const WV<T>& w, T* wp, int nth) {
       const int64_t grp = gb * b.V + l / g.Kg;
       col[l] = grp < g.G ? w.p + grp * w.sg + (l % g.Kg) * w.sk : nullptr;
     }
-    pack_columns<T>(col, L, rows, /*rows_outer=*/false, wp + gb * panel);
+    pack_columns<T>(col, L, rows, wp + gb * panel);
   }
 }
 
