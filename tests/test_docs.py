@@ -22,8 +22,9 @@ SKIP_PARTS = {"__pycache__", "build", "results", ".hypothesis", ".pytest_cache"}
 
 NAME = re.compile(r"\bFASTCONV_[A-Z0-9_]+\b")
 # The ways the code reads an environment variable: os.environ.get / [] / setdefault, (std::)getenv,
-# bench/conftest.py's _env_flag, pybind11's ParallelCompile (reads the named variable).
-READ = re.compile(r"""(?:environ\.get|environ\.setdefault|getenv|_env_flag|ParallelCompile)\(\s*["'](FASTCONV_[A-Z0-9_]+)["']"""
+# bench/conftest.py's _env_flag, csrc/cpu/cl_blocks.h's algorithm_switch_on, pybind11's ParallelCompile
+# (reads the named variable).
+READ = re.compile(r"""(?:environ\.get|environ\.setdefault|getenv|_env_flag|algorithm_switch_on|ParallelCompile)\(\s*["'](FASTCONV_[A-Z0-9_]+)["']"""
                   r"""|environ\[\s*["'](FASTCONV_[A-Z0-9_]+)["']\s*\]""")
 # A table row whose first cell is one variable: | `FASTCONV_X` | ...
 TABLE_ROW = re.compile(r"^\|\s*`(FASTCONV_[A-Z0-9_]+)`\s*\|", re.M)

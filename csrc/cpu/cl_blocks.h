@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <new>
 
@@ -57,6 +58,13 @@ struct Arena {
 };
 
 thread_local Arena t_arena;
+
+// The weight-gradient kernels' on/off variables (docs/configuration.md): on unless the variable is "0".
+// Read at every call: tests and users switch them at run time.
+inline bool algorithm_switch_on(const char* var) {
+  const char* e = std::getenv(var);
+  return e == nullptr || std::strcmp(e, "0") != 0;
+}
 
 // FASTCONV_POISON_SCRATCH=1 (the test suite sets it) fills every buffer handed out with NaN, so a
 // kernel that reads scratch it did not write (stale data of an earlier call, in a reused slot)

@@ -39,8 +39,7 @@ namespace FC_ISA {
 bool wgrad_blocked_usable(const ConvDesc& d, DType dt) {
 #if defined(__AVX512F__)
   if (dt != kFloat32 || d.groups != 1 || d.C < 2 || d.N == 0) return false;
-  const char* e = std::getenv("FASTCONV_CPU_WGRAD_BLOCKED");
-  return e == nullptr || std::strcmp(e, "0") != 0;
+  return algorithm_switch_on("FASTCONV_CPU_WGRAD_BLOCKED");
 #else
   (void)d;
   (void)dt;

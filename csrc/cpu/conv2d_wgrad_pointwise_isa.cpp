@@ -39,8 +39,7 @@ bool wgrad_pointwise_usable(const ConvDesc& d, DType dt, const Tensor4& x, const
 #if defined(__AVX512F__)
   if (dt != kFloat32 || d.groups != 1 || d.R != 1 || d.S != 1 || d.pad_h != 0 || d.pad_w != 0) return false;
   if (d.N == 0 || d.C < 2 || relu_y != nullptr || x.stride[1] != 1 || dy.stride[1] != 1) return false;
-  const char* e = std::getenv("FASTCONV_CPU_WGRAD_POINTWISE");
-  return e == nullptr || std::strcmp(e, "0") != 0;
+  return algorithm_switch_on("FASTCONV_CPU_WGRAD_POINTWISE");
 #else
   (void)d;
   (void)dt;

@@ -44,8 +44,7 @@ bool wgrad_rows_usable(const ConvDesc& d, DType dt) {
   // kernels, which read dy in place instead of staging it.
   if (dt != kFloat32 || d.groups != 1 || d.dil_w != 1 || d.N == 0 || d.C < 2 || d.C * d.S > kRowsMaxRun)
     return false;
-  const char* e = std::getenv("FASTCONV_CPU_WGRAD_ROWS");
-  return e == nullptr || std::strcmp(e, "0") != 0;
+  return algorithm_switch_on("FASTCONV_CPU_WGRAD_ROWS");
 #else
   (void)d;
   (void)dt;
