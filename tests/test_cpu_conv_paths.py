@@ -188,6 +188,37 @@ def test_depthwise_nchw_small_map_gradients(backend, isa, case, relu, dtype):
            stride=stride, padding=padding, groups=C)
 
 
+# (N, C, H, W, K, stride): NCHW 1x1 layers on small maps, whose weight gradient runs wgrad_pointwise on
+# channels_last copies of x and dy (wgrad_pointwise_stages_both) when the output map is <= 256 pixels.
+PW_NCHW_SMALL_MAP_CASES = [
+    (1, 32, 7, 7, 48, 1),       # ResNet-50's 7x7 stage at batch 1
+    (2, 20, 14, 14, 24, 1),     # channel tail at 16 lanes
+    (1, 16, 14, 13, 32, 2),     # stride 2: a 7x7 output
+    (1, 16, 17, 17, 16, 1),     # 289 pixels: blocked
+    (2, 8, 7, 7, 16, 1),        # fewer channels than a float32 vector: blocked
+]
+
+
+@pytest.mark.parametrize("case", PW_NCHW_SMALL_MAP_CASES, ids=[str(i) for i in range(len(PW_NCHW_SMALL_MAP_CASES))])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pointwise_nchw_small_map_gradients(backend, isa, case, relu, dtype):
+    N, C, H, W, K, stride = case
+    _check(backend, isa, torch.randn(N, C, H, W), torch.randn(K, C, 1, 1), torch.randn(K), relu, dtype,
+           stride=stride)
+
+
+@pytest.mark.parametrize("case", PW_NCHW_SMALL_MAP_CASES, ids=[str(i) for i in range(len(PW_NCHW_SMALL_MAP_CASES))])
+def test_path_pointwise_nchw_small_map(isa, case):
+    N, C, H, W, K, stride = case
+    x, w = _meta(N, C, H, W, K, (1, 1))
+    P = (H - 1) // stride + 1
+    staged = _C.cpu_isa() == "avx512" and C >= 16 and P * P <= 256
+    assert (_path(x, w, "wgrad", stride=stride) == "channels_last_copies > wgrad_pointwise") == staged
+    assert _path(x, w, "wgrad", torch.float64, stride=stride) != "channels_last_copies > wgrad_pointwise"
+    assert _path(x, w, "wgrad", relu=True, stride=stride) != "channels_last_copies > wgrad_pointwise"
+
+
 def test_mixed_layout_channel_slice_input(backend):
     """ShuffleNetV2's kind: the input is a channel slice of an NCHW tensor (not dense), its gradient a
     dense NCHW tensor of the slice's size."""
