@@ -867,7 +867,8 @@ ROWMERGE_MODES = [
     "rows_padded_copy",
     "pointwise", "pointwise", "pointwise", "pointwise", "pointwise",
     "rows_padded_copy", "rows_padded_copy",
-    "rows_whole_windows",                           # 96 channels, padding 2: the copy exceeds 16 KiB
+    # 96 channels, padding 2: the copy exceeds 16 KiB; whole windows when the 3 rows fit the L2 rule
+    lambda dt: _rows_mode(3, 96, 80, 3, dt),
 ] + [lambda dt, c=c: _rows_mode(3, c, c, 3, dt) for c in (128, 160, 192, 224, 256)]
 
 

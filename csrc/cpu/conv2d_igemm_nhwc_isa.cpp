@@ -278,8 +278,12 @@ ClPlan<T, MR, NV> cl_plan(const Geo& g, const In4<T>& x, const In4<T>& m, const 
   // out, 2 threads: 0.55 ms streamed, 0.60 plain).
   pl.stream_out = y.s1 == 1 && stream_output<T>(g);
   // Pointwise layers on channels_last tensors: one GEMM over the batch's pixels (see
-  // conv_cl_pointwise). A B panel of up to half the L2 streams from L2 like the row-merge blocks.
+  // conv_cl_pointwise). A B panel of up to half the L2 streams from L2 like the row-merge blocks. Every
+  // output pixel must read an input pixel: an input gradient's residue class can have one more column
+  // than dy (dx columns past the last window, e.g. 9 columns, 1x2 filter, stride 2), and those take the
+  // per-tap path, which reads zeros there.
   pl.pointwise = g.R == 1 && g.S == 1 && g.ph == 0 && g.pw == 0 && g.G == 1 && m.p == nullptr &&
+                 (g.P - 1) * g.sh < g.H && (g.Q - 1) * g.sw < g.W &&
                  g.Cg * NR * (int64_t)sizeof(T) <= l2_cache_bytes() / 2 && x.s1 == 1 && y.s1 == 1;
   // Padded copy for whole windows with padding and few input channels (e.g. the RGB stem): a task
   // copies the input rows its pixels read into Xp, zero rows and columns in the padding, so that every
