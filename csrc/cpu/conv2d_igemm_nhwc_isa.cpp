@@ -296,7 +296,7 @@ ClPlan<T, MR, NV> cl_plan(const Geo& g, const In4<T>& x, const In4<T>& m, const 
   const int64_t task_rows = cdiv(pl.MC, g.Q) + 1;  // output rows one task's pixels can touch
   const int64_t xp_rows = (task_rows - 1) * g.sh + (g.R - 1) * g.dh + 1;
   pl.xp_sz = xp_rows * pl.Wp * g.Cg;
-  pl.pad_copy = pl.whole_windows && (g.ph > 0 || g.pw > 0) && pl.xp_sz * (int64_t)sizeof(T) <= 16 * 1024;
+  pl.pad_copy = pl.whole_windows && (g.ph > 0 || g.pw > 0) && g.dh > 0 && pl.xp_sz * (int64_t)sizeof(T) <= 16 * 1024;
   pl.csz = pl.nblk > 1 ? pl.MC * pl.Npad : 0;
   pl.asz = pl.pad_copy ? pl.xp_sz : pl.indirect ? 0 : pl.MC * pl.maxklen;
   // Segments of one group of MR pixels in a block: a row-merged block's filter rows split into their
@@ -397,7 +397,9 @@ FC_INLINE int64_t cl_task_pixels(const ClPlan<T, MR, NV>& pl, const Geo& g, cons
   }
   if (pl.whole_windows) {
     const int64_t qlo = std::min(Q, cdiv(pw, sw)), qhi = std::max(qlo, std::min(Q, (W - S + pw) / sw + 1));
-    const auto h_whole = [&](int64_t p) { return p * sh - ph >= 0 && p * sh - ph + ih_last < H; };
+    // Rows ih0 .. ih0 + ih_last, in either order (an input gradient's correlation has dh < 0).
+    const int64_t lo_off = std::min<int64_t>(0, ih_last), hi_off = std::max<int64_t>(0, ih_last);
+    const auto h_whole = [&](int64_t p) { return p * sh - ph + lo_off >= 0 && p * sh - ph + hi_off < H; };
     row_runs([&](int64_t p, int64_t qa, int64_t qb) {
       if (h_whole(p)) emit(p, std::max(qa, qlo), std::max(std::max(qa, qlo), std::min(qb, qhi)));
     });

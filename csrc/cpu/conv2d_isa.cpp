@@ -26,6 +26,7 @@
 #include <string>
 #include <type_traits>
 
+#include "cpu/conv2d_dgrad_taps.h"
 #include "cpu/conv2d_paths.h"
 #include "cpu/conv2d_wgrad_blocked.h"
 #include "cpu/conv2d_wgrad_pointwise.h"
@@ -291,22 +292,6 @@ PackInfo fwd_pack_info(const ConvDesc& d, DType dt, const Tensor4& x, const Tens
 // ---------------------------------------------------------------------------------------------
 // Input gradient.
 
-// Taps r in [0, R) with (a + pad - r*dil) % stride == 0: r0 + j*step, count.
-inline void residue_taps(int64_t a, int64_t pad, int64_t dil, int64_t stride, int64_t R, int64_t& r0, int64_t& step,
-                         int64_t& count) {
-  r0 = -1;
-  count = 0;
-  step = 1;
-  for (int64_t r = 0; r < R; ++r) {
-    if (((a + pad - r * dil) % stride + stride) % stride != 0) continue;
-    if (r0 < 0)
-      r0 = r;
-    else if (count == 1)
-      step = r - r0;
-    ++count;
-  }
-}
-
 // dgrad's correlation for the residue class (a, b) of dx's rows and columns (see the header):
 // dx[n, c, a + sh*i, b + sw*j] = sum_{k, jr, js} w[k][c][r0 + jr*rstep][s0 + js*sstep]
 //                                * dy[n, k, i + (a+ph-r0*dh)/sh - jr*(rstep*dh/sh), ...]
@@ -341,7 +326,8 @@ Out4<T> residue_view(const ConvDesc& d, const Out4<T>& dxv, int64_t a, int64_t b
 }
 
 enum class DgradRoute : int {
-  kNone, kWinograd, kMaskDyFirst, kNchwCopies, kClOutput, kDepthwiseClCopies, kStaged, kResidueClasses
+  kNone, kWinograd, kMaskDyFirst, kNchwCopies, kClOutput, kDepthwiseClCopies, kTapsAsChannels, kStaged,
+  kResidueClasses
 };
 
 // NCHW depthwise layers (one channel per group, multiplier 1) on small output maps run their gradients
@@ -381,6 +367,7 @@ bool depthwise_stages_nchw(const ConvDesc& d, const Tensor4& x, const Tensor4& d
 //   dx, as the forward stages (2 threads: 8x2048x7x7 1x1 -> 512 dgrad 6.1 ms against 9.6 on the NCHW
 //   kernels, torch 4.9; 1x128x28x28 -> 512 0.80 against 1.24, torch 0.64). 14x14 maps at batch 2-8
 //   gained nothing (8x576 -> 96: 1.44 ms against 1.37), so they stay on the NCHW kernels.
+// - kTapsAsChannels: taps that tile dx become output channels (taps_merge, conv2d_dgrad_taps.h).
 // - kResidueClasses: one engine correlation per residue class (residue_class).
 template <typename T>
 DgradRoute dgrad_route(const ConvDesc& d, DType dt, const Tensor4& dy, bool relu, const Tensor4& dx) {
@@ -393,6 +380,7 @@ DgradRoute dgrad_route(const ConvDesc& d, DType dt, const Tensor4& dy, bool relu
       d.C >= Simd<T>::L && d.H * d.W > 1 && d.P * d.Q > 1)
     return DgradRoute::kClOutput;
   if (depthwise_stages_nchw<T>(d, dx, dy, relu)) return DgradRoute::kDepthwiseClCopies;
+  if (taps_merge(d, dx) != TapsMerge::kNone) return DgradRoute::kTapsAsChannels;
   if (std::is_same_v<T, float> && kIsaLevel == 2 && !relu && d.stride_h == 1 && d.stride_w == 1 &&
       d.dil_h == 1 && d.dil_w == 1) {
     Geo g = residue_class(d, 0, 0).g;
@@ -439,43 +427,129 @@ Tensor4 dense_nchw_grad(const ConvDesc& d, const Tensor4& dy, const Tensor4* rel
   return t;
 }
 
-// The input gradient's pack on the residue-class route: one part per class with taps, each that
-// class's engine pack (conv_cl panels, the NCHW kernels' panels, the narrow-group blocks) of the
-// taps the class reads, at 64-byte-aligned offsets. parts: (a, b, offset, floats) per class; info
-// {} when a class's engine packs nothing or the classes' formats differ. info.taps is 0 when one
-// class holds the whole filter (any stride-1 layer, a 1x1 layer at any stride: the same values as
-// every other such pack of the weight), else a 63-bit FNV-1a hash of the classes' tap subsets, so
-// that the cache keeps packs of other subsets (another stride or padding of the same weight) apart.
-struct ClassPacks {
+// The input gradient's pack when it runs several correlations (the residue classes, or the parts of
+// the taps-as-channels route): one part per correlation with taps, each that correlation's engine pack
+// (conv_cl panels, the NCHW kernels' panels, the narrow-group blocks) of the taps it reads, at
+// 64-byte-aligned offsets. parts: (a, b, offset, floats) per correlation; info {} when an engine packs
+// nothing or the formats differ. info.taps is 0 when one residue class holds the whole filter (any
+// stride-1 layer, a 1x1 layer at any stride: the same values as every other such pack of the weight),
+// else a 63-bit FNV-1a hash of the route and the parts' tap subsets, so that the cache keeps packs of
+// other subsets (another stride or padding of the same weight) or arrangements apart.
+struct PartPacks {
   PackInfo info;
   std::vector<std::array<int64_t, 4>> parts;
 };
 
+class PartPacker {
+ public:
+  explicit PartPacker(int64_t route) { mix(route); }
+
+  // Adds the engine pack of the correlation e for part (a, b); `taps` selects its taps.
+  template <typename T>
+  void add(int64_t a, int64_t b, const EnginePlan<T>& e, DType dt, int64_t groups, std::initializer_list<int64_t> taps) {
+    const PackInfo p = engine_pack_info<T>(e.algo, e.g, dt, groups);
+    if (p.floats == 0 || (kind_ >= 0 && p.kind != kind_)) failed_ = true;
+    if (failed_) return;
+    kind_ = p.kind;
+    packs_.parts.push_back({a, b, offset_, p.floats});
+    offset_ += cdiv(p.floats, 16) * 16;
+    mix(a);
+    mix(b);
+    for (int64_t f : taps) mix(f);
+  }
+
+  // whole: the one part is the pack any residue-class or forward pack of the whole filter is.
+  PartPacks result(bool whole) {
+    if (failed_ || packs_.parts.empty()) return {};
+    packs_.info = PackInfo{offset_, kind_, packs_.parts.size() == 1 && whole ? 0 : static_cast<int64_t>((hash_ >> 1) | 1)};
+    return packs_;
+  }
+
+ private:
+  void mix(int64_t f) { hash_ = (hash_ ^ static_cast<uint64_t>(f)) * 1099511628211ull; }
+  PartPacks packs_;
+  uint64_t hash_ = 1469598103934665603ull;
+  int64_t kind_ = -1, offset_ = 0;
+  bool failed_ = false;
+};
+
+// The caller's pack's part for correlation (a, b) in `part`, or null when the pack is not used.
+inline WeightPack* part_pack(const PartPacks& pp, WeightPack* pack, bool use_pack, int64_t a, int64_t b,
+                             WeightPack& part) {
+  if (!use_pack) return nullptr;
+  for (const auto& pt : pp.parts)
+    if (pt[0] == a && pt[1] == b) {
+      part = WeightPack{pack->data + pt[2], pt[3], pack->ready};
+      return &part;
+    }
+  return nullptr;
+}
+
 template <typename T>
-ClassPacks class_packs(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4* relu_y, const Tensor4& dx) {
-  ClassPacks cp;
+PartPacks class_packs(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4* relu_y, const Tensor4& dx) {
+  PartPacker packer(static_cast<int64_t>(DgradRoute::kResidueClasses));
   const In4<T> dyv = in_view<T>(dy), mv = relu_y ? in_view<T>(*relu_y) : In4<T>{};
   const Out4<T> dxv = out_view<T>(dx);
-  uint64_t hash = 1469598103934665603ull;
-  int64_t kind = -1, offset = 0;
   bool whole = false;
   for (int64_t a = 0; a < std::min(d.stride_h, d.H); ++a)
     for (int64_t b = 0; b < std::min(d.stride_w, d.W); ++b) {
       const ResidueClass rc = residue_class(d, a, b);
       if (!rc.taps) continue;
-      const EnginePlan<T> e = plan_engine<T>(rc.g, dyv, mv, residue_view(d, dxv, a, b));
-      const PackInfo p = engine_pack_info<T>(e.algo, e.g, dt, d.groups);
-      if (p.floats == 0 || (kind >= 0 && p.kind != kind)) return {};
-      kind = p.kind;
-      cp.parts.push_back({a, b, offset, p.floats});
-      offset += cdiv(p.floats, 16) * 16;
+      packer.add<T>(a, b, plan_engine<T>(rc.g, dyv, mv, residue_view(d, dxv, a, b)), dt, d.groups,
+                    {rc.r0, rc.rstep, rc.g.R, rc.s0, rc.sstep, rc.g.S});
       whole = rc.g.R == d.R && rc.g.S == d.S;
-      for (int64_t f : {a, b, rc.r0, rc.rstep, rc.g.R, rc.s0, rc.sstep, rc.g.S})
-        hash = (hash ^ static_cast<uint64_t>(f)) * 1099511628211ull;
     }
-  if (cp.parts.empty()) return {};
-  cp.info = PackInfo{offset, kind, cp.parts.size() == 1 && whole ? 0 : static_cast<int64_t>((hash >> 1) | 1)};
-  return cp;
+  return packer.result(whole);
+}
+
+// The taps-as-channels route's engine plan for part t (the weight view is the caller's).
+template <typename T>
+EnginePlan<T> taps_part_plan(const ConvDesc& d, TapsMerge m, const Tensor4& dy, const Tensor4* relu_y,
+                             const Tensor4& dx, const TapsPart& t) {
+  return plan_engine<T>(t.g, in_view<T>(dy), relu_y ? in_view<T>(*relu_y) : In4<T>{},
+                        taps_part_view<T>(d, m, out_view<T>(dx), t));
+}
+
+template <typename T>
+PartPacks taps_packs(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4* relu_y, const Tensor4& dx) {
+  const TapsMerge m = taps_merge(d, dx);
+  PartPacker packer(static_cast<int64_t>(DgradRoute::kTapsAsChannels) + 16 * static_cast<int64_t>(m));
+  for (const TapsPart& t : taps_parts(d, m))
+    if (t.taps) packer.add<T>(t.a, 0, taps_part_plan<T>(d, m, dy, relu_y, dx, t), dt, d.groups, {t.r0, t.rstep, t.g.R});
+  return packer.result(false);
+}
+
+// The taps-as-channels route: each part's correlation, zeros for the row phases no tap reaches. The
+// weight is read in the merged channels' order: w itself when its strides give it, else a copy (made
+// only when some part's pack still has to be filled).
+template <typename T>
+void taps_as_channels_dgrad(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& w, const Tensor4* relu_y,
+                            const Tensor4& dx, WeightPack* pack, int nth) {
+  const TapsMerge m = taps_merge(d, dx);
+  const PartPacks pp = pack ? taps_packs<T>(d, dt, dy, relu_y, dx) : PartPacks{};
+  const bool use_pack = pack && pp.info.floats > 0 && pack->floats >= pp.info.floats;
+  const bool copy = !taps_weight_in_order(d, m, dx, w) && !(use_pack && pack->ready);
+  Buf<T> wbuf(copy ? d.K * d.C * d.R * d.S : 0);
+  const Tensor4 wm = copy ? taps_weight_copy<T>(d, m, dx, w, wbuf.p) : w;
+  const Out4<T> dxv = out_view<T>(dx);
+  bool all_ready = use_pack;
+  for (const TapsPart& t : taps_parts(d, m)) {
+    if (!t.taps) {  // kColumns: a row phase no tap reaches; its rows are W*C contiguous elements
+      const Out4<T> v = taps_part_view<T>(d, m, dxv, t);
+#pragma omp parallel for num_threads(nth) schedule(static)
+      for (int64_t ni = 0; ni < d.N * t.g.P; ++ni) {
+        T* row = v.p + (ni / t.g.P) * v.s0 + (ni % t.g.P) * v.s2;
+        std::fill(row, row + d.W * d.C, T(0));
+      }
+      continue;
+    }
+    WeightPack part;
+    WeightPack* part_ptr = part_pack(pp, pack, use_pack, t.a, 0, part);
+    run_engine<T>(taps_part_plan<T>(d, m, dy, relu_y, dx, t), taps_part_weights<T>(wm, t), nullptr, Epi{}, nth,
+               part_ptr);
+    all_ready = all_ready && part_ptr != nullptr && part.ready;
+  }
+  if (use_pack) pack->ready = all_ready;
 }
 
 template <typename T>
@@ -493,6 +567,8 @@ PackInfo dgrad_pack_info(const ConvDesc& d, DType dt, const Tensor4& dy, const T
       return dgrad_pack_info<T>(d, dt, dense_channels_last(dy, nullptr), nullptr, dense_channels_last(dx, nullptr));
     case DgradRoute::kStaged:
       return engine_pack_info<T>(ConvAlgo::kIgemmNhwcStaged, residue_class(d, 0, 0).g, dt, d.groups);
+    case DgradRoute::kTapsAsChannels:
+      return taps_packs<T>(d, dt, dy, relu_y, dx).info;
     case DgradRoute::kResidueClasses:
       return class_packs<T>(d, dt, dy, relu_y, dx).info;
     default:
@@ -542,6 +618,8 @@ void dgrad_impl(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& w
           });
         });
       return;
+    case DgradRoute::kTapsAsChannels:
+      return taps_as_channels_dgrad<T>(d, dt, dy, w, relu_y, dx, pack, nth);
     case DgradRoute::kStaged:
 #if defined(__AVX512F__)
       if constexpr (std::is_same_v<T, float>) {
@@ -557,7 +635,7 @@ void dgrad_impl(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& w
   const In4<T> mv = relu_y ? in_view<T>(*relu_y) : In4<T>{};
   const Out4<T> dxv = out_view<T>(dx);
   // Each class's part of the pack (class_packs); all of them ready once every class has filled its own.
-  const ClassPacks cp = pack ? class_packs<T>(d, dt, dy, relu_y, dx) : ClassPacks{};
+  const PartPacks cp = pack ? class_packs<T>(d, dt, dy, relu_y, dx) : PartPacks{};
   const bool use_pack = pack && cp.info.floats > 0 && pack->floats >= cp.info.floats;
   bool all_ready = use_pack;
   for (int64_t a = 0; a < std::min(d.stride_h, d.H); ++a)
@@ -582,14 +660,9 @@ void dgrad_impl(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& w
         continue;
       }
       WeightPack part;
-      WeightPack* part_pack = nullptr;
-      for (const auto& pt : cp.parts)
-        if (use_pack && pt[0] == a && pt[1] == b) {
-          part = WeightPack{pack->data + pt[2], pt[3], pack->ready};
-          part_pack = &part;
-        }
-      conv_run<T>(rc.g, dyv, mv, residue_weights<T>(d, rc, w), nullptr, ys, Epi{}, nth, part_pack);
-      all_ready = all_ready && part_pack != nullptr && part.ready;
+      WeightPack* part_ptr = part_pack(cp, pack, use_pack, a, b, part);
+      conv_run<T>(rc.g, dyv, mv, residue_weights<T>(d, rc, w), nullptr, ys, Epi{}, nth, part_ptr);
+      all_ready = all_ready && part_ptr != nullptr && part.ready;
     }
   if (use_pack) pack->ready = all_ready;
 }
@@ -826,6 +899,12 @@ std::string dgrad_path(const ConvDesc& d, DType dt, const Tensor4& dy, bool relu
     case DgradRoute::kDepthwiseClCopies:
       return "channels_last_copies > " +
              dgrad_path<T>(d, dt, dense_channels_last(dy, nullptr), false, dense_channels_last(dx, nullptr));
+    case DgradRoute::kTapsAsChannels: {
+      const TapsMerge m = taps_merge(d, dx);
+      for (const TapsPart& t : taps_parts(d, m))
+        if (t.taps) return "taps_as_channels > " + engine_name(taps_part_plan<T>(d, m, dy, relu ? &dy : nullptr, dx, t));
+      return "taps_as_channels > none";
+    }
     case DgradRoute::kStaged:
       return staged_path<T>(residue_class(d, 0, 0).g);
     case DgradRoute::kResidueClasses:
