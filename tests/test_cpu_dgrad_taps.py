@@ -6,7 +6,8 @@ float64 at every ISA level:
   stride: the column taps become output channels, one correlation per row phase) - through
   conv_transpose2d's forward (which is this input gradient) and conv2d's backward; the path each
   geometry takes (and the ones that must not take it); the weight-pack cache across calls and updates;
-- residue classes with dx columns that no window reads.
+- residue classes with dx columns that no window reads;
+- strided NCHW layers on channels_last copies of dy and dx (the AVX2 level).
 """
 from __future__ import annotations
 
@@ -162,3 +163,42 @@ def test_input_grad_columns_past_the_last_window(isa, case):
     xd = x.detach().double().requires_grad_()
     (dxr,) = torch.autograd.grad(F.conv2d(xd, w.double(), None, stride=stride), (xd,), g.double())
     assert_rel(dx, dxr, torch.float32, "dx")
+
+
+# NCHW strided layers: (N, C, H, W, K, kernel, stride, padding, staged at the AVX2 level in float32)
+STRIDED_NCHW = [
+    (2, 32, 9, 9, 48, 3, 2, 1, True),       # ResNet-like 3x3 stride 2, odd map
+    (3, 40, 8, 8, 32, 4, 2, 1, True),       # DCGAN's 4x4 stride 2 (a transposed conv's forward)
+    (1, 64, 7, 10, 33, 1, 2, 0, True),      # 1x1 stride 2 (downsample), classes without taps
+    (2, 32, 11, 6, 32, (3, 1), (2, 1), (1, 0), True),  # stride on rows only
+    (12, 32, 20, 20, 32, 3, 2, 1, False),   # dy 10x10 (> 64 pixels) and 1,200 dy pixels in all
+]
+
+
+@pytest.mark.parametrize("case", STRIDED_NCHW, ids=[str(i) for i in range(len(STRIDED_NCHW))])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_strided_nchw_input_grad(isa, case, relu, dtype):
+    """Strided NCHW layers of >= 32 channels each way on small maps: at the AVX2 level the input gradient
+    runs on channels_last copies of dy and dx (the fused ReLU's mask applied to dy first); elsewhere, in
+    float64 and on larger maps, on the NCHW kernels. dx vs torch float64, also for an expanded (zero-stride) dy."""
+    N, C, H, W, K, k, stride, padding, small = case
+    ks = k if isinstance(k, tuple) else (k, k)
+    x = torch.randn(N, C, H, W, dtype=dtype, requires_grad=True)
+    w = torch.randn(K, C, *ks, dtype=dtype)
+    path = cpu_backend.conv2d_path(x.detach(), w, stride=stride, padding=padding, pass_="dgrad", relu=relu)
+    staged = isa == "avx2" and dtype == torch.float32 and small
+    inner = "channels_last_copies > residue_classes > igemm_nhwc/" if staged else "residue_classes > igemm_nchw_"
+    assert path.startswith(("masked_dy_copy > " if relu else "") + inner), path
+    f = FC.conv2d_relu if relu else FC.conv2d
+    xd = x.detach().double().requires_grad_()
+    yr = F.conv2d(xd, w.double(), None, stride=stride, padding=padding)
+    yr = yr.relu() if relu else yr
+    g = torch.randn_like(yr)
+    (dx,) = torch.autograd.grad(f(x, w, None, stride=stride, padding=padding), (x,), g.to(dtype))
+    (dxr,) = torch.autograd.grad(yr, (xd,), g)
+    assert_rel(dx, dxr, dtype, "dx")
+    if not relu:  # y.sum()'s gradient: dy is a ones tensor expanded with zero strides
+        (dx,) = torch.autograd.grad(f(x, w, None, stride=stride, padding=padding).sum(), (x,))
+        (dxr,) = torch.autograd.grad(F.conv2d(xd, w.double(), None, stride=stride, padding=padding).sum(), (xd,))
+        assert_rel(dx, dxr, dtype, "dx of sum")

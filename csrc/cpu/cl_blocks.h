@@ -1,5 +1,6 @@
 // Shared pieces of the AVX-512 float32 kernels that work on channels_last blocks (conv2d_winograd_isa.cpp,
-// conv2d_wgrad_blocked_isa.cpp): a per-thread scratch arena, the channels_last staging copy (with the
+// conv2d_wgrad_blocked_isa.cpp): a per-thread scratch arena (every ISA level: the staging copies of the
+// other levels use it too), the channels_last staging copy (with the
 // fused ReLU's mask) and its inverse, a 16 x 16 register transpose, the ordered sum of
 // per-group partial sums, and the rank-update microkernel
 // that accumulates S[c][k] += sum_t A[t][c] B[t][k] over blocks of rows.
@@ -22,21 +23,10 @@
 #include "cpu/gemm_microkernel.h"
 #include "cpu/kernels.h"
 
-#if defined(__AVX512F__)
 namespace fastconv {
 namespace cpu {
 namespace FC_ISA {
 namespace {
-
-inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-inline int64_t round_up(int64_t a, int64_t b) { return cdiv(a, b) * b; }
-
-using Sf = Simd<float>;
-using V = Sf::V;
-constexpr int L = Sf::L;       // 16 floats per zmm
-constexpr int kMR = 6;         // microkernel rows (tiles in the forward, c in the weight gradient)
-constexpr int kChunk = 64;     // K chunk = 4 vectors: 6 x 4 = 24 accumulators
-constexpr int kTileBlock = 64;   // weight gradients: rows (tiles, pixels) summed in registers before adding into S
 
 // Scratch memory, 64-byte aligned, taken outside parallel regions (bad_alloc reaches the caller).
 // Fresh multi-MiB allocations come from mmap and pay a page fault per 4 KiB on first touch: staging an
@@ -113,6 +103,18 @@ struct FBuf {
 
 // Arena slots: every buffer alive at the same time in one call has its own slot.
 enum Slot : int { kStageA = 0, kStageB, kTileV, kTileE, kSums, kBlockV, kBlockM, kZeroRow, kPackTemp };
+
+#if defined(__AVX512F__)
+inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t round_up(int64_t a, int64_t b) { return cdiv(a, b) * b; }
+
+using Sf = Simd<float>;
+using V = Sf::V;
+constexpr int L = Sf::L;       // 16 floats per zmm
+constexpr int kMR = 6;         // microkernel rows (tiles in the forward, c in the weight gradient)
+constexpr int kChunk = 64;     // K chunk = 4 vectors: 6 x 4 = 24 accumulators
+constexpr int kTileBlock = 64;   // weight gradients: rows (tiles, pixels) summed in registers before adding into S
+
 
 // In-register 16 x 16 transpose: r[i][j] -> r[j][i] (unpack lo/hi at 32 and 64 bits, then two
 // rounds of 128-bit lane shuffles). Turns 16 pixel vectors of 16 channels into 16 channel vectors of
@@ -395,8 +397,8 @@ FC_INLINE void gather_im2col_row(const ConvDesc& d, const Src& xv, int64_t n, in
   }
 }
 
+#endif  // __AVX512F__
 }  // namespace
 }  // namespace FC_ISA
 }  // namespace cpu
 }  // namespace fastconv
-#endif  // __AVX512F__

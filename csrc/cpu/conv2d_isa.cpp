@@ -326,7 +326,7 @@ Out4<T> residue_view(const ConvDesc& d, const Out4<T>& dxv, int64_t a, int64_t b
 }
 
 enum class DgradRoute : int {
-  kNone, kWinograd, kMaskDyFirst, kNchwCopies, kClOutput, kDepthwiseClCopies, kTapsAsChannels, kStaged,
+  kNone, kWinograd, kMaskDyFirst, kNchwCopies, kClOutput, kClCopies, kTapsAsChannels, kStaged,
   kResidueClasses
 };
 
@@ -344,6 +344,21 @@ bool depthwise_stages_nchw(const ConvDesc& d, const Tensor4& x, const Tensor4& d
   return std::is_same_v<T, float> && kIsaLevel == 2 && !relu && d.groups == d.C && d.K == d.C &&
          d.C >= Simd<T>::L && x.stride[1] != 1 && dy.stride[1] != 1 && d.P * d.Q <= kStageSmallMap &&
          d.H * d.W <= kStageSmallMap && d.H * d.W > 1;
+}
+
+// At the AVX2 level, the input gradient of a strided NCHW layer with >= 32 channels each way on a small
+// dy (the stride-1 staging's bounds: P*Q <= kStageDgradMap or N*P*Q <= kStageFewPixels) runs on
+// channels_last copies of dy and dx: the NCHW kernels' vectors along a residue class's few output
+// columns (4-7 at a 7x7 or 4x4 dy) waste lanes. 2 threads, counting the copies, NCHW -> staged: 1x512x14x14
+// 3x3 s2 20.4 -> 6.9 ms, 1x1024x14x14 1x1 s2 -> 2048 14.4 -> 7.3, 8x512x14x14 3x3 s2 83 -> 56, DCGAN's
+// 64x256x8x8 4x4 s2 143 -> 84 (measured while another job loaded the machine; the commit has quiet
+// numbers); larger maps lost (8x512x28x28 1x1 s2 59 -> 78, 8x64x112x112 3x3 s2 79 -> 108). The AVX-512
+// level keeps the NCHW kernels (not measured there).
+template <typename T>
+bool strided_dgrad_stages_nchw(const ConvDesc& d, const Tensor4& dx, const Tensor4& dy, bool relu) {
+  return std::is_same_v<T, float> && kIsaLevel == 1 && !relu && d.groups == 1 && d.C >= 32 && d.K >= 32 &&
+         (d.stride_h > 1 || d.stride_w > 1) && dx.stride[1] != 1 && dy.stride[1] != 1 && d.H * d.W > 1 &&
+         d.P * d.Q > 1 && (d.P * d.Q <= kStageDgradMap || d.N * d.P * d.Q <= kStageFewPixels);
 }
 
 // The input gradient's route:
@@ -367,6 +382,8 @@ bool depthwise_stages_nchw(const ConvDesc& d, const Tensor4& x, const Tensor4& d
 //   dx, as the forward stages (2 threads: 8x2048x7x7 1x1 -> 512 dgrad 6.1 ms against 9.6 on the NCHW
 //   kernels, torch 4.9; 1x128x28x28 -> 512 0.80 against 1.24, torch 0.64). 14x14 maps at batch 2-8
 //   gained nothing (8x576 -> 96: 1.44 ms against 1.37), so they stay on the NCHW kernels.
+// - kClCopies: channels_last copies of an NCHW dy and dx around the engine: depthwise layers on small
+//   maps (depthwise_stages_nchw), strided layers at the AVX2 level (strided_dgrad_stages_nchw).
 // - kTapsAsChannels: taps that tile dx become output channels (taps_merge, conv2d_dgrad_taps.h).
 // - kResidueClasses: one engine correlation per residue class (residue_class).
 template <typename T>
@@ -379,7 +396,8 @@ DgradRoute dgrad_route(const ConvDesc& d, DType dt, const Tensor4& dy, bool relu
   if (std::is_same_v<T, float> && kIsaLevel == 2 && dx.stride[1] != 1 && dy.stride[1] == 1 && d.K > 1 &&
       d.C >= Simd<T>::L && d.H * d.W > 1 && d.P * d.Q > 1)
     return DgradRoute::kClOutput;
-  if (depthwise_stages_nchw<T>(d, dx, dy, relu)) return DgradRoute::kDepthwiseClCopies;
+  if (depthwise_stages_nchw<T>(d, dx, dy, relu) || strided_dgrad_stages_nchw<T>(d, dx, dy, relu))
+    return DgradRoute::kClCopies;
   if (taps_merge(d, dx) != TapsMerge::kNone) return DgradRoute::kTapsAsChannels;
   if (std::is_same_v<T, float> && kIsaLevel == 2 && !relu && d.stride_h == 1 && d.stride_w == 1 &&
       d.dil_h == 1 && d.dil_w == 1) {
@@ -563,7 +581,7 @@ PackInfo dgrad_pack_info(const ConvDesc& d, DType dt, const Tensor4& dy, const T
       return dgrad_pack_info<T>(d, dt, dense_nchw(dy, nullptr), nullptr, dense_nchw(dx, nullptr));
     case DgradRoute::kClOutput:
       return dgrad_pack_info<T>(d, dt, dy, relu_y, dense_channels_last(dx, nullptr));
-    case DgradRoute::kDepthwiseClCopies:
+    case DgradRoute::kClCopies:
       return dgrad_pack_info<T>(d, dt, dense_channels_last(dy, nullptr), nullptr, dense_channels_last(dx, nullptr));
     case DgradRoute::kStaged:
       return engine_pack_info<T>(ConvAlgo::kIgemmNhwcStaged, residue_class(d, 0, 0).g, dt, d.groups);
@@ -609,7 +627,7 @@ void dgrad_impl(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& w
           dgrad_impl<T>(d, dt, dy, w, relu_y, dense_channels_last(dx, buf), pack, nth);
         });
       return;
-    case DgradRoute::kDepthwiseClCopies:
+    case DgradRoute::kClCopies:
       if constexpr (std::is_same_v<T, float>)
         with_channels_last_copy(dy, nth, [&](const float* dys) {
           with_channels_last_output(dx, nth, [&](float* dxs) {
@@ -896,7 +914,7 @@ std::string dgrad_path(const ConvDesc& d, DType dt, const Tensor4& dy, bool relu
       return "nchw_copies > " + dgrad_path<T>(d, dt, nchw_like(dy), false, nchw_like(dx));
     case DgradRoute::kClOutput:
       return "channels_last_dx > " + dgrad_path<T>(d, dt, dy, relu, dense_channels_last(dx, nullptr));
-    case DgradRoute::kDepthwiseClCopies:
+    case DgradRoute::kClCopies:
       return "channels_last_copies > " +
              dgrad_path<T>(d, dt, dense_channels_last(dy, nullptr), false, dense_channels_last(dx, nullptr));
     case DgradRoute::kTapsAsChannels: {

@@ -177,17 +177,59 @@ void wgrad_blocked(const ConvDesc&, const Tensor4&, const Tensor4&, const Tensor
   throw std::logic_error("fastconv: the blocked weight gradient needs the avx512 build");
 }
 
-void with_channels_last_copy(const Tensor4&, int, const std::function<void(const float*)>&) {
-  throw std::logic_error("fastconv: the channels_last staging copy needs the avx512 build");
+// Below AVX-512 the staging copies move 16 x 16 blocks (channels x pixels) element by element, in the
+// compiler's vectors; the parallel units are rows (n, h). Same arena slots as the AVX-512 copies.
+namespace {
+
+constexpr int64_t kCopyBlock = 16;
+
+// dst[((n*H + h)*W + w)*C + c] = t[n][c][h][w] (to_cl), or the inverse (t written from dst).
+template <bool to_cl>
+void copy_channels_last(const Tensor4& t, float* cl, int nth) {
+  const int64_t N = t.size[0], C = t.size[1], H = t.size[2], W = t.size[3];
+  const auto& st = t.stride;
+  float* tp = static_cast<float*>(t.data);
+#pragma omp parallel for num_threads(nth) schedule(static)
+  for (int64_t nh = 0; nh < N * H; ++nh) {
+    float* trow = tp + (nh / H) * st[0] + (nh % H) * st[2];
+    float* crow = cl + nh * W * C;
+    for (int64_t c0 = 0; c0 < C; c0 += kCopyBlock)
+      for (int64_t w0 = 0; w0 < W; w0 += kCopyBlock) {
+        const int64_t c1 = std::min(C, c0 + kCopyBlock), w1 = std::min(W, w0 + kCopyBlock);
+        for (int64_t w = w0; w < w1; ++w)
+          for (int64_t c = c0; c < c1; ++c) {
+            if constexpr (to_cl)
+              crow[w * C + c] = trow[c * st[1] + w * st[3]];
+            else
+              trow[c * st[1] + w * st[3]] = crow[w * C + c];
+          }
+      }
+  }
 }
 
-void with_channels_last_output(const Tensor4&, int, const std::function<void(float*)>&) {
-  throw std::logic_error("fastconv: the channels_last staging copy needs the avx512 build");
+int64_t elements(const Tensor4& t) { return t.size[0] * t.size[1] * t.size[2] * t.size[3]; }
+
+}  // namespace
+
+void with_channels_last_copy(const Tensor4& t, int nth, const std::function<void(const float*)>& f) {
+  FBuf buf(kStageA, elements(t));
+  copy_channels_last<true>(t, buf.p, nth);
+  f(buf.p);
 }
 
-void with_channels_last_copies(const Tensor4&, const Tensor4&, int,
-                               const std::function<void(const float*, const float*)>&) {
-  throw std::logic_error("fastconv: the channels_last staging copy needs the avx512 build");
+void with_channels_last_output(const Tensor4& t, int nth, const std::function<void(float*)>& f) {
+  FBuf buf(kStageB, elements(t));
+  f(buf.p);
+  copy_channels_last<false>(t, buf.p, nth);
+}
+
+void with_channels_last_copies(const Tensor4& a, const Tensor4& b, int nth,
+                               const std::function<void(const float*, const float*)>& f) {
+  FBuf ba(kStageA, elements(a));
+  FBuf bb(kStageB, elements(b));
+  copy_channels_last<true>(a, ba.p, nth);
+  copy_channels_last<true>(b, bb.p, nth);
+  f(ba.p, bb.p);
 }
 
 #endif
