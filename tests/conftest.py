@@ -83,15 +83,29 @@ def _seed():
     yield
 
 
+def _at_isa(level):
+    from fastconv import _C
+    previous = _C.cpu_isa()
+    _C.set_cpu_isa(level)
+    try:
+        yield level
+    finally:
+        _C.set_cpu_isa(previous)
+
+
 @pytest.fixture(params=CPU_ISAS)
 def isa(request):
     """Runs the test at each ISA level of the CPU kernels (fastconv._C.set_cpu_isa), since their
     specializations differ per level; restores the previous level afterwards."""
-    from fastconv import _C
-    previous = _C.cpu_isa()
-    _C.set_cpu_isa(request.param)
-    yield request.param
-    _C.set_cpu_isa(previous)
+    yield from _at_isa(request.param)
+
+
+@pytest.fixture(params=[i for i in CPU_ISAS if i != "baseline"])
+def vector_isa(request):
+    """As `isa`, over the levels with FMA vectors (avx2, avx512) this CPU has: the channels_last block
+    kernels (csrc/cpu/cl_blocks.h: the blocked, pointwise and filter-row weight gradients) exist only
+    there. A CPU with neither runs none of these tests (pytest reports them skipped)."""
+    yield from _at_isa(request.param)
 
 
 @pytest.fixture

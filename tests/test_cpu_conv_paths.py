@@ -898,7 +898,8 @@ def test_path_staged_nchw(isa, case, dtype):
 
 def test_path_winograd_and_weight_gradients(isa, monkeypatch):
     """3x3 stride-1 float32 layers of >= 16 channels: Winograd for all three passes at AVX-512; other
-    float32 layers' weight gradient: the blocked kernel (AVX-512), else the GEMM kernels by layout."""
+    float32 layers' weight gradient: the blocked kernel (AVX-512; AVX2: channels_last, and NCHW maps of
+    >= 2048 output pixels), else the GEMM kernels by layout."""
     x, w = _meta(8, 32, 16, 16, 32, (3, 3))
     xs, ws = _meta(8, 32, 16, 16, 32, (3, 3))
     avx512 = isa == "avx512"
@@ -908,6 +909,9 @@ def test_path_winograd_and_weight_gradients(isa, monkeypatch):
     assert _path(xs, ws, "wgrad", torch.float64, stride=2, padding=1) == "wgrad_gemm_nchw"
     xcl = xs.contiguous(memory_format=torch.channels_last)
     assert _path(xcl, ws, "wgrad", torch.float64, stride=2, padding=1) == "wgrad_gemm_nhwc"
+    assert _path(xcl, ws, "wgrad", stride=2, padding=1) == ("wgrad_gemm_nhwc" if isa == "baseline" else "wgrad_blocked")
+    xbig = torch.empty(8, 32, 64, 64, device="meta")  # 8192 output pixels at stride 2
+    assert _path(xbig, ws, "wgrad", stride=2, padding=1) == ("wgrad_gemm_nchw" if isa == "baseline" else "wgrad_blocked")
     monkeypatch.setenv("FASTCONV_CPU_WINOGRAD", "0")
     monkeypatch.setenv("FASTCONV_CPU_WGRAD_BLOCKED", "0")
     assert _path(x, w, "fwd", padding=1) == "igemm_nchw_direct"

@@ -1,10 +1,11 @@
 """The cpu backend's 1x1 channels_last weight gradient (csrc/cpu/conv2d_wgrad_pointwise_isa.cpp): float32,
-groups 1, no padding, any stride, x and dy channels_last, on AVX-512. Against torch in float64, with 1
-and 2 OpenMP threads bit for bit (each dw element is one task's sum in a fixed pixel order; the pixel
-groups are fixed by the problem), over the cases that take each of its branches: pixel groups with
-their ordered sum (small K x C), several output tiles written straight into dw, tails of K (not a
-multiple of the 6-row register tile) and of C (not a multiple of 16 lanes), strided inputs (one run
-per output row), views whose rows are not contiguous, and a dw that is not dense.
+groups 1, no padding, any stride, x and dy channels_last, at the AVX2 and AVX-512 levels (each that this
+CPU has). Against torch in float64, with 1 and 2 OpenMP threads bit for bit (each dw element is one
+task's sum in a fixed pixel order; the pixel groups are fixed by the problem), over the cases that take
+each of its branches: pixel groups with their ordered sum (small K x C), several output tiles written
+straight into dw, tails of K (not a multiple of the 6-row register tile) and of C (not a multiple of the
+vector lanes), strided inputs (one run per output row), views whose rows are not contiguous, and a dw
+that is not dense.
 """
 from __future__ import annotations
 
@@ -16,9 +17,7 @@ from fastconv.backends import cpu as cpu_backend
 
 from helpers import assert_rel
 
-_C = cpu_backend._C
-pytestmark = pytest.mark.skipif(_C is None or _C.cpu_isa() != "avx512",
-                                reason="the pointwise weight gradient is built for AVX-512 only")
+pytestmark = pytest.mark.usefixtures("vector_isa")
 
 CL = torch.channels_last
 

@@ -1,9 +1,8 @@
-// Shared pieces of the AVX-512 float32 kernels that work on channels_last blocks (conv2d_winograd_isa.cpp,
-// conv2d_wgrad_blocked_isa.cpp): a per-thread scratch arena (every ISA level: the staging copies of the
-// other levels use it too), the channels_last staging copy (with the
-// fused ReLU's mask) and its inverse, a 16 x 16 register transpose, the ordered sum of
-// per-group partial sums, and the rank-update microkernel
-// that accumulates S[c][k] += sum_t A[t][c] B[t][k] over blocks of rows.
+// Shared pieces of the float32 kernels that work on channels_last blocks (conv2d_winograd_isa.cpp,
+// conv2d_wgrad_blocked_isa.cpp, ...): a per-thread scratch arena (every ISA level), and, at the AVX2 and
+// AVX-512 levels (FC_CL_BLOCKS), the channels_last staging copy (with the fused ReLU's mask) and its
+// inverse, an L x L register transpose, the ordered sum of per-group partial sums, and the rank-update
+// microkernel that accumulates S[c][k] += sum_t A[t][c] B[t][k] over blocks of rows.
 //
 // Included inside namespace fastconv::cpu::FC_ISA of the *_isa.cpp files; everything is in an
 // anonymous namespace, so each translation unit (and ISA level) has its own copy.
@@ -22,6 +21,13 @@
 
 #include "cpu/gemm_microkernel.h"
 #include "cpu/kernels.h"
+
+// The block kernels below exist where Simd<float> has FMA: AVX2 (8 lanes) and AVX-512 (16).
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#define FC_CL_BLOCKS 1
+#else
+#define FC_CL_BLOCKS 0
+#endif
 
 namespace fastconv {
 namespace cpu {
@@ -104,17 +110,22 @@ struct FBuf {
 // Arena slots: every buffer alive at the same time in one call has its own slot.
 enum Slot : int { kStageA = 0, kStageB, kTileV, kTileE, kSums, kBlockV, kBlockM, kZeroRow, kPackTemp };
 
-#if defined(__AVX512F__)
+#if FC_CL_BLOCKS
 inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t round_up(int64_t a, int64_t b) { return cdiv(a, b) * b; }
 
 using Sf = Simd<float>;
 using V = Sf::V;
-constexpr int L = Sf::L;       // 16 floats per zmm
+constexpr int L = Sf::L;       // floats per vector: 16 (zmm), 8 (ymm)
 constexpr int kMR = 6;         // microkernel rows (tiles in the forward, c in the weight gradient)
-constexpr int kChunk = 64;     // K chunk = 4 vectors: 6 x 4 = 24 accumulators
+#if defined(__AVX512F__)
+constexpr int kChunk = 64;     // K chunk = 4 vectors: 6 x 4 = 24 of the 32 zmm accumulate
+#else
+constexpr int kChunk = 16;     // K chunk = 2 vectors: 6 x 2 = 12 of the 16 ymm accumulate
+#endif
 constexpr int kTileBlock = 64;   // weight gradients: rows (tiles, pixels) summed in registers before adding into S
 
+#if defined(__AVX512F__)
 
 // In-register 16 x 16 transpose: r[i][j] -> r[j][i] (unpack lo/hi at 32 and 64 bits, then two
 // rounds of 128-bit lane shuffles). Turns 16 pixel vectors of 16 channels into 16 channel vectors of
@@ -146,6 +157,27 @@ FC_INLINE void transpose16(V* r) {
     r[12 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0xdd);
   }
 }
+FC_INLINE void transpose_block(V* r) { transpose16(r); }
+#else
+// In-register 8 x 8 transpose of ymm vectors: unpack lo/hi at 32 and 64 bits, then the 128-bit halves.
+FC_INLINE void transpose_block(V* r) {
+  V t[8], u[8];
+  FC_UNROLL for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  FC_UNROLL for (int i = 0; i < 2; ++i) {
+    u[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xee);
+    u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xee);
+  }
+  FC_UNROLL for (int i = 0; i < 4; ++i) {
+    r[i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x20);
+    r[4 + i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x31);
+  }
+}
+#endif
 
 // A channels_last-addressable float source: element (n, c, h, w) at p[n*s0 + h*s2 + w*s3 + c].
 struct Src {
@@ -154,7 +186,7 @@ struct Src {
   int64_t C, H, W;
 };
 
-// f(w0, nw, c0, nc) for the blocks of 16 columns x 16 channels of a W x C plane (nw, nc < 16 at the edges).
+// f(w0, nw, c0, nc) for the blocks of L columns x L channels of a W x C plane (nw, nc < L at the edges).
 template <typename F>
 FC_INLINE void for_blocks16(int64_t W, int64_t C, F&& f) {
   for (int64_t w0 = 0; w0 < W; w0 += L)
@@ -174,7 +206,7 @@ FC_INLINE void sum_groups_row(float* S, int64_t row, int64_t Kp, int64_t groups,
 
 // The parallel units of a staging copy between t and a channels_last buffer: rows (n, h) of W pixels,
 // or, where t's planes are dense (pixel h*W + w of an image at that offset, and the mask's too), chunks
-// of up to 64 pixels of an image's flattened plane, so that 7x7 and 14x14 maps fill whole 16 x 16
+// of up to 64 pixels of an image's flattened plane, so that 7x7 and 14x14 maps fill whole L x L
 // transpose blocks instead of taking the element-by-element edge path (staged NCHW 1x1 convs, 2 threads:
 // 1x512x7x7 -> 2048 646 us against 1065 with row units, conv_cl alone 615).
 struct PixelUnits {
@@ -234,7 +266,7 @@ void stage_channels_last(const Tensor4& t, const Tensor4* m, float* dst, int nth
         }
       }
     } else {
-      // Blocks of 16 pixels x 16 channels: full blocks with unit pixel strides through the register
+      // Blocks of L pixels x L channels: full blocks with unit pixel strides through the register
       // transpose, edge blocks (and strided pixels) element by element.
       alignas(64) float blk[L][L];
       const bool unit = t.stride[3] == 1 && (!m || m->stride[3] == 1);
@@ -245,7 +277,7 @@ void stage_channels_last(const Tensor4& t, const Tensor4* m, float* dst, int nth
             r[cc] = Sf::load(trow + (c0 + cc) * t.stride[1] + w0);
             if (mrow) r[cc] = Sf::mask_le0(r[cc], Sf::load(mrow + (c0 + cc) * m->stride[1] + w0));
           }
-          transpose16(r);
+          transpose_block(r);
           FC_UNROLL for (int ww = 0; ww < L; ++ww) Sf::store(drow + (w0 + ww) * C + c0, r[ww]);
           return;
         }
@@ -292,7 +324,7 @@ inline void unstage_channels_last(const float* src, const Tensor4& t, int nth) {
       if (unit && nw == L && nc == L) {
         V r[L];
         FC_UNROLL for (int ww = 0; ww < L; ++ww) r[ww] = Sf::load(srow + (w0 + ww) * C + c0);
-        transpose16(r);
+        transpose_block(r);
         FC_UNROLL for (int cc = 0; cc < L; ++cc) Sf::store(trow + (c0 + cc) * t.stride[1] + w0, r[cc]);
         return;
       }
@@ -348,7 +380,7 @@ FC_INLINE void wgrad_ukr(const float* __restrict a, int64_t lda, const float* __
 // S_i[c][k] (+)= sum over nt tiles of V_i[t][c] E_i[t][k] for every c < C and k in [k_begin, k_end)
 // (a multiple of 16 wide): one 6 x 64 register tile at a time, the nt-tile panels of V and E staying
 // in L1 while every c block uses them (nt <= kTileBlock). first: store instead of add.
-void accumulate_positions(const float* Vi, int64_t Cp, int64_t C, const float* Ei, int64_t Kp, int64_t nt,
+inline void accumulate_positions(const float* Vi, int64_t Cp, int64_t C, const float* Ei, int64_t Kp, int64_t nt,
                           int64_t k_begin, int64_t k_end, float* Si, bool first) {
   for (int64_t k0 = k_begin; k0 < k_end; k0 += kChunk) {
     const int nv = static_cast<int>(std::min<int64_t>(kChunk, k_end - k0) / L);
@@ -397,7 +429,7 @@ FC_INLINE void gather_im2col_row(const ConvDesc& d, const Src& xv, int64_t n, in
   }
 }
 
-#endif  // __AVX512F__
+#endif  // FC_CL_BLOCKS
 }  // namespace
 }  // namespace FC_ISA
 }  // namespace cpu

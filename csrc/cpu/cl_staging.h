@@ -11,8 +11,8 @@ namespace cpu {
 namespace FC_ISA {
 
 // Calls f(dst) with dst[((n*H + h)*W + w)*C + c] = t[n][c][h][w], a copy in the calling thread's
-// scratch arena that lives until f returns. Every ISA level: the AVX-512 build transposes 16 x 16
-// blocks in registers, the others copy the blocks element by element.
+// scratch arena that lives until f returns. Every ISA level: the AVX-512 and AVX2 builds transpose
+// L x L blocks in registers, the baseline copy the blocks element by element.
 void with_channels_last_copy(const Tensor4& t, int nth, const std::function<void(const float*)>& f);
 
 // Calls f(dst) with a scratch buffer for t in channels_last order (dst[((n*H + h)*W + w)*C + c]),

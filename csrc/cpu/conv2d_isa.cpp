@@ -711,6 +711,17 @@ bool wgrad_pointwise_stages_both(const ConvDesc& d, DType dt, const Tensor4& x, 
          wgrad_pointwise_usable(d, dt, dense_channels_last(x, nullptr), dense_channels_last(dy, nullptr), relu_y);
 }
 
+// At the AVX2 level an NCHW x goes through the blocked weight gradient (which stages x and dy in
+// channels_last) only for a filter with taps on >= 16 channels and >= 2048 output pixels in all; the
+// NCHW GEMM kernels keep the rest. 2 threads, blocked vs GEMM (torch) ms: 32x64x32x32 3x3 18.4 vs 23.5
+// (19.4), 8x64x56x56 3x3 16.4 vs 18.5 (15.9); but 1x1 8x64x56x56 -> 256 11.1 vs 8.8 (8.1), the RGB stem
+// 8x3x224x224 7x7 s2 22.2 vs 17.3 (15.7), 8x512x7x7 3x3 28.1 vs 20.8 (15.0), 8x256x28x28 3x3 s2 26.2 vs
+// 17.6 (22.1): a small map's pixels do not pay for the staging and the sweeps of the sum matrix.
+template <typename T>
+bool wgrad_blocked_skips_nchw(const ConvDesc& d, const Tensor4& x) {
+  return kIsaLevel == 1 && x.stride[1] != 1 && (d.R * d.S == 1 || d.C < 16 || d.N * d.P * d.Q < 2048);
+}
+
 template <typename T>
 ConvAlgo wgrad_algo(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& dy, const Tensor4* relu_y) {
   if (winograd_usable(d, dt)) return ConvAlgo::kWinograd;
@@ -718,7 +729,7 @@ ConvAlgo wgrad_algo(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4
   if (wgrad_pointwise_stages_x<T>(d, dt, x, dy, relu_y)) return ConvAlgo::kWgradPointwise;
   if (wgrad_pointwise_stages_both<T>(d, dt, x, dy, relu_y)) return ConvAlgo::kWgradPointwise;
   if (wgrad_rows_usable(d, dt)) return ConvAlgo::kWgradRows;
-  if (wgrad_blocked_usable(d, dt)) return ConvAlgo::kWgradBlocked;
+  if (wgrad_blocked_usable(d, dt) && !wgrad_blocked_skips_nchw<T>(d, x)) return ConvAlgo::kWgradBlocked;
   if (d.N == 0) return ConvAlgo::kNone;
   if (d.C == d.groups) return ConvAlgo::kWgradDepthwise;
   if (x.stride[1] == 1 && dy.stride[1] == 1 && (relu_y == nullptr || relu_y->stride[1] == 1) &&

@@ -1,4 +1,4 @@
-// Blocked weight gradient for float32 convolutions on AVX-512 (conv2d_wgrad_blocked_isa.cpp).
+// Blocked weight gradient for float32 convolutions on AVX2 and AVX-512 (conv2d_wgrad_blocked_isa.cpp).
 #pragma once
 
 #include "cpu/kernels.h"
@@ -7,7 +7,7 @@ namespace fastconv {
 namespace cpu {
 namespace FC_ISA {
 
-// True when conv2d_wgrad computes dw through wgrad_blocked: float32, AVX-512 build, groups 1,
+// True when conv2d_wgrad computes dw through wgrad_blocked: float32, AVX2 or AVX-512 build, groups 1,
 // more than one input channel, and FASTCONV_CPU_WGRAD_BLOCKED is not 0. (3x3 stride-1 layers that
 // winograd_usable() accepts go to Winograd first.)
 bool wgrad_blocked_usable(const ConvDesc& d, DType dt);

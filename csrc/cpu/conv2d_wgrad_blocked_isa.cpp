@@ -1,5 +1,5 @@
-// Weight gradient of float32 convolutions (groups 1, any filter, stride, dilation, padding) on
-// AVX-512, as rank updates over blocks of output pixels:
+// Weight gradient of float32 convolutions (groups 1, any filter, stride, dilation, padding) at the
+// AVX2 and AVX-512 levels, as rank updates over blocks of output pixels:
 //     S[tap][c][k] = sum_{pixels t} X_tap[t][c] D[t][k],   dw[k][c][r][s] = S[r*S + s][c][k]
 // with D[t] = dy's channel row of output pixel t (ReLU-masked for the fused op) and X_tap[t] = x's
 // channel row at the input pixel tap (r, s) of t reads (zeros in the padding).
@@ -13,8 +13,8 @@
 // and its im2col rows X[64][R*S*C] (taps side by side, so a 3-channel stem has 27-long rows and
 // 6-row register tiles stay 90% full) are gathered into L1/L2-sized buffers (channels_last rows,
 // read in place from a channels_last x/dy or from a staging copy), then S[(tap, c)][k] gets the
-// block's contribution through accumulate_positions (6 x 64 register tiles, (tap, c) rows
-// broadcast, k in vectors).
+// block's contribution through accumulate_positions (6 x kChunk register tiles, (tap, c) rows
+// broadcast, k in vectors: 6 x 64 floats at AVX-512, 6 x 16 at AVX2).
 // Blocks are split into at most 8 groups fixed by the problem (never by the thread count); each
 // group accumulates its own S_g, and the S_g are summed in group order: bitwise deterministic for
 // any number of threads. The bias gradient, when asked for, rides along the same way: each group
@@ -37,7 +37,7 @@ namespace cpu {
 namespace FC_ISA {
 
 bool wgrad_blocked_usable(const ConvDesc& d, DType dt) {
-#if defined(__AVX512F__)
+#if FC_CL_BLOCKS
   if (dt != kFloat32 || d.groups != 1 || d.C < 2 || d.N == 0) return false;
   return algorithm_switch_on("FASTCONV_CPU_WGRAD_BLOCKED");
 #else
@@ -47,7 +47,7 @@ bool wgrad_blocked_usable(const ConvDesc& d, DType dt) {
 #endif
 }
 
-#if defined(__AVX512F__)
+#if FC_CL_BLOCKS
 
 namespace {
 
@@ -174,11 +174,11 @@ void with_channels_last_copies(const Tensor4& a, const Tensor4& b, int nth,
 #else
 
 void wgrad_blocked(const ConvDesc&, const Tensor4&, const Tensor4&, const Tensor4*, const Tensor4&, float*, int) {
-  throw std::logic_error("fastconv: the blocked weight gradient needs the avx512 build");
+  throw std::logic_error("fastconv: the blocked weight gradient needs the avx2 or avx512 build");
 }
 
-// Below AVX-512 the staging copies move 16 x 16 blocks (channels x pixels) element by element, in the
-// compiler's vectors; the parallel units are rows (n, h). Same arena slots as the AVX-512 copies.
+// At the baseline level the staging copies move 16 x 16 blocks (channels x pixels) element by element,
+// in the compiler's vectors; the parallel units are rows (n, h). Same arena slots as the other levels.
 namespace {
 
 constexpr int64_t kCopyBlock = 16;

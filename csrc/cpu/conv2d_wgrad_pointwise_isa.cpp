@@ -1,5 +1,5 @@
 // Weight gradient of float32 1x1 convolutions (groups 1, no padding, any stride) on channels_last
-// tensors, AVX-512: a GEMM read straight out of the tensors,
+// tensors, AVX2 and AVX-512: a GEMM read straight out of the tensors,
 //     dw[k][c] = sum_{pixels t} dy[t][k] * x[in(t)][c],
 // where dy[t] is output pixel t's channel row and x[in(t)] the channel row of the input pixel it reads
 // ((p*stride_h, q*stride_w) of the same image).
@@ -10,8 +10,9 @@
 // L3 once per 64 pixels: ResNet-50's 1x1 weight gradients at batch 8, channels_last, ran at 0.63-0.85x
 // torch (c2048k512 7x7: 9.9 ms against 7.0).
 //
-// Register tile: 6 rows of k (dy[t][k0..k0+6) broadcast, read in place) x 4 vectors of c (x's rows,
-// copied per chunk into a 64-column strip), 24 accumulators, summed over a chunk of up to
+// Register tile: 6 rows of k (dy[t][k0..k0+6) broadcast, read in place) x kChunk columns of c (x's
+// rows, copied per chunk into a strip: 4 zmm at AVX-512, 2 ymm at AVX2), 24 or 12 accumulators, summed
+// over a chunk of up to
 // kChunkPixels pixels before they are added into the sum matrix; while one chunk is multiplied the
 // next one's rows are prefetched. The chunk's dy rows are walked as runs over which the row advances
 // by a constant step (a whole chunk for stride 1 on dense tensors, an output row otherwise).
@@ -36,7 +37,7 @@ namespace cpu {
 namespace FC_ISA {
 
 bool wgrad_pointwise_usable(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& dy, const Tensor4* relu_y) {
-#if defined(__AVX512F__)
+#if FC_CL_BLOCKS
   if (dt != kFloat32 || d.groups != 1 || d.R != 1 || d.S != 1 || d.pad_h != 0 || d.pad_w != 0) return false;
   if (d.N == 0 || d.C < 2 || relu_y != nullptr || x.stride[1] != 1 || dy.stride[1] != 1) return false;
   return algorithm_switch_on("FASTCONV_CPU_WGRAD_POINTWISE");
@@ -50,13 +51,13 @@ bool wgrad_pointwise_usable(const ConvDesc& d, DType dt, const Tensor4& x, const
 #endif
 }
 
-#if defined(__AVX512F__)
+#if FC_CL_BLOCKS
 
 namespace {
 
 constexpr int64_t kChunkPixels = 96;   // pixels per register pass: a 96 x 64 strip of x is 24 KiB (L1: 32)
 constexpr int64_t kTileK = 132;        // output tile rows (22 register tiles of 6)
-constexpr int64_t kTileC = 256;        // output tile columns (4 register tiles of 64)
+constexpr int64_t kTileC = 256;        // output tile columns (256 / kChunk register tiles)
 
 // One line of each of the next chunk's rows (x's or dy's, at float offset `off`), fetched into L2
 // while the current chunk is multiplied: pixel i's line is requested at its pixel i. Without it the
@@ -75,11 +76,11 @@ struct Run {
 };
 
 // S[m][v*L + l] (+)= sum over the runs' pixels t of dy_t[k0 + m] * B[t][v*L + l], for m < MR and NV
-// vectors of c, the last of them masked by `tail`; B: the chunk's packed x strip, kChunk floats per
-// pixel. first: store instead of add.
+// vectors of c, of which the last holds `tail` columns (B's lanes past them are zero; S's are not
+// written); B: the chunk's packed x strip, kChunk floats per pixel. first: store instead of add.
 template <int MR, int NV>
 FC_INLINE void pointwise_ukr(const Run* runs, int nruns, int64_t dstep, int64_t k0, const float* __restrict b,
-                             __mmask16 tail, float* s, int64_t lds, bool first, const Prefetch& pf) {
+                             int tail, float* s, int64_t lds, bool first, const Prefetch& pf) {
   V acc[MR][NV];
   FC_UNROLL for (int m = 0; m < MR; ++m) FC_UNROLL for (int v = 0; v < NV; ++v) acc[m][v] = Sf::zero();
   int64_t i = 0;
@@ -88,8 +89,7 @@ FC_INLINE void pointwise_ukr(const Run* runs, int nruns, int64_t dstep, int64_t 
     for (int64_t t = 0; t < runs[r].len; ++t, ++i, a += dstep, b += kChunk) {
       if (i < pf.n) _mm_prefetch(reinterpret_cast<const char*>(pf.rows[i] + pf.off), _MM_HINT_T1);
       V bv[NV];
-      FC_UNROLL for (int v = 0; v < NV - 1; ++v) bv[v] = Sf::load(b + v * L);
-      bv[NV - 1] = _mm512_maskz_loadu_ps(tail, b + (NV - 1) * L);
+      FC_UNROLL for (int v = 0; v < NV; ++v) bv[v] = Sf::load(b + v * L);
       FC_UNROLL for (int m = 0; m < MR; ++m) {
         const V av = Sf::set1(a[m]);
         FC_UNROLL for (int v = 0; v < NV; ++v) acc[m][v] = Sf::fma(av, bv[v], acc[m][v]);
@@ -101,8 +101,7 @@ FC_INLINE void pointwise_ukr(const Run* runs, int nruns, int64_t dstep, int64_t 
     FC_UNROLL for (int v = 0; v < NV - 1; ++v)
       Sf::store(row + v * L, first ? acc[m][v] : Sf::add(acc[m][v], Sf::load(row + v * L)));
     float* last = row + (NV - 1) * L;
-    _mm512_mask_storeu_ps(last, tail,
-                          first ? acc[m][NV - 1] : Sf::add(acc[m][NV - 1], _mm512_maskz_loadu_ps(tail, last)));
+    Sf::store_n(last, first ? acc[m][NV - 1] : Sf::add(acc[m][NV - 1], Sf::load_n(last, tail)), tail);
   }
 }
 
@@ -110,10 +109,12 @@ template <int MR>
 FC_INLINE void pointwise_tile_row(const Run* runs, int nruns, int64_t dstep, int64_t k0, const float* b, int64_t nc,
                                   float* s, int64_t lds, bool first, const Prefetch& pf) {
   const int nv = static_cast<int>(cdiv(nc, L));
-  const __mmask16 tail = static_cast<__mmask16>((1u << (nc - (nv - 1) * L)) - 1);
+  const int tail = static_cast<int>(nc - (nv - 1) * L);
   switch (nv) {
+#if defined(__AVX512F__)
     case 4: pointwise_ukr<MR, 4>(runs, nruns, dstep, k0, b, tail, s, lds, first, pf); break;
     case 3: pointwise_ukr<MR, 3>(runs, nruns, dstep, k0, b, tail, s, lds, first, pf); break;
+#endif
     case 2: pointwise_ukr<MR, 2>(runs, nruns, dstep, k0, b, tail, s, lds, first, pf); break;
     default: pointwise_ukr<MR, 1>(runs, nruns, dstep, k0, b, tail, s, lds, first, pf); break;
   }
@@ -138,7 +139,10 @@ void pointwise_chunk(const Run* runs, int nruns, int64_t xstep, int64_t dstep, i
     float* o = B;
     for (int r = 0; r < nruns; ++r) {
       const float* xr = runs[r].x + c0;
-      for (int64_t t = 0; t < runs[r].len; ++t, xr += xstep, o += kChunk) copy_n(o, xr, nc);
+      for (int64_t t = 0; t < runs[r].len; ++t, xr += xstep, o += kChunk) {
+        copy_n(o, xr, nc);
+        zero_n(o + nc, round_up(nc, L) - nc);  // the last vector's lanes past nc
+      }
     }
     for (int64_t k0 = k_begin; k0 < k_end; k0 += kMR, ++call) {
       Prefetch pf;
@@ -254,7 +258,7 @@ void wgrad_pointwise(const ConvDesc& d, const Tensor4& dy, const Tensor4& x, con
 #else
 
 void wgrad_pointwise(const ConvDesc&, const Tensor4&, const Tensor4&, const Tensor4&, int) {
-  throw std::logic_error("fastconv: the pointwise weight gradient needs the avx512 build");
+  throw std::logic_error("fastconv: the pointwise weight gradient needs the avx2 or avx512 build");
 }
 
 #endif
