@@ -20,6 +20,10 @@ void with_channels_last_copy(const Tensor4& t, int nth, const std::function<void
 // buffers are distinct, so the calls nest.
 void with_channels_last_output(const Tensor4& t, int nth, const std::function<void(float*)>& f);
 
+// t (any strides) = src, a dense channels_last buffer of t's sizes (src[((n*H + h)*W + w)*C + c]): the
+// copy with_channels_last_output makes after its callback, for a caller that holds src itself.
+void copy_from_channels_last(const float* src, const Tensor4& t, int nth);
+
 // Calls f(da, db) with channels_last copies of a and b (as with_channels_last_copy), both alive until f
 // returns. Same arena and ISA rules; it does not nest with the two functions above.
 void with_channels_last_copies(const Tensor4& a, const Tensor4& b, int nth,

@@ -361,12 +361,24 @@ bool strided_dgrad_stages_nchw(const ConvDesc& d, const Tensor4& dx, const Tenso
          d.P * d.Q > 1 && (d.P * d.Q <= kStageDgradMap || d.N * d.P * d.Q <= kStageFewPixels);
 }
 
+// kNchwCopies: a channels_last dx of 2 .. L/4 channels (at the AVX2 level, 8 float lanes: up to 4), unless
+// the filter's taps tile dx (taps_merge: those become S*C or R*S*C output channels instead).
+// DCGAN's last layer as a transposed convolution (64 -> 3, 4x4 s2, 32x32 -> 64x64, batch 64, channels_last;
+// its forward is this input gradient), 2 threads, AMD EPYC Zen 3, a noisy VM: 0.69-0.81x torch, against
+// 0.65-0.74x as residue classes over the 3 channels.
+template <typename T>
+bool few_channels_nchw_copies(const ConvDesc& d, const Tensor4& dx) {
+  if (dx.stride[1] != 1 || d.C < 2 || d.groups != 1 || d.H * d.W == 1) return false;
+  const bool few = 4 * d.C <= Simd<T>::L || (std::is_same_v<T, float> && kIsaLevel == 1 && d.C <= 4);
+  return few && taps_merge(d, dx) == TapsMerge::kNone;
+}
+
 // The input gradient's route:
 // - kMaskDyFirst: NCHW dy of the fused op is masked in one streaming pass first; the NCHW paths would
 //   apply the mask element by element while filling their windows (1x1 64-channel bench layer, N=32,
 //   32x32, 1 thread, masked there: 13.4 ms against 3.9 unmasked).
-// - kNchwCopies: a channels_last input gradient with few channels (C <= L/4: the gradient of an RGB
-//   input). The engine's kernels vectorize over the C output channels, so 3 of 16 float lanes would
+// - kNchwCopies: a channels_last input gradient with few channels (few_channels_nchw_copies: the
+//   gradient of an RGB input). The engine's kernels vectorize over the C output channels, so 3 of 16 float lanes would
 //   work (RGB stem, N=32, 32->3, 32x32, 2 threads: 1.8-2.1 ms against 0.84 for the NCHW kernels), so
 //   dy is copied to NCHW (mask applied on the way), the NCHW kernels run, and dx is copied back. A
 //   one-pixel dx is the same in both layouts (excluding it also keeps the NCHW call from coming back).
@@ -391,8 +403,7 @@ DgradRoute dgrad_route(const ConvDesc& d, DType dt, const Tensor4& dy, bool relu
   if (winograd_usable(d, dt)) return DgradRoute::kWinograd;
   if (d.N == 0) return DgradRoute::kNone;
   if (relu && dy.stride[1] != 1) return DgradRoute::kMaskDyFirst;
-  if (dx.stride[1] == 1 && d.C > 1 && 4 * d.C <= Simd<T>::L && d.groups == 1 && d.H * d.W > 1)
-    return DgradRoute::kNchwCopies;
+  if (few_channels_nchw_copies<T>(d, dx)) return DgradRoute::kNchwCopies;
   if (std::is_same_v<T, float> && kIsaLevel == 2 && dx.stride[1] != 1 && dy.stride[1] == 1 && d.K > 1 &&
       d.C >= Simd<T>::L && d.H * d.W > 1 && d.P * d.Q > 1)
     return DgradRoute::kClOutput;
@@ -424,6 +435,15 @@ WV<T> residue_weights(const ConvDesc& d, const ResidueClass& rc, const Tensor4& 
 template <typename T>
 Tensor4 dense_nchw_grad(const ConvDesc& d, const Tensor4& dy, const Tensor4* relu_y, T* buf, int nth) {
   const int64_t K = d.K, P = d.P, Q = d.Q;
+  if constexpr (std::is_same_v<T, float>) {
+    // An unmasked dense channels_last dy: the staging's block transposes instead of strided element
+    // reads (DCGAN's 64 -> 3 transposed layer, batch 64, dy 16.8 MB: the element loop took ~10 ms of 24).
+    if (relu_y == nullptr && dy.stride == dense_channels_last(dy, nullptr).stride) {
+      const Tensor4 t = dense_nchw(dy, buf);
+      copy_from_channels_last(static_cast<const float*>(dy.data), t, nth);
+      return t;
+    }
+  }
   const In4<T> g = in_view<T>(dy), mk = relu_y ? in_view<T>(*relu_y) : In4<T>{};
 #pragma omp parallel for num_threads(nth) schedule(static)
   for (int64_t np = 0; np < d.N * P; ++np) {

@@ -156,10 +156,12 @@ void with_channels_last_copy(const Tensor4& t, int nth, const std::function<void
   f(buf.p);
 }
 
+void copy_from_channels_last(const float* src, const Tensor4& t, int nth) { unstage_channels_last(src, t, nth); }
+
 void with_channels_last_output(const Tensor4& t, int nth, const std::function<void(float*)>& f) {
   FBuf buf(kStageB, t.size[0] * t.size[1] * t.size[2] * t.size[3]);
   f(buf.p);
-  unstage_channels_last(buf.p, t, nth);
+  copy_from_channels_last(buf.p, t, nth);
 }
 
 void with_channels_last_copies(const Tensor4& a, const Tensor4& b, int nth,
@@ -217,10 +219,14 @@ void with_channels_last_copy(const Tensor4& t, int nth, const std::function<void
   f(buf.p);
 }
 
+void copy_from_channels_last(const float* src, const Tensor4& t, int nth) {
+  copy_channels_last<false>(t, const_cast<float*>(src), nth);
+}
+
 void with_channels_last_output(const Tensor4& t, int nth, const std::function<void(float*)>& f) {
   FBuf buf(kStageB, elements(t));
   f(buf.p);
-  copy_channels_last<false>(t, buf.p, nth);
+  copy_from_channels_last(buf.p, t, nth);
 }
 
 void with_channels_last_copies(const Tensor4& a, const Tensor4& b, int nth,
