@@ -322,6 +322,26 @@ def test_strided_wide_nchw_staged(backend, isa, case, relu, dtype):
     _check_case(backend, isa, case, relu, dtype, torch.contiguous_format)
 
 
+# Spatial filters on >= 64 channels each way that only the AVX2 level stages (stage_nchw_forward's
+# spatial_avx2): stride 1, more than 256 output pixels per image and 1,024 in all.
+AVX2_STAGED_NCHW_CASES = [
+    (4, 64, 20, 20, 64, 5, 1, 2, 1),      # 5x5, 1,600 output pixels
+    (2, 64, 30, 27, 72, 3, 1, 1, 1),      # K = 72: a channel tail at 8 and 16 lanes
+]
+
+
+@pytest.mark.parametrize("case", AVX2_STAGED_NCHW_CASES, ids=[str(i) for i in range(len(AVX2_STAGED_NCHW_CASES))])
+@pytest.mark.parametrize("relu", [False, True])
+def test_avx2_spatial_nchw_staged(backend, isa, case, relu):
+    N, C, H, W, K, k, stride, padding, dilation = case
+    x, w = _meta(N, C, H, W, K, pair(k))
+    path = _path(x, w, "fwd", stride=stride, padding=padding, dilation=dilation, relu=relu)
+    assert path.startswith("igemm_nhwc_staged_nchw/") == (isa == "avx2"), path
+    x63, w63 = _meta(N, 63, H, W, K, pair(k))  # one channel short of the rule
+    assert not _path(x63, w63, "fwd", stride=stride, padding=padding).startswith("igemm_nhwc_staged_nchw/")
+    _check_case(backend, isa, case, relu, torch.float32, torch.contiguous_format)
+
+
 def test_strided_wide_nchw_staged_views(backend):
     """A strided NCHW view as input (the staging copy reads any strides) and no bias."""
     x = torch.randn(2, 128, 12, 26)[:, :, :, ::2]
@@ -888,11 +908,11 @@ def test_path_channels_last_modes(isa, i, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_path_staged_nchw(isa, case, dtype):
     """NCHW float32 layers of >= 128 channels with stride 2, and one-row (conv1d) layers of >= 64 channels,
-    run conv_cl on channels_last copies (AVX-512 only); float64 and the other levels run the NCHW kernels."""
+    run conv_cl on channels_last copies (AVX2 and AVX-512); float64 and the baseline run the NCHW kernels."""
     N, C, H, W, K, k, stride, padding, dilation = case
     x, w = _meta(N, C, H, W, K, pair(k))
     path = _path(x, w, "fwd", dtype, stride=stride, padding=padding, dilation=dilation)
-    if dtype == torch.float32 and isa == "avx512":
+    if dtype == torch.float32 and isa != "baseline":
         assert path.startswith("igemm_nhwc_staged_nchw/"), path
     else:
         assert path in ("igemm_nchw_direct", "igemm_nchw_packed"), path
@@ -1011,7 +1031,7 @@ def test_path_small_maps(isa, case):
     N, C, H, W, K, k, stride, padding = case
     x, w = _meta(N, C, H, W, K, (k, k))
     path = _path(x, w, stride=stride, padding=padding)
-    if isa == "avx512":
+    if isa != "baseline":
         assert path.startswith("igemm_nhwc_staged_nchw/"), path
     else:
         assert path.startswith("igemm_nchw_"), path

@@ -507,7 +507,6 @@ void grouped_nhwc_fwd(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, 
   grouped_cl_run<T>(g, x, m, grouped_weights<T>(g, w, pack, own, nth), bias, y, ep, nth);
 }
 
-#if defined(__AVX512F__)
 // NCHW x and y through the channels_last kernel on staged copies, a few images at a time (half an L2 of
 // input per thread, and at least 8 output rows per thread, so a batch keeps the threads busy).
 void grouped_nhwc_staged_nchw_fwd(const Geo& g, const Tensor4& x, WV<float> w, const float* bias, const Tensor4& y,
@@ -522,7 +521,6 @@ void grouped_nhwc_staged_nchw_fwd(const Geo& g, const Tensor4& x, WV<float> w, c
     grouped_cl_run<float>(gc, xcl, In4<float>{}, wp, bias, ycl, ep, nth);
   });
 }
-#endif
 
 template <typename T>
 void wgrad_grouped_nhwc(const ConvDesc& d, In4<T> x, In4<T> dy, In4<T> m, Out4<T> dw, int nth) {

@@ -708,7 +708,6 @@ struct ClModeQuery {
   }
 };
 
-#if defined(__AVX512F__)
 // The staged NCHW forward: a few images at a time are copied to channels_last, convolved by conv_cl
 // into a channels_last buffer and transposed into y. Batches of half an L2 of input per thread keep
 // both copies in the L2 caches (32x128x32x32 -> 128 3x3 s2, 2 threads: 8.5-8.9 ms, against 9.5-10.2
@@ -743,7 +742,6 @@ struct StagedClRunner {
     });
   }
 };
-#endif
 
 }  // namespace
 
@@ -765,12 +763,10 @@ ClMode igemm_nhwc_mode(const Geo& g, const In4<T>& x, const In4<T>& m, const Out
   return mode;
 }
 
-#if defined(__AVX512F__)
 void igemm_nhwc_staged_nchw_fwd(const Geo& g, const Tensor4& x, WV<float> w, const float* bias, const Tensor4& y,
                                 const Epi& ep, int nth, WeightPack* pack) {
   with_rows_shape<float>(g.Kg, StagedClRunner{g, x, w, bias, y, ep, nth, pack});
 }
-#endif
 
 template void igemm_nhwc_fwd<float>(const Geo&, In4<float>, In4<float>, WV<float>, const float*, Out4<float>, const Epi&,
                                     int, WeightPack*);

@@ -144,6 +144,12 @@ inline Tensor4 dense_channels_last(const Tensor4& t, void* buf) {
 // - one output row of one filter row (a conv1d on (N, C, 1, L) views) on wide channels, where the NCHW
 //   kernels run 0.68-0.92x torch and conv_cl 1.06-1.60x (2 threads, fastconv bench --table conv1d:
 //   8x64x4096 k3 7.6 ms NCHW against 4.2 ms channels_last, torch 5.2).
+// At the AVX2 level (float32, the same bounds) the NCHW kernels trail conv_cl further, so every spatial
+// filter on >= 64 channels each way stages too. 2 threads, AMD EPYC Zen 3, ms staged against the NCHW
+// kernels: 32x256x14x14 3x3 51.6 vs 64.6, 32x64x56x56 3x3 57.3 vs 66.7, 32x128x32x32 3x3 s2 19.9 vs
+// 23.4, 8x128x28x28 3x3 14.0 vs 13.8; the small-map bounds hold there as well (1x512x7x7 1x1 -> 2048
+// 0.89 vs 2.88, 1x256x14x14 3x3 1.87 vs 4.99); 32x64x32x32 1x1 (3.6 vs 3.0) and the RGB stem (1.34 vs
+// 1.14) stay NCHW.
 constexpr int64_t kStageSmallMap = 256;
 constexpr int64_t kStageFewPixels = 1024;
 constexpr int64_t kStageDgradMap = 64;  // the input gradient's small-map bound (dgrad_route)
@@ -155,7 +161,8 @@ inline bool stage_nchw_forward(const Geo& g, const Tensor4& x, const Tensor4& y)
   const bool small_map =
       (g.P * g.Q <= kStageSmallMap || g.N * g.P * g.Q <= kStageFewPixels) && g.Cg >= 64 && g.Kg >= 64;
   const bool one_row = g.H == 1 && g.P == 1 && g.R == 1 && g.Cg >= 64 && g.Kg >= 64;
-  return strided_wide || small_map || one_row;
+  const bool spatial_avx2 = kIsaLevel == 1 && g.R * g.S > 1 && g.Cg >= 64 && g.Kg >= 64;
+  return strided_wide || small_map || one_row || spatial_avx2;
 }
 
 // NCHW narrow-group layers (grouped_nhwc_usable) on small maps run the channels_last grouped kernel on
@@ -203,7 +210,7 @@ FwdChoice<T> choose_fwd(const ConvDesc& d, DType dt, const Tensor4& x, const Ten
   if (c.engine.algo == ConvAlgo::kNone) return c;
   if (winograd_usable(d, dt)) {
     c.algo = ConvAlgo::kWinograd;
-  } else if (std::is_same_v<T, float> && kIsaLevel == 2 && stage_nchw_forward(g, x, y)) {
+  } else if (std::is_same_v<T, float> && kIsaLevel >= 1 && stage_nchw_forward(g, x, y)) {
     c.algo = ConvAlgo::kIgemmNhwcStaged;
   } else if (std::is_same_v<T, float> && kIsaLevel == 2 && stage_grouped_nchw(g, x, y)) {
     c.algo = ConvAlgo::kGroupedNhwcStaged;
@@ -226,7 +233,6 @@ void fwd_impl(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& w, c
   const Geo g = geo_of(d);
   const WV<T> wv{static_cast<const T*>(w.data), g.Kg * w.stride[0], w.stride[0], w.stride[1], w.stride[2],
                  w.stride[3]};
-#if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>) {
     if (c.algo == ConvAlgo::kIgemmNhwcStaged || c.algo == ConvAlgo::kGroupedNhwcStaged) {
       const auto staged = c.algo == ConvAlgo::kIgemmNhwcStaged ? igemm_nhwc_staged_nchw_fwd
@@ -245,7 +251,6 @@ void fwd_impl(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& w, c
       });
     }
   }
-#endif
   run_engine(c.engine, wv, static_cast<const T*>(bias), ep, nth, pack);
 }
 

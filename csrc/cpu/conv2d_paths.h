@@ -31,7 +31,7 @@ enum class ConvAlgo : int {
   kNone,             // an empty problem: nothing to compute (or only zeros to write)
   kWinograd,         // conv2d_winograd_isa.cpp
   kIgemmNhwc,        // conv_cl; its mode is a ClMode
-  kIgemmNhwcStaged,  // NCHW tensors through conv_cl on channels_last copies (AVX-512 float32)
+  kIgemmNhwcStaged,  // NCHW tensors through conv_cl on channels_last copies (float32, AVX2 and AVX-512)
   kIgemmNchwDirect,  // conv_pix_direct: zero-padded input window, phase planes for stride 2
   kIgemmNchwPacked,  // conv_pix: im2col panels packed per block
   kDepthwiseNhwc,    // conv_direct_cl
@@ -60,11 +60,9 @@ template <typename T>
 void igemm_nhwc_pack_size(const Geo& g, int64_t& count, int64_t& nr);
 template <typename T>
 ClMode igemm_nhwc_mode(const Geo& g, const In4<T>& x, const In4<T>& m, const Out4<T>& y);
-#if defined(__AVX512F__)
 // NCHW x and y (any strides) through igemm_nhwc_fwd on channels_last copies, a few images at a time.
 void igemm_nhwc_staged_nchw_fwd(const Geo& g, const Tensor4& x, WV<float> w, const float* bias, const Tensor4& y,
                                 const Epi& ep, int nth, WeightPack* pack);
-#endif
 
 // The NCHW (any strides) problem g on x and y in batches of NB images: f(gc, xcl, ycl) with gc the
 // batch's problem and xcl / ycl dense channels_last copies (ycl is copied into y after f returns).
@@ -118,11 +116,9 @@ int64_t grouped_nhwc_pack_size(const Geo& g);
 template <typename T>
 void grouped_nhwc_fwd(const Geo& g, In4<T> x, In4<T> m, WV<T> w, const T* bias, Out4<T> y, const Epi& ep, int nth,
                       WeightPack* pack);
-#if defined(__AVX512F__)
 // NCHW x and y (any strides) through grouped_nhwc_fwd on channels_last copies, a few images at a time.
 void grouped_nhwc_staged_nchw_fwd(const Geo& g, const Tensor4& x, WV<float> w, const float* bias, const Tensor4& y,
                                   const Epi& ep, int nth, WeightPack* pack);
-#endif
 // dw of such a layer (x, dy and the mask m of dy channels_last); Cg in {2, 4, 8, 16}.
 template <typename T>
 bool wgrad_grouped_nhwc_usable(const Geo& g) {
