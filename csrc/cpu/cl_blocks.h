@@ -188,7 +188,7 @@ struct Src {
 
 // f(w0, nw, c0, nc) for the blocks of L columns x L channels of a W x C plane (nw, nc < L at the edges).
 template <typename F>
-FC_INLINE void for_blocks16(int64_t W, int64_t C, F&& f) {
+FC_INLINE void for_lane_blocks(int64_t W, int64_t C, F&& f) {
   for (int64_t w0 = 0; w0 < W; w0 += L)
     for (int64_t c0 = 0; c0 < C; c0 += L)
       f(w0, static_cast<int>(std::min<int64_t>(L, W - w0)), c0, static_cast<int>(std::min<int64_t>(L, C - c0)));
@@ -270,7 +270,7 @@ void stage_channels_last(const Tensor4& t, const Tensor4* m, float* dst, int nth
       // transpose, edge blocks (and strided pixels) element by element.
       alignas(64) float blk[L][L];
       const bool unit = t.stride[3] == 1 && (!m || m->stride[3] == 1);
-      for_blocks16(np, C, [&](int64_t w0, int nw, int64_t c0, int nc) {
+      for_lane_blocks(np, C, [&](int64_t w0, int nw, int64_t c0, int nc) {
         if (unit && nw == L && nc == L) {
           V r[L];
           FC_UNROLL for (int cc = 0; cc < L; ++cc) {
@@ -320,7 +320,7 @@ inline void unstage_channels_last(const float* src, const Tensor4& t, int nth) {
     pu.unit(u, n, p0, np);
     const float* srow = src + (n * pu.H * pu.W + p0) * C;
     float* trow = tp + pu.offset(t.stride, n, p0);
-    for_blocks16(np, C, [&](int64_t w0, int nw, int64_t c0, int nc) {
+    for_lane_blocks(np, C, [&](int64_t w0, int nw, int64_t c0, int nc) {
       if (unit && nw == L && nc == L) {
         V r[L];
         FC_UNROLL for (int ww = 0; ww < L; ++ww) r[ww] = Sf::load(srow + (w0 + ww) * C + c0);
@@ -389,9 +389,11 @@ inline void accumulate_positions(const float* Vi, int64_t Cp, int64_t C, const f
       const float* a = Vi + c0;
       const float* b = Ei + k0;
       float* s = Si + c0 * Kp + k0;
-      switch (nv) {
+      switch (nv) {  // at most kChunk / L vectors: 4 at AVX-512, 2 at AVX2
+#if defined(__AVX512F__)
         case 4: wgrad_ukr<4>(a, Cp, b, Kp, nt, s, Kp, rows, first); break;
         case 3: wgrad_ukr<3>(a, Cp, b, Kp, nt, s, Kp, rows, first); break;
+#endif
         case 2: wgrad_ukr<2>(a, Cp, b, Kp, nt, s, Kp, rows, first); break;
         default: wgrad_ukr<1>(a, Cp, b, Kp, nt, s, Kp, rows, first); break;
       }

@@ -383,10 +383,11 @@ bool few_channels_nchw_copies(const ConvDesc& d, const Tensor4& dx) {
 //   apply the mask element by element while filling their windows (1x1 64-channel bench layer, N=32,
 //   32x32, 1 thread, masked there: 13.4 ms against 3.9 unmasked).
 // - kNchwCopies: a channels_last input gradient with few channels (few_channels_nchw_copies: the
-//   gradient of an RGB input). The engine's kernels vectorize over the C output channels, so 3 of 16 float lanes would
-//   work (RGB stem, N=32, 32->3, 32x32, 2 threads: 1.8-2.1 ms against 0.84 for the NCHW kernels), so
-//   dy is copied to NCHW (mask applied on the way), the NCHW kernels run, and dx is copied back. A
-//   one-pixel dx is the same in both layouts (excluding it also keeps the NCHW call from coming back).
+//   gradient of an RGB input). The engine's kernels vectorize over the C output channels, so 3 of 16
+//   float lanes would work (RGB stem, N=32, 32->3, 32x32, 2 threads: 1.8-2.1 ms against 0.84 for the
+//   NCHW kernels), so dy is copied to NCHW (mask applied on the way), the NCHW kernels run, and dx is
+//   copied back. A one-pixel dx is the same in both layouts (excluding it also keeps the NCHW call from
+//   coming back).
 // - kClOutput: an NCHW input gradient of a channels_last dy (a layer whose input is NCHW and whose
 //   output is channels_last: the first layers after ShuffleNetV2's channel shuffle, whose .contiguous()
 //   returns NCHW). The NCHW kernels read dy's channel rows across the pixels they vectorize over, so
