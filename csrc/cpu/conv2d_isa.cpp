@@ -399,7 +399,9 @@ bool few_channels_nchw_copies(const ConvDesc& d, const Tensor4& dx) {
 //   <= kStageDgradMap pixels, or <= kStageFewPixels in all: conv_cl on channels_last copies of dy and
 //   dx, as the forward stages (2 threads: 8x2048x7x7 1x1 -> 512 dgrad 6.1 ms against 9.6 on the NCHW
 //   kernels, torch 4.9; 1x128x28x28 -> 512 0.80 against 1.24, torch 0.64). 14x14 maps at batch 2-8
-//   gained nothing (8x576 -> 96: 1.44 ms against 1.37), so they stay on the NCHW kernels.
+//   gained nothing (8x576 -> 96: 1.44 ms against 1.37), so they stay on the NCHW kernels. The AVX2
+//   level (float32) stages within the same bounds, where the forward stages: AMD EPYC Zen 3, 2 threads,
+//   8x2048x7x7 1x1 -> 512 5.3-5.8 ms against 10.1-11.4, 1x256x14x14 3x3 1.4-1.8 against 4.3-4.6.
 // - kClCopies: channels_last copies of an NCHW dy and dx around the engine: depthwise layers on small
 //   maps (depthwise_stages_nchw), strided layers at the AVX2 level (strided_dgrad_stages_nchw).
 // - kTapsAsChannels: taps that tile dx become output channels (taps_merge, conv2d_dgrad_taps.h).
@@ -416,7 +418,7 @@ DgradRoute dgrad_route(const ConvDesc& d, DType dt, const Tensor4& dy, bool relu
   if (depthwise_stages_nchw<T>(d, dx, dy, relu) || strided_dgrad_stages_nchw<T>(d, dx, dy, relu))
     return DgradRoute::kClCopies;
   if (taps_merge(d, dx) != TapsMerge::kNone) return DgradRoute::kTapsAsChannels;
-  if (std::is_same_v<T, float> && kIsaLevel == 2 && !relu && d.stride_h == 1 && d.stride_w == 1 &&
+  if (std::is_same_v<T, float> && kIsaLevel >= 1 && !relu && d.stride_h == 1 && d.stride_w == 1 &&
       d.dil_h == 1 && d.dil_w == 1) {
     Geo g = residue_class(d, 0, 0).g;
     g.dh = g.dw = 1;  // the correlation's flipped taps (dilation -1) cost what the forward's do
@@ -665,13 +667,11 @@ void dgrad_impl(const ConvDesc& d, DType dt, const Tensor4& dy, const Tensor4& w
     case DgradRoute::kTapsAsChannels:
       return taps_as_channels_dgrad<T>(d, dt, dy, w, relu_y, dx, pack, nth);
     case DgradRoute::kStaged:
-#if defined(__AVX512F__)
       if constexpr (std::is_same_v<T, float>) {
         const ResidueClass rc = residue_class(d, 0, 0);
         return igemm_nhwc_staged_nchw_fwd(rc.g, dy, residue_weights<float>(d, rc, w), nullptr, dx, Epi{}, nth, pack);
       }
-#endif
-      break;  // not routed here: float32 at the AVX-512 level only
+      break;  // not routed here: float32 only
     case DgradRoute::kResidueClasses:
       break;
   }
