@@ -68,7 +68,8 @@ def _check_case(backend, isa, case, relu, dtype, memory_format):
     _check(backend, isa, x, w, torch.randn(K), relu, dtype, stride=stride, padding=padding, dilation=dilation)
 
 
-# (N, C, H, W, kernel, stride, padding, dilation)
+# (N, C, H, W, kernel, stride, padding, dilation). The pixel blocks named are AVX-512's; at AVX2 row
+# pairs run blocks of 4 (Q = 13: 4 + 4 + 4 + a partial 1; Q = 5: 4 + 1; Q = 3: a partial 3).
 DW_CASES = [
     (2, 32, 8, 32, 3, 1, 1, 1),        # row pairs, 4 whole blocks of 8 per row
     (1, 40, 7, 13, 3, 1, 1, 1),        # odd P (a single last row), blocks 8 + 4 + partial 1, channel tail

@@ -216,7 +216,7 @@ FC_INLINE void dwcl_block(const T* const* xr, const T* const* mr, const T* const
     }
   }
   FC_UNROLL for (int i = 0; i < QB; ++i) {
-    if (QB > 4 && i >= nq) break;  // blocks of 4 are only used whole (see conv_dwcl_rows)
+    if (i >= nq) break;  // a row's last block may be partial (dwcl_pixel_blocks)
     FC_UNROLL for (int v = 0; v < CVB; ++v) {
       if (TAIL)
         Sd::store_n(yo + i * ysi, epi_store_value<T>(ep, acc[i][v]), nl);
@@ -225,7 +225,7 @@ FC_INLINE void dwcl_block(const T* const* xr, const T* const* mr, const T* const
     }
   }
   if (!epi_plain(ep))
-    epi_fixup<T>(ep, yo, 1, TAIL ? nl : CVB * L, QB > 4 ? nq : QB, ysi);
+    epi_fixup<T>(ep, yo, 1, TAIL ? nl : CVB * L, nq, ysi);
 }
 
 // Two output rows (p, p+1) of a 3x3, stride-1 (sh = sw = dh = dw = 1) problem at once: the four input
@@ -272,7 +272,7 @@ FC_INLINE void dwcl_block_r2(const T* const* xu, const T* const* mu, const T* w,
       FC_UNROLL for (int i = 0; i < QB; ++i) acc[o][i] = Sd::add(acc[o][i], b);
     }
     FC_UNROLL for (int i = 0; i < QB; ++i) {
-      if (QB > 4 && i >= nq) break;
+      if (i >= nq) break;
       if (TAIL)
         Sd::store_n(yo + o * yrs + i * ysi, epi_store_value<T>(ep, acc[o][i]), nl);
       else
@@ -280,16 +280,49 @@ FC_INLINE void dwcl_block_r2(const T* const* xu, const T* const* mu, const T* w,
     }
   }
   if (!epi_plain(ep))
-    for (int o = 0; o < 2; ++o) epi_fixup<T>(ep, yo + o * yrs, 1, TAIL ? nl : Sd::L, QB > 4 ? nq : QB, ysi);
+    for (int o = 0; o < 2; ++o) epi_fixup<T>(ep, yo + o * yrs, 1, TAIL ? nl : Sd::L, nq, ysi);
 }
 
+// Register blocks and prefetches per level. At AVX2 (16 ymm), row pairs run 4-pixel blocks (8
+// accumulators + 9 weights + 1 column: two weights stay memory operands), and each block prefetches
+// the input lines the next block reads first (dwcl_prefetch_next_input): the hardware prefetchers do
+// not follow the 20-30 column streams that each step 32 bytes per channel vector, and a line from
+// memory takes longer than a channel vector's FMAs. AMD EPYC Zen 3, 2 threads, channels_last, ms
+// (torch in the same run): 8x144x56x56 3x3 single rows 2.56, pairs + input prefetch 1.48-1.59 (2.04);
+// 32x128x32x32 2.98 -> 1.77-1.84 (2.40); 8x96x112x112 3x3 s2 (single rows) 4.06 -> 2.93 (2.34);
+// 8x144x56x56 s2 1.25 -> 0.84 (0.89). The AVX-512 level keeps its measured blocks and prefetches no
+// input (not measured there); the baseline level runs single rows.
 #if defined(__AVX512F__)
 constexpr int kDwClQB = 8, kDwClCVB = 2;  // 16 accumulators + 6 weights + 2 columns of the 32 zmm
 constexpr bool kDwClPairs = true;         // dwcl_block_r2 at QB = 8: 16 accumulators + 9 weights + 1
+constexpr int kDwClPairQB = 8;
+constexpr bool kDwClPrefetchInput = false;
 #else
 constexpr int kDwClQB = 8, kDwClCVB = 1;  // 16 ymm / xmm registers
-constexpr bool kDwClPairs = false;
+constexpr bool kDwClPairs = kIsaLevel == 1;
+constexpr int kDwClPairQB = 4;
+constexpr bool kDwClPrefetchInput = kIsaLevel == 1;
 #endif
+
+// Input lines for dwcl_prefetch_next_input: nrows rows (at column 0, channel 0), ncols columns from iw0
+// (some may be padding).
+template <typename T>
+struct DwClInput {
+  const T* rows[4] = {};
+  int nrows = 0;
+  int64_t iw0 = 0;
+  int64_t ncols = 0;
+};
+
+// Prefetches the lines of in at channel offset c that start a cache line: called once per channel vector
+// of a block, so the prefetches spread over the block's work.
+template <typename T>
+FC_INLINE void dwcl_prefetch_next_input(const DwClInput<T>& in, int64_t sx, int64_t W, int64_t c) {
+  if (!kDwClPrefetchInput || (c * (int64_t)sizeof(T)) % 64 != 0) return;
+  const int64_t j0 = std::max<int64_t>(0, -in.iw0), j1 = std::min<int64_t>(in.ncols, W - in.iw0);
+  for (int u = 0; u < in.nrows; ++u)
+    for (int64_t j = j0; j < j1; ++j) __builtin_prefetch(in.rows[u] + (in.iw0 + j) * sx + c, 0, 3);
+}
 
 // Output stores and 4K aliasing. A store to a line that is not in the cache waits in the store buffer
 // for the line (read-for-ownership from L3 or memory) for many cycles, and until then every later load
@@ -359,10 +392,10 @@ FC_INLINE void dwcl_prefetch_next(const DwClNext<T>& nb, int64_t yrs, int64_t ys
     for (int64_t i = 0; i < nb.npix; ++i) __builtin_prefetch(nb.p + o * yrs + i * ysi + c, 1, 3);
 }
 
-// Pixel blocks of one output row (or row pair): whole blocks of kDwClQB, then whole blocks of 4, then
+// Pixel blocks of one output row (or row pair): whole blocks of QBMAX, then whole blocks of 4, then
 // one partial block; f(qb_tag, edge_tag, q0, nq, iw0, jlo, jhi) with input columns [jlo, jhi) of the
 // block's (QB-1)*SW + S valid (EDGE when some are padding).
-template <int S, int SW, typename F>
+template <int S, int SW, int QBMAX = kDwClQB, typename F>
 FC_INLINE void dwcl_pixel_blocks(int64_t Q, int64_t W, int64_t pw, F&& f) {
   auto one = [&](auto qb_tag, int64_t q0, int nq) {
     constexpr int QB = decltype(qb_tag)::value;
@@ -376,10 +409,10 @@ FC_INLINE void dwcl_pixel_blocks(int64_t Q, int64_t W, int64_t pw, F&& f) {
       f(qb_tag, std::true_type{}, q0, nq, iw0, jlo, jhi);
   };
   int64_t q0 = 0;
-  for (; q0 + kDwClQB <= Q; q0 += kDwClQB) one(std::integral_constant<int, kDwClQB>{}, q0, kDwClQB);
+  for (; q0 + QBMAX <= Q; q0 += QBMAX) one(std::integral_constant<int, QBMAX>{}, q0, QBMAX);
   int rem = (int)(Q - q0);
-  for (; rem >= 4 && kDwClQB > 4; rem -= 4, q0 += 4) one(std::integral_constant<int, 4>{}, q0, 4);
-  if (rem > 0) one(std::integral_constant<int, kDwClQB>{}, q0, rem);
+  for (; rem >= 4 && QBMAX > 4; rem -= 4, q0 += 4) one(std::integral_constant<int, 4>{}, q0, 4);
+  if (rem > 0) one(std::integral_constant<int, QBMAX>{}, q0, rem);
 }
 
 // Tasks are (n, block of output rows, block of channel vectors), rows in order inside a task so the
@@ -397,6 +430,23 @@ void conv_dwcl_rows(const Geo& g, In4<T> x, In4<T> m, const T* wT, int64_t Cp, i
   const int tail = (int)(C - (nCV - 1) * L);
   const int64_t nfull = tail == L ? nCV : nCV - 1;  // whole channel vectors
   const bool pairs = kDwClPairs && S == 3 && SW == 1 && g.R == 3 && g.sh == 1 && dh == 1;
+  // The input lines of the block after pixels [q0, q0 + nq) of output rows [p, p + step) (a pair: step
+  // 2) in a task whose rows end at pend (dwcl_next_block's order), in the rows that output row p' - 1
+  // did not read (p' the next block's first row): those are the lines not already in the cache.
+  auto next_input = [&](int64_t n, int64_t p, int64_t step, int64_t pend, int64_t q0, int64_t nq, int64_t qbmax) {
+    DwClInput<T> in;
+    const bool same_rows = q0 + nq < g.Q;
+    if (!kDwClPrefetchInput || (!same_rows && p + step >= pend)) return in;
+    const int64_t pn = same_rows ? p : p + step, q = same_rows ? q0 + nq : 0;
+    const int64_t last_before = (pn - 1) * g.sh - ph + (g.R - 1) * dh;
+    for (int64_t r = 0; r < g.R + step - 1 && in.nrows < 4; ++r) {
+      const int64_t ih = pn * g.sh - ph + r * dh;
+      if (ih > last_before && ih >= 0 && ih < g.H) in.rows[in.nrows++] = x.p + n * x.s0 + ih * x.s2;
+    }
+    in.iw0 = q * SW - pw;
+    in.ncols = (std::min(qbmax, g.Q - q) - 1) * SW + S;
+    return in;
+  };
   // Work units: runs of output rows as long as 8 units per thread allow, up to a whole image (each unit
   // reads 2 - 3 input rows beyond its own: 128 channels, 2 threads, 32-row units 0.745 ms against 0.77
   // with 8-row units); channel blocks only when rows alone leave cores idle.
@@ -442,8 +492,8 @@ void conv_dwcl_rows(const Geo& g, In4<T> x, In4<T> m, const T* wT, int64_t Cp, i
             xr0[u] = ok ? x.p + n * x.s0 + ih * x.s2 : nullptr;
             mr0[u] = ok && MASK ? m.p + n * m.s0 + ih * m.s2 : nullptr;
           }
-          dwcl_pixel_blocks<S, SW>(g.Q, g.W, pw, [&](auto qb_tag, auto edge_tag, int64_t q0, int nq, int64_t iw0,
-                                                    int jlo, int jhi) {
+          dwcl_pixel_blocks<S, SW, kDwClPairQB>(g.Q, g.W, pw, [&](auto qb_tag, auto edge_tag, int64_t q0, int nq,
+                                                                 int64_t iw0, int jlo, int jhi) {
             constexpr int QB = decltype(qb_tag)::value;
             constexpr bool EDGE = decltype(edge_tag)::value;
             T* yo = yrow + q0 * y.s3;
@@ -451,9 +501,11 @@ void conv_dwcl_rows(const Geo& g, In4<T> x, In4<T> m, const T* wT, int64_t Cp, i
             T* const dst = stream_out ? dwcl_scratch_at(scr0, yo) : yo;
             const int64_t drs = stream_out ? QB * Cp : y.s2, dps = stream_out ? Cp : y.s3;
             const DwClNext<T> nb =
-                stream_out ? DwClNext<T>{} : dwcl_next_block(yrow, y.s2, y.s3, p, 2, pend, q0, nq, g.Q, kDwClQB);
+                stream_out ? DwClNext<T>{} : dwcl_next_block(yrow, y.s2, y.s3, p, 2, pend, q0, nq, g.Q, kDwClPairQB);
+            const DwClInput<T> nin = next_input(n, p, 2, pend, q0, nq, kDwClPairQB);
             for (int64_t cv = cv0; cv < cv1; ++cv) {
               dwcl_prefetch_next(nb, y.s2, y.s3, cv * L);
+              dwcl_prefetch_next_input(nin, x.s3, g.W, cv * L);
               for (int u = 0; u < 4; ++u) {
                 xr[u] = xr0[u] ? xr0[u] + cv * L : nullptr;
                 if (MASK) mr[u] = mr0[u] ? mr0[u] + cv * L : nullptr;
@@ -489,8 +541,10 @@ void conv_dwcl_rows(const Geo& g, In4<T> x, In4<T> m, const T* wT, int64_t Cp, i
           const int64_t dps = stream_out ? Cp : y.s3;
           const DwClNext<T> nb =
               stream_out ? DwClNext<T>{} : dwcl_next_block(yrow, y.s2, y.s3, p, 1, pend, q0, nq, g.Q, kDwClQB);
+          const DwClInput<T> nin = next_input(n, p, 1, pend, q0, nq, kDwClQB);
           auto at = [&](int64_t cv, int ncv) {  // pointers at channel vector cv; prefetches ncv vectors
             for (int v = 0; v < ncv; ++v) dwcl_prefetch_next(nb, y.s2, y.s3, (cv + v) * L);
+            for (int v = 0; v < ncv; ++v) dwcl_prefetch_next_input(nin, x.s3, g.W, (cv + v) * L);
             for (int64_t k = 0; k < nrv; ++k) {
               xr[k] = xr0[k] + cv * L;
               if (MASK) mr[k] = mr0[k] + cv * L;
