@@ -109,6 +109,26 @@ def test_depthwise_channels_last_without_bias(backend, isa, case, relu):
            dilation=dilation, groups=C)
 
 
+# (N, C, H, W, K, kernel, stride, padding, dilation): channels_last layers whose output (forward) or input
+# (input gradient) channels fill 2-3 vectors, which the AVX2 level runs as one 3-vector panel (4 x 3
+# row kernel: 17-24 float32 channels, 9-12 float64), with and without a tail in the third vector.
+THREE_VECTOR_CASES = [
+    (2, 16, 9, 11, 24, 3, 1, 1, 1),    # 3x3 -> 24
+    (2, 20, 8, 9, 20, 1, 1, 0, 1),     # 1x1 20 -> 20: a 4-lane tail, both passes
+    (1, 3, 17, 17, 24, 3, 2, 1, 1),    # an RGB stem -> 24
+    (2, 24, 7, 7, 17, 3, 1, 1, 1),     # -> 17: one lane of the third vector
+    (2, 12, 8, 8, 10, 3, 1, 1, 1),     # float64's 9-12
+    (2, 10, 9, 9, 12, 1, 2, 0, 1),     # stride 2 into 10 channels
+]
+
+
+@pytest.mark.parametrize("case", THREE_VECTOR_CASES, ids=[str(i) for i in range(len(THREE_VECTOR_CASES))])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_three_vector_panels_channels_last(backend, isa, case, relu, dtype):
+    _check_case(backend, isa, case, relu, dtype, torch.channels_last)
+
+
 # (N, C, H, W, K, kernel, stride, padding, dilation): channels_last inputs of 2-4 channels. Their input
 # gradient (C <= L/4 output channels for the dgrad kernels) runs the NCHW kernels between two layout
 # copies (dgrad_impl); with float64 (L = 8 in AVX-512) only C = 2 does, on AVX2 only float32 C = 2.
