@@ -103,7 +103,8 @@ def isa(request):
 @pytest.fixture(params=[i for i in CPU_ISAS if i != "baseline"])
 def vector_isa(request):
     """As `isa`, over the levels with FMA vectors (avx2, avx512) this CPU has: the channels_last block
-    kernels (csrc/cpu/cl_blocks.h: the blocked and pointwise weight gradients) exist only there. A CPU with neither runs none of these tests (pytest reports them skipped)."""
+    kernels (csrc/cpu/cl_blocks.h: the blocked and pointwise weight gradients) exist only there. A CPU
+    with neither runs none of these tests (pytest reports them skipped)."""
     yield from _at_isa(request.param)
 
 
