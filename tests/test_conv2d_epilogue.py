@@ -132,7 +132,7 @@ def test_errors():
 # Inference (no autograd): the cpu backend applies the activation and the residual in its kernels' epilogues.
 # One geometry per kernel family (csrc/cpu/conv2d_paths.h): (N, C, H, W, K, kernel, stride, padding, groups)
 KERNEL_CASES = [
-    (2, 16, 12, 12, 32, 3, 1, 1, 1),      # Winograd at AVX-512 (float32), the implicit GEMMs elsewhere
+    (4, 16, 12, 12, 32, 3, 1, 1, 1),      # Winograd (36 tiles) at AVX2 / AVX-512 (float32), the implicit GEMMs elsewhere
     (2, 3, 16, 16, 24, 3, 1, 1, 1),       # RGB stem: conv_cl's padded copy, NCHW direct with row vectors
     (2, 24, 7, 9, 40, 1, 1, 0, 1),        # pointwise: conv_cl_pointwise, flattened NCHW
     (1, 64, 7, 7, 80, 3, 1, 1, 1),        # small map: NCHW staged through channels_last, residual in a pass over y

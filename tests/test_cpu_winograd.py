@@ -1,11 +1,12 @@
 """The cpu backend's Winograd F(4x4, 3x3) path (csrc/cpu/conv2d_winograd_isa.cpp) and its weight-pack cache.
 
-3x3 stride-1 float32 convolutions with >= 16 channels on both sides run through Winograd on AVX-512
-machines: forward (bias + ReLU fused), input gradient and weight gradient. These tests
+3x3 stride-1 float32 convolutions with >= 16 channels on both sides run through Winograd at the AVX2
+and AVX-512 levels: forward (bias + ReLU fused), input gradient and weight gradient. These tests, run at
+each of those levels this CPU has (the `vector_isa` fixture),
 - check which problems take the path (`fastconv._C.conv2d_weight_pack_floats` says so) and that
   FASTCONV_CPU_WINOGRAD=0 turns it off,
 - compare every output and gradient with torch in float64 over a grid of shapes with edge tiles,
-  pads 0..2, channel counts off the 16-lane vectors, both layouts, strided views and the fused ReLU,
+  pads 0..2, channel counts off the 8- and 16-lane vectors, both layouts, strided views and the fused ReLU,
   with the foundation's float32 tolerance,
 - compare Winograd with the direct kernels it replaces,
 - check the weight-pack cache: hits, and invalidation by in-place updates, optimizer steps,
@@ -26,14 +27,7 @@ from fastconv.backends import cpu as cpu_backend
 from helpers import assert_rel
 
 _C = cpu_backend._C
-pytestmark = pytest.mark.skipif(_C is None, reason="fastconv._C is not built")
-
-
-def _winograd_isa() -> bool:
-    return _C is not None and _C.cpu_isa() == "avx512"
-
-
-needs_avx512 = pytest.mark.skipif(not _winograd_isa(), reason="the Winograd path is built for AVX-512 only")
+pytestmark = [pytest.mark.skipif(_C is None, reason="fastconv._C is not built"), pytest.mark.usefixtures("vector_isa")]
 
 
 def _desc(x_shape, w_shape, padding=1, stride=1, dilation=1, groups=1):
@@ -50,8 +44,7 @@ def _uses_winograd(x_shape, w_shape, dtype_code=0, **kw) -> bool:
     return _C.conv2d_weight_pack_floats(_desc(x_shape, w_shape, **kw), dtype_code, 0) > 0
 
 
-@needs_avx512
-def test_path_selection(monkeypatch):
+def test_path_selection(monkeypatch, vector_isa):
     assert _uses_winograd((8, 16, 8, 8), (16, 16, 3, 3))
     assert _uses_winograd((4, 64, 14, 14), (256, 64, 3, 3), padding=0)
     assert _uses_winograd((4, 16, 8, 8), (16, 16, 3, 3), padding=2)
@@ -65,9 +58,10 @@ def test_path_selection(monkeypatch):
     assert not _uses_winograd((8, 8, 8, 8), (16, 8, 3, 3))
     assert not _uses_winograd((8, 16, 8, 8), (8, 16, 3, 3))
     assert not _uses_winograd((64, 16, 2, 2), (16, 16, 3, 3))  # one 4x4 tile for 4 outputs
+    lanes = 16 if vector_isa == "avx512" else 8
     floats = _C.conv2d_weight_pack_floats(_desc((8, 20, 8, 8), (33, 20, 3, 3)), 0, 0)
-    assert floats == 36 * 20 * 48  # 36 positions x C x K rounded up to 16 lanes
-    assert _C.conv2d_weight_pack_floats(_desc((8, 20, 8, 8), (33, 20, 3, 3)), 0, 1) == 36 * 33 * 32
+    assert floats == 36 * 20 * (48 if lanes == 16 else 40)  # 36 positions x C x K rounded up to the lanes
+    assert _C.conv2d_weight_pack_floats(_desc((8, 20, 8, 8), (33, 20, 3, 3)), 0, 1) == 36 * 33 * (32 if lanes == 16 else 24)
     monkeypatch.setenv("FASTCONV_CPU_WINOGRAD", "0")
     assert not _uses_winograd((8, 16, 8, 8), (16, 16, 3, 3))
 
@@ -94,20 +88,19 @@ def _reference(x, w, b, relu, padding, dy):
 
 
 CASES = [
-    # (N, C, H, W, K, padding): edge tiles in both directions, channels off the 16-lane vectors
+    # (N, C, H, W, K, padding): edge tiles in both directions, channels off the 8- and 16-lane vectors
     (8, 16, 8, 8, 16, 1),
     (3, 19, 9, 13, 33, 1),     # 3 x 3 x 4 = 36 tiles
     (16, 16, 7, 6, 17, 0),
     (3, 40, 10, 11, 24, 2),    # 12x13 output: 3 x 3 x 4 = 36 tiles
     (1, 64, 32, 35, 48, 1),   # full 16x16 blocks of the NCHW staging transpose, and a partial one
-    (8, 130, 6, 6, 70, 1),    # several K chunks of 64 (64 + 64 + a 16-lane tail) and C tails
+    (8, 130, 6, 6, 70, 1),    # several K chunks (AVX-512: 64 + 64 + a 16-lane tail; AVX2: 4 x 16 + 8) and C tails
     (4, 20, 24, 26, 24, 1),   # weight gradient in 2 tile groups (168 tiles), the last one partial
     (8, 16, 32, 32, 16, 1),   # weight gradient in 8 tile groups of 64 tiles
     (6, 16, 40, 40, 16, 1),   # 600 tiles: 5 groups of 128 (the last partial), none empty
 ]
 
 
-@needs_avx512
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("bias,relu", [(True, False), (False, False), (True, True)])
 @pytest.mark.parametrize("case", CASES, ids=[f"n{c[0]}c{c[1]}-{c[2]}x{c[3]}-k{c[4]}-p{c[5]}" for c in CASES])
@@ -131,7 +124,6 @@ def test_matches_torch_float64(case, layout, bias, relu):
         assert_rel(g, r, torch.float32, name)
 
 
-@needs_avx512
 def test_strided_views_and_mixed_layouts():
     """Inputs and gradients that are views (sliced, permuted) go through the staging copy."""
     base = torch.randn(3, 24, 12, 15)
@@ -145,7 +137,6 @@ def test_strided_views_and_mixed_layouts():
         assert_rel(g, r, torch.float32, name)
 
 
-@needs_avx512
 def test_agrees_with_direct_kernels(monkeypatch):
     x = torch.randn(2, 32, 14, 14).contiguous(memory_format=torch.channels_last)
     w = torch.randn(48, 32, 3, 3) / 17
@@ -161,7 +152,6 @@ def test_agrees_with_direct_kernels(monkeypatch):
         assert not torch.equal(a, d)  # two algorithms really ran (the bias gradient is the same kernel)
 
 
-@needs_avx512
 def test_bitwise_deterministic_across_threads():
     x = torch.randn(4, 32, 20, 20)
     w = torch.randn(40, 32, 3, 3) / 17
@@ -198,7 +188,6 @@ def _ref_fwd(x, w):
     return F.conv2d(x.double(), w.detach().double(), padding=1)
 
 
-@needs_avx512
 def test_cache_hits_for_the_same_weight(cache):
     x = torch.randn(8, 16, 8, 8)
     w = torch.randn(16, 16, 3, 3)
@@ -209,7 +198,6 @@ def test_cache_hits_for_the_same_weight(cache):
     assert torch.equal(first, second)
 
 
-@needs_avx512
 def test_cache_serves_forward_and_input_gradient_separately(cache):
     x = torch.randn(8, 16, 8, 8, requires_grad=True)
     w = torch.randn(24, 16, 3, 3, requires_grad=True)
@@ -222,7 +210,6 @@ def test_cache_serves_forward_and_input_gradient_separately(cache):
     assert info["hits"] == 2 and info["misses"] == 2
 
 
-@needs_avx512
 @pytest.mark.parametrize("update", ["mul_", "copy_", "optimizer", "data", "load_state_dict"])
 def test_cache_invalidated_by_weight_updates(cache, update):
     x = torch.randn(8, 16, 8, 8)
@@ -247,7 +234,6 @@ def test_cache_invalidated_by_weight_updates(cache, update):
     assert_rel(y, _ref_fwd(x, w), torch.float32)
 
 
-@needs_avx512
 def test_cache_entry_dies_with_its_weight(cache):
     x = torch.randn(8, 16, 8, 8)
     for i in range(4):
@@ -259,7 +245,6 @@ def test_cache_entry_dies_with_its_weight(cache):
         assert cache.info()["entries"] == 0
 
 
-@needs_avx512
 def test_cache_disabled_and_bounded(cache, monkeypatch):
     x = torch.randn(8, 16, 8, 8)
     weights = [torch.randn(16, 16, 3, 3) for _ in range(3)]
@@ -276,8 +261,6 @@ def test_cache_disabled_and_bounded(cache, monkeypatch):
 
 
 def test_pack_size_checked_by_the_binding():
-    if not _winograd_isa():
-        pytest.skip("needs the Winograd path")
     d = _desc((8, 16, 8, 8), (16, 16, 3, 3))
     x, w, y = torch.randn(8, 16, 8, 8), torch.randn(16, 16, 3, 3), torch.empty(8, 16, 8, 8)
     small = torch.empty(10)

@@ -1,7 +1,7 @@
 // Winograd F(4x4, 3x3) convolution for float32 3x3 stride-1 layers (conv2d_winograd_isa.cpp).
 //
-// Declared per ISA level (this header is included inside the FC_ISA builds); only the avx512 build
-// implements the fast path, the others report it unusable and the direct kernels run.
+// Declared per ISA level (this header is included inside the FC_ISA builds); the avx512 and avx2 builds
+// implement it, the baseline build reports it unusable and the direct kernels run.
 #pragma once
 
 #include <cstdint>
@@ -17,12 +17,12 @@ namespace FC_ISA {
 // forward convolution of dy with the flipped, transposed weight w[k][c][2-r][2-s] (C outputs).
 enum class WinogradPass : int { kForward = 0, kInputGrad = 1 };
 
-// True when the pass runs through Winograd: float32, AVX-512 build, 3x3, stride 1, dilation 1,
+// True when the pass runs through Winograd: float32, AVX-512 or AVX2 build, 3x3, stride 1, dilation 1,
 // groups 1, pads 0..2, at least 16 channels on both sides, tiles at least half useful, and
 // FASTCONV_CPU_WINOGRAD is not 0. kWeightGrad is decided by the same geometry.
 bool winograd_usable(const ConvDesc& d, DType dt);
 
-// Floats of the transformed weight for `pass` (36 x Cin x round_up(Kout, 16)); 0 when unusable.
+// Floats of the transformed weight for `pass` (36 x Cin x Kout rounded up to the vector lanes); 0 when unusable.
 int64_t winograd_pack_floats(const ConvDesc& d, DType dt, WinogradPass pass);
 
 // y = epilogue(conv(x, w) [+ bias]) (epilogue.h); pack (may be null) holds/receives the transformed weight.

@@ -18,22 +18,23 @@
 // the path off.
 //
 // Forward schedule (per OpenMP task = a block of T consecutive tiles, (n, tile row, tile col) order):
-//   1. input transform of the block into V[36][T][Cp] (vectors of 16 channels; the source is read
-//      in place when channels_last, else from a channels_last staging copy of the whole input),
-//   2. for each 64-wide chunk of K: 36 GEMMs [T x C] x [C x 64] with the 6x64 register-blocked
-//      microkernel (ukr_rows: A rows are the tiles' V rows, B = U_i's K chunk packed [C][64]) into
-//      M[36][T][64], then the output transform of the chunk (+ bias, ReLU) straight into y.
-//   T = 60 tiles (fewer for > 256 channels): V is 0.55 MiB at 64 and 2.2 MiB at 256 channels; U
-//   (36*C*K*4 bytes) streams from L3 once per task, reused T times per element (tuning numbers at
-//   the choice of T in forward_engine).
-// Weight packing: U is computed 16 output channels per vector; fastconv/backends/cpu.py caches it per
-// weight tensor and version (WeightPack), so repeated calls with unchanged weights skip it.
-// Weight gradient: S_i[c][k] = sum over tiles of V_i[tile][c] E_i[tile][k] (6 x 64 register tiles,
+//   1. input transform of the block into V[36][T][Cp] (vectors of L channels, L = 16 at AVX-512, 8 at
+//      AVX2; the source is read in place when channels_last, else from a channels_last staging copy of
+//      the whole input),
+//   2. for each kChunk-wide chunk of K (64 at AVX-512, 16 at AVX2: cl_blocks.h): 36 GEMMs
+//      [T x C] x [C x kChunk] with the 6 x kChunk register-blocked microkernel (ukr_rows: A rows are the
+//      tiles' V rows, B = U_i's K chunk packed [C][kChunk]) into M[36][T][kChunk], then the output
+//      transform of the chunk (+ bias, the epilogue) straight into y.
+//   T tiles per block (the choice in forward_engine); U (36*C*K*4 bytes) streams from L3 once per
+//   task, reused T times per element.
+// Weight packing: U is computed L output channels per vector; fastconv/backends/cpu.py caches it per
+// weight tensor, version and ISA level (WeightPack), so repeated calls with unchanged weights skip it.
+// Weight gradient: S_i[c][k] = sum over tiles of V_i[tile][c] E_i[tile][k] (6 x kChunk register tiles,
 // blocks of 64 tiles accumulated into S), then dW = G^T S G per weight (phase 3). Layers with
 // C x K <= 128 x 128 and enough tiles split the tiles into at most 8 fixed groups; a task transforms
 // its group 64 tiles at a time into L2/L1-resident V, E blocks and accumulates its own S_g; the S_g
 // are summed in group order. Wider layers (few tiles, S too big to keep per group) transform every
-// tile into V[36][tiles][Cp], E[36][tiles][Kp] first, then run (i, 64-wide k chunk) tasks.
+// tile into V[36][tiles][Cp], E[36][tiles][Kp] first, then run (i, kChunk-wide k chunk) tasks.
 //
 // Determinism: every output element is produced by one task with a reduction order fixed by the
 // problem (tile blocks, chunk boundaries), never by the thread count; no atomics.
@@ -58,7 +59,7 @@ namespace cpu {
 namespace FC_ISA {
 
 
-#if defined(__AVX512F__)
+#if FC_CL_BLOCKS
 namespace {
 bool env_disabled() {
   const char* e = std::getenv("FASTCONV_CPU_WINOGRAD");
@@ -74,7 +75,7 @@ bool geometry_ok(int64_t Cin, int64_t Kout, int64_t P, int64_t Q, int64_t ph, in
 #endif
 
 bool winograd_usable(const ConvDesc& d, DType dt) {
-#if defined(__AVX512F__)
+#if FC_CL_BLOCKS
   if (dt != kFloat32 || d.R != 3 || d.S != 3 || d.stride_h != 1 || d.stride_w != 1 || d.dil_h != 1 ||
       d.dil_w != 1 || d.groups != 1 || d.N == 0)
     return false;
@@ -94,17 +95,25 @@ bool winograd_usable(const ConvDesc& d, DType dt) {
 
 int64_t winograd_pack_floats(const ConvDesc& d, DType dt, WinogradPass pass) {
   if (!winograd_usable(d, dt)) return 0;
-  const auto up16 = [](int64_t v) { return (v + 15) / 16 * 16; };
-  return pass == WinogradPass::kForward ? 36 * d.C * up16(d.K) : 36 * d.K * up16(d.C);
+#if FC_CL_BLOCKS
+  return pass == WinogradPass::kForward ? 36 * d.C * round_up(d.K, L) : 36 * d.K * round_up(d.C, L);
+#else
+  return 0;  // unreachable: winograd_usable is false without the vector builds
+#endif
 }
 
-#if defined(__AVX512F__)
+#if FC_CL_BLOCKS
 namespace {
 
+#if defined(__AVX512F__)
 FC_INLINE V mul(V a, float s) { return _mm512_mul_ps(a, _mm512_set1_ps(s)); }
 FC_INLINE V sub(V a, V b) { return _mm512_sub_ps(a, b); }
-FC_INLINE V fmadd(V a, float s, V c) { return _mm512_fmadd_ps(a, _mm512_set1_ps(s), c); }
-FC_INLINE V add(V a, V b) { return _mm512_add_ps(a, b); }
+#else
+FC_INLINE V mul(V a, float s) { return _mm256_mul_ps(a, _mm256_set1_ps(s)); }
+FC_INLINE V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+#endif
+FC_INLINE V fmadd(V a, float s, V c) { return Sf::fma(a, Sf::set1(s), c); }
+FC_INLINE V add(V a, V b) { return Sf::add(a, b); }
 
 // out = B^T in (6 -> 6):
 //   r0 = 4 d0 - 5 d2 + d4          r3 = -2 d1 - d2 + 2 d3 + d4
@@ -204,8 +213,8 @@ struct WAcc {
   int64_t sk, sc, sr, ss;
 };
 
-// U[i][chunk][c][k in chunk] = (G g G^T)_i, chunk = 64 output channels (the last one Kp - 64j wide),
-// 16 output channels per vector. Columns k in [Kout, Kp) are zero. In training the weights change
+// U[i][chunk][c][k in chunk] = (G g G^T)_i, chunk = kChunk output channels (the last one Kp - kChunk*j
+// wide), L output channels per vector. Columns k in [Kout, Kp) are zero. In training the weights change
 // every step, so this runs twice per layer and step (forward and input-gradient packs), vectorized:
 // ~1 ms for a 512x512 layer, against ~30 ms in scalar double precision (a ResNet-18 step 4x slower
 // than torch's). float32 with FMAs adds ~1e-7 relative error to U, far below the transforms' own ~1e-6.
@@ -296,11 +305,29 @@ void output_tile(const float* M, int64_t T, int64_t tt, int nv, int64_t k0, int6
     } else if (y.s3 == 1) {
       // Channel-major output: transpose so that o[l] holds channel kv+l's 4x4 tile (row a in lanes
       // 4a..4a+3), then one masked store per tile row (lanes 4a.. land at the row's start).
+#if defined(__AVX512F__)
       transpose16(o);
       const __mmask16 row_lanes = static_cast<__mmask16>((1u << qn) - 1);
       for (int l = 0; l < nl; ++l)
         for (int a = 0; a < pn; ++a)
           _mm512_mask_storeu_ps(yb + l * y.s1 + a * y.s2 - 4 * a, static_cast<__mmask16>(row_lanes << (4 * a)), o[l]);
+#else
+      // 8 lanes: o[l] then holds channel kv+l's tile rows 0-1 (lanes 0-3, 4-7), o[8 + l] rows 2-3;
+      // each row is one 128-bit half, stored whole or masked to its qn columns.
+      transpose_block(o);
+      transpose_block(o + 8);
+      const __m128i cols = _mm_cmpgt_epi32(_mm_set1_epi32(qn), _mm_setr_epi32(0, 1, 2, 3));
+      for (int l = 0; l < nl; ++l)
+        for (int a = 0; a < pn; ++a) {
+          const V rows = o[8 * (a / 2) + l];
+          const __m128 row = (a % 2) ? _mm256_extractf128_ps(rows, 1) : _mm256_castps256_ps128(rows);
+          float* dst = yb + l * y.s1 + a * y.s2;
+          if (qn == 4)
+            _mm_storeu_ps(dst, row);
+          else
+            _mm_maskstore_ps(dst, cols, row);
+        }
+#endif
     } else {
       alignas(64) float tmp[16][L];
       FC_UNROLL for (int i = 0; i < 16; ++i) Sf::store(tmp[i], o[i]);
@@ -323,7 +350,8 @@ void forward_engine(const Src& src, int64_t Kout, int64_t P, int64_t Q, int64_t 
   // T = 60 tiles up to 256 channels (V block 0.55 MiB at 64, 2.2 MiB at 256 channels); wider
   // inputs keep V near 2.2 MiB. U is re-read from L3 once per block, so small blocks pay in U traffic,
   // big ones in L2 misses (64-channel bench layer, 1 thread, CPU time: 6.3 ms at T = 60, against 6.5
-  // at T = 30 and 7.2 at T = 120).
+  // at T = 30 and 7.2 at T = 120). At AVX2 (AMD Zen 3, 2 threads, the layer table's four 3x3 layers,
+  // channels_last) T = 12..60 all came within run-to-run noise (+-10%) of one another.
   int64_t T = std::min<int64_t>(60, std::max<int64_t>(kMR, (600000 / (36 * Cp)) / kMR * kMR));
   // Enough blocks for the threads (at least 4 per thread when the grid allows).
   while (T > kMR && cdiv(grid.count, T) < 4 * nth) T -= kMR;
@@ -347,9 +375,11 @@ void forward_engine(const Src& src, int64_t Kout, int64_t P, int64_t Q, int64_t 
       const int nv = static_cast<int>(std::min<int64_t>(kChunk, Kp - k0) / L);
       const float* Uc = U + k0 * Cin;
       const int64_t us = Cin * Kp;
-      switch (nv) {
+      switch (nv) {  // at most kChunk / L vectors: 4 at AVX-512, 2 at AVX2
+#if defined(__AVX512F__)
         case 4: block_gemms<4>(Vb, T, nt, Cp, Cin, Uc, us, zero_row.p, M); break;
         case 3: block_gemms<3>(Vb, T, nt, Cp, Cin, Uc, us, zero_row.p, M); break;
+#endif
         case 2: block_gemms<2>(Vb, T, nt, Cp, Cin, Uc, us, zero_row.p, M); break;
         default: block_gemms<1>(Vb, T, nt, Cp, Cin, Uc, us, zero_row.p, M); break;
       }
@@ -496,10 +526,10 @@ void winograd_wgrad(const ConvDesc& d, const Tensor4& dy, const Tensor4& x, cons
     }
 }
 
-#else  // no AVX-512: winograd_usable() is false, so the callers never get here.
+#else  // baseline build: winograd_usable() is false, so the callers never get here.
 
 namespace {
-[[noreturn]] void unusable() { throw std::logic_error("fastconv: Winograd convolution needs the avx512 build"); }
+[[noreturn]] void unusable() { throw std::logic_error("fastconv: Winograd convolution needs the avx2 or avx512 build"); }
 }  // namespace
 void winograd_fwd(const ConvDesc&, const Tensor4&, const Tensor4&, const float*, const Tensor4&, const Epi&, WeightPack*,
                   int) {

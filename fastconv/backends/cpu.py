@@ -345,7 +345,7 @@ class CpuBackend(Backend):
 
         winograd = (f"Winograd F(4x4,3x3) for 3x3 stride-1 float32 layers{off('FASTCONV_CPU_WINOGRAD')}, "
                     f"blocked float32 weight gradient{off('FASTCONV_CPU_WGRAD_BLOCKED')}"
-                    if isa == "avx512" else "no Winograd / blocked weight gradient below avx512")
+                    if isa != "baseline" else "no Winograd / blocked weight gradient at the baseline level")
         return True, f"C++ kernels, ISA {isa} (detected {_C.detected_cpu_isa()}); {winograd}"
 
     @_upcasting
