@@ -941,9 +941,10 @@ def test_path_staged_nchw(isa, case, dtype):
 
 
 def test_path_winograd_and_weight_gradients(isa, monkeypatch):
-    """3x3 stride-1 float32 layers of >= 16 channels: Winograd for all three passes at AVX2 and AVX-512;
-    other float32 layers' weight gradient: the blocked kernel (AVX-512; AVX2: channels_last, and NCHW
-    maps of >= 2048 output pixels), else the GEMM kernels by layout."""
+    """3x3 stride-1 float32 layers of >= 16 channels: Winograd for all three passes at AVX2 and AVX-512
+    from 32 output tiles (the weight gradient from 16 at AVX2); other float32 layers' weight gradient:
+    the blocked kernel (AVX-512; AVX2: channels_last, and NCHW maps of >= 2048 output pixels), else the
+    GEMM kernels by layout."""
     x, w = _meta(8, 32, 16, 16, 32, (3, 3))
     xs, ws = _meta(8, 32, 16, 16, 32, (3, 3))
     avx512 = isa == "avx512"
@@ -956,6 +957,9 @@ def test_path_winograd_and_weight_gradients(isa, monkeypatch):
     assert _path(xcl, ws, "wgrad", stride=2, padding=1) == ("wgrad_gemm_nhwc" if isa == "baseline" else "wgrad_blocked")
     xbig = torch.empty(8, 32, 64, 64, device="meta")  # 8192 output pixels at stride 2
     assert _path(xbig, ws, "wgrad", stride=2, padding=1) == ("wgrad_gemm_nchw" if isa == "baseline" else "wgrad_blocked")
+    x16, w16 = _meta(1, 32, 16, 16, 32, (3, 3))  # 16 tiles: the weight gradient's bound at AVX2
+    assert _path(x16, w16, "fwd", padding=1) != "winograd_f4x4_3x3"
+    assert (_path(x16, w16, "wgrad", padding=1) == "winograd_f4x4_3x3") == (isa == "avx2")
     monkeypatch.setenv("FASTCONV_CPU_WINOGRAD", "0")
     monkeypatch.setenv("FASTCONV_CPU_WGRAD_BLOCKED", "0")
     assert _path(x, w, "fwd", padding=1) == "igemm_nchw_direct"

@@ -124,6 +124,30 @@ def test_matches_torch_float64(case, layout, bias, relu):
         assert_rel(g, r, torch.float32, name)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("relu", [False, True])
+def test_weight_gradient_from_16_tiles(vector_isa, layout, relu):
+    """At the AVX2 level the weight gradient takes Winograd from 16 output tiles (one 14x14 image), the
+    forward and the input gradient from 32; AVX-512 keeps 32 for all three. Every gradient still
+    matches torch in float64 either way."""
+    x = torch.randn(1, 24, 14, 15)  # 4 x 4 = 16 tiles
+    w = torch.randn(40, 24, 3, 3) / 15
+    dy = torch.randn(1, 40, 14, 15)
+    if layout == "channels_last":
+        x, dy = x.contiguous(memory_format=torch.channels_last), dy.contiguous(memory_format=torch.channels_last)
+    wgrad_path = cpu_backend.conv2d_path(x, w, pass_="wgrad", relu=relu, padding=1)
+    assert (wgrad_path == "winograd_f4x4_3x3") == (vector_isa == "avx2"), wgrad_path
+    assert cpu_backend.conv2d_path(x, w, pass_="fwd", relu=relu, padding=1) != "winograd_f4x4_3x3"
+    x15 = x[:, :, :, :12]  # 4 x 3 = 12 tiles: direct everywhere
+    assert cpu_backend.conv2d_path(x15, w, pass_="wgrad", relu=relu, padding=1) != "winograd_f4x4_3x3"
+    b = torch.randn(40)
+    y, grads = _run(x, w, b, relu, 1, dy)
+    y_ref, grads_ref = _reference(x, w, b, relu, 1, dy)
+    assert_rel(y, y_ref, torch.float32, "output")
+    for name, g, r in zip(("grad_input", "grad_weight", "grad_bias"), grads, grads_ref):
+        assert_rel(g, r, torch.float32, name)
+
+
 def test_strided_views_and_mixed_layouts():
     """Inputs and gradients that are views (sliced, permuted) go through the staging copy."""
     base = torch.randn(3, 24, 12, 15)

@@ -750,7 +750,7 @@ bool wgrad_blocked_skips_nchw(const ConvDesc& d, const Tensor4& x) {
 
 template <typename T>
 ConvAlgo wgrad_algo(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& dy, const Tensor4* relu_y) {
-  if (winograd_usable(d, dt)) return ConvAlgo::kWinograd;
+  if (winograd_wgrad_usable(d, dt)) return ConvAlgo::kWinograd;
   if (wgrad_pointwise_usable(d, dt, x, dy, relu_y)) return ConvAlgo::kWgradPointwise;
   if (wgrad_pointwise_stages_x<T>(d, dt, x, dy, relu_y)) return ConvAlgo::kWgradPointwise;
   if (wgrad_pointwise_stages_both<T>(d, dt, x, dy, relu_y)) return ConvAlgo::kWgradPointwise;

@@ -19,8 +19,10 @@ enum class WinogradPass : int { kForward = 0, kInputGrad = 1 };
 
 // True when the pass runs through Winograd: float32, AVX-512 or AVX2 build, 3x3, stride 1, dilation 1,
 // groups 1, pads 0..2, at least 16 channels on both sides, tiles at least half useful, and
-// FASTCONV_CPU_WINOGRAD is not 0. kWeightGrad is decided by the same geometry.
+// FASTCONV_CPU_WINOGRAD is not 0, and at least 32 output tiles of 4x4 in the batch.
 bool winograd_usable(const ConvDesc& d, DType dt);
+// The same for the weight gradient, whose tile bound is lower at the AVX2 level (16 tiles, not 32).
+bool winograd_wgrad_usable(const ConvDesc& d, DType dt);
 
 // Floats of the transformed weight for `pass` (36 x Cin x Kout rounded up to the vector lanes); 0 when unusable.
 int64_t winograd_pack_floats(const ConvDesc& d, DType dt, WinogradPass pass);

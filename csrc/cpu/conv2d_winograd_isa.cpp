@@ -74,24 +74,43 @@ bool geometry_ok(int64_t Cin, int64_t Kout, int64_t P, int64_t Q, int64_t ph, in
 }  // namespace
 #endif
 
-bool winograd_usable(const ConvDesc& d, DType dt) {
+namespace {
+// winograd_usable with a lower bound on the batch's 4x4 output tiles.
+bool usable_with_tiles(const ConvDesc& d, DType dt, int64_t min_tiles) {
 #if FC_CL_BLOCKS
   if (dt != kFloat32 || d.R != 3 || d.S != 3 || d.stride_h != 1 || d.stride_w != 1 || d.dil_h != 1 ||
       d.dil_w != 1 || d.groups != 1 || d.N == 0)
     return false;
   if (!geometry_ok(d.C, d.K, d.P, d.Q, d.pad_h, d.pad_w)) return false;
-  // At least 32 tiles: the transformed weight U (and the weight gradient's S) is 36 x C x K floats,
-  // 4x the weight, re-made every training step; with few tiles that traffic outweighs the saved
-  // FLOPs. ResNet-18 at batch 4, 512 channels at 4x4 (4 tiles): the weight gradient is 4x slower than
-  // direct; at 32 tiles 13 ms against 33 ms direct.
-  if (d.N * cdiv(d.P, 4) * cdiv(d.Q, 4) < 32) return false;
+  if (d.N * cdiv(d.P, 4) * cdiv(d.Q, 4) < min_tiles) return false;
   return !env_disabled();
 #else
   (void)d;
   (void)dt;
+  (void)min_tiles;
   return false;
 #endif
 }
+}  // namespace
+
+// At least 32 tiles: the transformed weight U (and the weight gradient's S) is 36 x C x K floats,
+// 4x the weight, re-made every training step; with few tiles that traffic outweighs the saved
+// FLOPs. ResNet-18 at batch 4, 512 channels at 4x4 (4 tiles): the weight gradient is 4x slower than
+// direct; at 32 tiles 13 ms against 33 ms direct (AVX-512). At AVX2, 16 tiles (ResNet's 14x14 layers
+// at batch 1) lost in a network for the forward (ResNet-18 b1 inference 1.74 -> 1.43x torch): U
+// streams from memory on every call.
+bool winograd_usable(const ConvDesc& d, DType dt) { return usable_with_tiles(d, dt, 32); }
+
+// The weight gradient reads no U, and at the AVX2 level the direct weight gradients of small maps are
+// slow: 2 threads, AMD EPYC Zen 3, ms Winograd against direct at 16 tiles: 1x256x14x14 3x3 1.54 vs 2.76
+// (NCHW), 1.77 vs 3.15 (channels_last), 4x512x7x7 13.5 vs 20.9, 1x64x16x16 0.22 vs 0.41; below 16 tiles
+// it can lose (1x128x8x8, 4 tiles: 0.64 vs 0.42). AVX-512 keeps the forward's bound (not measured there).
+#if defined(__AVX512F__)
+constexpr int64_t kWgradMinTiles = 32;
+#else
+constexpr int64_t kWgradMinTiles = 16;
+#endif
+bool winograd_wgrad_usable(const ConvDesc& d, DType dt) { return usable_with_tiles(d, dt, kWgradMinTiles); }
 
 int64_t winograd_pack_floats(const ConvDesc& d, DType dt, WinogradPass pass) {
   if (!winograd_usable(d, dt)) return 0;
