@@ -165,7 +165,7 @@ def test_input_grad_columns_past_the_last_window(isa, case):
     assert_rel(dx, dxr, torch.float32, "dx")
 
 
-# NCHW strided layers: (N, C, H, W, K, kernel, stride, padding, staged at the AVX2 level in float32)
+# NCHW strided layers: (N, C, H, W, K, kernel, stride, padding, small enough to stage at the AVX2 level)
 STRIDED_NCHW = [
     (2, 32, 9, 9, 48, 3, 2, 1, True),       # ResNet-like 3x3 stride 2, odd map
     (3, 40, 8, 8, 32, 4, 2, 1, True),       # DCGAN's 4x4 stride 2 (a transposed conv's forward)
@@ -179,15 +179,16 @@ STRIDED_NCHW = [
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_strided_nchw_input_grad(isa, case, relu, dtype):
-    """Strided NCHW layers of >= 32 channels each way on small maps: at the AVX2 level the input gradient
-    runs on channels_last copies of dy and dx (the fused ReLU's mask applied to dy first); elsewhere, in
-    float64 and on larger maps, on the NCHW kernels. dx vs torch float64, also for an expanded (zero-stride) dy."""
+    """Strided NCHW layers of >= 32 channels each way: in float32 at the AVX-512 level, and on small maps
+    at the AVX2 level, the input gradient runs on channels_last copies of dy and dx (the fused ReLU's mask
+    applied to dy first); in float64, at the baseline level and on AVX2's larger maps on the NCHW kernels.
+    dx vs torch float64, also for an expanded (zero-stride) dy."""
     N, C, H, W, K, k, stride, padding, small = case
     ks = k if isinstance(k, tuple) else (k, k)
     x = torch.randn(N, C, H, W, dtype=dtype, requires_grad=True)
     w = torch.randn(K, C, *ks, dtype=dtype)
     path = cpu_backend.conv2d_path(x.detach(), w, stride=stride, padding=padding, pass_="dgrad", relu=relu)
-    staged = isa == "avx2" and dtype == torch.float32 and small
+    staged = dtype == torch.float32 and (isa == "avx512" or (isa == "avx2" and small))
     inner = "channels_last_copies > residue_classes > igemm_nhwc/" if staged else "residue_classes > igemm_nchw_"
     assert path.startswith(("masked_dy_copy > " if relu else "") + inner), path
     f = FC.conv2d_relu if relu else FC.conv2d

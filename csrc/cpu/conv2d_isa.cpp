@@ -351,19 +351,23 @@ bool depthwise_stages_nchw(const ConvDesc& d, const Tensor4& x, const Tensor4& d
          d.H * d.W <= kStageSmallMap && d.H * d.W > 1;
 }
 
-// At the AVX2 level, the input gradient of a strided NCHW layer with >= 32 channels each way on a small
-// dy (the stride-1 staging's bounds: P*Q <= kStageDgradMap or N*P*Q <= kStageFewPixels) runs on
-// channels_last copies of dy and dx: the NCHW kernels' vectors along a residue class's few output
-// columns (4-7 at a 7x7 or 4x4 dy) waste lanes. 2 threads, counting the copies, NCHW -> staged: 1x512x14x14
-// 3x3 s2 20.4 -> 6.9 ms, 1x1024x14x14 1x1 s2 -> 2048 14.4 -> 7.3, 8x512x14x14 3x3 s2 83 -> 56, DCGAN's
-// 64x256x8x8 4x4 s2 143 -> 84 (measured while another job loaded the machine; the commit has quiet
-// numbers); larger maps lost (8x512x28x28 1x1 s2 59 -> 78, 8x64x112x112 3x3 s2 79 -> 108). The AVX-512
-// level keeps the NCHW kernels (not measured there).
+// The input gradient of a strided NCHW float32 layer with >= 32 channels each way runs on channels_last
+// copies of dy and dx: the NCHW kernels' vectors along a residue class's few output columns (4-7 at a
+// 7x7 or 4x4 dy) waste lanes. At AVX-512 every such layer stages (AMD EPYC Zen 4, 2 threads, dgrad alone
+// counting the copies, ms NCHW -> staged (torch)): DCGAN's 64x256x8x8 4x4 s2 -> 512 channels 70.9 ->
+// 22.7 (20.2), 64x128x16x16 -> 256 33.6 -> 27.6 (35.7), 8x256x56x56 3x3 s2 48.0 -> 38.9 (67.5),
+// 8x512x28x28 3x3 s2 45.8 -> 35.8 (41.5), 8x64x112x112 3x3 s2 17.8 -> 15.5 (26.7), 8x256x28x28 1x1 s2
+// -> 512 4.1 -> 2.4 (3.7): no layer measured was slower staged. At AVX2 only small dy maps stage (the
+// stride-1 staging's bounds: P*Q <= kStageDgradMap or N*P*Q <= kStageFewPixels; AMD EPYC Zen 3:
+// 1x512x14x14 3x3 s2 20.4 -> 6.9 ms, 1x1024x14x14 1x1 s2 -> 2048 14.4 -> 7.3, 64x256x8x8 4x4 s2 143 ->
+// 84), larger maps lost there (8x512x28x28 1x1 s2 59 -> 78, 8x64x112x112 3x3 s2 79 -> 108).
 template <typename T>
 bool strided_dgrad_stages_nchw(const ConvDesc& d, const Tensor4& dx, const Tensor4& dy, bool relu) {
-  return std::is_same_v<T, float> && kIsaLevel == 1 && !relu && d.groups == 1 && d.C >= 32 && d.K >= 32 &&
-         (d.stride_h > 1 || d.stride_w > 1) && dx.stride[1] != 1 && dy.stride[1] != 1 && d.H * d.W > 1 &&
-         d.P * d.Q > 1 && (d.P * d.Q <= kStageDgradMap || d.N * d.P * d.Q <= kStageFewPixels);
+  if (!std::is_same_v<T, float> || kIsaLevel == 0 || relu || d.groups != 1 || d.C < 32 || d.K < 32 ||
+      (d.stride_h == 1 && d.stride_w == 1) || dx.stride[1] == 1 || dy.stride[1] == 1 || d.H * d.W <= 1 ||
+      d.P * d.Q <= 1)
+    return false;
+  return kIsaLevel == 2 || d.P * d.Q <= kStageDgradMap || d.N * d.P * d.Q <= kStageFewPixels;
 }
 
 // kNchwCopies: a channels_last dx of 2 .. L/4 channels (at the AVX2 level, 8 float lanes: up to 4), unless
@@ -403,7 +407,7 @@ bool few_channels_nchw_copies(const ConvDesc& d, const Tensor4& dx) {
 //   level (float32) stages within the same bounds, where the forward stages: AMD EPYC Zen 3, 2 threads,
 //   8x2048x7x7 1x1 -> 512 5.3-5.8 ms against 10.1-11.4, 1x256x14x14 3x3 1.4-1.8 against 4.3-4.6.
 // - kClCopies: channels_last copies of an NCHW dy and dx around the engine: depthwise layers on small
-//   maps (depthwise_stages_nchw), strided layers at the AVX2 level (strided_dgrad_stages_nchw).
+//   maps (depthwise_stages_nchw), strided layers of >= 32 channels (strided_dgrad_stages_nchw).
 // - kTapsAsChannels: taps that tile dx become output channels (taps_merge, conv2d_dgrad_taps.h).
 // - kResidueClasses: one engine correlation per residue class (residue_class).
 template <typename T>
