@@ -32,6 +32,7 @@ CASES = [
     (4, 8, 40, 37, 20, 3, 3, 1, 2, 2),     # dilated, 8 channels (not Winograd)
     (2, 5, 45, 45, 17, 7, 7, 2, 3, 1),     # 7x7 stride-2 stem, rows longer than one vector chunk
     (4, 16, 34, 34, 24, 3, 3, 1, 1, 2),    # an NCHW layer the AVX2 level stages too (>= 16 channels, 4096 pixels)
+    (3, 256, 33, 33, 250, 3, 3, 2, 1, 1),  # a 2304 x 256 sum matrix (> 2 MiB) over 867 pixels: blocks of 256
 ]
 
 

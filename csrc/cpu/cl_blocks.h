@@ -124,6 +124,7 @@ constexpr int kChunk = 64;     // K chunk = 4 vectors: 6 x 4 = 24 of the 32 zmm 
 constexpr int kChunk = 16;     // K chunk = 2 vectors: 6 x 2 = 12 of the 16 ymm accumulate
 #endif
 constexpr int kTileBlock = 64;   // weight gradients: rows (tiles, pixels) summed in registers before adding into S
+constexpr int kTileBlockLong = 256;  // the same for a sum matrix that does not stay in L2 (wgrad_blocked)
 
 #if defined(__AVX512F__)
 
@@ -377,28 +378,39 @@ FC_INLINE void wgrad_ukr(const float* __restrict a, int64_t lda, const float* __
     }
 }
 
-// S_i[c][k] (+)= sum over nt tiles of V_i[t][c] E_i[t][k] for every c < C and k in [k_begin, k_end)
-// (a multiple of 16 wide): one 6 x 64 register tile at a time, the nt-tile panels of V and E staying
-// in L1 while every c block uses them (nt <= kTileBlock). first: store instead of add.
-inline void accumulate_positions(const float* Vi, int64_t Cp, int64_t C, const float* Ei, int64_t Kp, int64_t nt,
-                          int64_t k_begin, int64_t k_end, float* Si, bool first) {
-  for (int64_t k0 = k_begin; k0 < k_end; k0 += kChunk) {
-    const int nv = static_cast<int>(std::min<int64_t>(kChunk, k_end - k0) / L);
-    for (int64_t c0 = 0; c0 < C; c0 += kMR) {
-      const int rows = static_cast<int>(std::min<int64_t>(kMR, C - c0));
-      const float* a = Vi + c0;
-      const float* b = Ei + k0;
-      float* s = Si + c0 * Kp + k0;
-      switch (nv) {  // at most kChunk / L vectors: 4 at AVX-512, 2 at AVX2
+// One 6 x kChunk register tile: S rows [c0, c0 + 6) x columns [k0, k0 + nv vectors) (+)= the nt tiles'
+// V[t][c0..] x E[t][k0..].
+FC_INLINE void accumulate_tile(const float* Vi, int64_t Cp, int64_t C, const float* Ei, int64_t Kp, int64_t nt,
+                               int64_t c0, int64_t k0, int nv, float* Si, bool first) {
+  const int rows = static_cast<int>(std::min<int64_t>(kMR, C - c0));
+  const float* a = Vi + c0;
+  const float* b = Ei + k0;
+  float* s = Si + c0 * Kp + k0;
+  switch (nv) {  // at most kChunk / L vectors: 4 at AVX-512, 2 at AVX2
 #if defined(__AVX512F__)
-        case 4: wgrad_ukr<4>(a, Cp, b, Kp, nt, s, Kp, rows, first); break;
-        case 3: wgrad_ukr<3>(a, Cp, b, Kp, nt, s, Kp, rows, first); break;
+    case 4: wgrad_ukr<4>(a, Cp, b, Kp, nt, s, Kp, rows, first); break;
+    case 3: wgrad_ukr<3>(a, Cp, b, Kp, nt, s, Kp, rows, first); break;
 #endif
-        case 2: wgrad_ukr<2>(a, Cp, b, Kp, nt, s, Kp, rows, first); break;
-        default: wgrad_ukr<1>(a, Cp, b, Kp, nt, s, Kp, rows, first); break;
-      }
-    }
+    case 2: wgrad_ukr<2>(a, Cp, b, Kp, nt, s, Kp, rows, first); break;
+    default: wgrad_ukr<1>(a, Cp, b, Kp, nt, s, Kp, rows, first); break;
   }
+}
+
+// S_i[c][k] (+)= sum over nt tiles of V_i[t][c] E_i[t][k] for every c < C and k in [k_begin, k_end)
+// (a multiple of 16 wide): one 6 x 64 register tile at a time. k chunks outer (c_outer false): a
+// chunk's nt-tile panel of E stays in L1 while every c block uses it (nt <= kTileBlock). c blocks outer
+// (c_outer true, for long blocks of nt > kTileBlock tiles whose V rows are too long to sweep per chunk):
+// a c block's 6 columns of V stay in L1 while every k chunk uses them, E coming from L2.
+inline void accumulate_positions(const float* Vi, int64_t Cp, int64_t C, const float* Ei, int64_t Kp, int64_t nt,
+                                 int64_t k_begin, int64_t k_end, float* Si, bool first, bool c_outer = false) {
+  auto nv = [&](int64_t k0) { return static_cast<int>(std::min<int64_t>(kChunk, k_end - k0) / L); };
+  if (c_outer) {
+    for (int64_t c0 = 0; c0 < C; c0 += kMR)
+      for (int64_t k0 = k_begin; k0 < k_end; k0 += kChunk) accumulate_tile(Vi, Cp, C, Ei, Kp, nt, c0, k0, nv(k0), Si, first);
+    return;
+  }
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += kChunk)
+    for (int64_t c0 = 0; c0 < C; c0 += kMR) accumulate_tile(Vi, Cp, C, Ei, Kp, nt, c0, k0, nv(k0), Si, first);
 }
 
 // Row (n, p, q) of the im2col matrix of a channels_last source: the R*S*C inputs output pixel

@@ -9,8 +9,8 @@
 // output that packing and the 64-row output tiles leave most of the FMA units idle (the C=3 stem,
 // 1 thread: 4.6 ms against oneDNN's 0.7 ms).
 //
-// Schedule: pixels in (n, p, q) order are cut into blocks of 64 (kTileBlock); a block's D[64][Kp]
-// and its im2col rows X[64][R*S*C] (taps side by side, so a 3-channel stem has 27-long rows and
+// Schedule: pixels in (n, p, q) order are cut into blocks of 64 (kTileBlock; 256 for a sum matrix past
+// 2 MiB, kTileBlockLong); a block's D[64][Kp] and its im2col rows X[64][R*S*C] (taps side by side, so a 3-channel stem has 27-long rows and
 // 6-row register tiles stay 90% full) are gathered into L1/L2-sized buffers (channels_last rows,
 // read in place from a channels_last x/dy or from a staging copy), then S[(tap, c)][k] gets the
 // block's contribution through accumulate_positions (6 x kChunk register tiles, (tap, c) rows
@@ -76,19 +76,30 @@ void wgrad_blocked(const ConvDesc& d, const Tensor4& dy, const Tensor4& x, const
                    const Tensor4& dw, float* dbias, int nth) {
   // Reduction rows: (tap, c) pairs, tap-major (im2col order), crs of them, padded to crsp floats.
   const int64_t C = d.C, K = d.K, Kp = round_up(K, L), taps = d.R * d.S, crs = taps * C, crsp = round_up(crs, L);
-  const int64_t pixels = d.N * d.P * d.Q, blocks = cdiv(pixels, kTileBlock);
-  StagedSrc xs(x, nullptr, kStageA, nth), gs(dy, relu_y, kStageB, nth);
   const int64_t s_floats = crs * Kp;
+  // A block's sums go through S in memory (load, add, store per register tile) once per block: with a
+  // sum matrix past L2 that traffic bounds blocks of 64 pixels, so it takes blocks of 256 (from 512
+  // pixels on), its register tiles walking c blocks outer. 2 threads, AMD EPYC Zen 4 (1 MiB L2), ms 64 ->
+  // 256 (torch): DCGAN's 64x256x8x8 4x4 s2 -> 512 (8 MiB of S, 1024 pixels) 41.1 -> 27.0 (22-33), U-Net's
+  // 4x512x32x32 2x2 s2 -> 1024 42.3 -> 30.9 (23-32), 8x512x14x14 3x3 s2 20.2 -> 15.5 (11-18); S of 2 MiB
+  // gained nothing (64x128x16x16 4x4 s2 -> 256: 26.4 either way).
+  const bool long_blocks = s_floats * int64_t(sizeof(float)) > (int64_t(2) << 20) && d.N * d.P * d.Q >= 2 * kTileBlockLong;
+  const int64_t bt = long_blocks ? kTileBlockLong : kTileBlock;
+  const int64_t pixels = d.N * d.P * d.Q, blocks = cdiv(pixels, bt);
+  StagedSrc xs(x, nullptr, kStageA, nth), gs(dy, relu_y, kStageB, nth);
   // Up to 8 groups of at least 2 blocks each, and at most 64 MiB of group sums.
   const int64_t max_groups = std::max<int64_t>(
       1, std::min<int64_t>({8, blocks / 2, (int64_t(64) << 20) / (4 * s_floats)}));
-  const int64_t per_group = cdiv(blocks, max_groups) * kTileBlock;
+  const int64_t per_group = cdiv(blocks, max_groups) * bt;
   const int64_t groups = cdiv(pixels, per_group);  // every group non-empty (its S_g is written)
   // Few groups (a small map at batch 1: 7x7 is one block) also split the columns k of S into chunks of
   // whole kChunk-wide microkernel columns, so that every thread has work; each S element's sum is the
   // same either way. A task (group, column chunk) gathers its group's rows itself.
   const int64_t kchunks_all = cdiv(Kp, kChunk);
-  const int64_t kchunks_per = cdiv(kchunks_all, groups >= 2 * nth ? 1 : std::min(kchunks_all, cdiv(2 * nth, groups)));
+  // Every column-chunk task gathers its group's rows again, which costs more with long blocks: those
+  // split only up to nth tasks (DCGAN's layer above: 28.8 ms at 2 * nth, 27.9 at nth).
+  const int64_t want = long_blocks ? nth : 2 * nth;
+  const int64_t kchunks_per = cdiv(kchunks_all, groups >= want ? 1 : std::min(kchunks_all, cdiv(want, groups)));
   const int64_t kper = kChunk * kchunks_per;
   const int64_t ksplit = cdiv(Kp, kper);
   FBuf Sb(kSums, groups * s_floats);
@@ -96,8 +107,8 @@ void wgrad_blocked(const ConvDesc& d, const Tensor4& dy, const Tensor4& x, const
   // Per thread: a block of rows plus L floats of slack, which the last row block reads (and
   // discards) up to kMR-1 floats into. The slack is the thread's own: it is zeroed below while the
   // other threads work on their blocks.
-  const int64_t x_block = kTileBlock * crsp + L;
-  FBuf Xb(kTileV, nth * x_block), Db(kTileE, nth * kTileBlock * Kp + L);
+  const int64_t x_block = bt * crsp + L;
+  FBuf Xb(kTileV, nth * x_block), Db(kTileE, nth * bt * Kp + L);
   const Src& xv = xs.src;
   const Src& gv = gs.src;
 #pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
@@ -105,16 +116,16 @@ void wgrad_blocked(const ConvDesc& d, const Tensor4& dy, const Tensor4& x, const
     const int64_t g = task / ksplit, k_begin = (task % ksplit) * kper, k_end = std::min(Kp, k_begin + kper);
     const int tid = thread_id();
     float* X = Xb.p + tid * x_block;
-    float* D = Db.p + tid * kTileBlock * Kp;
+    float* D = Db.p + tid * bt * Kp;
     // Row padding [crs, crsp) and the slack after the last row: read by discarded accumulator rows
     // only, but kept zero (uninitialized memory could hold denormals that slow the FMAs).
-    for (int64_t tt = 0; tt < kTileBlock; ++tt) std::fill(X + tt * crsp + crs, X + (tt + 1) * crsp, 0.f);
-    std::fill(X + kTileBlock * crsp, X + kTileBlock * crsp + L, 0.f);
+    for (int64_t tt = 0; tt < bt; ++tt) std::fill(X + tt * crsp + crs, X + (tt + 1) * crsp, 0.f);
+    std::fill(X + bt * crsp, X + bt * crsp + L, 0.f);
     const int64_t begin = std::min(pixels, g * per_group), end = std::min(pixels, begin + per_group);
     float* bs = dbias ? bsum.data() + g * Kp : nullptr;
     if (bs) std::fill(bs + k_begin, bs + k_end, 0.f);
-    for (int64_t t0 = begin; t0 < end; t0 += kTileBlock) {
-      const int64_t nt = std::min<int64_t>(kTileBlock, end - t0);
+    for (int64_t t0 = begin; t0 < end; t0 += bt) {
+      const int64_t nt = std::min<int64_t>(bt, end - t0);
       int64_t n = t0 / (d.P * d.Q), p = (t0 / d.Q) % d.P, q = t0 % d.Q;  // pixel t0 + tt, stepped below
       for (int64_t tt = 0; tt < nt; ++tt) {
         // D row (channels past K are zero: they feed S columns that are never read).
@@ -132,17 +143,27 @@ void wgrad_blocked(const ConvDesc& d, const Tensor4& dy, const Tensor4& x, const
         }
       }
       if (bs) add_rows(D, nt, Kp, k_begin, k_end, bs);
-      accumulate_positions(X, crsp, crs, D, Kp, nt, k_begin, k_end, Sb.p + g * s_floats, t0 == begin);
+      accumulate_positions(X, crsp, crs, D, Kp, nt, k_begin, k_end, Sb.p + g * s_floats, t0 == begin, long_blocks);
     }
   }
-  // Sum the groups in order, then dw[k][c][r][s] = S[(r*S + s)*C + c][k].
+  // dw[k][c][r][s] = the groups' S[(r*S + s)*C + c][k] summed in group order. Per block of L columns k
+  // (a thread's), the rows in dw's (c, r, s) order: a row's L sums are one vector, written to L dw rows
+  // that each fill in sequence. (Element by element along each S row instead, each store C*R*S floats
+  // from the last: 51 -> 42 ms for DCGAN's 2M-float weight above, 2 threads.)
+  float* dwp = static_cast<float*>(dw.data);
 #pragma omp parallel for num_threads(nth) schedule(static)
-  for (int64_t row = 0; row < crs; ++row) {
-    sum_groups_row(Sb.p, row, Kp, groups, s_floats);
-    const float* s0 = Sb.p + row * Kp;
-    const int64_t tap = row / C, c = row % C, r = tap / d.S, s = tap % d.S;
-    float* o = static_cast<float*>(dw.data) + c * dw.stride[1] + r * dw.stride[2] + s * dw.stride[3];
-    for (int64_t k = 0; k < K; ++k) o[k * dw.stride[0]] = s0[k];
+  for (int64_t k0 = 0; k0 < K; k0 += L) {
+    const int nk = static_cast<int>(std::min<int64_t>(L, K - k0));
+    alignas(64) float sums[L];
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t tap = 0; tap < taps; ++tap) {
+        const float* s0 = Sb.p + (tap * C + c) * Kp + k0;
+        V v = Sf::load(s0);
+        for (int64_t g = 1; g < groups; ++g) v = Sf::add(v, Sf::load(s0 + g * s_floats));
+        Sf::store(sums, v);
+        float* o = dwp + k0 * dw.stride[0] + c * dw.stride[1] + (tap / d.S) * dw.stride[2] + (tap % d.S) * dw.stride[3];
+        for (int i = 0; i < nk; ++i) o[i * dw.stride[0]] = sums[i];
+      }
   }
   if (dbias) {
     sum_groups_row(bsum.data(), 0, Kp, groups, Kp);
