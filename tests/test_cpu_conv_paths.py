@@ -1216,3 +1216,38 @@ def test_grouped_channels_last_thread_count_free(backend):
         torch.set_num_threads(before)
     for a, b in zip(*outs):
         assert torch.equal(a, b)
+
+
+# One input channel, several output channels, groups 1 (a waveform or grey-scale stem): wgrad_depthwise's
+# vector rows where x's and dy's rows are contiguous at stride 1, the GEMM kernels otherwise
+# (conv2d_isa.cpp, one_channel_wgrad_gemm). (N, H, W, K, kernel, stride, padding, channels_last dy, relu)
+ONE_CHANNEL_WGRAD = [
+    (2, 1, 403, 32, (1, 10), (1, 5), 0, False, False),  # wav2vec-like: 10 taps, stride 5
+    (2, 1, 403, 32, (1, 10), (1, 5), 0, True, True),    # the same with a channels_last dy, fused ReLU
+    (3, 21, 19, 8, (3, 3), (2, 2), (1, 1), False, True),  # a grey-scale 3x3 stride-2 stem
+    (3, 21, 19, 8, (3, 3), (1, 1), (1, 1), True, False),  # stride 1 but dy channels_last
+    (2, 1, 300, 16, (1, 3), (1, 1), (0, 1), False, True),  # stride-1 rows: the vector rows
+    (2, 12, 12, 6, (5, 5), (1, 1), (0, 0), False, False),  # LeNet's first layer: the vector rows
+]
+
+
+@pytest.mark.parametrize("case", ONE_CHANNEL_WGRAD, ids=[str(i) for i in range(len(ONE_CHANNEL_WGRAD))])
+def test_one_channel_weight_gradient(isa, case):
+    N, H, W, K, k, stride, padding, cl_dy, relu = case
+    x = torch.randn(N, 1, H, W)
+    w = torch.randn(K, 1, *k)
+    yr = F.conv2d(x.double(), w.double(), stride=stride, padding=padding)
+    dy = torch.randn(yr.shape)
+    relu_y = yr.relu().float() if relu else None
+    if cl_dy:
+        dy = dy.contiguous(memory_format=torch.channels_last)
+        relu_y = relu_y.contiguous(memory_format=torch.channels_last) if relu else None
+    vector_rows = stride[1] == 1 and not cl_dy
+    path = _C.conv2d_path(cpu_backend.conv_desc(x, w, pair(stride), pair(padding), (1, 1), 1, yr.shape[2:]), 0,
+                          "wgrad", list(x.stride()), list(dy.stride()), relu)
+    assert (path == "wgrad_depthwise") == vector_rows, path
+    dw, _ = cpu_backend.CpuBackend().conv2d_wgrad(dy, x, w, relu_y, pair(stride), pair(padding), (1, 1), 1, True,
+                                                  False)
+    g = dy.double() * (yr > 0) if relu else dy.double()
+    assert_rel(dw, torch.nn.grad.conv2d_weight(x.double(), w.shape, g, stride=stride, padding=padding),
+               torch.float32, "dw")

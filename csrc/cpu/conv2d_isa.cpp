@@ -752,6 +752,19 @@ bool wgrad_blocked_skips_nchw(const ConvDesc& d, const Tensor4& x) {
   return kIsaLevel == 1 && x.stride[1] != 1 && (d.R * d.S == 1 || d.C < 16 || d.N * d.P * d.Q < 2048);
 }
 
+// A layer of one input channel and several output channels (groups 1: an audio or grey-scale stem) is
+// depthwise by the rule in wgrad_algo, but wgrad_depthwise vectorizes a channel multiplier (Kg > 1) only
+// along contiguous stride-1 rows; a strided or channels_last layer would take its scalar loop, so it
+// takes the GEMM kernels. 2 threads, AMD EPYC Zen 4, ms scalar depthwise -> GEMM (torch): wav2vec's
+// 4x1x16000 10-tap stride-5 -> 512 27.9 -> 4.5 (4.2), channels_last dy 124 -> 8.9 (28.0); 8x1x224x224 3x3
+// s2 -> 32 12.8 -> 2.6 (1.7), channels_last dy 24.5 -> 3.4 (5.8). (The vectorized rows stay: 8x1x4096
+// 3-tap -> 64 0.31 ms against 5.0 on the GEMM kernels.)
+inline bool one_channel_wgrad_gemm(const ConvDesc& d, const Tensor4& x, const Tensor4& dy, const Tensor4* relu_y) {
+  const bool rows_vectorize = x.stride[3] == 1 && dy.stride[3] == 1 && d.stride_w == 1 &&
+                              (relu_y == nullptr || relu_y->stride[3] == 1);
+  return d.C == 1 && d.groups == 1 && d.K > 1 && !rows_vectorize;
+}
+
 template <typename T>
 ConvAlgo wgrad_algo(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4& dy, const Tensor4* relu_y) {
   if (winograd_wgrad_usable(d, dt)) return ConvAlgo::kWinograd;
@@ -761,7 +774,7 @@ ConvAlgo wgrad_algo(const ConvDesc& d, DType dt, const Tensor4& x, const Tensor4
   if (wgrad_rows_usable(d, dt)) return ConvAlgo::kWgradRows;
   if (wgrad_blocked_usable(d, dt) && !wgrad_blocked_skips_nchw<T>(d, x)) return ConvAlgo::kWgradBlocked;
   if (d.N == 0) return ConvAlgo::kNone;
-  if (d.C == d.groups) return ConvAlgo::kWgradDepthwise;
+  if (d.C == d.groups && !one_channel_wgrad_gemm(d, x, dy, relu_y)) return ConvAlgo::kWgradDepthwise;
   if (x.stride[1] == 1 && dy.stride[1] == 1 && (relu_y == nullptr || relu_y->stride[1] == 1) &&
       wgrad_grouped_nhwc_usable<T>(geo_of(d)))
     return ConvAlgo::kWgradGroupedNhwc;
