@@ -10,11 +10,11 @@
 // 1 thread: 4.6 ms against oneDNN's 0.7 ms).
 //
 // Schedule: pixels in (n, p, q) order are cut into blocks of 64 (kTileBlock; 256 for a sum matrix past
-// 2 MiB, kTileBlockLong); a block's D[64][Kp] and its im2col rows X[64][R*S*C] (taps side by side, so a 3-channel stem has 27-long rows and
-// 6-row register tiles stay 90% full) are gathered into L1/L2-sized buffers (channels_last rows,
-// read in place from a channels_last x/dy or from a staging copy), then S[(tap, c)][k] gets the
-// block's contribution through accumulate_positions (6 x kChunk register tiles, (tap, c) rows
-// broadcast, k in vectors: 6 x 64 floats at AVX-512, 6 x 16 at AVX2).
+// 2 MiB, kTileBlockLong); a block's D[64][Kp] and its im2col rows X[64][R*S*C] (taps side by side, so a
+// 3-channel stem has 27-long rows and 6-row register tiles stay 90% full) are gathered into L1/L2-sized
+// buffers (channels_last rows, read in place from a channels_last x/dy or from a staging copy), then
+// S[(tap, c)][k] gets the block's contribution through accumulate_positions (6 x kChunk register tiles,
+// (tap, c) rows broadcast, k in vectors: 6 x 64 floats at AVX-512, 6 x 16 at AVX2).
 // Blocks are split into at most 8 groups fixed by the problem (never by the thread count); each
 // group accumulates its own S_g, and the S_g are summed in group order: bitwise deterministic for
 // any number of threads. The bias gradient, when asked for, rides along the same way: each group
@@ -83,9 +83,9 @@ void wgrad_blocked(const ConvDesc& d, const Tensor4& dy, const Tensor4& x, const
   // 256 (torch): DCGAN's 64x256x8x8 4x4 s2 -> 512 (8 MiB of S, 1024 pixels) 41.1 -> 27.0 (22-33), U-Net's
   // 4x512x32x32 2x2 s2 -> 1024 42.3 -> 30.9 (23-32), 8x512x14x14 3x3 s2 20.2 -> 15.5 (11-18); S of 2 MiB
   // gained nothing (64x128x16x16 4x4 s2 -> 256: 26.4 either way).
-  const bool long_blocks = s_floats * int64_t(sizeof(float)) > (int64_t(2) << 20) && d.N * d.P * d.Q >= 2 * kTileBlockLong;
-  const int64_t bt = long_blocks ? kTileBlockLong : kTileBlock;
-  const int64_t pixels = d.N * d.P * d.Q, blocks = cdiv(pixels, bt);
+  const int64_t pixels = d.N * d.P * d.Q;
+  const bool long_blocks = s_floats * int64_t(sizeof(float)) > (int64_t(2) << 20) && pixels >= 2 * kTileBlockLong;
+  const int64_t bt = long_blocks ? kTileBlockLong : kTileBlock, blocks = cdiv(pixels, bt);
   StagedSrc xs(x, nullptr, kStageA, nth), gs(dy, relu_y, kStageB, nth);
   // Up to 8 groups of at least 2 blocks each, and at most 64 MiB of group sums.
   const int64_t max_groups = std::max<int64_t>(
@@ -146,25 +146,7 @@ void wgrad_blocked(const ConvDesc& d, const Tensor4& dy, const Tensor4& x, const
       accumulate_positions(X, crsp, crs, D, Kp, nt, k_begin, k_end, Sb.p + g * s_floats, t0 == begin, long_blocks);
     }
   }
-  // dw[k][c][r][s] = the groups' S[(r*S + s)*C + c][k] summed in group order. Per block of L columns k
-  // (a thread's), the rows in dw's (c, r, s) order: a row's L sums are one vector, written to L dw rows
-  // that each fill in sequence. (Element by element along each S row instead, each store C*R*S floats
-  // from the last: 51 -> 42 ms for DCGAN's 2M-float weight above, 2 threads.)
-  float* dwp = static_cast<float*>(dw.data);
-#pragma omp parallel for num_threads(nth) schedule(static)
-  for (int64_t k0 = 0; k0 < K; k0 += L) {
-    const int nk = static_cast<int>(std::min<int64_t>(L, K - k0));
-    alignas(64) float sums[L];
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t tap = 0; tap < taps; ++tap) {
-        const float* s0 = Sb.p + (tap * C + c) * Kp + k0;
-        V v = Sf::load(s0);
-        for (int64_t g = 1; g < groups; ++g) v = Sf::add(v, Sf::load(s0 + g * s_floats));
-        Sf::store(sums, v);
-        float* o = dwp + k0 * dw.stride[0] + c * dw.stride[1] + (tap / d.S) * dw.stride[2] + (tap % d.S) * dw.stride[3];
-        for (int i = 0; i < nk; ++i) o[i * dw.stride[0]] = sums[i];
-      }
-  }
+  write_dw_from_sums(d, Sb.p, Kp, groups, s_floats, dw, nth);
   if (dbias) {
     sum_groups_row(bsum.data(), 0, Kp, groups, Kp);
     std::copy(bsum.begin(), bsum.begin() + K, dbias);

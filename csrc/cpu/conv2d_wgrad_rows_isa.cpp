@@ -160,16 +160,8 @@ void wgrad_rows(const ConvDesc& d, const Tensor4& dy, const Tensor4& x, const Te
     for (int64_t t0 = begin; t0 < end; t0 += kRowsChunk)
       fn(d, xv, gv, t0, std::min(end, t0 + kRowsChunk), k0, nv, nl, Sb.p + g * s_floats, Kp, t0 == begin);
   }
-  // Sum the groups in order, then dw[k][c][r][s] = S[r][s*C + c][k].
-  const int64_t rows = d.R * run;
-#pragma omp parallel for num_threads(nth) schedule(static)
-  for (int64_t row = 0; row < rows; ++row) {
-    sum_groups_row(Sb.p, row, Kp, ngroups, s_floats);
-    const float* s0 = Sb.p + row * Kp;
-    const int64_t r = row / run, j = row % run, s = j / C, c = j % C;
-    float* o = static_cast<float*>(dw.data) + c * dw.stride[1] + r * dw.stride[2] + s * dw.stride[3];
-    for (int64_t k = 0; k < K; ++k) o[k * dw.stride[0]] = s0[k];
-  }
+  // S[r][s*C + c][k] is row (r*S + s)*C + c, the blocked kernel's order.
+  write_dw_from_sums(d, Sb.p, Kp, ngroups, s_floats, dw, nth);
 }
 
 #else
